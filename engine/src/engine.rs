@@ -1,0 +1,687 @@
+//! `Engine`: the shards of one data directory behind one handle.
+//!
+//! `Engine::open` locks the data directory, recovers every shard in parallel (each on its own
+//! thread), checks that the shards agree on the registry (completing any definition a crash
+//! left half-applied), then starts them. `submit` routes commands to shards by customer and
+//! never blocks: a full inbox answers `Busy` at once through the caller's sink. `shutdown`
+//! answers what is queued, flushes, snapshots (if configured) and joins every thread.
+//!
+//! **Boundary:** this is the API the server, the benches and the tests use.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+
+use crate::clock::{Clock, SystemClock};
+use crate::datadir::{DataDir, DataDirError};
+use crate::ids::{CustomerId, Lsn, ShardId, TxId, shard_for_customer};
+use crate::ledger::account::{
+    Account, AccountAddress, AccountFlags, AccountId, AssetId, ClassId, Name, Namespace,
+};
+use crate::ledger::command::{Command, Operation, Query, Response};
+use crate::ledger::record::{AssetDefine, Body, ClassDefine};
+use crate::ledger::registry::Registry;
+use crate::ledger::{Ledger, LedgerConfig};
+use crate::limits::{Limits, LimitsError};
+use crate::recovery::{RecoveryError, RecoveryReport, ShardPaths};
+use crate::reject::RejectCode;
+use crate::shard::{
+    Control, Input, ReplySink, ShardActor, ShardSetup, ShardShared, ShardStats, ShardTuning,
+};
+use crate::wal::writer::IoFaults;
+
+/// How an engine is opened.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Shards of a new data directory (`None`: one per CPU). An existing directory keeps its
+    /// count; a different explicit count is an error.
+    pub shard_count: Option<u16>,
+    /// Runtime limits.
+    pub limits: Limits,
+    /// How long idempotency keys are remembered.
+    pub idempotency_retention_nanos: u64,
+    /// Longest hold timeout accepted.
+    pub hold_timeout_max_nanos: u64,
+    /// Shard timing, snapshot cadence and WAL retention.
+    pub tuning: ShardTuning,
+    /// The clock that stamps records.
+    pub clock: Arc<dyn Clock>,
+    /// Injected I/O failures (tests only).
+    pub faults: Option<Arc<dyn IoFaults>>,
+}
+
+impl EngineConfig {
+    /// Defaults for `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        let defaults = LedgerConfig::new(ShardId::new(0).expect("shard 0"), 1);
+        EngineConfig {
+            data_dir: data_dir.into(),
+            shard_count: None,
+            limits: Limits::default(),
+            idempotency_retention_nanos: defaults.idempotency_retention_nanos,
+            hold_timeout_max_nanos: defaults.hold_timeout_max_nanos,
+            tuning: ShardTuning::default(),
+            clock: Arc::new(SystemClock),
+            faults: None,
+        }
+    }
+
+    fn ledger_config(&self, shard: ShardId, shard_count: u16) -> LedgerConfig {
+        LedgerConfig {
+            shard,
+            shard_count,
+            limits: self.limits.clone(),
+            idempotency_retention_nanos: self.idempotency_retention_nanos,
+            hold_timeout_max_nanos: self.hold_timeout_max_nanos,
+        }
+    }
+}
+
+/// Why an engine could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The limits are inconsistent.
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// A shard could not be recovered.
+    #[error("shard {shard}: {error}")]
+    Recovery {
+        /// The shard.
+        shard: u16,
+        /// Why.
+        error: RecoveryError,
+    },
+    /// The shards disagree on definitions in a way a crash cannot explain.
+    #[error("shards disagree on definitions: {0}")]
+    RegistryDiverged(String),
+    /// A shard thread stopped during start-up.
+    #[error("shard {0} stopped during start-up")]
+    ShardLost(u16),
+}
+
+/// Why a definition failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DefineError {
+    /// The name is already defined differently, or is not a valid name.
+    #[error("definition conflicts with an existing one: {0}")]
+    Conflict(String),
+    /// A shard refused or failed.
+    #[error("shard {shard} refused the definition: {code}")]
+    Refused {
+        /// The shard.
+        shard: u16,
+        /// Its answer.
+        code: RejectCode,
+    },
+}
+
+struct ShardHandle {
+    inbox: Sender<Input>,
+    control: Sender<Control>,
+    shared: Arc<ShardShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The ledger engine: all shards of one data directory.
+pub struct Engine {
+    shards: Vec<ShardHandle>,
+    shard_count: u16,
+    data_dir: DataDir,
+    registry: RwLock<Registry>,
+    /// Serialises definitions, so every shard sees them in the same order.
+    define_lock: Mutex<()>,
+    closed: AtomicBool,
+    recovery_reports: Vec<RecoveryReport>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.data_dir.path())
+            .field("shards", &self.shard_count)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Opens the data directory, recovers every shard and starts them.
+    pub fn open(config: EngineConfig) -> Result<Engine, OpenError> {
+        config.limits.validate()?;
+        let data_dir = DataDir::open(&config.data_dir, config.shard_count)?;
+        let meta = data_dir.meta();
+        let shard_count = meta.shard_count;
+        let shards_usize = usize::from(shard_count);
+
+        let mut peer_senders = Vec::with_capacity(shards_usize);
+        let mut peer_receivers = Vec::with_capacity(shards_usize);
+        for _ in 0..shard_count {
+            let (tx, rx) = bounded(config.limits.peer_queue_depth_max);
+            peer_senders.push(tx);
+            peer_receivers.push(rx);
+        }
+        let peers = Arc::new(peer_senders);
+        let mut shards = Vec::with_capacity(shards_usize);
+        let mut recovered_receivers = Vec::with_capacity(shards_usize);
+        for (index, peer_inbox) in (0..shard_count).zip(peer_receivers) {
+            let shard = ShardId::new(index).expect("shard count is bounded");
+            let (inbox_tx, inbox_rx) = bounded(config.limits.inbox_depth_max);
+            let (control_tx, control_rx) = bounded(1);
+            let (recovered_tx, recovered_rx) = bounded(1);
+            let shared = Arc::new(ShardShared::default());
+            let setup = ShardSetup {
+                paths: ShardPaths::new(data_dir.path(), index),
+                config: config.ledger_config(shard, shard_count),
+                cluster_id: meta.cluster_id,
+                tuning: config.tuning.clone(),
+                clock: Arc::clone(&config.clock),
+                faults: config.faults.clone(),
+                inbox: inbox_rx,
+                peer_inbox,
+                control: control_rx,
+                peers: Arc::clone(&peers),
+                shared: Arc::clone(&shared),
+                recovered: recovered_tx,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("ledger-shard-{index}"))
+                .spawn(move || ShardActor::run_thread(setup))
+                .expect("spawn a shard thread");
+            shards.push(ShardHandle {
+                inbox: inbox_tx,
+                control: control_tx,
+                shared,
+                thread: Some(thread),
+            });
+            recovered_receivers.push(recovered_rx);
+        }
+
+        let mut reports = Vec::with_capacity(shards_usize);
+        let mut registries = Vec::with_capacity(shards_usize);
+        let mut failure = None;
+        for (index, receiver) in recovered_receivers.iter().enumerate() {
+            let index = u16::try_from(index).expect("bounded");
+            // A shard thread that dies drops its sender, which ends this wait.
+            match receiver.recv() {
+                Ok(Ok((report, registry))) => {
+                    reports.push(report);
+                    registries.push(registry);
+                }
+                Ok(Err(error)) => {
+                    failure.get_or_insert(OpenError::Recovery { shard: index, error });
+                }
+                Err(_) => {
+                    failure.get_or_insert(OpenError::ShardLost(index));
+                }
+            }
+        }
+        let reconciled = match failure {
+            Some(error) => Err(error),
+            None => reconcile(&registries),
+        };
+        let (reference, missing) = match reconciled {
+            Ok(result) => result,
+            Err(error) => {
+                for shard in &mut shards {
+                    let _ = shard.control.send(Control::Shutdown);
+                    if let Some(thread) = shard.thread.take() {
+                        let _ = thread.join();
+                    }
+                }
+                return Err(error);
+            }
+        };
+        for (shard, missing_definitions) in shards.iter().zip(missing) {
+            let _ = shard.control.send(Control::Start { missing_definitions });
+        }
+        for (index, report) in reports.iter().enumerate() {
+            tracing::info!(
+                shard = index,
+                snapshot_lsn = report.snapshot_lsn.0,
+                replayed = report.records_replayed,
+                torn_tail = report.torn_tail.is_some(),
+                "shard recovered"
+            );
+        }
+        Ok(Engine {
+            shards,
+            shard_count,
+            data_dir,
+            registry: RwLock::new(reference),
+            define_lock: Mutex::new(()),
+            closed: AtomicBool::new(false),
+            recovery_reports: reports,
+            limits: config.limits,
+        })
+    }
+
+    /// Shards of this engine.
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+
+    /// The data directory's path.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.data_dir.path()
+    }
+
+    /// What recovery found for each shard.
+    pub fn recovery_reports(&self) -> &[RecoveryReport] {
+        &self.recovery_reports
+    }
+
+    /// A copy of the registry (assets and classes).
+    pub fn registry(&self) -> Registry {
+        self.registry.read().expect("registry lock").clone()
+    }
+
+    /// The compact key of an account address.
+    pub fn resolve(&self, address: &AccountAddress) -> Result<AccountId, RejectCode> {
+        self.registry.read().expect("registry lock").resolve(address)
+    }
+
+    /// The shard that owns `customer`'s accounts.
+    pub fn shard_of_customer(&self, customer: CustomerId) -> ShardId {
+        shard_for_customer(customer, self.shard_count)
+    }
+
+    /// The shard a command goes to: that of its first customer account, of its hold, or shard
+    /// 0 for commands that name only house and partner accounts.
+    pub fn route(&self, command: &Command) -> Result<ShardId, RejectCode> {
+        let registry = self.registry.read().expect("registry lock");
+        let customer_shard = |account: AccountId| -> Option<ShardId> {
+            let (_, _, namespace) = registry.account_terms(account)?;
+            (namespace == Namespace::Customer)
+                .then(|| shard_for_customer(CustomerId(account.owner()), self.shard_count))
+        };
+        let shard_zero = ShardId::new(0).expect("shard 0");
+        let hold_shard = |hold: TxId| {
+            ShardId::new(hold.shard())
+                .filter(|shard| shard.index() < self.shard_count)
+                .ok_or(RejectCode::HoldNotFound)
+        };
+        Ok(match command {
+            Command::Write(request) => match &request.operation {
+                Operation::Post { postings } => postings
+                    .iter()
+                    .find_map(|posting| {
+                        customer_shard(posting.debit).or_else(|| customer_shard(posting.credit))
+                    })
+                    .unwrap_or(shard_zero),
+                Operation::Hold { posting, .. } => customer_shard(posting.debit)
+                    .or_else(|| customer_shard(posting.credit))
+                    .unwrap_or(shard_zero),
+                Operation::Capture { hold, .. } | Operation::Void { hold } => hold_shard(*hold)?,
+                Operation::Transfer { source, .. } => customer_shard(*source).unwrap_or(shard_zero),
+            },
+            Command::Read(Query::Account(account)) => {
+                customer_shard(*account).unwrap_or(shard_zero)
+            }
+            Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
+        })
+    }
+
+    /// Submits commands; every one is answered through `sink` with its tag, once durable.
+    /// Never blocks: commands for a shard whose inbox is full are answered `Busy` at once.
+    pub fn submit(&self, sink: &Arc<dyn ReplySink>, commands: Vec<(u64, Command)>) {
+        if commands.is_empty() {
+            return;
+        }
+        if self.closed.load(Ordering::Acquire) {
+            let replies = commands
+                .into_iter()
+                .map(|(tag, _)| (tag, Response::Rejected(RejectCode::ShuttingDown)))
+                .collect();
+            sink.deliver(replies);
+            return;
+        }
+        let mut immediate = Vec::new();
+        let mut per_shard: HashMap<u16, Vec<(u64, Command)>> = HashMap::new();
+        for (tag, command) in commands {
+            match self.route(&command) {
+                Ok(shard) => per_shard.entry(shard.index()).or_default().push((tag, command)),
+                Err(code) => immediate.push((tag, Response::Rejected(code))),
+            }
+        }
+        let chunk = self.limits.batch_records_max.max(1);
+        for (shard, mut commands) in per_shard {
+            let handle = &self.shards[usize::from(shard)];
+            while !commands.is_empty() {
+                let rest =
+                    if commands.len() > chunk { commands.split_off(chunk) } else { Vec::new() };
+                let input = Input::Commands { sink: Arc::clone(sink), commands };
+                match handle.inbox.try_send(input) {
+                    Ok(()) => {}
+                    Err(error) => {
+                        let code = match error {
+                            TrySendError::Full(_) => {
+                                handle.shared.busy.fetch_add(1, Ordering::Relaxed);
+                                RejectCode::Busy
+                            }
+                            TrySendError::Disconnected(_) => RejectCode::ShuttingDown,
+                        };
+                        if let Input::Commands { commands, .. } = error.into_inner() {
+                            immediate.extend(
+                                commands
+                                    .into_iter()
+                                    .map(|(tag, _)| (tag, Response::Rejected(code))),
+                            );
+                        }
+                    }
+                }
+                commands = rest;
+            }
+        }
+        if !immediate.is_empty() {
+            sink.deliver(immediate);
+        }
+    }
+
+    /// Submits one command and waits for its answer.
+    pub fn execute(&self, command: Command) -> Response {
+        let waiter = Arc::new(OneReply::default());
+        let sink: Arc<dyn ReplySink> = waiter.clone();
+        self.submit(&sink, vec![(0, command)]);
+        waiter.wait()
+    }
+
+    /// Defines an asset on every shard, or returns the existing one if it is identical.
+    pub fn define_asset(&self, code: &str, scale: u8) -> Result<AssetId, DefineError> {
+        let _guard = self.define_lock.lock().expect("define lock");
+        let code = Name::asset(code).map_err(|e| DefineError::Conflict(e.to_string()))?;
+        let body = {
+            let registry = self.registry.read().expect("registry lock");
+            if let Some(existing) = registry.asset_by_code(code.as_str()) {
+                return if existing.scale == scale {
+                    Ok(existing.id)
+                } else {
+                    Err(DefineError::Conflict(format!(
+                        "asset {code} exists with scale {}",
+                        existing.scale
+                    )))
+                };
+            }
+            if scale > crate::ledger::registry::ASSET_SCALE_MAX {
+                return Err(DefineError::Conflict(format!("scale {scale} exceeds 18")));
+            }
+            AssetDefine { id: registry.next_asset_id(), code, scale }
+        };
+        let id = body.id;
+        self.broadcast_definition(Body::AssetDefine(body))?;
+        Ok(id)
+    }
+
+    /// Defines an account class on every shard, or returns the existing one if identical.
+    pub fn define_class(
+        &self,
+        namespace: Namespace,
+        name: &str,
+        asset: AssetId,
+        flags: AccountFlags,
+    ) -> Result<ClassId, DefineError> {
+        let _guard = self.define_lock.lock().expect("define lock");
+        let name = Name::class(name).map_err(|e| DefineError::Conflict(e.to_string()))?;
+        let body = {
+            let registry = self.registry.read().expect("registry lock");
+            if registry.asset(asset).is_none() {
+                return Err(DefineError::Conflict(format!("asset {} is not defined", asset.0)));
+            }
+            if let Some(existing) = registry.class_by_name(namespace, &name) {
+                return if existing.asset == asset && existing.flags == flags {
+                    Ok(existing.id)
+                } else {
+                    Err(DefineError::Conflict(format!(
+                        "class {name} exists with another asset or flags"
+                    )))
+                };
+            }
+            ClassDefine { id: registry.next_class_id(), namespace, name, asset, flags }
+        };
+        let id = body.id;
+        self.broadcast_definition(Body::ClassDefine(body))?;
+        Ok(id)
+    }
+
+    fn broadcast_definition(&self, body: Body) -> Result<(), DefineError> {
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for (index, shard) in self.shards.iter().enumerate() {
+            let (reply_tx, reply_rx) = bounded(1);
+            let input = Input::Define { body: body.clone(), reply: reply_tx };
+            let shard_index = u16::try_from(index).expect("bounded");
+            // Definitions wait for room in the inbox: they are rare and must reach every shard.
+            shard.inbox.send(input).map_err(|_| DefineError::Refused {
+                shard: shard_index,
+                code: RejectCode::ShuttingDown,
+            })?;
+            replies.push((shard_index, reply_rx));
+        }
+        for (shard, reply) in replies {
+            match reply.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(code)) => return Err(DefineError::Refused { shard, code }),
+                Err(_) => {
+                    return Err(DefineError::Refused { shard, code: RejectCode::ShuttingDown });
+                }
+            }
+        }
+        let mut registry = self.registry.write().expect("registry lock");
+        let applied = match body {
+            Body::AssetDefine(define) => registry.define_asset(crate::ledger::registry::AssetDef {
+                id: define.id,
+                code: define.code,
+                scale: define.scale,
+            }),
+            Body::ClassDefine(define) => registry.define_class(crate::ledger::registry::ClassDef {
+                id: define.id,
+                namespace: define.namespace,
+                name: define.name,
+                asset: define.asset,
+                flags: define.flags,
+            }),
+            _ => unreachable!("only definitions are broadcast"),
+        };
+        applied.expect("the engine's registry mirrors the shards'");
+        Ok(())
+    }
+
+    /// Counters of every shard.
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .iter()
+            .enumerate()
+            .map(|(index, shard)| {
+                shard
+                    .shared
+                    .stats(ShardId::new(u16::try_from(index).expect("bounded")).expect("bounded"))
+            })
+            .collect()
+    }
+
+    /// Whether any shard stopped after an I/O error.
+    pub fn is_poisoned(&self) -> bool {
+        self.shards.iter().any(|shard| shard.shared.poisoned.load(Ordering::Acquire))
+    }
+
+    /// The global view of an account that exists as one slice per shard (house, partner,
+    /// transit): the sum of the slices. Customer accounts have one slice, on their shard.
+    pub fn account_total(&self, account: AccountId) -> Result<Account, RejectCode> {
+        let mut total = Account::default();
+        let mut found = false;
+        for index in 0..self.shard_count {
+            let shard = ShardId::new(index).expect("bounded");
+            match self.query_shard(shard, Query::Account(account)) {
+                Response::Account(view) => {
+                    found = true;
+                    let c = view.counters;
+                    let add = |a: u128, b: u128| a.checked_add(b).ok_or(RejectCode::Overflow);
+                    total.debits_posted = add(total.debits_posted, c.debits_posted)?;
+                    total.credits_posted = add(total.credits_posted, c.credits_posted)?;
+                    total.debits_pending = add(total.debits_pending, c.debits_pending)?;
+                    total.credits_pending = add(total.credits_pending, c.credits_pending)?;
+                }
+                Response::Rejected(RejectCode::AccountNotFound) => {}
+                Response::Rejected(code) => return Err(code),
+                other => unreachable!("an account query answers an account: {other:?}"),
+            }
+        }
+        if found { Ok(total) } else { Err(RejectCode::AccountNotFound) }
+    }
+
+    /// Sends a query to one shard and waits for its answer.
+    pub fn query_shard(&self, shard: ShardId, query: Query) -> Response {
+        let waiter = Arc::new(OneReply::default());
+        let sink: Arc<dyn ReplySink> = waiter.clone();
+        let input =
+            Input::Commands { sink: Arc::clone(&sink), commands: vec![(0, Command::Read(query))] };
+        match self.shards[shard.as_usize()].inbox.try_send(input) {
+            Ok(()) => waiter.wait(),
+            Err(TrySendError::Full(_)) => Response::Rejected(RejectCode::Busy),
+            Err(TrySendError::Disconnected(_)) => Response::Rejected(RejectCode::ShuttingDown),
+        }
+    }
+
+    /// Takes a snapshot of every shard now; returns their LSNs.
+    pub fn snapshot_now(&self) -> Result<Vec<Lsn>, String> {
+        let mut replies = Vec::new();
+        for shard in &self.shards {
+            let (reply_tx, reply_rx) = bounded(1);
+            shard
+                .inbox
+                .send(Input::Snapshot { reply: reply_tx })
+                .map_err(|_| "engine is stopping".to_string())?;
+            replies.push(reply_rx);
+        }
+        replies
+            .into_iter()
+            .map(|reply| reply.recv().map_err(|_| "shard stopped".to_string())?)
+            .collect()
+    }
+
+    /// Stops accepting commands, answers what is queued, flushes, snapshots (if configured)
+    /// and joins every thread.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.closed.store(true, Ordering::Release);
+        for shard in &self.shards {
+            let _ = shard.control.send(Control::Shutdown);
+        }
+        for shard in &mut self.shards {
+            if let Some(thread) = shard.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Checks that every shard's registry is a prefix of the longest one and returns, per shard,
+/// the definitions it misses. A crash during a definition leaves some shards without it; any
+/// other difference means the shards were not written by the same history.
+fn reconcile(registries: &[Registry]) -> Result<(Registry, Vec<Vec<Body>>), OpenError> {
+    let reference = registries
+        .iter()
+        .max_by_key(|registry| (registry.assets().len(), registry.classes().len()))
+        .cloned()
+        .unwrap_or_default();
+    let mut missing = Vec::with_capacity(registries.len());
+    for (index, registry) in registries.iter().enumerate() {
+        if !registry.is_prefix_of(&reference) {
+            return Err(OpenError::RegistryDiverged(format!(
+                "shard {index}'s assets and classes are not a prefix of the most complete shard's"
+            )));
+        }
+        // The missing definitions are a suffix of one serial history. Applying its assets before
+        // its classes gives every definition the same id it has on the reference shard (ids are
+        // dense per kind) and every class finds its asset.
+        let mut bodies = Vec::new();
+        for asset in &reference.assets()[registry.assets().len()..] {
+            bodies.push(Body::AssetDefine(AssetDefine {
+                id: asset.id,
+                code: asset.code.clone(),
+                scale: asset.scale,
+            }));
+        }
+        for class in &reference.classes()[registry.classes().len()..] {
+            bodies.push(Body::ClassDefine(ClassDefine {
+                id: class.id,
+                namespace: class.namespace,
+                name: class.name.clone(),
+                asset: class.asset,
+                flags: class.flags,
+            }));
+        }
+        missing.push(bodies);
+    }
+    Ok((reference, missing))
+}
+
+/// A sink that waits for exactly one answer.
+#[derive(Default)]
+struct OneReply {
+    slot: Mutex<Option<Response>>,
+    ready: Condvar,
+}
+
+impl OneReply {
+    fn wait(&self) -> Response {
+        let mut slot = self.slot.lock().expect("reply lock");
+        loop {
+            if let Some(response) = slot.take() {
+                return response;
+            }
+            slot = self.ready.wait(slot).expect("reply lock");
+        }
+    }
+}
+
+impl ReplySink for OneReply {
+    fn deliver(&self, replies: Vec<(u64, Response)>) {
+        if let Some((_, response)) = replies.into_iter().next() {
+            *self.slot.lock().expect("reply lock") = Some(response);
+            self.ready.notify_all();
+        }
+    }
+}
+
+/// The state a shard would have after replaying its WAL from LSN 1 up to `until` (or its end),
+/// without snapshots: for tests and tools that compare it with a live shard. Reads files only.
+pub fn replay_shard_offline(
+    data_dir: &std::path::Path,
+    shard: ShardId,
+    config: LedgerConfig,
+    until: Option<Lsn>,
+) -> Result<Ledger, RecoveryError> {
+    let meta = crate::datadir::read_meta(data_dir).map_err(|error| RecoveryError::Io {
+        path: data_dir.to_path_buf(),
+        source: std::io::Error::other(error.to_string()),
+    })?;
+    let paths = ShardPaths::new(data_dir, shard.index());
+    let mut ledger = Ledger::new(config);
+    let options = crate::wal::reader::ScanOptions {
+        shard: Some(shard),
+        cluster_id: Some(meta.cluster_id),
+        visit_until: until,
+        ..crate::wal::reader::ScanOptions::all()
+    };
+    crate::recovery::replay_wal(&paths.wal, &mut ledger, &options)?;
+    Ok(ledger)
+}

@@ -1,0 +1,147 @@
+//! What clients ask of a shard (`Command`) and what they get back (`Response`).
+//!
+//! A `Request` is a write: the shard turns it into a record, applies it, logs it, and answers
+//! once the record is durable. A `Query` is a read, answered in the same order as the writes
+//! around it, after the batch it arrived in is durable, so that nobody sees state that a crash
+//! could still take away.
+
+use super::account::{Account, AccountId, AssetId};
+use super::record::{Metadata, Posting, TxKind};
+use crate::amount::Amount;
+use crate::ids::{IdempotencyKey, Lsn, TerminalId, Timestamp, TxId};
+use crate::reject::RejectCode;
+
+/// A client write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The terminal it comes from.
+    pub terminal: TerminalId,
+    /// The client's key for this logical write; required.
+    pub idempotency: Option<IdempotencyKey>,
+    /// The business meaning.
+    pub kind: TxKind,
+    /// Store, category, receipt.
+    pub metadata: Metadata,
+    /// What to do.
+    pub operation: Operation,
+}
+
+/// The operations of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Commit 1..=N postings, all or none. Every customer account must live on one shard.
+    Post {
+        /// The postings.
+        postings: Vec<Posting>,
+    },
+    /// Reserve one posting until it is captured, voided, or `timeout_nanos` pass.
+    Hold {
+        /// The posting reserved.
+        posting: Posting,
+        /// Time until the hold expires.
+        timeout_nanos: u64,
+    },
+    /// Capture a hold, whole or part.
+    Capture {
+        /// The hold's id.
+        hold: TxId,
+        /// How much to capture; `None` for all of it.
+        amount: Option<Amount>,
+    },
+    /// Release a hold.
+    Void {
+        /// The hold's id.
+        hold: TxId,
+    },
+    /// Move `amount` from one customer account to another customer account of the same asset,
+    /// on the same shard or on another one.
+    Transfer {
+        /// The customer account debited.
+        source: AccountId,
+        /// The customer account credited.
+        destination: AccountId,
+        /// How much.
+        amount: Amount,
+    },
+}
+
+/// A client read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Query {
+    /// An account's counters.
+    Account(AccountId),
+    /// An open hold.
+    Hold(TxId),
+}
+
+/// Anything a shard is asked to do for a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A write.
+    Write(Request),
+    /// A read.
+    Read(Query),
+}
+
+/// A committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The transaction's id.
+    pub tx_id: TxId,
+    /// Its position in its shard's WAL.
+    pub lsn: Lsn,
+    /// When its shard decided it.
+    pub timestamp: Timestamp,
+}
+
+/// An open hold as a query sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldView {
+    /// The reserved posting.
+    pub posting: Posting,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// An account as a query sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountView {
+    /// The asset it holds.
+    pub asset: AssetId,
+    /// Its counters.
+    pub counters: Account,
+}
+
+/// The answer to one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Response {
+    /// The write is durable.
+    Committed(Committed),
+    /// The write repeats an earlier one with the same idempotency key and payload; nothing was
+    /// posted, and this is the original result.
+    Duplicate(Committed),
+    /// Refused; nothing changed.
+    Rejected(RejectCode),
+    /// An account's state.
+    Account(AccountView),
+    /// An open hold.
+    Hold(HoldView),
+}
+
+impl Response {
+    /// The committed result, for a fresh or repeated write.
+    pub fn committed(&self) -> Option<Committed> {
+        match self {
+            Response::Committed(committed) | Response::Duplicate(committed) => Some(*committed),
+            _ => None,
+        }
+    }
+
+    /// The rejection, if the command was refused.
+    pub fn rejected(&self) -> Option<RejectCode> {
+        match self {
+            Response::Rejected(code) => Some(*code),
+            _ => None,
+        }
+    }
+}

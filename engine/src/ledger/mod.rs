@@ -1,0 +1,862 @@
+//! The ledger state machine of one shard: accounts, holds, idempotency, cross-shard transfer
+//! bookkeeping, and `Ledger::apply`, the single function through which every change passes,
+//! live or at replay.
+//!
+//! **Invariant:** this module does no I/O, spawns no thread and reads no clock. Time is the
+//! `timestamp` of the record being applied; ids come from the record. Two ledgers that applied
+//! the same records are equal, whatever happened around them (tested in
+//! `tests/replay_determinism.rs`).
+//!
+//! **Invariant:** a record either applies whole or changes nothing. Postings are applied with an
+//! undo log, and any rejection rolls back every counter and every account the record created.
+//!
+//! **Invariant:** for every asset, Σ debits = Σ credits (posted and pending), checked after each
+//! record on the assets it touched, and over every account by `check_invariants`.
+
+pub mod account;
+pub mod command;
+pub mod record;
+pub mod registry;
+mod retained;
+mod state_codec;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use self::account::{Account, AccountFlags, AccountId, AssetId, ClassId, Namespace};
+use self::command::{AccountView, Committed, HoldView};
+use self::record::{Body, Posting, Record, TransferIn, TransferOut, TransferSettle, TxHeader};
+use self::registry::{AssetDef, ClassDef, Registry};
+use self::retained::Retained;
+use crate::amount::Amount;
+use crate::ids::{
+    IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId, TxIdGenerator, shard_for_customer,
+};
+use crate::limits::Limits;
+use crate::reject::RejectCode;
+
+type Hasher = foldhash::fast::RandomState;
+
+/// Configuration of one shard's state machine. Changing it changes what replay produces, so it
+/// is fixed for the life of a process (see docs/operations.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// This shard.
+    pub shard: ShardId,
+    /// Shards of the data directory (fixed when it was created).
+    pub shard_count: u16,
+    /// Runtime limits.
+    pub limits: Limits,
+    /// How long idempotency keys (and tombstones of closed holds) are remembered.
+    pub idempotency_retention_nanos: u64,
+    /// The longest hold timeout a request may ask for.
+    pub hold_timeout_max_nanos: u64,
+}
+
+impl LedgerConfig {
+    /// Default configuration for `shard` of `shard_count`: 24 h idempotency retention, holds of
+    /// up to 30 days.
+    pub fn new(shard: ShardId, shard_count: u16) -> LedgerConfig {
+        LedgerConfig {
+            shard,
+            shard_count,
+            limits: Limits::default(),
+            idempotency_retention_nanos: 24 * 3600 * 1_000_000_000,
+            hold_timeout_max_nanos: 30 * 24 * 3600 * 1_000_000_000,
+        }
+    }
+}
+
+/// An open hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    /// The reserved posting.
+    pub posting: Posting,
+    /// When it expires.
+    pub expires_at: Timestamp,
+}
+
+/// How a hold ended; kept for the idempotency window so a late capture or void gets an exact
+/// answer instead of "not found".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HoldClosure {
+    /// Captured, whole or part.
+    Captured = 1,
+    /// Voided.
+    Voided = 2,
+    /// Reached its timeout.
+    Expired = 3,
+}
+
+impl HoldClosure {
+    fn reject_code(self) -> RejectCode {
+        match self {
+            HoldClosure::Captured => RejectCode::HoldAlreadyCaptured,
+            HoldClosure::Voided => RejectCode::HoldAlreadyVoided,
+            HoldClosure::Expired => RejectCode::HoldExpired,
+        }
+    }
+}
+
+/// What the idempotency table remembers of a committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdempotencyEntry {
+    /// Hash of the request's payload; a retry must match it (`wal::payload::fingerprint`).
+    fingerprint: u64,
+    /// The original result.
+    committed: Committed,
+}
+
+/// A cross-shard transfer sent by this shard and not yet settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundTransfer {
+    /// The id of step 1 (`TransferOut`).
+    pub tx_id: TxId,
+    /// The LSN of step 1: the transfer may be sent once the WAL is durable up to here.
+    pub lsn: Lsn,
+    /// The source customer account (refunded if the destination refuses).
+    pub source: AccountId,
+    /// The destination customer account.
+    pub destination: AccountId,
+    /// The asset.
+    pub asset: AssetId,
+    /// The amount.
+    pub amount: Amount,
+}
+
+/// Running sums of one asset's counters over all accounts of the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AssetTotals {
+    /// Σ debits_posted.
+    pub debits_posted: u128,
+    /// Σ credits_posted.
+    pub credits_posted: u128,
+    /// Σ debits_pending.
+    pub debits_pending: u128,
+    /// Σ credits_pending.
+    pub credits_pending: u128,
+}
+
+/// Why `apply` did not apply a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The request is refused; nothing changed.
+    Rejected(RejectCode),
+    /// The request repeats a committed one (same terminal, key and payload); nothing changed,
+    /// and this is the original result.
+    Duplicate(Committed),
+}
+
+impl From<RejectCode> for Refusal {
+    fn from(code: RejectCode) -> Refusal {
+        Refusal::Rejected(code)
+    }
+}
+
+/// A broken invariant found by `check_invariants`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invariant violated on shard {shard}: {message}")]
+pub struct InvariantViolation {
+    shard: ShardId,
+    message: String,
+}
+
+/// How one side (debit or credit) of an account changes.
+#[derive(Debug, Clone, Copy)]
+enum Leg {
+    /// Posted += amount.
+    Post(u128),
+    /// Pending += amount.
+    Reserve(u128),
+    /// Pending -= held, posted += captured.
+    Capture { held: u128, captured: u128 },
+    /// Pending -= held.
+    Release(u128),
+}
+
+impl Leg {
+    fn apply(self, pending: &mut u128, posted: &mut u128) -> Option<()> {
+        match self {
+            Leg::Post(amount) => *posted = posted.checked_add(amount)?,
+            Leg::Reserve(amount) => *pending = pending.checked_add(amount)?,
+            Leg::Capture { held, captured } => {
+                *pending = pending.checked_sub(held)?;
+                *posted = posted.checked_add(captured)?;
+            }
+            Leg::Release(held) => *pending = pending.checked_sub(held)?,
+        }
+        Some(())
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Debit,
+    Credit,
+}
+
+/// One entry of the undo log of the record being applied.
+#[derive(Debug, Clone, Copy)]
+enum Undo {
+    Account { id: AccountId, before: Option<Account> },
+    Totals { asset: AssetId, before: AssetTotals },
+}
+
+/// The state of one shard.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    config: LedgerConfig,
+    registry: Registry,
+    accounts: HashMap<AccountId, Account, Hasher>,
+    /// `totals[asset]`, kept in step with `accounts` by every posting.
+    totals: Vec<AssetTotals>,
+    holds: HashMap<TxId, Hold, Hasher>,
+    /// `(expires_at, hold)` for every open hold: the expiry sweep reads its front.
+    hold_deadlines: BTreeSet<(Timestamp, TxId)>,
+    holds_closed: Retained<TxId, HoldClosure>,
+    idempotency: Retained<(TerminalId, IdempotencyKey), IdempotencyEntry>,
+    tx_ids: TxIdGenerator,
+    /// LSN of the last applied record.
+    lsn: Lsn,
+    /// Timestamp of the last applied record.
+    timestamp: Timestamp,
+    /// Transfers sent and not settled, by `(destination shard, sequence)`.
+    transfers_out: BTreeMap<(ShardId, u64), OutboundTransfer>,
+    /// `transfers_out_next[d]`: sequence the next transfer to shard `d` gets (from 1).
+    transfers_out_next: Vec<u64>,
+    /// `transfers_in_last[s]`: last sequence applied from shard `s` (0 = none).
+    transfers_in_last: Vec<u64>,
+    /// Incoming transfers whose credit was refused, by `(source shard, sequence)`.
+    transfers_in_refused: BTreeSet<(ShardId, u64)>,
+    /// Scratch: the undo log of the record being applied. Empty between records.
+    undo: Vec<Undo>,
+}
+
+impl PartialEq for Ledger {
+    fn eq(&self, other: &Ledger) -> bool {
+        self.config == other.config
+            && self.registry == other.registry
+            && self.accounts == other.accounts
+            && self.totals == other.totals
+            && self.holds == other.holds
+            && self.hold_deadlines == other.hold_deadlines
+            && self.holds_closed == other.holds_closed
+            && self.idempotency == other.idempotency
+            && self.tx_ids == other.tx_ids
+            && self.lsn == other.lsn
+            && self.timestamp == other.timestamp
+            && self.transfers_out == other.transfers_out
+            && self.transfers_out_next == other.transfers_out_next
+            && self.transfers_in_last == other.transfers_in_last
+            && self.transfers_in_refused == other.transfers_in_refused
+    }
+}
+
+impl Ledger {
+    /// An empty ledger: no assets, no accounts, before LSN 1.
+    pub fn new(config: LedgerConfig) -> Ledger {
+        assert!(config.shard.index() < config.shard_count, "shard outside shard_count");
+        let shards = usize::from(config.shard_count);
+        let retention = config.idempotency_retention_nanos;
+        Ledger {
+            registry: Registry::default(),
+            accounts: HashMap::with_hasher(Hasher::default()),
+            totals: Vec::new(),
+            holds: HashMap::with_hasher(Hasher::default()),
+            hold_deadlines: BTreeSet::new(),
+            holds_closed: Retained::new(config.limits.holds_open_max, retention),
+            idempotency: Retained::new(config.limits.idempotency_keys_max, retention),
+            tx_ids: TxIdGenerator::new(config.shard, None),
+            lsn: Lsn::ZERO,
+            timestamp: Timestamp(0),
+            transfers_out: BTreeMap::new(),
+            transfers_out_next: vec![1; shards],
+            transfers_in_last: vec![0; shards],
+            transfers_in_refused: BTreeSet::new(),
+            undo: Vec::new(),
+            config,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    /// This ledger's shard.
+    pub fn shard(&self) -> ShardId {
+        self.config.shard
+    }
+
+    /// Assets and classes.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// LSN of the last applied record.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// Timestamp of the last applied record.
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// The id a record stamped `now` would get.
+    pub fn peek_tx_id(&self, now: Timestamp) -> TxId {
+        self.tx_ids.peek(now)
+    }
+
+    /// An account's asset and counters, if it exists on this shard.
+    pub fn account(&self, id: AccountId) -> Option<AccountView> {
+        let counters = *self.accounts.get(&id)?;
+        let (asset, _, _) = self.registry.account_terms(id)?;
+        Some(AccountView { asset, counters })
+    }
+
+    /// Every account, in no particular order.
+    pub fn accounts(&self) -> impl Iterator<Item = (&AccountId, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// Number of accounts on this shard.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Running totals of an asset on this shard.
+    pub fn totals(&self, asset: AssetId) -> Option<AssetTotals> {
+        self.totals.get(usize::from(asset.0)).copied()
+    }
+
+    /// An open hold.
+    pub fn hold(&self, id: TxId) -> Option<HoldView> {
+        self.holds
+            .get(&id)
+            .map(|hold| HoldView { posting: hold.posting, expires_at: hold.expires_at })
+    }
+
+    /// Number of open holds.
+    pub fn hold_count(&self) -> usize {
+        self.holds.len()
+    }
+
+    /// Open holds whose timeout is at or before `now`, earliest first, at most `max`.
+    pub fn holds_due(&self, now: Timestamp, max: usize) -> Vec<TxId> {
+        self.hold_deadlines
+            .iter()
+            .take_while(|(expires_at, _)| *expires_at <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Idempotency keys remembered, and how many were forgotten early by capacity.
+    pub fn idempotency_stats(&self) -> (usize, u64) {
+        (self.idempotency.len(), self.idempotency.evicted_early())
+    }
+
+    /// Transfers sent by this shard and not yet settled, in `(destination, sequence)` order.
+    pub fn transfers_out(&self) -> impl Iterator<Item = (ShardId, u64, &OutboundTransfer)> {
+        self.transfers_out.iter().map(|((shard, sequence), transfer)| (*shard, *sequence, transfer))
+    }
+
+    /// The unsettled outbound transfer `(destination, sequence)`, if any.
+    pub fn transfer_out(&self, destination: ShardId, sequence: u64) -> Option<&OutboundTransfer> {
+        self.transfers_out.get(&(destination, sequence))
+    }
+
+    /// The sequence the next transfer to `destination` gets.
+    pub fn transfer_out_next(&self, destination: ShardId) -> u64 {
+        self.transfers_out_next[destination.as_usize()]
+    }
+
+    /// The last sequence applied from `source` (0 if none).
+    pub fn transfer_in_last(&self, source: ShardId) -> u64 {
+        self.transfers_in_last[source.as_usize()]
+    }
+
+    /// Whether the credit of incoming transfer `(source, sequence)` was refused.
+    pub fn transfer_in_refused(&self, source: ShardId, sequence: u64) -> bool {
+        self.transfers_in_refused.contains(&(source, sequence))
+    }
+
+    /// The original result of a write, if `(terminal, key)` is remembered at `now` with this
+    /// fingerprint; `Err` if it is remembered with another.
+    pub fn idempotent_result(
+        &self,
+        terminal: TerminalId,
+        key: IdempotencyKey,
+        fingerprint: u64,
+        now: Timestamp,
+    ) -> Result<Option<Committed>, RejectCode> {
+        match self.idempotency.get(&(terminal, key), now) {
+            None => Ok(None),
+            Some(entry) if entry.fingerprint == fingerprint => Ok(Some(entry.committed)),
+            Some(_) => Err(RejectCode::IdempotencyConflict),
+        }
+    }
+
+    /// Applies one record: all of it, or nothing.
+    ///
+    /// `fingerprint` is the hash of the record's payload (`wal::payload::fingerprint`), checked
+    /// against the idempotency table. Live, a refusal means the request is answered without
+    /// logging anything; at replay, any refusal means the WAL and the code disagree.
+    pub fn apply(&mut self, record: &Record, fingerprint: u64) -> Result<(), Refusal> {
+        assert_eq!(record.lsn, self.lsn.next(), "records apply in lsn order");
+        assert!(record.timestamp >= self.timestamp, "record timestamps never decrease");
+        assert!(self.undo.is_empty());
+        let now = record.timestamp;
+        let header = record.body.header();
+        if header.is_some_and(|header| header.idempotency.is_none()) {
+            return Err(Refusal::Rejected(RejectCode::IdempotencyKeyMissing));
+        }
+        self.check_static(&record.body)?;
+        if let Some(header) = header {
+            self.check_idempotency(header, now, fingerprint)?;
+        }
+        let result = match &record.body {
+            Body::Transaction(tx) => self.apply_transaction(&tx.postings),
+            Body::HoldCreate(hold) => self.apply_hold_create(
+                hold.header.id,
+                &hold.posting,
+                now.plus_nanos(hold.timeout_nanos),
+            ),
+            Body::HoldCapture(capture) => {
+                self.apply_hold_capture(capture.hold, capture.amount, now)
+            }
+            Body::HoldVoid(void) => self.apply_hold_release(void.hold, HoldClosure::Voided, now),
+            Body::HoldExpire(expire) => {
+                self.apply_hold_release(expire.hold, HoldClosure::Expired, now)
+            }
+            Body::TransferOut(transfer) => self.apply_transfer_out(transfer, record.lsn),
+            Body::TransferIn(transfer) => self.apply_transfer_in(transfer),
+            Body::TransferSettle(settle) => self.apply_transfer_settle(settle),
+            Body::AssetDefine(define) => self.registry.define_asset(AssetDef {
+                id: define.id,
+                code: define.code.clone(),
+                scale: define.scale,
+            }),
+            Body::ClassDefine(define) => self.registry.define_class(ClassDef {
+                id: define.id,
+                namespace: define.namespace,
+                name: define.name.clone(),
+                asset: define.asset,
+                flags: define.flags,
+            }),
+        };
+        if let Err(code) = result {
+            self.rollback();
+            return Err(Refusal::Rejected(code));
+        }
+        self.commit(record, fingerprint);
+        Ok(())
+    }
+
+    /// Checks that depend only on the request and the registry (precedence codes 2..=12).
+    fn check_static(&self, body: &Body) -> Result<(), RejectCode> {
+        match body {
+            Body::Transaction(tx) => {
+                if tx.postings.is_empty() {
+                    return Err(RejectCode::PostingsEmpty);
+                }
+                if tx.postings.len() > self.config.limits.transaction_postings_max {
+                    return Err(RejectCode::PostingsTooMany);
+                }
+                tx.postings.iter().try_for_each(|posting| self.check_posting(posting))
+            }
+            Body::HoldCreate(hold) => {
+                self.check_posting(&hold.posting)?;
+                if hold.timeout_nanos == 0
+                    || hold.timeout_nanos > self.config.hold_timeout_max_nanos
+                {
+                    return Err(RejectCode::HoldTimeoutInvalid);
+                }
+                Ok(())
+            }
+            Body::TransferOut(transfer) => {
+                let asset = self.check_transfer(
+                    transfer.source,
+                    transfer.destination,
+                    transfer.destination_shard,
+                )?;
+                if asset != transfer.asset {
+                    return Err(RejectCode::AssetMismatch);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a repeated key: as a duplicate with the same payload, as a conflict otherwise.
+    fn check_idempotency(
+        &self,
+        header: &TxHeader,
+        now: Timestamp,
+        fingerprint: u64,
+    ) -> Result<(), Refusal> {
+        let key = header.idempotency.expect("checked first in apply");
+        match self.idempotency.get(&(header.terminal, key), now) {
+            None => Ok(()),
+            Some(entry) if entry.fingerprint == fingerprint => {
+                Err(Refusal::Duplicate(entry.committed))
+            }
+            Some(_) => Err(Refusal::Rejected(RejectCode::IdempotencyConflict)),
+        }
+    }
+
+    fn commit(&mut self, record: &Record, fingerprint: u64) {
+        // Pair assertion: every posting keeps debits = credits for its asset.
+        for undo in &self.undo {
+            if let Undo::Totals { asset, .. } = undo {
+                let totals = self.totals[usize::from(asset.0)];
+                assert_eq!(
+                    totals.debits_posted, totals.credits_posted,
+                    "asset {asset:?} unbalanced"
+                );
+                assert_eq!(
+                    totals.debits_pending, totals.credits_pending,
+                    "asset {asset:?} unbalanced"
+                );
+            }
+        }
+        self.undo.clear();
+        let now = record.timestamp;
+        if let Body::AssetDefine(_) = record.body {
+            self.totals.push(AssetTotals::default());
+            assert_eq!(self.totals.len(), self.registry.assets().len());
+        }
+        if let Some(id) = record.body.tx_id() {
+            self.tx_ids.observe(id);
+        }
+        if let Some(header) = record.body.header() {
+            let key = header.idempotency.expect("checked by check_header");
+            let committed = Committed { tx_id: header.id, lsn: record.lsn, timestamp: now };
+            self.idempotency.insert(
+                (header.terminal, key),
+                IdempotencyEntry { fingerprint, committed },
+                now,
+            );
+        }
+        self.idempotency.expire(now);
+        self.holds_closed.expire(now);
+        self.lsn = record.lsn;
+        self.timestamp = now;
+    }
+
+    fn rollback(&mut self) {
+        while let Some(undo) = self.undo.pop() {
+            match undo {
+                Undo::Account { id, before: Some(account) } => {
+                    self.accounts.insert(id, account);
+                }
+                Undo::Account { id, before: None } => {
+                    self.accounts.remove(&id);
+                }
+                Undo::Totals { asset, before } => self.totals[usize::from(asset.0)] = before,
+            }
+        }
+    }
+
+    /// Static checks of a posting (precedence codes 6..=11).
+    fn check_posting(&self, posting: &Posting) -> Result<(), RejectCode> {
+        if posting.debit == posting.credit {
+            return Err(RejectCode::AccountsSame);
+        }
+        let debit = self.registry.account_terms(posting.debit).ok_or(RejectCode::ClassUnknown)?;
+        let credit = self.registry.account_terms(posting.credit).ok_or(RejectCode::ClassUnknown)?;
+        if self.registry.asset(posting.asset).is_none() {
+            return Err(RejectCode::AssetUnknown);
+        }
+        if debit.0 != posting.asset || credit.0 != posting.asset {
+            return Err(RejectCode::AssetMismatch);
+        }
+        if posting.debit.class() == ClassId::TRANSIT || posting.credit.class() == ClassId::TRANSIT {
+            return Err(RejectCode::AccountKindInvalid);
+        }
+        for (account, (_, _, namespace)) in [(posting.debit, debit), (posting.credit, credit)] {
+            if namespace == Namespace::Customer && !self.owns_customer(account) {
+                return Err(RejectCode::AccountsOnDifferentShards);
+            }
+        }
+        Ok(())
+    }
+
+    fn owns_customer(&self, account: AccountId) -> bool {
+        let customer = crate::ids::CustomerId(account.owner());
+        shard_for_customer(customer, self.config.shard_count) == self.config.shard
+    }
+
+    fn apply_transaction(&mut self, postings: &[Posting]) -> Result<(), RejectCode> {
+        for posting in postings {
+            let amount = posting.amount.wide();
+            self.move_value(posting.debit, posting.credit, posting.asset, Leg::Post(amount))?;
+        }
+        Ok(())
+    }
+
+    fn apply_hold_create(
+        &mut self,
+        id: TxId,
+        posting: &Posting,
+        expires_at: Timestamp,
+    ) -> Result<(), RejectCode> {
+        if self.holds.len() >= self.config.limits.holds_open_max {
+            return Err(RejectCode::HoldsFull);
+        }
+        let amount = posting.amount.wide();
+        self.move_value(posting.debit, posting.credit, posting.asset, Leg::Reserve(amount))?;
+        // A hold id is a fresh transaction id: it cannot collide with an open hold.
+        assert!(self.holds.insert(id, Hold { posting: *posting, expires_at }).is_none());
+        assert!(self.hold_deadlines.insert((expires_at, id)));
+        Ok(())
+    }
+
+    fn open_hold(&self, id: TxId, now: Timestamp) -> Result<Hold, RejectCode> {
+        match self.holds.get(&id) {
+            Some(hold) if hold.expires_at <= now => Err(RejectCode::HoldExpired),
+            Some(hold) => Ok(*hold),
+            None => match self.holds_closed.get(&id, now) {
+                Some(closure) => Err(closure.reject_code()),
+                None => Err(RejectCode::HoldNotFound),
+            },
+        }
+    }
+
+    fn close_hold(&mut self, id: TxId, hold: &Hold, closure: HoldClosure, now: Timestamp) {
+        assert!(self.holds.remove(&id).is_some());
+        assert!(self.hold_deadlines.remove(&(hold.expires_at, id)));
+        self.holds_closed.insert(id, closure, now);
+    }
+
+    fn apply_hold_capture(
+        &mut self,
+        id: TxId,
+        amount: Option<Amount>,
+        now: Timestamp,
+    ) -> Result<(), RejectCode> {
+        let hold = self.open_hold(id, now)?;
+        let held = hold.posting.amount.wide();
+        let captured = amount.map_or(held, Amount::wide);
+        if captured > held {
+            return Err(RejectCode::CaptureExceedsHold);
+        }
+        let posting = hold.posting;
+        self.move_value(
+            posting.debit,
+            posting.credit,
+            posting.asset,
+            Leg::Capture { held, captured },
+        )?;
+        self.close_hold(id, &hold, HoldClosure::Captured, now);
+        Ok(())
+    }
+
+    fn apply_hold_release(
+        &mut self,
+        id: TxId,
+        closure: HoldClosure,
+        now: Timestamp,
+    ) -> Result<(), RejectCode> {
+        let hold = match closure {
+            HoldClosure::Voided => self.open_hold(id, now)?,
+            // The expiry record is the shard's own: the hold must be open and due.
+            _ => match self.holds.get(&id) {
+                Some(hold) if hold.expires_at <= now => *hold,
+                Some(_) => return Err(RejectCode::HoldTimeoutInvalid),
+                None => return Err(RejectCode::HoldNotFound),
+            },
+        };
+        let posting = hold.posting;
+        let held = posting.amount.wide();
+        self.move_value(posting.debit, posting.credit, posting.asset, Leg::Release(held))?;
+        self.close_hold(id, &hold, closure, now);
+        Ok(())
+    }
+
+    /// Static checks of a cross-shard transfer: both ends customer accounts of one asset, the
+    /// source here, the destination on `destination_shard`, which is another shard.
+    pub fn check_transfer(
+        &self,
+        source: AccountId,
+        destination: AccountId,
+        destination_shard: ShardId,
+    ) -> Result<AssetId, RejectCode> {
+        if source == destination {
+            return Err(RejectCode::AccountsSame);
+        }
+        let source_terms = self.registry.account_terms(source).ok_or(RejectCode::ClassUnknown)?;
+        let destination_terms =
+            self.registry.account_terms(destination).ok_or(RejectCode::ClassUnknown)?;
+        if source_terms.0 != destination_terms.0 {
+            return Err(RejectCode::AssetMismatch);
+        }
+        if source.class() == ClassId::TRANSIT
+            || source_terms.2 != Namespace::Customer
+            || destination_terms.2 != Namespace::Customer
+        {
+            return Err(RejectCode::AccountKindInvalid);
+        }
+        let destination_customer = crate::ids::CustomerId(destination.owner());
+        if !self.owns_customer(source)
+            || destination_shard == self.config.shard
+            || shard_for_customer(destination_customer, self.config.shard_count)
+                != destination_shard
+        {
+            return Err(RejectCode::AccountsOnDifferentShards);
+        }
+        Ok(source_terms.0)
+    }
+
+    fn apply_transfer_out(&mut self, transfer: &TransferOut, lsn: Lsn) -> Result<(), RejectCode> {
+        let asset = transfer.asset;
+        if self.transfers_out.len() >= self.config.limits.transfers_in_flight_max {
+            return Err(RejectCode::TransfersFull);
+        }
+        let next = &self.transfers_out_next[transfer.destination_shard.as_usize()];
+        assert_eq!(transfer.sequence, *next, "transfer sequences are assigned in order");
+        let transit = AccountId::transit(asset);
+        self.move_value(transfer.source, transit, asset, Leg::Post(transfer.amount.wide()))?;
+        self.transfers_out_next[transfer.destination_shard.as_usize()] += 1;
+        self.transfers_out.insert(
+            (transfer.destination_shard, transfer.sequence),
+            OutboundTransfer {
+                tx_id: transfer.header.id,
+                lsn,
+                source: transfer.source,
+                destination: transfer.destination,
+                asset,
+                amount: transfer.amount,
+            },
+        );
+        Ok(())
+    }
+
+    fn apply_transfer_in(&mut self, transfer: &TransferIn) -> Result<(), RejectCode> {
+        let source = transfer.source_shard.as_usize();
+        assert!(transfer.source_shard != self.config.shard);
+        assert_eq!(
+            transfer.sequence,
+            self.transfers_in_last[source] + 1,
+            "incoming transfers apply once, in order"
+        );
+        if transfer.accepted {
+            let transit = AccountId::transit(transfer.asset);
+            let amount = Leg::Post(transfer.amount.wide());
+            self.move_value(transit, transfer.destination, transfer.asset, amount)?;
+        } else {
+            self.transfers_in_refused.insert((transfer.source_shard, transfer.sequence));
+        }
+        self.transfers_in_last[source] = transfer.sequence;
+        Ok(())
+    }
+
+    fn apply_transfer_settle(&mut self, settle: &TransferSettle) -> Result<(), RejectCode> {
+        let key = (settle.destination_shard, settle.sequence);
+        let transfer = *self.transfers_out.get(&key).expect("settled transfers were sent");
+        if !settle.accepted {
+            let transit = AccountId::transit(transfer.asset);
+            let amount = Leg::Post(transfer.amount.wide());
+            self.move_value(transit, transfer.source, transfer.asset, amount)?;
+        }
+        self.transfers_out.remove(&key);
+        Ok(())
+    }
+
+    /// Moves value between two accounts and the asset's totals, with undo entries.
+    fn move_value(
+        &mut self,
+        debit: AccountId,
+        credit: AccountId,
+        asset: AssetId,
+        leg: Leg,
+    ) -> Result<(), RejectCode> {
+        self.change_account(debit, Side::Debit, leg)?;
+        self.change_account(credit, Side::Credit, leg)?;
+        let index = usize::from(asset.0);
+        let before = self.totals[index];
+        let mut after = before;
+        leg.apply(&mut after.debits_pending, &mut after.debits_posted)
+            .ok_or(RejectCode::Overflow)?;
+        leg.apply(&mut after.credits_pending, &mut after.credits_posted)
+            .ok_or(RejectCode::Overflow)?;
+        self.undo.push(Undo::Totals { asset, before });
+        self.totals[index] = after;
+        Ok(())
+    }
+
+    fn change_account(&mut self, id: AccountId, side: Side, leg: Leg) -> Result<(), RejectCode> {
+        let (_, flags, _) = self.registry.account_terms(id).expect("checked before posting");
+        let existing = self.accounts.get(&id).copied();
+        let mut after = existing.unwrap_or_default();
+        let changed = match side {
+            Side::Debit => leg.apply(&mut after.debits_pending, &mut after.debits_posted),
+            Side::Credit => leg.apply(&mut after.credits_pending, &mut after.credits_posted),
+        };
+        changed.ok_or(RejectCode::Overflow)?;
+        if !after.satisfies(flags) {
+            let no_overdraft = AccountFlags::NO_OVERDRAFT;
+            return Err(if existing.is_none() && flags.contains(no_overdraft) {
+                RejectCode::AccountNotFound
+            } else if !after.satisfies(flags.with(no_overdraft)) && flags.contains(no_overdraft) {
+                RejectCode::InsufficientFunds
+            } else {
+                RejectCode::CreditLimitExceeded
+            });
+        }
+        self.undo.push(Undo::Account { id, before: existing });
+        self.accounts.insert(id, after);
+        Ok(())
+    }
+
+    /// Recomputes every asset's sums from the accounts and checks them against the running
+    /// totals, that debits equal credits, and that every account respects its flags. O(accounts).
+    pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
+        let fail = |message: String| Err(InvariantViolation { shard: self.config.shard, message });
+        let mut sums = vec![AssetTotals::default(); self.totals.len()];
+        for (id, account) in &self.accounts {
+            let Some((asset, flags, _)) = self.registry.account_terms(*id) else {
+                return fail(format!("account {id:?} has an unknown class"));
+            };
+            if !account.satisfies(flags) {
+                let name = self.registry.address(*id).map(|a| a.to_string()).unwrap_or_default();
+                return fail(format!("account {name} breaks its flags: {account:?}"));
+            }
+            let Some(sum) = sums.get_mut(usize::from(asset.0)) else {
+                return fail(format!("account {id:?} holds an asset without totals"));
+            };
+            let add = |total: &mut u128, value: u128| -> Option<()> {
+                *total = total.checked_add(value)?;
+                Some(())
+            };
+            let added = add(&mut sum.debits_posted, account.debits_posted)
+                .and(add(&mut sum.credits_posted, account.credits_posted))
+                .and(add(&mut sum.debits_pending, account.debits_pending))
+                .and(add(&mut sum.credits_pending, account.credits_pending));
+            if added.is_none() {
+                return fail(format!("sums of asset {} overflow", asset.0));
+            }
+        }
+        for (index, (sum, running)) in sums.iter().zip(&self.totals).enumerate() {
+            let code = self.registry.assets()[index].code.as_str();
+            if sum.debits_posted != sum.credits_posted || sum.debits_pending != sum.credits_pending
+            {
+                return fail(format!("asset {code} does not sum to zero: {sum:?}"));
+            }
+            if sum != running {
+                return fail(format!(
+                    "asset {code}: accounts sum to {sum:?}, totals say {running:?}"
+                ));
+            }
+        }
+        let pending_held: usize = self.holds.len();
+        if pending_held != self.hold_deadlines.len() {
+            return fail("holds and their deadlines disagree".to_string());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,426 @@
+//! What the WAL records: the decided form of every state change.
+//!
+//! A `Record` is what a shard applies, live or at replay, through the one function
+//! `Ledger::apply`. Clients send `Request`s (module `command`); the shard turns each into a
+//! `Body` stamped with an id, and only bodies that apply cleanly reach the WAL. The byte layout
+//! of each body is in `wal::payload` and specified in docs/wal-format.md.
+
+use std::fmt;
+
+use super::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
+use crate::amount::Amount;
+use crate::ids::{IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId};
+use crate::limits::RECEIPT_BYTES_MAX;
+use crate::reject::RejectCode;
+
+/// The business meaning of a transaction. Values are stable; unknown values read from a newer
+/// WAL are kept as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxKind(pub u16);
+
+impl TxKind {
+    /// A generic posting with no business meaning attached.
+    pub const GENERIC: TxKind = TxKind(0);
+    /// Points earned by a purchase.
+    pub const PURCHASE: TxKind = TxKind(1);
+    /// Points spent.
+    pub const REDEEM: TxKind = TxKind(2);
+    /// A manual correction by an operator.
+    pub const ADJUSTMENT: TxKind = TxKind(3);
+    /// An offsetting transaction that reverses an earlier one.
+    pub const REVERSAL: TxKind = TxKind(4);
+    /// Points moved between customers.
+    pub const TRANSFER: TxKind = TxKind(5);
+    /// Points taken back after a refunded purchase.
+    pub const REFUND: TxKind = TxKind(6);
+    /// Points that reached their expiry date.
+    pub const EXPIRY: TxKind = TxKind(7);
+    /// Points exchanged with a partner.
+    pub const EXCHANGE: TxKind = TxKind(8);
+
+    /// A stable lowercase name for known kinds.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            TxKind::GENERIC => "generic",
+            TxKind::PURCHASE => "purchase",
+            TxKind::REDEEM => "redeem",
+            TxKind::ADJUSTMENT => "adjustment",
+            TxKind::REVERSAL => "reversal",
+            TxKind::TRANSFER => "transfer",
+            TxKind::REFUND => "refund",
+            TxKind::EXPIRY => "expiry",
+            TxKind::EXCHANGE => "exchange",
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for TxKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "kind-{}", self.0),
+        }
+    }
+}
+
+/// A receipt reference: at most `RECEIPT_BYTES_MAX` bytes of UTF-8, stored inline so that
+/// metadata never allocates.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Receipt {
+    len: u8,
+    bytes: [u8; RECEIPT_BYTES_MAX],
+}
+
+impl Receipt {
+    /// The empty receipt.
+    pub const EMPTY: Receipt = Receipt { len: 0, bytes: [0; RECEIPT_BYTES_MAX] };
+
+    /// A receipt reference, refused when longer than `RECEIPT_BYTES_MAX` bytes.
+    pub fn new(text: &str) -> Result<Receipt, RejectCode> {
+        let source = text.as_bytes();
+        if source.len() > RECEIPT_BYTES_MAX {
+            return Err(RejectCode::ReceiptTooLong);
+        }
+        let mut bytes = [0; RECEIPT_BYTES_MAX];
+        bytes[..source.len()].copy_from_slice(source);
+        let len = u8::try_from(source.len()).expect("bounded by RECEIPT_BYTES_MAX");
+        Ok(Receipt { len, bytes })
+    }
+
+    /// The receipt text.
+    pub fn as_str(&self) -> &str {
+        let bytes = &self.bytes[..usize::from(self.len)];
+        std::str::from_utf8(bytes).expect("built from a str")
+    }
+}
+
+impl fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl Default for Receipt {
+    fn default() -> Receipt {
+        Receipt::EMPTY
+    }
+}
+
+/// Bounded, fixed-size facts about where a transaction came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Metadata {
+    /// The store (0 = none).
+    pub store: u32,
+    /// The product or merchant category (0 = none).
+    pub category: u16,
+    /// The receipt number printed at the till.
+    pub receipt: Receipt,
+}
+
+/// One movement of value: `amount` of `asset` from `debit` to `credit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Posting {
+    /// The account debited.
+    pub debit: AccountId,
+    /// The account credited.
+    pub credit: AccountId,
+    /// The asset moved; both accounts must hold it.
+    pub asset: AssetId,
+    /// How much, in minor units; never zero.
+    pub amount: Amount,
+}
+
+/// What every client-originated record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxHeader {
+    /// The transaction's id, assigned by the shard.
+    pub id: TxId,
+    /// The business meaning.
+    pub kind: TxKind,
+    /// The terminal the request came from; scopes the idempotency key.
+    pub terminal: TerminalId,
+    /// The client's idempotency key (required for client writes).
+    pub idempotency: Option<IdempotencyKey>,
+    /// Where the transaction came from.
+    pub metadata: Metadata,
+}
+
+/// A committed transaction of 1..=N postings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// Id, kind, idempotency and metadata.
+    pub header: TxHeader,
+    /// The postings, applied all or none.
+    pub postings: Vec<Posting>,
+}
+
+/// A hold: one posting reserved (pending) until captured, voided or expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldCreate {
+    /// Id (the hold's id), kind, idempotency and metadata.
+    pub header: TxHeader,
+    /// The reserved posting.
+    pub posting: Posting,
+    /// How long after the record's timestamp the hold expires if nobody captures or voids it.
+    /// The record keeps the request's timeout, not a deadline, so that a retry made later is
+    /// recognised as the same request.
+    pub timeout_nanos: u64,
+}
+
+/// Capture of a hold, whole (`amount: None`) or part; the rest is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldCapture {
+    /// Id, kind, idempotency and metadata of the capture itself.
+    pub header: TxHeader,
+    /// The hold captured.
+    pub hold: TxId,
+    /// The amount captured; `None` captures all of it.
+    pub amount: Option<Amount>,
+}
+
+/// Void of a hold: its reservation is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldVoid {
+    /// Id, kind, idempotency and metadata of the void itself.
+    pub header: TxHeader,
+    /// The hold voided.
+    pub hold: TxId,
+}
+
+/// Expiry of a hold at its timeout, written by the shard itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldExpire {
+    /// The expiry's own transaction id.
+    pub id: TxId,
+    /// The hold that expired.
+    pub hold: TxId,
+}
+
+/// Step 1 of a cross-shard transfer, on the source shard: the source customer is debited and
+/// the source shard's transit account credited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferOut {
+    /// Id, kind, idempotency and metadata of the transfer.
+    pub header: TxHeader,
+    /// The shard of the destination customer.
+    pub destination_shard: ShardId,
+    /// Position of this transfer in the stream from this shard to `destination_shard`
+    /// (1, 2, 3…): the destination applies each exactly once, in order.
+    pub sequence: u64,
+    /// The customer account debited.
+    pub source: AccountId,
+    /// The customer account to be credited on the destination shard.
+    pub destination: AccountId,
+    /// The asset moved.
+    pub asset: AssetId,
+    /// The amount moved.
+    pub amount: Amount,
+}
+
+/// Step 2 of a cross-shard transfer, on the destination shard: its transit account is debited
+/// and the destination customer credited (or, if that credit is impossible, nothing moves and
+/// the source shard refunds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferIn {
+    /// This step's own transaction id.
+    pub id: TxId,
+    /// The shard that sent the transfer.
+    pub source_shard: ShardId,
+    /// The transfer's position in the stream from `source_shard` to this shard.
+    pub sequence: u64,
+    /// The id of step 1 on the source shard.
+    pub source_tx: TxId,
+    /// The customer account debited on the source shard.
+    pub source: AccountId,
+    /// The customer account credited here.
+    pub destination: AccountId,
+    /// The asset moved.
+    pub asset: AssetId,
+    /// The amount moved.
+    pub amount: Amount,
+    /// Whether the credit was made; `false` only when it would overflow the destination.
+    pub accepted: bool,
+}
+
+/// Step 3 of a cross-shard transfer, on the source shard: the destination acknowledged step 2.
+/// When it refused the credit, the source customer is refunded from transit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransferSettle {
+    /// This step's own transaction id.
+    pub id: TxId,
+    /// The destination shard of the settled transfer.
+    pub destination_shard: ShardId,
+    /// The transfer's position in the stream to `destination_shard`.
+    pub sequence: u64,
+    /// Whether the destination made the credit.
+    pub accepted: bool,
+}
+
+/// Definition of an asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetDefine {
+    /// The id the asset gets: the next one.
+    pub id: AssetId,
+    /// Its code.
+    pub code: Name,
+    /// Its decimal scale.
+    pub scale: u8,
+}
+
+/// Definition of an account class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassDefine {
+    /// The id the class gets: the next one.
+    pub id: ClassId,
+    /// Its namespace.
+    pub namespace: Namespace,
+    /// Its name.
+    pub name: Name,
+    /// The asset its accounts hold.
+    pub asset: AssetId,
+    /// Its accounts' flags.
+    pub flags: AccountFlags,
+}
+
+/// The body of one WAL record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A committed transaction.
+    Transaction(Transaction),
+    /// A hold was created.
+    HoldCreate(HoldCreate),
+    /// A hold was captured.
+    HoldCapture(HoldCapture),
+    /// A hold was voided.
+    HoldVoid(HoldVoid),
+    /// A hold expired.
+    HoldExpire(HoldExpire),
+    /// Step 1 of a cross-shard transfer.
+    TransferOut(TransferOut),
+    /// Step 2 of a cross-shard transfer.
+    TransferIn(TransferIn),
+    /// Step 3 of a cross-shard transfer.
+    TransferSettle(TransferSettle),
+    /// An asset was defined.
+    AssetDefine(AssetDefine),
+    /// An account class was defined.
+    ClassDefine(ClassDefine),
+}
+
+/// The kind field of a record frame (docs/wal-format.md, "Record kinds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u16)]
+pub enum RecordKind {
+    /// `Body::Transaction`.
+    Transaction = 1,
+    /// `Body::HoldCreate`.
+    HoldCreate = 2,
+    /// `Body::HoldCapture`.
+    HoldCapture = 3,
+    /// `Body::HoldVoid`.
+    HoldVoid = 4,
+    /// `Body::HoldExpire`.
+    HoldExpire = 5,
+    /// `Body::TransferOut`.
+    TransferOut = 6,
+    /// `Body::TransferIn`.
+    TransferIn = 7,
+    /// `Body::TransferSettle`.
+    TransferSettle = 8,
+    /// `Body::AssetDefine`.
+    AssetDefine = 16,
+    /// `Body::ClassDefine`.
+    ClassDefine = 17,
+}
+
+impl RecordKind {
+    /// The kind for a frame's kind field.
+    pub fn from_u16(value: u16) -> Option<RecordKind> {
+        Some(match value {
+            1 => RecordKind::Transaction,
+            2 => RecordKind::HoldCreate,
+            3 => RecordKind::HoldCapture,
+            4 => RecordKind::HoldVoid,
+            5 => RecordKind::HoldExpire,
+            6 => RecordKind::TransferOut,
+            7 => RecordKind::TransferIn,
+            8 => RecordKind::TransferSettle,
+            16 => RecordKind::AssetDefine,
+            17 => RecordKind::ClassDefine,
+            _ => return None,
+        })
+    }
+
+    /// A stable lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::Transaction => "transaction",
+            RecordKind::HoldCreate => "hold_create",
+            RecordKind::HoldCapture => "hold_capture",
+            RecordKind::HoldVoid => "hold_void",
+            RecordKind::HoldExpire => "hold_expire",
+            RecordKind::TransferOut => "transfer_out",
+            RecordKind::TransferIn => "transfer_in",
+            RecordKind::TransferSettle => "transfer_settle",
+            RecordKind::AssetDefine => "asset_define",
+            RecordKind::ClassDefine => "class_define",
+        }
+    }
+}
+
+impl Body {
+    /// The record kind of this body.
+    pub fn kind(&self) -> RecordKind {
+        match self {
+            Body::Transaction(_) => RecordKind::Transaction,
+            Body::HoldCreate(_) => RecordKind::HoldCreate,
+            Body::HoldCapture(_) => RecordKind::HoldCapture,
+            Body::HoldVoid(_) => RecordKind::HoldVoid,
+            Body::HoldExpire(_) => RecordKind::HoldExpire,
+            Body::TransferOut(_) => RecordKind::TransferOut,
+            Body::TransferIn(_) => RecordKind::TransferIn,
+            Body::TransferSettle(_) => RecordKind::TransferSettle,
+            Body::AssetDefine(_) => RecordKind::AssetDefine,
+            Body::ClassDefine(_) => RecordKind::ClassDefine,
+        }
+    }
+
+    /// The header of a client-originated body.
+    pub fn header(&self) -> Option<&TxHeader> {
+        match self {
+            Body::Transaction(tx) => Some(&tx.header),
+            Body::HoldCreate(hold) => Some(&hold.header),
+            Body::HoldCapture(capture) => Some(&capture.header),
+            Body::HoldVoid(void) => Some(&void.header),
+            Body::TransferOut(transfer) => Some(&transfer.header),
+            Body::HoldExpire(_)
+            | Body::TransferIn(_)
+            | Body::TransferSettle(_)
+            | Body::AssetDefine(_)
+            | Body::ClassDefine(_) => None,
+        }
+    }
+
+    /// The transaction id of this record, if it is a transaction (definitions are not).
+    pub fn tx_id(&self) -> Option<TxId> {
+        match self {
+            Body::HoldExpire(expire) => Some(expire.id),
+            Body::TransferIn(transfer) => Some(transfer.id),
+            Body::TransferSettle(settle) => Some(settle.id),
+            Body::AssetDefine(_) | Body::ClassDefine(_) => None,
+            _ => self.header().map(|header| header.id),
+        }
+    }
+}
+
+/// A record as read from or written to the WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Position in the shard's WAL.
+    pub lsn: Lsn,
+    /// When the shard decided it.
+    pub timestamp: Timestamp,
+    /// What it changes.
+    pub body: Body,
+}

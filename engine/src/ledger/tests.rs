@@ -1,0 +1,641 @@
+//! Scenario tests of the state machine: every operation, and every rejection, each checked to
+//! leave the whole state (not only the balances) byte-for-byte as it was.
+
+use super::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
+use super::command::Committed;
+use super::record::{
+    AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Metadata,
+    Posting, Receipt, Record, Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
+    TxKind,
+};
+use super::{Ledger, LedgerConfig, Refusal};
+use crate::amount::Amount;
+use crate::ids::{
+    CustomerId, IdempotencyKey, ShardId, TerminalId, Timestamp, TxId, shard_for_customer,
+};
+use crate::limits::Limits;
+use crate::reject::RejectCode;
+use crate::wal::payload;
+
+const SECOND: u64 = 1_000_000_000;
+
+struct Harness {
+    ledger: Ledger,
+    now: Timestamp,
+    next_key: u128,
+    pts: AssetId,
+    usd: AssetId,
+    points: ClassId,
+    dollars: ClassId,
+    issuance: ClassId,
+    redemption: ClassId,
+    capped: ClassId,
+}
+
+fn amount(value: u64) -> Amount {
+    Amount::new(value).unwrap()
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with_config(LedgerConfig {
+            limits: Limits::test_min(),
+            ..LedgerConfig::new(ShardId::new(0).unwrap(), 1)
+        })
+    }
+
+    fn with_config(config: LedgerConfig) -> Harness {
+        let mut harness = Harness {
+            ledger: Ledger::new(config),
+            now: Timestamp(1_800_000_000 * SECOND),
+            next_key: 1,
+            pts: AssetId(0),
+            usd: AssetId(1),
+            points: ClassId(1),
+            dollars: ClassId(2),
+            issuance: ClassId(3),
+            redemption: ClassId(4),
+            capped: ClassId(5),
+        };
+        harness.define_asset("PTS", 0);
+        harness.define_asset("USD", 2);
+        harness.define_class(Namespace::Customer, "points", 0, AccountFlags::NO_OVERDRAFT);
+        harness.define_class(Namespace::Customer, "dollars", 1, AccountFlags::NO_OVERDRAFT);
+        harness.define_class(Namespace::House, "issuance", 0, AccountFlags::NONE);
+        harness.define_class(Namespace::House, "redemption", 0, AccountFlags::NONE);
+        harness.define_class(
+            Namespace::House,
+            "capped",
+            0,
+            AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+        );
+        harness
+    }
+
+    fn define_asset(&mut self, code: &str, scale: u8) {
+        let id = self.ledger.registry().next_asset_id();
+        let body = Body::AssetDefine(AssetDefine { id, code: Name::asset(code).unwrap(), scale });
+        self.apply(body).unwrap();
+    }
+
+    fn define_class(&mut self, namespace: Namespace, name: &str, asset: u16, flags: AccountFlags) {
+        let id = self.ledger.registry().next_class_id();
+        let body = Body::ClassDefine(ClassDefine {
+            id,
+            namespace,
+            name: Name::class(name).unwrap(),
+            asset: AssetId(asset),
+            flags,
+        });
+        self.apply(body).unwrap();
+    }
+
+    fn customer(&self, id: u64) -> AccountId {
+        AccountId::new(self.points, id)
+    }
+
+    fn house(&self, class: ClassId) -> AccountId {
+        AccountId::new(class, 0)
+    }
+
+    fn header(&mut self) -> TxHeader {
+        let key = self.next_key;
+        self.next_key += 1;
+        self.header_with_key(key)
+    }
+
+    fn header_with_key(&self, key: u128) -> TxHeader {
+        TxHeader {
+            id: self.ledger.peek_tx_id(self.now),
+            kind: TxKind::PURCHASE,
+            terminal: TerminalId(1),
+            idempotency: IdempotencyKey::new(key),
+            metadata: Metadata { store: 1, category: 0, receipt: Receipt::new("R").unwrap() },
+        }
+    }
+
+    fn posting(&self, debit: AccountId, credit: AccountId, value: u64) -> Posting {
+        Posting { debit, credit, asset: self.pts, amount: amount(value) }
+    }
+
+    /// Applies `body` the way a shard does: encode, fingerprint, apply.
+    fn apply(&mut self, body: Body) -> Result<Committed, Refusal> {
+        let mut payload_bytes = Vec::new();
+        payload::encode_body(&body, &mut payload_bytes);
+        let fingerprint = payload::fingerprint(body.kind(), &payload_bytes);
+        let lsn = self.ledger.lsn().next();
+        let tx_id = body.tx_id().unwrap_or(TxId(0));
+        let record = Record { lsn, timestamp: self.now, body };
+        self.ledger.apply(&record, fingerprint)?;
+        self.ledger.check_invariants().unwrap();
+        Ok(Committed { tx_id, lsn, timestamp: self.now })
+    }
+
+    fn post(&mut self, postings: Vec<Posting>) -> Result<Committed, Refusal> {
+        let header = self.header();
+        self.apply(Body::Transaction(Transaction { header, postings }))
+    }
+
+    fn earn(&mut self, customer: u64, value: u64) -> Committed {
+        let posting = self.posting(self.house(self.issuance), self.customer(customer), value);
+        self.post(vec![posting]).unwrap()
+    }
+
+    fn hold(&mut self, customer: u64, value: u64, timeout: u64) -> Result<Committed, Refusal> {
+        let header = self.header();
+        let posting = self.posting(self.customer(customer), self.house(self.redemption), value);
+        self.apply(Body::HoldCreate(HoldCreate { header, posting, timeout_nanos: timeout }))
+    }
+
+    fn capture(&mut self, hold: TxId, value: Option<u64>) -> Result<Committed, Refusal> {
+        let header = self.header();
+        let amount = value.map(amount);
+        self.apply(Body::HoldCapture(HoldCapture { header, hold, amount }))
+    }
+
+    fn void(&mut self, hold: TxId) -> Result<Committed, Refusal> {
+        let header = self.header();
+        self.apply(Body::HoldVoid(HoldVoid { header, hold }))
+    }
+
+    fn balance(&self, account: AccountId) -> i128 {
+        self.ledger.account(account).map_or(0, |view| view.counters.balance_posted())
+    }
+
+    fn available(&self, account: AccountId) -> i128 {
+        self.ledger.account(account).map_or(0, |view| view.counters.balance_available())
+    }
+
+    fn state(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        self.ledger.encode_state(&mut bytes);
+        bytes
+    }
+
+    /// Asserts that `body` is rejected with `code` and that nothing at all changed.
+    fn assert_rejected(&mut self, body: Body, code: RejectCode) {
+        let before = self.state();
+        let lsn = self.ledger.lsn();
+        assert_eq!(self.apply(body), Err(Refusal::Rejected(code)));
+        assert_eq!(self.ledger.lsn(), lsn);
+        assert!(self.state() == before, "a rejected {code:?} changed the state");
+        self.ledger.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn earn_and_redeem_move_points_and_keep_every_asset_at_zero() {
+    let mut harness = Harness::new();
+    harness.earn(7, 1_000);
+    assert_eq!(harness.balance(harness.customer(7)), 1_000);
+    assert_eq!(harness.balance(harness.house(harness.issuance)), -1_000);
+    let redeem = harness.posting(harness.customer(7), harness.house(harness.redemption), 300);
+    harness.post(vec![redeem]).unwrap();
+    assert_eq!(harness.balance(harness.customer(7)), 700);
+    let totals = harness.ledger.totals(harness.pts).unwrap();
+    assert_eq!(totals.debits_posted, 1_300);
+    assert_eq!(totals.credits_posted, 1_300);
+}
+
+#[test]
+fn a_transaction_with_several_postings_commits_whole() {
+    let mut harness = Harness::new();
+    let issuance = harness.house(harness.issuance);
+    let earn = harness.posting(issuance, harness.customer(1), 100);
+    let bonus = harness.posting(issuance, harness.customer(2), 50);
+    let spend = harness.posting(harness.customer(1), harness.customer(2), 100);
+    harness.post(vec![earn, bonus, spend]).unwrap();
+    assert_eq!(harness.balance(harness.customer(1)), 0);
+    assert_eq!(harness.balance(harness.customer(2)), 150);
+}
+
+#[test]
+fn a_failing_posting_rolls_back_the_earlier_ones_and_the_accounts_they_created() {
+    let mut harness = Harness::new();
+    let issuance = harness.house(harness.issuance);
+    let earn = harness.posting(issuance, harness.customer(10), 100);
+    let overspend = harness.posting(harness.customer(10), harness.customer(11), 101);
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![earn, overspend] }),
+        RejectCode::InsufficientFunds,
+    );
+    assert!(harness.ledger.account(harness.customer(10)).is_none());
+    assert!(harness.ledger.account(issuance).is_none());
+}
+
+#[test]
+fn static_rejections_change_nothing() {
+    let mut harness = Harness::new();
+    harness.earn(1, 500);
+    let customer = harness.customer(1);
+    let redemption = harness.house(harness.redemption);
+
+    let mut header = harness.header();
+    header.idempotency = None;
+    let posting = harness.posting(customer, redemption, 1);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        RejectCode::IdempotencyKeyMissing,
+    );
+
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![] }),
+        RejectCode::PostingsEmpty,
+    );
+
+    let header = harness.header();
+    let many = vec![posting; Limits::test_min().transaction_postings_max + 1];
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: many }),
+        RejectCode::PostingsTooMany,
+    );
+
+    let header = harness.header();
+    let same = harness.posting(customer, customer, 1);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![same] }),
+        RejectCode::AccountsSame,
+    );
+
+    let header = harness.header();
+    let unknown_class = harness.posting(AccountId::new(ClassId(99), 1), redemption, 1);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![unknown_class] }),
+        RejectCode::ClassUnknown,
+    );
+
+    let header = harness.header();
+    let unknown_asset = Posting { asset: AssetId(9), ..posting };
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![unknown_asset] }),
+        RejectCode::AssetUnknown,
+    );
+
+    let header = harness.header();
+    let wrong_asset = Posting { asset: harness.usd, ..posting };
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![wrong_asset] }),
+        RejectCode::AssetMismatch,
+    );
+    let header = harness.header();
+    let mixed = harness.posting(customer, AccountId::new(harness.dollars, 1), 1);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![mixed] }),
+        RejectCode::AssetMismatch,
+    );
+
+    let header = harness.header();
+    let transit = harness.posting(customer, AccountId::transit(harness.pts), 1);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![transit] }),
+        RejectCode::AccountKindInvalid,
+    );
+
+    let header = harness.header();
+    let timeout_nanos = 0;
+    harness.assert_rejected(
+        Body::HoldCreate(HoldCreate { header, posting, timeout_nanos }),
+        RejectCode::HoldTimeoutInvalid,
+    );
+    let header = harness.header();
+    let timeout_nanos = harness.ledger.config().hold_timeout_max_nanos + 1;
+    harness.assert_rejected(
+        Body::HoldCreate(HoldCreate { header, posting, timeout_nanos }),
+        RejectCode::HoldTimeoutInvalid,
+    );
+    assert_eq!(Receipt::new(&"x".repeat(33)), Err(RejectCode::ReceiptTooLong));
+    assert_eq!(Amount::new(0), None, "a zero amount cannot be built");
+}
+
+#[test]
+fn customers_of_another_shard_are_refused() {
+    let config = LedgerConfig {
+        limits: Limits::test_min(),
+        ..LedgerConfig::new(ShardId::new(0).unwrap(), 4)
+    };
+    let mut harness = Harness::with_config(config);
+    let foreign = (0..100).find(|c| shard_for_customer(CustomerId(*c), 4).index() != 0).unwrap();
+    let header = harness.header();
+    let posting = harness.posting(harness.house(harness.issuance), harness.customer(foreign), 5);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        RejectCode::AccountsOnDifferentShards,
+    );
+}
+
+#[test]
+fn overdraft_counting_holds_and_unknown_accounts_are_refused() {
+    let mut harness = Harness::new();
+    let redemption = harness.house(harness.redemption);
+    let header = harness.header();
+    let from_nobody = harness.posting(harness.customer(5), redemption, 1);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![from_nobody] }),
+        RejectCode::AccountNotFound,
+    );
+
+    harness.earn(5, 1_000);
+    let header = harness.header();
+    let too_much = harness.posting(harness.customer(5), redemption, 1_001);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![too_much] }),
+        RejectCode::InsufficientFunds,
+    );
+
+    // A hold of 800 leaves 200 available: a redemption of 201 is refused, 200 is fine.
+    harness.hold(5, 800, 60 * SECOND).unwrap();
+    assert_eq!(harness.available(harness.customer(5)), 200);
+    let header = harness.header();
+    let over_hold = harness.posting(harness.customer(5), redemption, 201);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![over_hold] }),
+        RejectCode::InsufficientFunds,
+    );
+    let exact = harness.posting(harness.customer(5), redemption, 200);
+    harness.post(vec![exact]).unwrap();
+    assert_eq!(harness.available(harness.customer(5)), 0);
+}
+
+#[test]
+fn credit_limits_and_overflow_are_refused() {
+    let mut harness = Harness::new();
+    let capped = harness.house(harness.capped);
+    let header = harness.header();
+    let posting = harness.posting(harness.house(harness.issuance), capped, 1);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        RejectCode::CreditLimitExceeded,
+    );
+
+    // Counters next to the end of u128: the next credit overflows and is refused.
+    let customer = harness.customer(9);
+    let near_max = u128::MAX - 5;
+    let account = super::account::Account { credits_posted: near_max, ..Default::default() };
+    harness.ledger.accounts.insert(customer, account);
+    let issuance = super::account::Account { debits_posted: near_max, ..Default::default() };
+    harness.ledger.accounts.insert(harness.house(harness.issuance), issuance);
+    harness.ledger.totals[0].debits_posted = near_max;
+    harness.ledger.totals[0].credits_posted = near_max;
+    harness.ledger.check_invariants().unwrap();
+    let header = harness.header();
+    let posting = harness.posting(harness.house(harness.redemption), customer, 6);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        RejectCode::Overflow,
+    );
+}
+
+#[test]
+fn idempotent_retries_return_the_original_and_conflicts_are_refused() {
+    let mut harness = Harness::new();
+    harness.earn(3, 100);
+    let key = 4242;
+    let posting = harness.posting(harness.customer(3), harness.house(harness.redemption), 10);
+    let header = harness.header_with_key(key);
+    let first =
+        harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] })).unwrap();
+    // The retry carries a new tx id (a new attempt) but the same payload.
+    let before = harness.state();
+    let header = harness.header_with_key(key);
+    let retry = harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] }));
+    assert_eq!(retry, Err(Refusal::Duplicate(first)));
+    assert!(harness.state() == before);
+    assert_eq!(harness.balance(harness.customer(3)), 90);
+
+    let header = harness.header_with_key(key);
+    let other = harness.posting(harness.customer(3), harness.house(harness.redemption), 11);
+    harness.assert_rejected(
+        Body::Transaction(Transaction { header, postings: vec![other] }),
+        RejectCode::IdempotencyConflict,
+    );
+
+    // The same key from another terminal is another request.
+    let mut header = harness.header_with_key(key);
+    header.terminal = TerminalId(2);
+    harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] })).unwrap();
+    assert_eq!(harness.balance(harness.customer(3)), 80);
+
+    // After the retention window the key is forgotten.
+    harness.now = harness.now.plus_nanos(harness.ledger.config().idempotency_retention_nanos);
+    let header = harness.header_with_key(key);
+    harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] })).unwrap();
+    assert_eq!(harness.balance(harness.customer(3)), 70);
+}
+
+#[test]
+fn holds_capture_in_part_and_release_the_rest() {
+    let mut harness = Harness::new();
+    harness.earn(1, 1_000);
+    let hold = harness.hold(1, 600, 60 * SECOND).unwrap().tx_id;
+    assert_eq!(harness.available(harness.customer(1)), 400);
+    assert!(harness.ledger.hold(hold).is_some());
+    harness.capture(hold, Some(250)).unwrap();
+    assert_eq!(harness.balance(harness.customer(1)), 750);
+    assert_eq!(harness.available(harness.customer(1)), 750);
+    assert_eq!(harness.balance(harness.house(harness.redemption)), 250);
+    assert!(harness.ledger.hold(hold).is_none());
+    let totals = harness.ledger.totals(harness.pts).unwrap();
+    assert_eq!((totals.debits_pending, totals.credits_pending), (0, 0));
+}
+
+#[test]
+fn hold_rejections_change_nothing() {
+    let mut harness = Harness::new();
+    harness.earn(1, 1_000);
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::HoldCapture(HoldCapture { header, hold: TxId(12345), amount: None }),
+        RejectCode::HoldNotFound,
+    );
+
+    let hold = harness.hold(1, 500, 60 * SECOND).unwrap().tx_id;
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::HoldCapture(HoldCapture { header, hold, amount: Some(amount(501)) }),
+        RejectCode::CaptureExceedsHold,
+    );
+    harness.capture(hold, None).unwrap();
+    assert_eq!(harness.balance(harness.customer(1)), 500);
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::HoldVoid(HoldVoid { header, hold }),
+        RejectCode::HoldAlreadyCaptured,
+    );
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::HoldCapture(HoldCapture { header, hold, amount: None }),
+        RejectCode::HoldAlreadyCaptured,
+    );
+
+    let voided = harness.hold(1, 100, 60 * SECOND).unwrap().tx_id;
+    harness.void(voided).unwrap();
+    assert_eq!(harness.available(harness.customer(1)), 500);
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::HoldCapture(HoldCapture { header, hold: voided, amount: None }),
+        RejectCode::HoldAlreadyVoided,
+    );
+
+    // A hold past its timeout cannot be captured even before the sweep expires it.
+    let late = harness.hold(1, 100, SECOND).unwrap().tx_id;
+    harness.now = harness.now.plus_nanos(SECOND);
+    let header = harness.header();
+    harness.assert_rejected(
+        Body::HoldCapture(HoldCapture { header, hold: late, amount: None }),
+        RejectCode::HoldExpired,
+    );
+    assert_eq!(harness.ledger.holds_due(harness.now, 10), vec![late]);
+    let id = harness.ledger.peek_tx_id(harness.now);
+    harness.apply(Body::HoldExpire(HoldExpire { id, hold: late })).unwrap();
+    assert_eq!(harness.available(harness.customer(1)), 500);
+    let header = harness.header();
+    harness
+        .assert_rejected(Body::HoldVoid(HoldVoid { header, hold: late }), RejectCode::HoldExpired);
+
+    // An expiry record before the timeout does not apply.
+    let early = harness.hold(1, 100, 10 * SECOND).unwrap().tx_id;
+    let id = harness.ledger.peek_tx_id(harness.now);
+    harness.assert_rejected(
+        Body::HoldExpire(HoldExpire { id, hold: early }),
+        RejectCode::HoldTimeoutInvalid,
+    );
+}
+
+#[test]
+fn open_holds_are_bounded() {
+    let mut harness = Harness::new();
+    harness.earn(1, 1_000);
+    for _ in 0..Limits::test_min().holds_open_max {
+        harness.hold(1, 1, 60 * SECOND).unwrap();
+    }
+    let header = harness.header();
+    let posting = harness.posting(harness.customer(1), harness.house(harness.redemption), 1);
+    let timeout_nanos = SECOND;
+    harness.assert_rejected(
+        Body::HoldCreate(HoldCreate { header, posting, timeout_nanos }),
+        RejectCode::HoldsFull,
+    );
+}
+
+#[test]
+fn cross_shard_transfer_steps_balance_each_shard() {
+    let config = |index| LedgerConfig {
+        limits: Limits::test_min(),
+        ..LedgerConfig::new(ShardId::new(index).unwrap(), 2)
+    };
+    let mut source = Harness::with_config(config(0));
+    let mut destination = Harness::with_config(config(1));
+    let on_shard = |shard: u16| {
+        (0..1000).find(|c| shard_for_customer(CustomerId(*c), 2).index() == shard).unwrap()
+    };
+    let (alice, bob) = (on_shard(0), on_shard(1));
+    source.earn(alice, 1_000);
+    let destination_shard = ShardId::new(1).unwrap();
+    let transfer = TransferOut {
+        header: source.header(),
+        destination_shard,
+        sequence: 1,
+        source: source.customer(alice),
+        destination: source.customer(bob),
+        asset: source.pts,
+        amount: amount(400),
+    };
+    source.apply(Body::TransferOut(transfer)).unwrap();
+    assert_eq!(source.balance(source.customer(alice)), 600);
+    assert_eq!(source.balance(AccountId::transit(source.pts)), 400);
+    assert_eq!(source.ledger.transfers_out().count(), 1);
+
+    // Too many in flight: the limit refuses the next one and changes nothing.
+    for sequence in 2..=Limits::test_min().transfers_in_flight_max as u64 {
+        let next = TransferOut { header: source.header(), sequence, amount: amount(1), ..transfer };
+        source.apply(Body::TransferOut(next)).unwrap();
+    }
+    let sequence = source.ledger.transfer_out_next(destination_shard);
+    let full = TransferOut { header: source.header(), sequence, amount: amount(1), ..transfer };
+    source.assert_rejected(Body::TransferOut(full), RejectCode::TransfersFull);
+
+    let incoming = TransferIn {
+        id: destination.ledger.peek_tx_id(destination.now),
+        source_shard: ShardId::new(0).unwrap(),
+        sequence: 1,
+        source_tx: TxId(1),
+        source: transfer.source,
+        destination: transfer.destination,
+        asset: destination.pts,
+        amount: amount(400),
+        accepted: true,
+    };
+    destination.apply(Body::TransferIn(incoming)).unwrap();
+    assert_eq!(destination.balance(destination.customer(bob)), 400);
+    assert_eq!(destination.balance(AccountId::transit(destination.pts)), -400);
+    assert_eq!(destination.ledger.transfer_in_last(ShardId::new(0).unwrap()), 1);
+
+    // Settled accepted: transit keeps the credit that offsets the destination's debit.
+    let settle = TransferSettle {
+        id: source.ledger.peek_tx_id(source.now),
+        destination_shard,
+        sequence: 1,
+        accepted: true,
+    };
+    source.apply(Body::TransferSettle(settle)).unwrap();
+    // Settled refused: the source is refunded from transit.
+    let refund = TransferSettle {
+        id: source.ledger.peek_tx_id(source.now),
+        destination_shard,
+        sequence: 2,
+        accepted: false,
+    };
+    let before = source.balance(source.customer(alice));
+    source.apply(Body::TransferSettle(refund)).unwrap();
+    assert_eq!(source.balance(source.customer(alice)), before + 1);
+    let global_transit = source.balance(AccountId::transit(source.pts))
+        + destination.balance(AccountId::transit(destination.pts));
+    let in_flight: i128 =
+        source.ledger.transfers_out().map(|(_, _, t)| i128::from(t.amount.get())).sum();
+    assert_eq!(global_transit, in_flight, "transit holds exactly what is in flight");
+}
+
+#[test]
+fn definitions_must_come_in_order_and_not_repeat() {
+    let mut harness = Harness::new();
+    let body = Body::AssetDefine(AssetDefine {
+        id: AssetId(5),
+        code: Name::asset("GEM").unwrap(),
+        scale: 0,
+    });
+    harness.assert_rejected(body, RejectCode::DefinitionConflict);
+    let id = harness.ledger.registry().next_asset_id();
+    let body = Body::AssetDefine(AssetDefine { id, code: Name::asset("PTS").unwrap(), scale: 0 });
+    harness.assert_rejected(body, RejectCode::DefinitionConflict);
+    let id = harness.ledger.registry().next_class_id();
+    let body = Body::ClassDefine(ClassDefine {
+        id,
+        namespace: Namespace::Customer,
+        name: Name::class("points").unwrap(),
+        asset: AssetId(0),
+        flags: AccountFlags::NONE,
+    });
+    harness.assert_rejected(body, RejectCode::DefinitionConflict);
+}
+
+#[test]
+fn state_encoding_round_trips() {
+    let mut harness = Harness::new();
+    harness.earn(1, 1_000);
+    harness.earn(2, 10);
+    let hold = harness.hold(1, 100, 60 * SECOND).unwrap().tx_id;
+    harness.capture(hold, Some(10)).unwrap();
+    harness.hold(2, 5, 60 * SECOND).unwrap();
+    let bytes = harness.state();
+    let decoded = Ledger::decode_state(harness.ledger.config().clone(), &bytes).unwrap();
+    assert!(decoded == harness.ledger);
+    let mut again = Vec::new();
+    decoded.encode_state(&mut again);
+    assert_eq!(again, bytes);
+    decoded.check_invariants().unwrap();
+    for len in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(Ledger::decode_state(harness.ledger.config().clone(), &bytes[..len]).is_err());
+    }
+}

@@ -1,0 +1,244 @@
+//! Start-up recovery of one shard: newest valid snapshot, then the WAL after it, then the
+//! invariants.
+//!
+//! Recovery repairs exactly one thing: a torn tail at the end of the newest segment (the
+//! unacknowledged last commit group), which it zeroes so that writing can resume there. Every
+//! other problem stops start-up with an error that names the file, offset and LSN, because
+//! continuing would mean serving a ledger that lost acknowledged transactions.
+
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use crate::ids::Lsn;
+use crate::ledger::{InvariantViolation, Ledger, LedgerConfig};
+use crate::snapshot::{self, SnapshotError};
+use crate::wal::format::HASH_ZERO;
+use crate::wal::payload;
+use crate::wal::reader::{self, ScanOptions, Tail, WalError};
+use crate::wal::segment;
+use crate::wal::writer::WalPosition;
+
+/// The directories of one shard inside the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardPaths {
+    /// `<data>/shard-<NNN>`.
+    pub root: PathBuf,
+    /// `<root>/wal`: the segments.
+    pub wal: PathBuf,
+    /// `<root>/snapshots`.
+    pub snapshots: PathBuf,
+}
+
+impl ShardPaths {
+    /// The paths of shard `index` under `data_dir`.
+    pub fn new(data_dir: &Path, index: u16) -> ShardPaths {
+        let root = data_dir.join(format!("shard-{index:03}"));
+        ShardPaths { wal: root.join("wal"), snapshots: root.join("snapshots"), root }
+    }
+
+    /// Creates the directories if they do not exist.
+    pub fn create(&self) -> std::io::Result<()> {
+        fs::create_dir_all(&self.wal)?;
+        fs::create_dir_all(&self.snapshots)
+    }
+}
+
+/// Why a shard could not be recovered.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecoveryError {
+    /// The WAL is damaged or incomplete.
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    /// Snapshots could not be listed.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// A record read back does not apply: the WAL and the engine disagree.
+    #[error("replay failed: {path} at offset {offset}, lsn {lsn}: {reason}")]
+    Replay {
+        /// The segment file.
+        path: PathBuf,
+        /// Offset of the record.
+        offset: u64,
+        /// Its LSN.
+        lsn: Lsn,
+        /// Why it does not apply.
+        reason: String,
+    },
+    /// The recovered state breaks an invariant.
+    #[error(transparent)]
+    Invariant(#[from] InvariantViolation),
+    /// Repairing the tail or creating directories failed.
+    #[error("recovery i/o on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What recovery found and did, for the start-up log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// LSN of the snapshot loaded (zero if none).
+    pub snapshot_lsn: Lsn,
+    /// Snapshots that failed to load, with the reason, newest first.
+    pub snapshots_skipped: Vec<String>,
+    /// Records replayed after the snapshot.
+    pub records_replayed: u64,
+    /// Where a torn tail was zeroed: (segment file, offset, bytes zeroed).
+    pub torn_tail: Option<(PathBuf, u64, u64)>,
+    /// Newest segment files removed because their roll never finished.
+    pub abandoned_segments: Vec<PathBuf>,
+}
+
+/// A recovered shard.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The state, as of the last whole record.
+    pub ledger: Ledger,
+    /// Where the writer resumes (`None` for a WAL with no segment yet).
+    pub position: Option<WalPosition>,
+    /// What recovery did.
+    pub report: RecoveryReport,
+}
+
+/// Replays the WAL in `wal_dir` into `ledger`: every record after `options.visit_after` must
+/// apply. Returns where the WAL ends and how many records were applied.
+pub fn replay_wal(
+    wal_dir: &Path,
+    ledger: &mut Ledger,
+    options: &ScanOptions,
+) -> Result<(reader::ScanEnd, u64), RecoveryError> {
+    let mut replayed = 0u64;
+    let scanned = reader::scan(wal_dir, options, |record| {
+        let replay_error = |reason: String| RecoveryError::Replay {
+            path: wal_dir.join(segment::segment_file_name(record.segment)),
+            offset: record.offset,
+            lsn: record.header.lsn,
+            reason,
+        };
+        let decoded = record.decode().map_err(|error| replay_error(error.to_string()))?;
+        let fingerprint = payload::fingerprint(record.kind, record.payload());
+        ledger
+            .apply(&decoded, fingerprint)
+            .map_err(|refusal| replay_error(format!("the record does not apply ({refusal:?})")))?;
+        replayed += 1;
+        Ok::<(), RecoveryError>(())
+    });
+    match scanned {
+        Ok(end) => Ok((end, replayed)),
+        Err(Ok(error)) => Err(error),
+        Err(Err(error)) => Err(error.into()),
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io { path: path.to_path_buf(), source }
+}
+
+/// Recovers shard `config.shard` from `paths`.
+pub fn recover_shard(
+    paths: &ShardPaths,
+    config: LedgerConfig,
+    cluster_id: u64,
+) -> Result<Recovered, RecoveryError> {
+    paths.create().map_err(io_error(&paths.root))?;
+    segment::remove_temporary_files(&paths.wal).map_err(io_error(&paths.wal))?;
+    let mut report = RecoveryReport::default();
+
+    let mut base = None;
+    for (_, path) in snapshot::list_snapshots(&paths.snapshots)? {
+        match snapshot::load(&path, config.clone(), cluster_id) {
+            Ok(loaded) => {
+                base = Some(loaded);
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "skipping snapshot");
+                report.snapshots_skipped.push(error.to_string());
+            }
+        }
+    }
+    let (mut ledger, options) = match base {
+        Some((header, ledger)) => {
+            report.snapshot_lsn = header.lsn;
+            let options = ScanOptions {
+                shard: Some(config.shard),
+                cluster_id: Some(cluster_id),
+                visit_after: header.lsn,
+                hash_at_visit_after: (header.lsn > Lsn::ZERO).then_some(header.last_hash),
+                visit_until: None,
+            };
+            (ledger, options)
+        }
+        None => {
+            let options = ScanOptions {
+                shard: Some(config.shard),
+                cluster_id: Some(cluster_id),
+                ..ScanOptions::all()
+            };
+            (Ledger::new(config), options)
+        }
+    };
+
+    let (end, replayed) = replay_wal(&paths.wal, &mut ledger, &options)?;
+    report.records_replayed = replayed;
+
+    for path in &end.abandoned {
+        fs::remove_file(path).map_err(io_error(path))?;
+        report.abandoned_segments.push(path.clone());
+    }
+    if !end.abandoned.is_empty() {
+        segment::sync_dir(&paths.wal).map_err(io_error(&paths.wal))?;
+    }
+
+    let position = match &end.newest {
+        None => None,
+        Some(newest) => {
+            let segment_bytes = newest.header.segment_bytes;
+            let repair_from = match newest.tail {
+                Tail::Clean => newest.end_offset,
+                Tail::Torn { offset, dirty_end } => {
+                    tracing::warn!(
+                        path = %newest.path.display(),
+                        offset,
+                        bytes = dirty_end - offset,
+                        "zeroing the torn tail of the wal"
+                    );
+                    report.torn_tail = Some((newest.path.clone(), offset, dirty_end - offset));
+                    offset
+                }
+            };
+            let repair_to = match newest.tail {
+                Tail::Torn { dirty_end, .. } => dirty_end,
+                Tail::Clean => repair_from,
+            };
+            // A torn tail is zeroed, and a file cut short (by damage) is zero-filled back to its
+            // full size, so appends land in zero-filled blocks again.
+            let zero_to = if newest.file_bytes < segment_bytes { segment_bytes } else { repair_to };
+            if zero_to > repair_from {
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .open(&newest.path)
+                    .map_err(io_error(&newest.path))?;
+                segment::zero_fill(&mut file, repair_from, zero_to)
+                    .map_err(io_error(&newest.path))?;
+            }
+            Some(WalPosition {
+                segment_sequence: newest.sequence,
+                segment_bytes,
+                offset: newest.end_offset,
+                next_lsn: end.last_lsn.next(),
+                last_hash: if end.last_lsn == Lsn::ZERO { HASH_ZERO } else { end.last_hash },
+            })
+        }
+    };
+    if end.newest.is_none() && ledger.lsn() > Lsn::ZERO {
+        unreachable!("scan reports a gap when a snapshot has no wal after it");
+    }
+    assert_eq!(ledger.lsn(), end.last_lsn.max(report.snapshot_lsn));
+    ledger.check_invariants()?;
+    Ok(Recovered { ledger, position, report })
+}

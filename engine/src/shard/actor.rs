@@ -1,0 +1,659 @@
+//! The shard thread: recovery, then the apply loop.
+//!
+//! Each turn of the loop waits for input (or the tick), reads the clock once, drains what is
+//! waiting (up to `batch_records_max` records per batch), applies it, and hands the batch to
+//! the writer. Timestamps are made non-decreasing here, so a clock that steps back cannot break
+//! the WAL's order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded, select};
+
+use super::snapshotter::Snapshotter;
+use super::writer::{Batch, WriterJob, WriterThread};
+use super::{Control, Input, PeerMessage, ReplySink, ShardShared, ShardTuning};
+use crate::clock::Clock;
+use crate::ids::{CustomerId, Lsn, ShardId, Timestamp, shard_for_customer};
+use crate::ledger::account::Namespace;
+use crate::ledger::command::{Command, Committed, Operation, Query, Request, Response};
+use crate::ledger::record::{
+    Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Posting, Record, Transaction, TransferIn,
+    TransferOut, TransferSettle, TxHeader,
+};
+use crate::ledger::registry::Registry;
+use crate::ledger::{Ledger, LedgerConfig, Refusal};
+use crate::recovery::{self, RecoveryError, RecoveryReport, ShardPaths};
+use crate::reject::RejectCode;
+use crate::wal::writer::{IoFaults, WalIdentity, WalWriter};
+use crate::wal::{format, payload};
+
+/// Recycled batch buffers kept per shard.
+const RECYCLED_BUFFERS_MAX: usize = 4;
+
+/// Everything a shard thread starts with.
+pub(crate) struct ShardSetup {
+    pub(crate) paths: ShardPaths,
+    pub(crate) config: LedgerConfig,
+    pub(crate) cluster_id: u64,
+    pub(crate) tuning: ShardTuning,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) faults: Option<Arc<dyn IoFaults>>,
+    pub(crate) inbox: Receiver<Input>,
+    pub(crate) peer_inbox: Receiver<PeerMessage>,
+    pub(crate) control: Receiver<Control>,
+    pub(crate) peers: Arc<Vec<Sender<PeerMessage>>>,
+    pub(crate) shared: Arc<ShardShared>,
+    /// Where the outcome of recovery is reported.
+    pub(crate) recovered: Sender<Result<(RecoveryReport, Registry), RecoveryError>>,
+}
+
+/// A cross-shard transfer waiting for its acknowledgement before its client is answered.
+struct TransferWaiter {
+    sink: Arc<dyn ReplySink>,
+    tag: u64,
+    committed: Committed,
+}
+
+pub(crate) struct ShardActor {
+    ledger: Ledger,
+    shard: ShardId,
+    tuning: ShardTuning,
+    clock: Arc<dyn Clock>,
+    inbox: Receiver<Input>,
+    peer_inbox: Receiver<PeerMessage>,
+    control: Receiver<Control>,
+    peers: Arc<Vec<Sender<PeerMessage>>>,
+    shared: Arc<ShardShared>,
+    writer: Option<Sender<WriterJob>>,
+    recycled: Receiver<Vec<u8>>,
+    /// The batch being built; handed to the writer by `flush`.
+    batch: Batch,
+    /// The timestamp of records applied in this turn of the loop.
+    now: Timestamp,
+    waiters: HashMap<(ShardId, u64), TransferWaiter>,
+    last_redrive: Instant,
+    /// LSN of the last snapshot started (or recovered from).
+    snapshot_lsn: Lsn,
+    /// Explicit snapshot requests waiting for the next snapshot to start.
+    snapshot_waiters: Vec<Sender<Result<Lsn, String>>>,
+    last_snapshot: Instant,
+}
+
+impl ShardActor {
+    /// The body of a shard thread: recover, report, wait for the start signal, serve.
+    pub(crate) fn run_thread(setup: ShardSetup) {
+        let shard = setup.config.shard;
+        let recovered =
+            recovery::recover_shard(&setup.paths, setup.config.clone(), setup.cluster_id);
+        let recovered = match recovered {
+            Ok(recovered) => recovered,
+            Err(error) => {
+                let _ = setup.recovered.send(Err(error));
+                return;
+            }
+        };
+        let identity = WalIdentity {
+            shard,
+            shard_count: setup.config.shard_count,
+            cluster_id: setup.cluster_id,
+        };
+        let wal = WalWriter::open(
+            &setup.paths.wal,
+            identity,
+            setup.config.limits.segment_bytes,
+            recovered.position,
+            setup.clock.now(),
+            setup.faults.clone(),
+        );
+        let wal = match wal {
+            Ok(wal) => wal,
+            Err(source) => {
+                let error = RecoveryError::Io { path: setup.paths.wal.clone(), source };
+                let _ = setup.recovered.send(Err(error));
+                return;
+            }
+        };
+        let ledger = recovered.ledger;
+        let lsn = ledger.lsn();
+        setup.shared.applied_lsn.store(lsn.0, Ordering::Relaxed);
+        setup.shared.durable_lsn.store(lsn.0, Ordering::Relaxed);
+        let report = (recovered.report, ledger.registry().clone());
+        if setup.recovered.send(Ok(report)).is_err() {
+            return;
+        }
+
+        let (writer_tx, writer_rx) = bounded(setup.config.limits.write_queue_depth_max);
+        let (recycle_tx, recycle_rx) = bounded(RECYCLED_BUFFERS_MAX);
+        let (snapshot_tx, snapshot_rx) = bounded(1);
+        let snapshotter = Snapshotter {
+            jobs: snapshot_rx,
+            paths: setup.paths.clone(),
+            cluster_id: setup.cluster_id,
+            retention: setup.tuning.wal_retention,
+            shared: Arc::clone(&setup.shared),
+        };
+        let writer = WriterThread {
+            wal,
+            shard,
+            jobs: writer_rx,
+            recycle: recycle_tx,
+            peers: Arc::clone(&setup.peers),
+            snapshots: snapshot_tx,
+            shared: Arc::clone(&setup.shared),
+            clock: Arc::clone(&setup.clock),
+        };
+        let threads = spawn_helpers(shard, writer, snapshotter);
+        let mut actor = ShardActor {
+            ledger,
+            shard,
+            tuning: setup.tuning,
+            clock: setup.clock,
+            inbox: setup.inbox,
+            peer_inbox: setup.peer_inbox,
+            control: setup.control,
+            peers: setup.peers,
+            shared: setup.shared,
+            writer: Some(writer_tx),
+            recycled: recycle_rx,
+            batch: Batch::default(),
+            now: Timestamp(0),
+            waiters: HashMap::new(),
+            last_redrive: Instant::now(),
+            snapshot_lsn: lsn,
+            snapshot_waiters: Vec::new(),
+            last_snapshot: Instant::now(),
+        };
+        match actor.control.recv() {
+            Ok(Control::Start { missing_definitions }) => {
+                actor.begin_turn();
+                for body in missing_definitions {
+                    actor.append(body).expect("missing definitions extend a prefix");
+                }
+                actor.flush();
+                actor.redrive_transfers();
+                actor.serve();
+            }
+            Ok(Control::Shutdown) | Err(_) => {}
+        }
+        actor.stop(threads);
+    }
+
+    fn serve(&mut self) {
+        loop {
+            let tick = self.tuning.tick;
+            select! {
+                recv(self.control) -> message => {
+                    if matches!(message, Ok(Control::Shutdown) | Err(_)) {
+                        self.drain_before_stop();
+                        return;
+                    }
+                }
+                recv(self.peer_inbox) -> message => {
+                    self.begin_turn();
+                    if let Ok(message) = message {
+                        self.on_peer(message);
+                    }
+                    self.drain();
+                }
+                recv(self.inbox) -> input => {
+                    self.begin_turn();
+                    if let Ok(input) = input {
+                        self.on_input(input);
+                    }
+                    self.drain();
+                }
+                default(tick) => self.begin_turn(),
+            }
+            self.on_tick();
+            self.flush();
+        }
+    }
+
+    /// Reads the clock for the records of this turn, never going back.
+    fn begin_turn(&mut self) {
+        self.now = self.clock.now().max(self.ledger.timestamp()).max(self.now);
+    }
+
+    /// Processes what else is waiting, up to a full batch's worth of inputs.
+    fn drain(&mut self) {
+        let limit = self.ledger.config().limits.batch_records_max;
+        for _ in 0..limit {
+            if let Ok(message) = self.peer_inbox.try_recv() {
+                self.on_peer(message);
+            } else if let Ok(input) = self.inbox.try_recv() {
+                self.on_input(input);
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Answers everything already queued, then returns.
+    fn drain_before_stop(&mut self) {
+        self.begin_turn();
+        while let Ok(input) = self.inbox.try_recv() {
+            self.on_input(input);
+        }
+        while let Ok(message) = self.peer_inbox.try_recv() {
+            self.on_peer(message);
+        }
+        self.flush();
+    }
+
+    fn stop(mut self, threads: (JoinHandle<()>, JoinHandle<()>)) {
+        let (writer_thread, snapshot_thread) = threads;
+        let mut replies = std::mem::take(&mut self.snapshot_waiters);
+        let wanted = self.tuning.snapshot_on_shutdown
+            && self.ledger.lsn().0 > self.shared.last_snapshot_lsn.load(Ordering::Relaxed);
+        if self.poisoned() {
+            for reply in replies {
+                let _ = reply.send(Err("the shard failed".to_string()));
+            }
+        } else if wanted || !replies.is_empty() {
+            let (reply_tx, reply_rx) = bounded(1);
+            replies.push(reply_tx);
+            self.start_snapshot(replies);
+            drop(self.writer.take());
+            let _ = reply_rx.recv();
+        }
+        // Transfers still waiting for their acknowledgement are committed on this shard and will
+        // complete after restart (re-drive): answer them with their committed step 1.
+        for (_, waiter) in self.waiters.drain() {
+            waiter.sink.deliver(vec![(waiter.tag, Response::Committed(waiter.committed))]);
+        }
+        drop(self.writer.take());
+        let _ = writer_thread.join();
+        let _ = snapshot_thread.join();
+    }
+
+    fn poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Commands { sink, commands } => {
+                let poisoned = self.poisoned();
+                let limit = self.ledger.config().limits.batch_records_max;
+                for (tag, command) in commands {
+                    if poisoned {
+                        self.batch.reply(&sink, tag, Response::Rejected(RejectCode::ShardFailed));
+                        continue;
+                    }
+                    if self.batch_records() >= limit {
+                        self.flush();
+                    }
+                    let response = match command {
+                        Command::Read(query) => self.query(query),
+                        Command::Write(request) => match self.write(request, &sink, tag) {
+                            Some(response) => response,
+                            None => continue,
+                        },
+                    };
+                    if response.rejected().is_some() {
+                        self.shared.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.batch.reply(&sink, tag, response);
+                }
+            }
+            Input::Define { body, reply } => {
+                if self.poisoned() {
+                    let _ = reply.send(Err(RejectCode::ShardFailed));
+                    return;
+                }
+                match self.append(body) {
+                    Ok(_) => self.batch.define_replies.push(reply),
+                    Err(Refusal::Rejected(code)) => {
+                        let _ = reply.send(Err(code));
+                    }
+                    Err(Refusal::Duplicate(_)) => unreachable!("definitions carry no key"),
+                }
+            }
+            Input::Snapshot { reply } => {
+                if self.poisoned() {
+                    let _ = reply.send(Err("the shard failed".to_string()));
+                } else {
+                    // Taken at the end of this turn, or after the snapshot in progress.
+                    self.snapshot_waiters.push(reply);
+                }
+            }
+        }
+    }
+
+    /// Records in the batch being built: `applied_lsn` is the last LSN handed to the writer.
+    fn batch_records(&self) -> usize {
+        let flushed = self.shared.applied_lsn.load(Ordering::Relaxed);
+        usize::try_from(self.ledger.lsn().0 - flushed).unwrap_or(usize::MAX)
+    }
+
+    fn query(&self, query: Query) -> Response {
+        match query {
+            Query::Account(id) => match self.ledger.account(id) {
+                Some(view) => Response::Account(view),
+                None => Response::Rejected(RejectCode::AccountNotFound),
+            },
+            Query::Hold(id) => match self.ledger.hold(id) {
+                Some(view) => Response::Hold(view),
+                None => Response::Rejected(RejectCode::HoldNotFound),
+            },
+        }
+    }
+
+    /// Applies a client write. `None` means the answer comes later (a cross-shard transfer
+    /// is answered when the destination acknowledges it).
+    fn write(&mut self, request: Request, sink: &Arc<dyn ReplySink>, tag: u64) -> Option<Response> {
+        let Request { terminal, idempotency, kind, metadata, operation } = request;
+        let header = TxHeader {
+            id: self.ledger.peek_tx_id(self.now),
+            kind,
+            terminal,
+            idempotency,
+            metadata,
+        };
+        let body = match operation {
+            Operation::Post { postings } => Body::Transaction(Transaction { header, postings }),
+            Operation::Hold { posting, timeout_nanos } => {
+                Body::HoldCreate(HoldCreate { header, posting, timeout_nanos })
+            }
+            Operation::Capture { hold, amount } => {
+                Body::HoldCapture(HoldCapture { header, hold, amount })
+            }
+            Operation::Void { hold } => Body::HoldVoid(HoldVoid { header, hold }),
+            Operation::Transfer { source, destination, amount } => {
+                match self.transfer_body(header, source, destination, amount) {
+                    Ok(body) => body,
+                    Err(code) => return Some(Response::Rejected(code)),
+                }
+            }
+        };
+        let is_transfer_out = matches!(body, Body::TransferOut(_));
+        let outbound = match &body {
+            Body::TransferOut(transfer) => Some(*transfer),
+            _ => None,
+        };
+        match self.append(body) {
+            Ok(committed) if is_transfer_out => {
+                let transfer = outbound.expect("matched above");
+                let key = (transfer.destination_shard, transfer.sequence);
+                self.batch
+                    .peer_sends
+                    .push((transfer.destination_shard, transfer_in_message(self.shard, &transfer)));
+                let waiter = TransferWaiter { sink: Arc::clone(sink), tag, committed };
+                self.waiters.insert(key, waiter);
+                None
+            }
+            Ok(committed) => Some(Response::Committed(committed)),
+            Err(Refusal::Duplicate(committed)) => Some(Response::Duplicate(committed)),
+            Err(Refusal::Rejected(code)) => Some(Response::Rejected(code)),
+        }
+    }
+
+    /// A transfer between two customer accounts: one posting when both live here, the first
+    /// step of a cross-shard transfer otherwise.
+    fn transfer_body(
+        &self,
+        header: TxHeader,
+        source: crate::ledger::account::AccountId,
+        destination: crate::ledger::account::AccountId,
+        amount: crate::amount::Amount,
+    ) -> Result<Body, RejectCode> {
+        if header.idempotency.is_none() {
+            return Err(RejectCode::IdempotencyKeyMissing);
+        }
+        let registry = self.ledger.registry();
+        let (asset, _, source_namespace) =
+            registry.account_terms(source).ok_or(RejectCode::ClassUnknown)?;
+        let (_, _, destination_namespace) =
+            registry.account_terms(destination).ok_or(RejectCode::ClassUnknown)?;
+        if source_namespace != Namespace::Customer || destination_namespace != Namespace::Customer {
+            return Err(RejectCode::AccountKindInvalid);
+        }
+        let shard_count = self.ledger.config().shard_count;
+        let destination_shard = shard_for_customer(CustomerId(destination.owner()), shard_count);
+        if destination_shard == self.shard {
+            let posting = Posting { debit: source, credit: destination, asset, amount };
+            return Ok(Body::Transaction(Transaction { header, postings: vec![posting] }));
+        }
+        Ok(Body::TransferOut(TransferOut {
+            header,
+            destination_shard,
+            sequence: self.ledger.transfer_out_next(destination_shard),
+            source,
+            destination,
+            asset,
+            amount,
+        }))
+    }
+
+    /// Encodes `body` as the next record, applies it, and keeps it in the batch if it applied.
+    fn append(&mut self, body: Body) -> Result<Committed, Refusal> {
+        let lsn = self.ledger.lsn().next();
+        let bytes = &mut self.batch.bytes;
+        if bytes.capacity() == 0
+            && let Ok(recycled) = self.recycled.try_recv()
+        {
+            *bytes = recycled;
+        }
+        let start = bytes.len();
+        let kind = body.kind();
+        format::begin_record(bytes, lsn, self.now, kind as u16);
+        payload::encode_body(&body, bytes);
+        format::finish_record(bytes, start);
+        let fingerprint = payload::fingerprint(kind, &bytes[start + format::RECORD_HEADER_BYTES..]);
+        let record = Record { lsn, timestamp: self.now, body };
+        match self.ledger.apply(&record, fingerprint) {
+            Ok(()) => {
+                self.batch.last_lsn = lsn;
+                let tx_id = record.body.tx_id().unwrap_or(crate::ids::TxId(0));
+                Ok(Committed { tx_id, lsn, timestamp: self.now })
+            }
+            Err(refusal) => {
+                self.batch.bytes.truncate(start);
+                Err(refusal)
+            }
+        }
+    }
+
+    fn on_peer(&mut self, message: PeerMessage) {
+        if self.poisoned() {
+            return;
+        }
+        match message {
+            PeerMessage::TransferIn {
+                source_shard,
+                sequence,
+                source_tx,
+                source,
+                destination,
+                asset,
+                amount,
+            } => {
+                let last = self.ledger.transfer_in_last(source_shard);
+                let accepted = if sequence <= last {
+                    // Already applied (perhaps in this very batch): acknowledge again.
+                    !self.ledger.transfer_in_refused(source_shard, sequence)
+                } else if sequence > last + 1 {
+                    // An earlier transfer is missing; the source re-sends them in order.
+                    return;
+                } else {
+                    let mut transfer = TransferIn {
+                        id: self.ledger.peek_tx_id(self.now),
+                        source_shard,
+                        sequence,
+                        source_tx,
+                        source,
+                        destination,
+                        asset,
+                        amount,
+                        accepted: true,
+                    };
+                    match self.append(Body::TransferIn(transfer)) {
+                        Ok(_) => true,
+                        Err(refusal) => {
+                            tracing::warn!(
+                                ?refusal,
+                                sequence,
+                                "incoming transfer refused; the source refunds"
+                            );
+                            transfer.accepted = false;
+                            self.append(Body::TransferIn(transfer))
+                                .expect("a refused transfer-in applies");
+                            false
+                        }
+                    }
+                };
+                let ack =
+                    PeerMessage::TransferAck { destination_shard: self.shard, sequence, accepted };
+                self.batch.peer_sends.push((source_shard, ack));
+            }
+            PeerMessage::TransferAck { destination_shard, sequence, accepted } => {
+                if self.ledger.transfer_out(destination_shard, sequence).is_none() {
+                    return; // Already settled: a repeated acknowledgement.
+                }
+                let settle = TransferSettle {
+                    id: self.ledger.peek_tx_id(self.now),
+                    destination_shard,
+                    sequence,
+                    accepted,
+                };
+                self.append(Body::TransferSettle(settle))
+                    .expect("a settle of a sent transfer applies");
+                if let Some(waiter) = self.waiters.remove(&(destination_shard, sequence)) {
+                    let response = if accepted {
+                        Response::Committed(waiter.committed)
+                    } else {
+                        Response::Rejected(RejectCode::Overflow)
+                    };
+                    self.batch.reply(&waiter.sink, waiter.tag, response);
+                }
+            }
+        }
+    }
+
+    /// Periodic work: expire due holds, re-send unacknowledged transfers, snapshot when due.
+    fn on_tick(&mut self) {
+        if self.poisoned() {
+            return;
+        }
+        let limit = self.ledger.config().limits.batch_records_max;
+        for hold in self.ledger.holds_due(self.now, limit) {
+            let expire = HoldExpire { id: self.ledger.peek_tx_id(self.now), hold };
+            self.append(Body::HoldExpire(expire)).expect("a due hold expires");
+        }
+        if self.last_redrive.elapsed() >= self.tuning.transfer_redrive {
+            self.redrive_transfers();
+        }
+        let records_since_snapshot = self.ledger.lsn().0 - self.snapshot_lsn.0;
+        let by_count = self.tuning.snapshot_every_records > 0
+            && records_since_snapshot >= self.tuning.snapshot_every_records;
+        let by_time = !self.tuning.snapshot_every.is_zero()
+            && records_since_snapshot > 0
+            && self.last_snapshot.elapsed() >= self.tuning.snapshot_every;
+        let requested = !self.snapshot_waiters.is_empty();
+        if (by_count || by_time || requested)
+            && !self.shared.snapshot_in_progress.load(Ordering::Acquire)
+        {
+            self.flush();
+            let replies = std::mem::take(&mut self.snapshot_waiters);
+            self.start_snapshot(replies);
+        }
+    }
+
+    /// Sends every durable, unsettled transfer again, in order per destination.
+    fn redrive_transfers(&mut self) {
+        self.last_redrive = Instant::now();
+        let durable = Lsn(self.shared.durable_lsn.load(Ordering::Acquire));
+        for (destination, sequence, transfer) in self.ledger.transfers_out() {
+            if transfer.lsn > durable {
+                continue;
+            }
+            let message = PeerMessage::TransferIn {
+                source_shard: self.shard,
+                sequence,
+                source_tx: transfer.tx_id,
+                source: transfer.source,
+                destination: transfer.destination,
+                asset: transfer.asset,
+                amount: transfer.amount,
+            };
+            if self.peers[destination.as_usize()].try_send(message).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Clones the state and queues the snapshot behind the batches already queued.
+    fn start_snapshot(&mut self, replies: Vec<Sender<Result<Lsn, String>>>) {
+        assert!(self.batch.is_empty(), "flush before snapshotting");
+        self.shared.snapshot_in_progress.store(true, Ordering::Release);
+        let started = Instant::now();
+        let ledger = Box::new(self.ledger.clone());
+        let pause = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.shared.snapshot_pause_nanos_last.store(pause, Ordering::Relaxed);
+        self.snapshot_lsn = self.ledger.lsn();
+        self.last_snapshot = Instant::now();
+        self.send_to_writer(WriterJob::Snapshot { ledger, replies, last_hash: None });
+    }
+
+    /// Hands the current batch to the writer.
+    fn flush(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let shared = &self.shared;
+        let lsn = self.ledger.lsn().0;
+        let records = lsn - shared.applied_lsn.swap(lsn, Ordering::Relaxed);
+        shared.records.fetch_add(records, Ordering::Relaxed);
+        shared.batches.fetch_add(1, Ordering::Relaxed);
+        shared.accounts.store(self.ledger.account_count() as u64, Ordering::Relaxed);
+        shared.holds.store(self.ledger.hold_count() as u64, Ordering::Relaxed);
+        let (keys, evicted) = self.ledger.idempotency_stats();
+        shared.idempotency_keys.store(keys as u64, Ordering::Relaxed);
+        shared.idempotency_evicted_early.store(evicted, Ordering::Relaxed);
+        shared
+            .transfers_in_flight
+            .store(self.ledger.transfers_out().count() as u64, Ordering::Relaxed);
+        self.send_to_writer(WriterJob::Batch(batch));
+    }
+
+    fn send_to_writer(&mut self, job: WriterJob) {
+        let Some(writer) = &self.writer else { return };
+        if writer.send(job).is_err() {
+            // The writer is gone only after a panic; treat it as a failed write.
+            self.shared.poisoned.store(true, Ordering::Release);
+        }
+    }
+}
+
+fn transfer_in_message(source_shard: ShardId, transfer: &TransferOut) -> PeerMessage {
+    PeerMessage::TransferIn {
+        source_shard,
+        sequence: transfer.sequence,
+        source_tx: transfer.header.id,
+        source: transfer.source,
+        destination: transfer.destination,
+        asset: transfer.asset,
+        amount: transfer.amount,
+    }
+}
+
+fn spawn_helpers(
+    shard: ShardId,
+    writer: WriterThread,
+    snapshotter: Snapshotter,
+) -> (JoinHandle<()>, JoinHandle<()>) {
+    let writer = std::thread::Builder::new()
+        .name(format!("ledger-wal-{}", shard.index()))
+        .spawn(move || writer.run())
+        .expect("spawn the wal writer thread");
+    let snapshotter = std::thread::Builder::new()
+        .name(format!("ledger-snap-{}", shard.index()))
+        .spawn(move || snapshotter.run())
+        .expect("spawn the snapshot thread");
+    (writer, snapshotter)
+}

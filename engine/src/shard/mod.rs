@@ -1,0 +1,209 @@
+//! Shard actors: one OS thread per shard owns its `Ledger`, fed by a bounded inbox.
+//!
+//! The pipeline of one shard is three threads:
+//! 1. the **shard thread** (this module) drains its inbox, applies each command to the ledger,
+//!    encodes the resulting records into a batch buffer and queues the batch with its replies;
+//! 2. the **WAL writer** (`writer`) seals and writes queued batches, fdatasyncs once per commit
+//!    group, and only then sends the replies and the messages to other shards;
+//! 3. the **snapshotter** (`snapshotter`) encodes and writes snapshots in the background.
+//!
+//! So the shard applies batch N+1 while batch N is being flushed, and nobody hears about a
+//! change before it is durable: replies, including reads and rejections (which depend on state
+//! that is not yet durable), travel with the batch and are released by the writer.
+//!
+//! **Invariant:** the shard thread is the only writer of its ledger; nothing else touches it.
+//! **Invariant:** every queue is bounded: the inbox (`inbox_depth_max`, a full inbox answers
+//! `Busy`), the peer channel (`peer_queue_depth_max`, overflow is re-driven), the writer queue
+//! (`write_queue_depth_max`, the shard waits: backpressure reaches the inbox).
+
+mod actor;
+mod snapshotter;
+mod writer;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+pub(crate) use actor::{ShardActor, ShardSetup};
+
+use crate::amount::Amount;
+use crate::ids::TxId;
+use crate::ids::{Lsn, ShardId};
+use crate::ledger::account::{AccountId, AssetId};
+use crate::ledger::command::{Command, Response};
+use crate::ledger::record::Body;
+use crate::reject::RejectCode;
+
+/// Where a shard sends the answers to commands: typically one sink per client connection, so
+/// that answers reach a connection in bulk, one wake-up per batch.
+pub trait ReplySink: Send + Sync {
+    /// Delivers answers, each with the tag its command was submitted with. Called from a
+    /// shard's WAL writer thread (or the submitting thread, for immediate `Busy` answers):
+    /// it must not block for long.
+    fn deliver(&self, replies: Vec<(u64, Response)>);
+}
+
+/// What a shard's inbox carries.
+pub(crate) enum Input {
+    /// Client commands, answered through `sink`.
+    Commands { sink: Arc<dyn ReplySink>, commands: Vec<(u64, Command)> },
+    /// An asset or class definition, answered once durable.
+    Define { body: Body, reply: crossbeam_channel::Sender<Result<(), RejectCode>> },
+    /// Take a snapshot now; answered with its LSN once written.
+    Snapshot { reply: crossbeam_channel::Sender<Result<Lsn, String>> },
+}
+
+/// Messages between shards (cross-shard transfers).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PeerMessage {
+    /// Step 2 of a transfer, to the destination shard.
+    TransferIn {
+        source_shard: ShardId,
+        sequence: u64,
+        source_tx: TxId,
+        source: AccountId,
+        destination: AccountId,
+        asset: AssetId,
+        amount: Amount,
+    },
+    /// The destination applied step 2 (or refused the credit), to the source shard.
+    TransferAck { destination_shard: ShardId, sequence: u64, accepted: bool },
+}
+
+/// Control of a shard's life.
+pub(crate) enum Control {
+    /// Recovery is over and the shards agree: apply these missing definitions and serve.
+    Start { missing_definitions: Vec<Body> },
+    /// Answer what is queued, flush, stop.
+    Shutdown,
+}
+
+/// Runtime settings of a shard that do not affect what its records contain.
+#[derive(Debug, Clone)]
+pub struct ShardTuning {
+    /// How often the shard wakes up when idle (hold expiry, re-drive, snapshot checks).
+    pub tick: Duration,
+    /// How long a sent transfer waits for its acknowledgement before it is sent again.
+    pub transfer_redrive: Duration,
+    /// Take a snapshot after this many records (0: never by count).
+    pub snapshot_every_records: u64,
+    /// Take a snapshot after this much time with new records (zero: never by time).
+    pub snapshot_every: Duration,
+    /// Take a snapshot when shutting down.
+    pub snapshot_on_shutdown: bool,
+    /// Whether WAL segments covered by the older kept snapshot are deleted.
+    pub wal_retention: WalRetention,
+}
+
+impl Default for ShardTuning {
+    fn default() -> ShardTuning {
+        ShardTuning {
+            tick: Duration::from_millis(10),
+            transfer_redrive: Duration::from_millis(500),
+            snapshot_every_records: 5_000_000,
+            snapshot_every: Duration::from_secs(600),
+            snapshot_on_shutdown: true,
+            wal_retention: WalRetention::KeepAll,
+        }
+    }
+}
+
+/// What happens to WAL segments that snapshots cover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalRetention {
+    /// Keep every segment: the full history stays available to auditors (the default).
+    KeepAll,
+    /// Delete segments whose records are all covered by the older of the two kept snapshots.
+    /// Replication to PostgreSQL (a later issue) will add "and replicated" to this rule.
+    DeleteCovered,
+}
+
+/// Counters one shard publishes for stats; written by its threads, read by anyone.
+#[derive(Debug, Default)]
+pub(crate) struct ShardShared {
+    pub(crate) applied_lsn: AtomicU64,
+    pub(crate) durable_lsn: AtomicU64,
+    pub(crate) poisoned: AtomicBool,
+    pub(crate) snapshot_in_progress: AtomicBool,
+    pub(crate) last_snapshot_lsn: AtomicU64,
+    pub(crate) snapshot_pause_nanos_last: AtomicU64,
+    pub(crate) batches: AtomicU64,
+    pub(crate) records: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) busy: AtomicU64,
+    pub(crate) syncs: AtomicU64,
+    pub(crate) sync_nanos_total: AtomicU64,
+    pub(crate) wal_bytes: AtomicU64,
+    pub(crate) accounts: AtomicU64,
+    pub(crate) holds: AtomicU64,
+    pub(crate) idempotency_keys: AtomicU64,
+    pub(crate) idempotency_evicted_early: AtomicU64,
+    pub(crate) transfers_in_flight: AtomicU64,
+}
+
+/// A point-in-time view of one shard's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShardStats {
+    /// The shard.
+    pub shard: u16,
+    /// LSN of the last applied record.
+    pub applied_lsn: u64,
+    /// LSN up to which the WAL is durable.
+    pub durable_lsn: u64,
+    /// Whether the shard stopped after a write or fsync error.
+    pub poisoned: bool,
+    /// LSN of the last snapshot written.
+    pub last_snapshot_lsn: u64,
+    /// How long the shard thread paused for the last snapshot (cloning its state).
+    pub snapshot_pause_nanos_last: u64,
+    /// Batches handed to the writer.
+    pub batches: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Commands rejected.
+    pub rejected: u64,
+    /// Commands refused as `Busy` (inbox full).
+    pub busy: u64,
+    /// fdatasync calls.
+    pub syncs: u64,
+    /// Total time spent in fdatasync.
+    pub sync_nanos_total: u64,
+    /// Bytes written to the WAL.
+    pub wal_bytes: u64,
+    /// Accounts on the shard.
+    pub accounts: u64,
+    /// Open holds.
+    pub holds: u64,
+    /// Idempotency keys remembered.
+    pub idempotency_keys: u64,
+    /// Idempotency keys forgotten early because the table was full.
+    pub idempotency_evicted_early: u64,
+    /// Cross-shard transfers sent and not yet settled.
+    pub transfers_in_flight: u64,
+}
+
+impl ShardShared {
+    pub(crate) fn stats(&self, shard: ShardId) -> ShardStats {
+        let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
+        ShardStats {
+            shard: shard.index(),
+            applied_lsn: load(&self.applied_lsn),
+            durable_lsn: load(&self.durable_lsn),
+            poisoned: self.poisoned.load(Ordering::Relaxed),
+            last_snapshot_lsn: load(&self.last_snapshot_lsn),
+            snapshot_pause_nanos_last: load(&self.snapshot_pause_nanos_last),
+            batches: load(&self.batches),
+            records: load(&self.records),
+            rejected: load(&self.rejected),
+            busy: load(&self.busy),
+            syncs: load(&self.syncs),
+            sync_nanos_total: load(&self.sync_nanos_total),
+            wal_bytes: load(&self.wal_bytes),
+            accounts: load(&self.accounts),
+            holds: load(&self.holds),
+            idempotency_keys: load(&self.idempotency_keys),
+            idempotency_evicted_early: load(&self.idempotency_evicted_early),
+            transfers_in_flight: load(&self.transfers_in_flight),
+        }
+    }
+}

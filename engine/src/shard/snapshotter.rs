@@ -1,0 +1,108 @@
+//! The snapshotter thread of a shard: encodes a cloned ledger, writes it crash-safely, keeps the
+//! two newest snapshots and, if the retention policy says so, deletes WAL segments that the
+//! older of them covers.
+//!
+//! It runs beside the shard: the only pause the shard sees is the clone of its state (measured
+//! in `ShardStats::snapshot_pause_nanos_last`). A failed snapshot is logged and reported but does
+//! not stop the shard, since the WAL alone can rebuild the state.
+
+use std::fs;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{ShardShared, WalRetention};
+use crate::ids::Lsn;
+use crate::ledger::Ledger;
+use crate::recovery::ShardPaths;
+use crate::snapshot;
+use crate::wal::format::{Hash, SEGMENT_HEADER_BYTES, SegmentHeader};
+use crate::wal::segment;
+
+/// Snapshots kept: the newest, and one older in case the newest is found damaged.
+pub(crate) const SNAPSHOTS_KEPT: usize = 2;
+
+pub(crate) struct SnapshotJob {
+    pub(crate) ledger: Box<Ledger>,
+    pub(crate) last_hash: Hash,
+    pub(crate) replies: Vec<Sender<Result<Lsn, String>>>,
+}
+
+pub(crate) struct Snapshotter {
+    pub(crate) jobs: Receiver<SnapshotJob>,
+    pub(crate) paths: ShardPaths,
+    pub(crate) cluster_id: u64,
+    pub(crate) retention: WalRetention,
+    pub(crate) shared: Arc<ShardShared>,
+}
+
+impl Snapshotter {
+    pub(crate) fn run(self) {
+        while let Ok(job) = self.jobs.recv() {
+            let lsn = job.ledger.lsn();
+            let outcome = self.write(&job);
+            match &outcome {
+                Ok(()) => {
+                    self.shared.last_snapshot_lsn.store(lsn.0, Ordering::Relaxed);
+                    tracing::info!(
+                        shard = job.ledger.shard().index(),
+                        lsn = lsn.0,
+                        "snapshot written"
+                    );
+                }
+                Err(error) => tracing::error!(%error, "snapshot failed"),
+            }
+            self.shared.snapshot_in_progress.store(false, Ordering::Release);
+            for reply in job.replies {
+                let _ = reply.send(outcome.clone().map(|()| lsn));
+            }
+        }
+    }
+
+    fn write(&self, job: &SnapshotJob) -> Result<(), String> {
+        let bytes = snapshot::encode(&job.ledger, self.cluster_id, job.last_hash);
+        snapshot::write(&self.paths.snapshots, job.ledger.lsn(), &bytes)
+            .map_err(|e| e.to_string())?;
+        let snapshots =
+            snapshot::list_snapshots(&self.paths.snapshots).map_err(|e| e.to_string())?;
+        for (_, path) in snapshots.iter().skip(SNAPSHOTS_KEPT) {
+            fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        }
+        if self.retention == WalRetention::DeleteCovered
+            && let Some((oldest_kept, _)) = snapshots.iter().take(SNAPSHOTS_KEPT).next_back()
+        {
+            delete_covered_segments(&self.paths, *oldest_kept)?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes segments all of whose records are at or below `covered`: segment i goes when
+/// segment i+1 starts at or before `covered + 1`. The newest segment is never deleted.
+fn delete_covered_segments(paths: &ShardPaths, covered: Lsn) -> Result<(), String> {
+    let segments = segment::list_segments(&paths.wal).map_err(|e| e.to_string())?;
+    let mut first_lsns = Vec::with_capacity(segments.len());
+    for (_, path) in &segments {
+        let mut head = [0u8; SEGMENT_HEADER_BYTES as usize];
+        let read = fs::File::open(path).and_then(|mut file| file.read_exact(&mut head));
+        let header = read.ok().and_then(|()| SegmentHeader::decode(&head).ok());
+        first_lsns.push(header.map(|header| header.first_lsn));
+    }
+    let mut deleted = false;
+    for (index, (_, path)) in segments.iter().enumerate() {
+        let next_start = first_lsns.get(index + 1).copied().flatten();
+        match next_start {
+            Some(next) if next <= covered.next() => {
+                fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+                deleted = true;
+            }
+            _ => break,
+        }
+    }
+    if deleted {
+        segment::sync_dir(&paths.wal).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

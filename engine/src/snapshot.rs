@@ -1,0 +1,257 @@
+//! Spec: docs/snapshot-format.md. Snapshot files: a checksummed header, then the ledger state
+//! (`Ledger::encode_state`), written crash-safely and found again at start-up.
+//!
+//! A snapshot of LSN L holds the state after applying records 1..=L and the hash of record L,
+//! which the WAL's record L+1 must name as its predecessor: recovery checks that the snapshot
+//! and the WAL belong to the same history. A snapshot is written to `<name>.tmp`, fsync'd,
+//! renamed into place, and the directory fsync'd, so a snapshot name always points at a
+//! complete file; a damaged snapshot is skipped in favour of an older one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::codec::DecodeError;
+use crate::ids::{Lsn, ShardId, Timestamp};
+use crate::ledger::{Ledger, LedgerConfig};
+use crate::wal::format::Hash;
+use crate::wal::segment::sync_dir;
+
+/// First bytes of every snapshot file.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LDGRSNAP";
+/// Version of the snapshot format. Version history: docs/snapshot-format.md.
+pub const SNAPSHOT_VERSION: u16 = 1;
+
+const MAGIC_OFFSET: usize = 0;
+const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
+const SHARD_OFFSET: usize = VERSION_OFFSET + 2;
+const SHARD_COUNT_OFFSET: usize = SHARD_OFFSET + 2;
+const RESERVED_A_OFFSET: usize = SHARD_COUNT_OFFSET + 2;
+const CLUSTER_OFFSET: usize = RESERVED_A_OFFSET + 2;
+const LSN_OFFSET: usize = CLUSTER_OFFSET + 8;
+const CREATED_OFFSET: usize = LSN_OFFSET + 8;
+const BODY_BYTES_OFFSET: usize = CREATED_OFFSET + 8;
+const BODY_CRC_OFFSET: usize = BODY_BYTES_OFFSET + 8;
+const RESERVED_B_OFFSET: usize = BODY_CRC_OFFSET + 4;
+const LAST_HASH_OFFSET: usize = RESERVED_B_OFFSET + 4;
+const HEADER_CRC_OFFSET: usize = 124;
+/// Bytes of the snapshot header.
+pub const SNAPSHOT_HEADER_BYTES: usize = 128;
+
+const _: () = assert!(LAST_HASH_OFFSET + 32 == 88);
+const _: () = assert!(HEADER_CRC_OFFSET + 4 == SNAPSHOT_HEADER_BYTES);
+
+/// Why a snapshot could not be written or read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// An I/O error on a snapshot file or directory.
+    #[error("snapshot i/o on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid snapshot.
+    #[error("invalid snapshot {path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The header fields of a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The shard.
+    pub shard: ShardId,
+    /// Shards of the data directory.
+    pub shard_count: u16,
+    /// The data directory's id.
+    pub cluster_id: u64,
+    /// The last LSN the state includes.
+    pub lsn: Lsn,
+    /// When the snapshot was taken (the timestamp of record `lsn`).
+    pub created: Timestamp,
+    /// Bytes of the body.
+    pub body_bytes: u64,
+    /// CRC-32 of the body.
+    pub body_crc: u32,
+    /// Hash of record `lsn` (zeros for LSN 0).
+    pub last_hash: Hash,
+}
+
+fn put(bytes: &mut [u8], offset: usize, value: &[u8]) {
+    bytes[offset..offset + value.len()].copy_from_slice(value);
+}
+
+fn field<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+    let mut array = [0u8; N];
+    array.copy_from_slice(&bytes[offset..offset + N]);
+    array
+}
+
+impl SnapshotHeader {
+    /// The header's bytes.
+    pub fn encode(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
+        let mut bytes = [0u8; SNAPSHOT_HEADER_BYTES];
+        put(&mut bytes, MAGIC_OFFSET, &SNAPSHOT_MAGIC);
+        put(&mut bytes, VERSION_OFFSET, &SNAPSHOT_VERSION.to_le_bytes());
+        put(&mut bytes, SHARD_OFFSET, &self.shard.index().to_le_bytes());
+        put(&mut bytes, SHARD_COUNT_OFFSET, &self.shard_count.to_le_bytes());
+        put(&mut bytes, CLUSTER_OFFSET, &self.cluster_id.to_le_bytes());
+        put(&mut bytes, LSN_OFFSET, &self.lsn.0.to_le_bytes());
+        put(&mut bytes, CREATED_OFFSET, &self.created.0.to_le_bytes());
+        put(&mut bytes, BODY_BYTES_OFFSET, &self.body_bytes.to_le_bytes());
+        put(&mut bytes, BODY_CRC_OFFSET, &self.body_crc.to_le_bytes());
+        put(&mut bytes, LAST_HASH_OFFSET, &self.last_hash);
+        let crc = crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]);
+        put(&mut bytes, HEADER_CRC_OFFSET, &crc.to_le_bytes());
+        bytes
+    }
+
+    /// Parses and checks a header.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotHeader, String> {
+        let bytes = bytes.get(..SNAPSHOT_HEADER_BYTES).ok_or("header is truncated")?;
+        if bytes[..8] != SNAPSHOT_MAGIC {
+            return Err("bad magic".to_string());
+        }
+        let crc = u32::from_le_bytes(field(bytes, HEADER_CRC_OFFSET));
+        if crc != crc32fast::hash(&bytes[..HEADER_CRC_OFFSET]) {
+            return Err("header checksum mismatch".to_string());
+        }
+        let version = u16::from_le_bytes(field(bytes, VERSION_OFFSET));
+        if version != SNAPSHOT_VERSION {
+            return Err(format!("unsupported snapshot version {version}"));
+        }
+        let reserved = u16::from_le_bytes(field(bytes, RESERVED_A_OFFSET)) == 0
+            && u32::from_le_bytes(field(bytes, RESERVED_B_OFFSET)) == 0
+            && bytes[LAST_HASH_OFFSET + 32..HEADER_CRC_OFFSET].iter().all(|b| *b == 0);
+        if !reserved {
+            return Err("reserved header bytes are not zero".to_string());
+        }
+        let shard_index = u16::from_le_bytes(field(bytes, SHARD_OFFSET));
+        let shard = ShardId::new(shard_index).ok_or("shard out of range")?;
+        Ok(SnapshotHeader {
+            shard,
+            shard_count: u16::from_le_bytes(field(bytes, SHARD_COUNT_OFFSET)),
+            cluster_id: u64::from_le_bytes(field(bytes, CLUSTER_OFFSET)),
+            lsn: Lsn(u64::from_le_bytes(field(bytes, LSN_OFFSET))),
+            created: Timestamp(u64::from_le_bytes(field(bytes, CREATED_OFFSET))),
+            body_bytes: u64::from_le_bytes(field(bytes, BODY_BYTES_OFFSET)),
+            body_crc: u32::from_le_bytes(field(bytes, BODY_CRC_OFFSET)),
+            last_hash: field(bytes, LAST_HASH_OFFSET),
+        })
+    }
+}
+
+/// The file name of the snapshot of `lsn`.
+pub fn snapshot_file_name(lsn: Lsn) -> String {
+    format!("snapshot-{:020}.snap", lsn.0)
+}
+
+/// The LSN in a snapshot file name, if it is one.
+pub fn parse_snapshot_file_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_prefix("snapshot-")?.strip_suffix(".snap")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().map(Lsn)
+}
+
+/// Snapshots in `dir`, newest (highest LSN) first. Leftover `.tmp` files are removed.
+pub fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, SnapshotError> {
+    let io = |source| SnapshotError::Io { path: dir.to_path_buf(), source };
+    let mut snapshots = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".snap.tmp") {
+            fs::remove_file(entry.path()).map_err(io)?;
+        } else if let Some(lsn) = parse_snapshot_file_name(name) {
+            snapshots.push((lsn, entry.path()));
+        }
+    }
+    snapshots.sort_unstable_by_key(|(lsn, _)| std::cmp::Reverse(*lsn));
+    Ok(snapshots)
+}
+
+/// Encodes a snapshot of `ledger` (header and body) into bytes.
+pub fn encode(ledger: &Ledger, cluster_id: u64, last_hash: Hash) -> Vec<u8> {
+    let mut bytes = vec![0u8; SNAPSHOT_HEADER_BYTES];
+    ledger.encode_state(&mut bytes);
+    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
+    let header = SnapshotHeader {
+        shard: ledger.shard(),
+        shard_count: ledger.config().shard_count,
+        cluster_id,
+        lsn: ledger.lsn(),
+        created: ledger.timestamp(),
+        body_bytes: body.len() as u64,
+        body_crc: crc32fast::hash(body),
+        last_hash,
+    };
+    bytes[..SNAPSHOT_HEADER_BYTES].copy_from_slice(&header.encode());
+    bytes
+}
+
+/// Writes `bytes` (from `encode`) as the snapshot of `lsn` in `dir`: temp file, fsync, rename,
+/// directory fsync. Returns the final path.
+pub fn write(dir: &Path, lsn: Lsn, bytes: &[u8]) -> Result<PathBuf, SnapshotError> {
+    let path = dir.join(snapshot_file_name(lsn));
+    let tmp = dir.join(format!("{}.tmp", snapshot_file_name(lsn)));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SnapshotError::Io { path, source }
+    };
+    let mut file: File =
+        OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    drop(file);
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    sync_dir(dir).map_err(io(dir))?;
+    Ok(path)
+}
+
+/// Reads and checks the snapshot at `path` and rebuilds its ledger.
+pub fn load(
+    path: &Path,
+    config: LedgerConfig,
+    cluster_id: u64,
+) -> Result<(SnapshotHeader, Ledger), SnapshotError> {
+    let invalid = |reason: String| SnapshotError::Invalid { path: path.to_path_buf(), reason };
+    let bytes =
+        fs::read(path).map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?;
+    let header = SnapshotHeader::decode(&bytes).map_err(invalid)?;
+    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if header.body_bytes != body.len() as u64 {
+        return Err(invalid(format!(
+            "body is {} bytes, header says {}",
+            body.len(),
+            header.body_bytes
+        )));
+    }
+    if crc32fast::hash(body) != header.body_crc {
+        return Err(invalid("body checksum mismatch".to_string()));
+    }
+    if header.shard != config.shard || header.shard_count != config.shard_count {
+        return Err(invalid(format!(
+            "snapshot of shard {} of {}, expected shard {} of {}",
+            header.shard, header.shard_count, config.shard, config.shard_count
+        )));
+    }
+    if header.cluster_id != cluster_id {
+        return Err(invalid("snapshot of another data directory".to_string()));
+    }
+    let ledger = Ledger::decode_state(config, body)
+        .map_err(|error: DecodeError| invalid(format!("body does not decode: {error}")))?;
+    if ledger.lsn() != header.lsn {
+        return Err(invalid("body and header disagree on the lsn".to_string()));
+    }
+    Ok((header, ledger))
+}

@@ -1,0 +1,173 @@
+//! A small loyalty setup shared by tests and benches: one asset, customer points accounts,
+//! the two house accounts points come from and go to, and request builders for them.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use crate::amount::Amount;
+use crate::engine::Engine;
+use crate::ids::{IdempotencyKey, TerminalId, TxId};
+use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Namespace};
+use crate::ledger::command::{Command, Operation, Query, Request, Response};
+use crate::ledger::record::{Metadata, Posting, Receipt, TxKind};
+use crate::shard::ReplySink;
+
+/// The ids of the loyalty setup's definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loyalty {
+    /// The points asset, `PTS`.
+    pub pts: AssetId,
+    /// `customer:<id>:points`.
+    pub points: ClassId,
+    /// `house:issuance`: debited when points are earned.
+    pub issuance: ClassId,
+    /// `house:redemption`: credited when points are spent.
+    pub redemption: ClassId,
+}
+
+impl Loyalty {
+    /// Defines the setup on `engine` (or finds it, if it exists).
+    pub fn define(engine: &Engine) -> Loyalty {
+        let pts = engine.define_asset("PTS", 0).expect("define PTS");
+        let points = engine
+            .define_class(Namespace::Customer, "points", pts, AccountFlags::NO_OVERDRAFT)
+            .expect("define points");
+        let issuance = engine
+            .define_class(Namespace::House, "issuance", pts, AccountFlags::NONE)
+            .expect("define issuance");
+        let redemption = engine
+            .define_class(Namespace::House, "redemption", pts, AccountFlags::NONE)
+            .expect("define redemption");
+        Loyalty { pts, points, issuance, redemption }
+    }
+
+    /// A customer's points account.
+    pub fn customer(&self, customer: u64) -> AccountId {
+        AccountId::new(self.points, customer)
+    }
+
+    /// The issuance house account.
+    pub fn issuance(&self) -> AccountId {
+        AccountId::new(self.issuance, 0)
+    }
+
+    /// The redemption house account.
+    pub fn redemption(&self) -> AccountId {
+        AccountId::new(self.redemption, 0)
+    }
+
+    fn request(&self, key: u128, kind: TxKind, operation: Operation) -> Command {
+        Command::Write(Request {
+            terminal: TerminalId(1),
+            idempotency: IdempotencyKey::new(key),
+            kind,
+            metadata: Metadata {
+                store: 1,
+                category: 0,
+                receipt: Receipt::new("T-1").expect("short"),
+            },
+            operation,
+        })
+    }
+
+    fn posting(&self, debit: AccountId, credit: AccountId, amount: u64) -> Posting {
+        Posting {
+            debit,
+            credit,
+            asset: self.pts,
+            amount: Amount::new(amount).expect("positive amount"),
+        }
+    }
+
+    /// Earn `amount` points.
+    pub fn earn(&self, key: u128, customer: u64, amount: u64) -> Command {
+        let posting = self.posting(self.issuance(), self.customer(customer), amount);
+        self.request(key, TxKind::PURCHASE, Operation::Post { postings: vec![posting] })
+    }
+
+    /// Redeem `amount` points.
+    pub fn redeem(&self, key: u128, customer: u64, amount: u64) -> Command {
+        let posting = self.posting(self.customer(customer), self.redemption(), amount);
+        self.request(key, TxKind::REDEEM, Operation::Post { postings: vec![posting] })
+    }
+
+    /// Move `amount` points between customers.
+    pub fn transfer(&self, key: u128, from: u64, to: u64, amount: u64) -> Command {
+        let operation = Operation::Transfer {
+            source: self.customer(from),
+            destination: self.customer(to),
+            amount: Amount::new(amount).expect("positive amount"),
+        };
+        self.request(key, TxKind::TRANSFER, operation)
+    }
+
+    /// Hold `amount` points for a redemption.
+    pub fn hold(&self, key: u128, customer: u64, amount: u64, timeout_nanos: u64) -> Command {
+        let posting = self.posting(self.customer(customer), self.redemption(), amount);
+        self.request(key, TxKind::REDEEM, Operation::Hold { posting, timeout_nanos })
+    }
+
+    /// Capture a hold.
+    pub fn capture(&self, key: u128, hold: TxId, amount: Option<u64>) -> Command {
+        let amount = amount.map(|value| Amount::new(value).expect("positive amount"));
+        self.request(key, TxKind::REDEEM, Operation::Capture { hold, amount })
+    }
+
+    /// Void a hold.
+    pub fn void(&self, key: u128, hold: TxId) -> Command {
+        self.request(key, TxKind::REDEEM, Operation::Void { hold })
+    }
+
+    /// Read a customer's account.
+    pub fn balance_query(&self, customer: u64) -> Command {
+        Command::Read(Query::Account(self.customer(customer)))
+    }
+}
+
+/// A sink that collects answers until a given number arrived.
+#[derive(Debug, Default)]
+pub struct CollectingSink {
+    replies: Mutex<Vec<(u64, Response)>>,
+    arrived: Condvar,
+}
+
+impl CollectingSink {
+    /// A new, empty sink.
+    pub fn new() -> Arc<CollectingSink> {
+        Arc::new(CollectingSink::default())
+    }
+
+    /// Waits until at least `count` answers arrived (at most `timeout`), takes them all and
+    /// returns them sorted by tag.
+    pub fn take(&self, count: usize, timeout: Duration) -> Vec<(u64, Response)> {
+        let guard = self.replies.lock().expect("sink lock");
+        let (mut guard, _) = self
+            .arrived
+            .wait_timeout_while(guard, timeout, |replies| replies.len() < count)
+            .expect("sink lock");
+        let mut replies = std::mem::take(&mut *guard);
+        replies.sort_by_key(|(tag, _)| *tag);
+        replies
+    }
+}
+
+impl ReplySink for CollectingSink {
+    fn deliver(&self, replies: Vec<(u64, Response)>) {
+        let mut guard = self.replies.lock().expect("sink lock");
+        guard.extend(replies);
+        self.arrived.notify_all();
+    }
+}
+
+/// Submits `commands` (tagged by position) and waits for all answers, in order.
+pub fn execute_all(engine: &Engine, commands: Vec<Command>) -> Vec<Response> {
+    let count = commands.len();
+    let sink = CollectingSink::new();
+    let dyn_sink: Arc<dyn ReplySink> = sink.clone();
+    let tagged =
+        commands.into_iter().enumerate().map(|(tag, command)| (tag as u64, command)).collect();
+    engine.submit(&dyn_sink, tagged);
+    let replies = sink.take(count, Duration::from_secs(60));
+    assert_eq!(replies.len(), count, "every command is answered");
+    replies.into_iter().map(|(_, response)| response).collect()
+}

@@ -1,0 +1,437 @@
+//! A deliberately simple reference model of the loyalty ledger, for model-based tests.
+//!
+//! It knows one asset, customer `points` accounts and two house accounts, and keeps plain
+//! signed balances in `BTreeMap`s: no undo log, no counters, no hash maps, no shards. Each
+//! operation spells out, in precedence order, the rule the engine must follow. Tests run the
+//! same random operations through the engine and through this model and compare every answer
+//! and the final balances.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::ids::{CustomerId, ShardId, Timestamp, shard_for_customer};
+use crate::reject::RejectCode;
+
+/// An operation of the generated workloads. Amounts are positive; hold references index the
+/// holds created so far (modulo their count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[expect(missing_docs, reason = "each field is named for what it holds")]
+pub enum ModelOp {
+    /// house:issuance → customer.
+    Earn { customer: u64, amount: u64 },
+    /// customer → house:redemption.
+    Redeem { customer: u64, amount: u64 },
+    /// customer → customer (possibly on another shard).
+    Transfer { from: u64, to: u64, amount: u64 },
+    /// A hold of customer → house:redemption.
+    Hold { customer: u64, amount: u64, timeout_nanos: u64 },
+    /// Capture of the `hold`-th hold created (any state, modulo the count), whole or part.
+    Capture { hold: usize, amount: Option<u64> },
+    /// Void of the `hold`-th hold created (modulo the count).
+    Void { hold: usize },
+    /// The same request as the `op`-th write so far (modulo the count), with the same key.
+    Retry { op: usize },
+    /// A different request to the same shard under the key of the `op`-th write: the amount
+    /// plus one, or a capture for a void and a void for a capture.
+    Conflict { op: usize },
+    /// Let time pass.
+    Advance { nanos: u64 },
+}
+
+/// What the model expects an operation to produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(missing_docs, reason = "each field is named for what it holds")]
+pub enum ModelOutcome {
+    /// Committed as write number `write` (0-based); a `Retry` of it repeats this.
+    Committed { write: usize },
+    /// A repeat of write number `write`.
+    Duplicate { write: usize },
+    /// Refused with this code.
+    Rejected(RejectCode),
+    /// Nothing to answer (time passing).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldState {
+    Open,
+    Captured,
+    Voided,
+    Expired,
+    /// Closed so long ago that its tombstone was evicted: "not found".
+    Forgotten,
+}
+
+/// A hold reference that points at no hold (there was none when the operation was made).
+pub const NO_HOLD: usize = usize::MAX;
+
+#[derive(Debug, Clone, Copy)]
+struct ModelHold {
+    customer: u64,
+    amount: u64,
+    expires_at: Timestamp,
+    state: HoldState,
+    /// The engine's hold id is the id of the write that created it.
+    write: usize,
+}
+
+/// The reference model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    shard_count: u16,
+    holds_open_max: usize,
+    hold_timeout_max_nanos: u64,
+    now: Timestamp,
+    /// Customer balances: credits minus debits, posted.
+    balances: BTreeMap<u64, i128>,
+    /// Reserved by open holds, per customer.
+    reserved: BTreeMap<u64, i128>,
+    issuance: i128,
+    redemption: i128,
+    holds: Vec<ModelHold>,
+    /// Every write request as generated (for retries), and its key.
+    writes: Vec<(ModelOp, u128)>,
+    /// For each write: the outcome it had when first made.
+    write_outcomes: Vec<ModelOutcome>,
+    /// Keys that committed, with the write that committed them.
+    committed_keys: BTreeMap<u128, usize>,
+    /// Committed keys per shard, oldest first, for capacity eviction.
+    key_order: Vec<VecDeque<u128>>,
+    keys_max: usize,
+    /// Closed holds per shard, oldest first: their tombstones are evicted past
+    /// `holds_open_max`.
+    closed_order: Vec<VecDeque<usize>>,
+    next_key: u128,
+}
+
+impl Model {
+    /// A model of `shard_count` shards with the engine's limits.
+    pub fn new(
+        shard_count: u16,
+        holds_open_max: usize,
+        idempotency_keys_max: usize,
+        hold_timeout_max_nanos: u64,
+        now: Timestamp,
+    ) -> Model {
+        Model {
+            shard_count,
+            holds_open_max,
+            hold_timeout_max_nanos,
+            now,
+            balances: BTreeMap::new(),
+            reserved: BTreeMap::new(),
+            issuance: 0,
+            redemption: 0,
+            holds: Vec::new(),
+            writes: Vec::new(),
+            write_outcomes: Vec::new(),
+            committed_keys: BTreeMap::new(),
+            key_order: vec![VecDeque::new(); usize::from(shard_count)],
+            closed_order: vec![VecDeque::new(); usize::from(shard_count)],
+            keys_max: idempotency_keys_max,
+            next_key: 1,
+        }
+    }
+
+    /// The model's clock.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    fn shard(&self, customer: u64) -> ShardId {
+        shard_for_customer(CustomerId(customer), self.shard_count)
+    }
+
+    /// A customer's posted balance (0 if the account does not exist).
+    pub fn balance(&self, customer: u64) -> i128 {
+        self.balances.get(&customer).copied().unwrap_or(0)
+    }
+
+    /// A customer's balance minus open holds.
+    pub fn available(&self, customer: u64) -> i128 {
+        self.balance(customer) - self.reserved.get(&customer).copied().unwrap_or(0)
+    }
+
+    /// Whether the customer's account exists (was ever credited).
+    pub fn exists(&self, customer: u64) -> bool {
+        self.balances.contains_key(&customer)
+    }
+
+    /// Every customer account and its posted balance.
+    pub fn customers(&self) -> &BTreeMap<u64, i128> {
+        &self.balances
+    }
+
+    /// The global house:issuance and house:redemption balances.
+    pub fn house(&self) -> (i128, i128) {
+        (self.issuance, self.redemption)
+    }
+
+    /// The write number and key a write op gets, and the key of a retried or conflicting one.
+    pub fn key_of(&self, write: usize) -> u128 {
+        self.writes[write].1
+    }
+
+    /// Number of writes made so far.
+    pub fn write_count(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// The `write`-th write as first made.
+    pub fn write(&self, write: usize) -> &ModelOp {
+        &self.writes[write].0
+    }
+
+    /// The write that created the hold a (prepared) `Capture`/`Void` points at.
+    pub fn hold_write(&self, hold: usize) -> Option<usize> {
+        self.holds.get(hold).map(|hold| hold.write)
+    }
+
+    /// The key the next new write gets.
+    pub fn next_key(&self) -> u128 {
+        self.next_key
+    }
+
+    /// Resolves references: hold and write indexes become absolute (or `NO_HOLD`), so that
+    /// a retry of the operation later means exactly the same thing.
+    pub fn prepare(&self, op: &ModelOp) -> ModelOp {
+        let hold_index = |hold: usize| {
+            if self.holds.is_empty() { NO_HOLD } else { hold % self.holds.len() }
+        };
+        let write_index =
+            |op: usize| if self.writes.is_empty() { 0 } else { op % self.writes.len() };
+        match *op {
+            ModelOp::Capture { hold, amount } => {
+                ModelOp::Capture { hold: hold_index(hold), amount }
+            }
+            ModelOp::Void { hold } => ModelOp::Void { hold: hold_index(hold) },
+            ModelOp::Retry { op } => ModelOp::Retry { op: write_index(op) },
+            ModelOp::Conflict { op } => ModelOp::Conflict { op: write_index(op) },
+            ref other => other.clone(),
+        }
+    }
+
+    /// The request a `Conflict` with write `write` makes.
+    pub fn conflicting(&self, write: usize) -> ModelOp {
+        match self.writes[write].0 {
+            ModelOp::Earn { customer, amount } => ModelOp::Earn { customer, amount: amount + 1 },
+            ModelOp::Redeem { customer, amount } => {
+                ModelOp::Redeem { customer, amount: amount + 1 }
+            }
+            ModelOp::Transfer { from, to, amount } => {
+                ModelOp::Transfer { from, to, amount: amount + 1 }
+            }
+            ModelOp::Hold { customer, amount, timeout_nanos } => {
+                ModelOp::Hold { customer, amount: amount + 1, timeout_nanos }
+            }
+            ModelOp::Capture { hold, .. } => ModelOp::Void { hold },
+            ModelOp::Void { hold } => ModelOp::Capture { hold, amount: None },
+            ref other => unreachable!("{other:?} is not stored as a write"),
+        }
+    }
+
+    /// Applies a `prepare`d `op` and returns the expected outcome. New writes get the next
+    /// key; `Retry` and `Conflict` reuse an earlier write's key.
+    pub fn apply(&mut self, op: &ModelOp) -> ModelOutcome {
+        match op {
+            ModelOp::Advance { nanos } => {
+                self.now = self.now.plus_nanos(*nanos);
+                self.expire_holds();
+                ModelOutcome::None
+            }
+            ModelOp::Retry { op: target } => {
+                if self.writes.is_empty() {
+                    return ModelOutcome::None;
+                }
+                let (original, key) = self.writes[*target].clone();
+                self.keyed_write(original, key)
+            }
+            ModelOp::Conflict { op: target } => {
+                if self.writes.is_empty() {
+                    return ModelOutcome::None;
+                }
+                let key = self.writes[*target].1;
+                self.keyed_write(self.conflicting(*target), key)
+            }
+            _ => {
+                let key = self.next_key;
+                self.next_key += 1;
+                self.keyed_write(op.clone(), key)
+            }
+        }
+    }
+
+    fn keyed_write(&mut self, op: ModelOp, key: u128) -> ModelOutcome {
+        let write = self.writes.len();
+        self.writes.push((op.clone(), key));
+        if let Some(original) = self.committed_keys.get(&key).copied() {
+            let outcome = if self.writes[original].0 == op {
+                ModelOutcome::Duplicate { write: original }
+            } else {
+                ModelOutcome::Rejected(RejectCode::IdempotencyConflict)
+            };
+            self.write_outcomes.push(outcome);
+            return outcome;
+        }
+        let outcome = match self.execute(&op, write) {
+            Ok(()) => {
+                self.remember_key(key, write, &op);
+                ModelOutcome::Committed { write }
+            }
+            Err(code) => ModelOutcome::Rejected(code),
+        };
+        self.write_outcomes.push(outcome);
+        outcome
+    }
+
+    /// The shard whose idempotency table holds a write's key: the shard the write ran on.
+    fn key_shard(&self, op: &ModelOp) -> ShardId {
+        match op {
+            ModelOp::Earn { customer, .. }
+            | ModelOp::Redeem { customer, .. }
+            | ModelOp::Hold { customer, .. } => self.shard(*customer),
+            ModelOp::Transfer { from, .. } => self.shard(*from),
+            ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => {
+                self.shard(self.holds[*hold].customer)
+            }
+            _ => unreachable!("not a write"),
+        }
+    }
+
+    fn remember_key(&mut self, key: u128, write: usize, op: &ModelOp) {
+        let shard = self.key_shard(op).as_usize();
+        let order = &mut self.key_order[shard];
+        if order.len() >= self.keys_max {
+            if let Some(oldest) = order.pop_front() {
+                self.committed_keys.remove(&oldest);
+            }
+        }
+        order.push_back(key);
+        self.committed_keys.insert(key, write);
+    }
+
+    fn expire_holds(&mut self) {
+        // The engine sweeps expired holds in deadline order (ties by hold id, i.e. creation).
+        let mut due: Vec<usize> = (0..self.holds.len())
+            .filter(|i| {
+                self.holds[*i].state == HoldState::Open && self.holds[*i].expires_at <= self.now
+            })
+            .collect();
+        due.sort_by_key(|i| (self.holds[*i].expires_at, *i));
+        for index in due {
+            self.close_hold(index, HoldState::Expired);
+        }
+    }
+
+    /// Closes a hold: releases its reservation and keeps its tombstone, evicting the oldest
+    /// tombstone of its shard past `holds_open_max`.
+    fn close_hold(&mut self, index: usize, state: HoldState) {
+        let hold = self.holds[index];
+        *self.reserved.entry(hold.customer).or_default() -= i128::from(hold.amount);
+        self.holds[index].state = state;
+        let shard = self.shard(hold.customer).as_usize();
+        let order = &mut self.closed_order[shard];
+        if order.len() >= self.holds_open_max {
+            if let Some(oldest) = order.pop_front() {
+                self.holds[oldest].state = HoldState::Forgotten;
+            }
+        }
+        order.push_back(index);
+    }
+
+    fn debit_check(&self, customer: u64, amount: u64) -> Result<(), RejectCode> {
+        if !self.exists(customer) {
+            return Err(RejectCode::AccountNotFound);
+        }
+        if self.available(customer) < i128::from(amount) {
+            return Err(RejectCode::InsufficientFunds);
+        }
+        Ok(())
+    }
+
+    fn open_holds_on(&self, shard: ShardId) -> usize {
+        self.holds
+            .iter()
+            .filter(|h| h.state == HoldState::Open && self.shard(h.customer) == shard)
+            .count()
+    }
+
+    fn execute(&mut self, op: &ModelOp, write: usize) -> Result<(), RejectCode> {
+        match *op {
+            ModelOp::Earn { customer, amount } => {
+                *self.balances.entry(customer).or_default() += i128::from(amount);
+                self.issuance -= i128::from(amount);
+                Ok(())
+            }
+            ModelOp::Redeem { customer, amount } => {
+                self.debit_check(customer, amount)?;
+                *self.balances.entry(customer).or_default() -= i128::from(amount);
+                self.redemption += i128::from(amount);
+                Ok(())
+            }
+            ModelOp::Transfer { from, to, amount } => {
+                if from == to {
+                    return Err(RejectCode::AccountsSame);
+                }
+                self.debit_check(from, amount)?;
+                *self.balances.entry(from).or_default() -= i128::from(amount);
+                *self.balances.entry(to).or_default() += i128::from(amount);
+                Ok(())
+            }
+            ModelOp::Hold { customer, amount, timeout_nanos } => {
+                if timeout_nanos == 0 || timeout_nanos > self.hold_timeout_max_nanos {
+                    return Err(RejectCode::HoldTimeoutInvalid);
+                }
+                if self.open_holds_on(self.shard(customer)) >= self.holds_open_max {
+                    return Err(RejectCode::HoldsFull);
+                }
+                self.debit_check(customer, amount)?;
+                *self.reserved.entry(customer).or_default() += i128::from(amount);
+                let expires_at = self.now.plus_nanos(timeout_nanos);
+                self.holds.push(ModelHold {
+                    customer,
+                    amount,
+                    expires_at,
+                    state: HoldState::Open,
+                    write,
+                });
+                Ok(())
+            }
+            ModelOp::Capture { hold, amount } => {
+                let index = self.find_hold(hold)?;
+                let target = self.holds[index];
+                let captured = amount.unwrap_or(target.amount);
+                if captured > target.amount {
+                    return Err(RejectCode::CaptureExceedsHold);
+                }
+                self.close_hold(index, HoldState::Captured);
+                *self.balances.entry(target.customer).or_default() -= i128::from(captured);
+                self.redemption += i128::from(captured);
+                Ok(())
+            }
+            ModelOp::Void { hold } => {
+                let index = self.find_hold(hold)?;
+                self.close_hold(index, HoldState::Voided);
+                Ok(())
+            }
+            ModelOp::Retry { .. } | ModelOp::Conflict { .. } | ModelOp::Advance { .. } => {
+                unreachable!("handled by apply")
+            }
+        }
+    }
+
+    fn find_hold(&self, index: usize) -> Result<usize, RejectCode> {
+        let Some(hold) = self.holds.get(index) else {
+            return Err(RejectCode::HoldNotFound);
+        };
+        match hold.state {
+            HoldState::Open if self.holds[index].expires_at <= self.now => {
+                Err(RejectCode::HoldExpired)
+            }
+            HoldState::Open => Ok(index),
+            HoldState::Captured => Err(RejectCode::HoldAlreadyCaptured),
+            HoldState::Voided => Err(RejectCode::HoldAlreadyVoided),
+            HoldState::Expired => Err(RejectCode::HoldExpired),
+            HoldState::Forgotten => Err(RejectCode::HoldNotFound),
+        }
+    }
+}

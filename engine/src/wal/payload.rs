@@ -1,0 +1,390 @@
+//! Spec: docs/wal-format.md, "Payloads". The byte layout of each record body, and the
+//! fingerprint that idempotency compares.
+//!
+//! Every field is fixed-width little-endian except the short strings (a u8 length, then UTF-8
+//! bytes). Decoding checks every count against the format limits before allocating and
+//! refuses trailing bytes, so a payload decodes to exactly one body or to a typed error.
+
+use crate::amount::Amount;
+use crate::codec::{DecodeError, Decoder, Encoder};
+use crate::ids::{IdempotencyKey, ShardId, TerminalId, TxId};
+use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
+use crate::ledger::record::{
+    AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Metadata,
+    Posting, Receipt, RecordKind, Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
+    TxKind,
+};
+use crate::limits::{NAME_BYTES_MAX, RECEIPT_BYTES_MAX, TRANSACTION_POSTINGS_MAX};
+
+/// Bytes of a client header before the part the fingerprint covers: tx id (8), terminal (4),
+/// idempotency key (16).
+pub const FINGERPRINT_OFFSET: usize = 28;
+
+/// Bytes of an encoded posting.
+pub const POSTING_BYTES: usize = 12 + 12 + 2 + 8;
+
+/// Bytes at the end of a `TransferOut` payload that the engine assigns (destination shard and
+/// sequence), which the fingerprint leaves out.
+pub const TRANSFER_OUT_ASSIGNED_BYTES: usize = 2 + 8;
+
+/// The fingerprint of a client record: XXH3-64, seeded with the record kind, of the payload
+/// from `FINGERPRINT_OFFSET` to its end (minus `TRANSFER_OUT_ASSIGNED_BYTES` for a transfer).
+/// It covers everything the client chose except the key itself, and nothing the engine chose,
+/// so a retry with the same key matches exactly when it asks for the same thing.
+pub fn fingerprint(kind: RecordKind, payload: &[u8]) -> u64 {
+    let end = match kind {
+        RecordKind::TransferOut => payload.len().saturating_sub(TRANSFER_OUT_ASSIGNED_BYTES),
+        _ => payload.len(),
+    };
+    let covered = payload.get(FINGERPRINT_OFFSET..end).unwrap_or(&[]);
+    xxhash_rust::xxh3::xxh3_64_with_seed(covered, kind as u64)
+}
+
+pub(crate) fn encode_account_id(encoder: &mut Encoder<'_>, id: AccountId) {
+    encoder.u64(id.owner());
+    encoder.u32(id.class().0);
+}
+
+pub(crate) fn decode_account_id(decoder: &mut Decoder<'_>) -> Result<AccountId, DecodeError> {
+    let owner = decoder.u64("account owner")?;
+    let class = decoder.u32("account class")?;
+    Ok(AccountId::new(ClassId(class), owner))
+}
+
+pub(crate) fn encode_posting(encoder: &mut Encoder<'_>, posting: &Posting) {
+    encode_account_id(encoder, posting.debit);
+    encode_account_id(encoder, posting.credit);
+    encoder.u16(posting.asset.0);
+    encoder.u64(posting.amount.get());
+}
+
+pub(crate) fn decode_posting(decoder: &mut Decoder<'_>) -> Result<Posting, DecodeError> {
+    let debit = decode_account_id(decoder)?;
+    let credit = decode_account_id(decoder)?;
+    let asset = AssetId(decoder.u16("posting asset")?);
+    let amount = decode_amount(decoder, "posting amount")?;
+    Ok(Posting { debit, credit, asset, amount })
+}
+
+fn decode_amount(decoder: &mut Decoder<'_>, field: &'static str) -> Result<Amount, DecodeError> {
+    let value = decoder.u64(field)?;
+    Amount::new(value).ok_or(DecodeError::Invalid { field, value: 0 })
+}
+
+fn decode_shard(decoder: &mut Decoder<'_>, field: &'static str) -> Result<ShardId, DecodeError> {
+    let index = decoder.u16(field)?;
+    ShardId::new(index).ok_or(DecodeError::Invalid { field, value: u128::from(index) })
+}
+
+fn decode_bool(decoder: &mut Decoder<'_>, field: &'static str) -> Result<bool, DecodeError> {
+    match decoder.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(DecodeError::Invalid { field, value: u128::from(other) }),
+    }
+}
+
+fn encode_header(encoder: &mut Encoder<'_>, header: &TxHeader) {
+    encoder.u64(header.id.0);
+    encoder.u32(header.terminal.0);
+    encoder.u128(header.idempotency.map_or(0, IdempotencyKey::get));
+    encoder.u16(header.kind.0);
+    encoder.u32(header.metadata.store);
+    encoder.u16(header.metadata.category);
+    encoder.short_str(header.metadata.receipt.as_str());
+}
+
+fn decode_header(decoder: &mut Decoder<'_>) -> Result<TxHeader, DecodeError> {
+    let id = TxId(decoder.u64("tx id")?);
+    let terminal = TerminalId(decoder.u32("terminal")?);
+    let idempotency = IdempotencyKey::new(decoder.u128("idempotency key")?);
+    let kind = TxKind(decoder.u16("tx kind")?);
+    let store = decoder.u32("store")?;
+    let category = decoder.u16("category")?;
+    let receipt = decoder.short_str("receipt", RECEIPT_BYTES_MAX)?;
+    let receipt = Receipt::new(receipt)
+        .map_err(|_| DecodeError::Invalid { field: "receipt", value: receipt.len() as u128 })?;
+    Ok(TxHeader {
+        id,
+        kind,
+        terminal,
+        idempotency,
+        metadata: Metadata { store, category, receipt },
+    })
+}
+
+/// Appends the payload of `body` to `out`.
+pub fn encode_body(body: &Body, out: &mut Vec<u8>) {
+    let mut encoder = Encoder::new(out);
+    match body {
+        Body::Transaction(tx) => {
+            encode_header(&mut encoder, &tx.header);
+            assert!(tx.postings.len() <= TRANSACTION_POSTINGS_MAX, "postings are bounded");
+            encoder.u16(u16::try_from(tx.postings.len()).expect("bounded above"));
+            for posting in &tx.postings {
+                encode_posting(&mut encoder, posting);
+            }
+        }
+        Body::HoldCreate(hold) => {
+            encode_header(&mut encoder, &hold.header);
+            encode_posting(&mut encoder, &hold.posting);
+            encoder.u64(hold.timeout_nanos);
+        }
+        Body::HoldCapture(capture) => {
+            encode_header(&mut encoder, &capture.header);
+            encoder.u64(capture.hold.0);
+            encoder.u64(capture.amount.map_or(0, Amount::get));
+        }
+        Body::HoldVoid(void) => {
+            encode_header(&mut encoder, &void.header);
+            encoder.u64(void.hold.0);
+        }
+        Body::HoldExpire(expire) => {
+            encoder.u64(expire.id.0);
+            encoder.u64(expire.hold.0);
+        }
+        Body::TransferOut(transfer) => {
+            encode_header(&mut encoder, &transfer.header);
+            encode_account_id(&mut encoder, transfer.source);
+            encode_account_id(&mut encoder, transfer.destination);
+            encoder.u16(transfer.asset.0);
+            encoder.u64(transfer.amount.get());
+            // Assigned by the engine, not the client: last, outside the fingerprint.
+            encoder.u16(transfer.destination_shard.index());
+            encoder.u64(transfer.sequence);
+        }
+        Body::TransferIn(transfer) => {
+            encoder.u64(transfer.id.0);
+            encoder.u16(transfer.source_shard.index());
+            encoder.u64(transfer.sequence);
+            encoder.u64(transfer.source_tx.0);
+            encode_account_id(&mut encoder, transfer.source);
+            encode_account_id(&mut encoder, transfer.destination);
+            encoder.u16(transfer.asset.0);
+            encoder.u64(transfer.amount.get());
+            encoder.u8(u8::from(transfer.accepted));
+        }
+        Body::TransferSettle(settle) => {
+            encoder.u64(settle.id.0);
+            encoder.u16(settle.destination_shard.index());
+            encoder.u64(settle.sequence);
+            encoder.u8(u8::from(settle.accepted));
+        }
+        Body::AssetDefine(define) => {
+            encoder.u16(define.id.0);
+            encoder.short_str(define.code.as_str());
+            encoder.u8(define.scale);
+        }
+        Body::ClassDefine(define) => {
+            encoder.u32(define.id.0);
+            encoder.u8(define.namespace as u8);
+            encoder.short_str(define.name.as_str());
+            encoder.u16(define.asset.0);
+            encoder.u32(define.flags.bits());
+        }
+    }
+}
+
+/// Decodes the payload of a record of `kind`.
+pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError> {
+    let mut decoder = Decoder::new(payload);
+    let body = match kind {
+        RecordKind::Transaction => {
+            let header = decode_header(&mut decoder)?;
+            let count = usize::from(decoder.u16("posting count")?);
+            if count > TRANSACTION_POSTINGS_MAX {
+                return Err(DecodeError::Invalid { field: "posting count", value: count as u128 });
+            }
+            let postings =
+                (0..count).map(|_| decode_posting(&mut decoder)).collect::<Result<_, _>>()?;
+            Body::Transaction(Transaction { header, postings })
+        }
+        RecordKind::HoldCreate => Body::HoldCreate(HoldCreate {
+            header: decode_header(&mut decoder)?,
+            posting: decode_posting(&mut decoder)?,
+            timeout_nanos: decoder.u64("timeout")?,
+        }),
+        RecordKind::HoldCapture => Body::HoldCapture(HoldCapture {
+            header: decode_header(&mut decoder)?,
+            hold: TxId(decoder.u64("hold")?),
+            amount: Amount::new(decoder.u64("capture amount")?),
+        }),
+        RecordKind::HoldVoid => Body::HoldVoid(HoldVoid {
+            header: decode_header(&mut decoder)?,
+            hold: TxId(decoder.u64("hold")?),
+        }),
+        RecordKind::HoldExpire => Body::HoldExpire(HoldExpire {
+            id: TxId(decoder.u64("tx id")?),
+            hold: TxId(decoder.u64("hold")?),
+        }),
+        RecordKind::TransferOut => Body::TransferOut(TransferOut {
+            header: decode_header(&mut decoder)?,
+            source: decode_account_id(&mut decoder)?,
+            destination: decode_account_id(&mut decoder)?,
+            asset: AssetId(decoder.u16("asset")?),
+            amount: decode_amount(&mut decoder, "amount")?,
+            destination_shard: decode_shard(&mut decoder, "destination shard")?,
+            sequence: decoder.u64("sequence")?,
+        }),
+        RecordKind::TransferIn => Body::TransferIn(TransferIn {
+            id: TxId(decoder.u64("tx id")?),
+            source_shard: decode_shard(&mut decoder, "source shard")?,
+            sequence: decoder.u64("sequence")?,
+            source_tx: TxId(decoder.u64("source tx")?),
+            source: decode_account_id(&mut decoder)?,
+            destination: decode_account_id(&mut decoder)?,
+            asset: AssetId(decoder.u16("asset")?),
+            amount: decode_amount(&mut decoder, "amount")?,
+            accepted: decode_bool(&mut decoder, "accepted")?,
+        }),
+        RecordKind::TransferSettle => Body::TransferSettle(TransferSettle {
+            id: TxId(decoder.u64("tx id")?),
+            destination_shard: decode_shard(&mut decoder, "destination shard")?,
+            sequence: decoder.u64("sequence")?,
+            accepted: decode_bool(&mut decoder, "accepted")?,
+        }),
+        RecordKind::AssetDefine => {
+            let id = AssetId(decoder.u16("asset id")?);
+            let code = decoder.short_str("asset code", NAME_BYTES_MAX)?;
+            let code = Name::asset(code)
+                .map_err(|_| DecodeError::Invalid { field: "asset code", value: 0 })?;
+            let scale = decoder.u8("asset scale")?;
+            Body::AssetDefine(AssetDefine { id, code, scale })
+        }
+        RecordKind::ClassDefine => {
+            let id = ClassId(decoder.u32("class id")?);
+            let namespace = decoder.u8("namespace")?;
+            let namespace = Namespace::from_u8(namespace)
+                .ok_or(DecodeError::Invalid { field: "namespace", value: u128::from(namespace) })?;
+            let name = decoder.short_str("class name", NAME_BYTES_MAX)?;
+            let name = Name::class(name)
+                .map_err(|_| DecodeError::Invalid { field: "class name", value: 0 })?;
+            let asset = AssetId(decoder.u16("asset")?);
+            let flags = decoder.u32("flags")?;
+            let flags = AccountFlags::from_bits(flags)
+                .ok_or(DecodeError::Invalid { field: "flags", value: u128::from(flags) })?;
+            Body::ClassDefine(ClassDefine { id, namespace, name, asset, flags })
+        }
+    };
+    decoder.finish()?;
+    Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::TerminalId;
+
+    fn header(key: u128) -> TxHeader {
+        TxHeader {
+            id: TxId(42),
+            kind: TxKind::PURCHASE,
+            terminal: TerminalId(7),
+            idempotency: IdempotencyKey::new(key),
+            metadata: Metadata { store: 12, category: 3, receipt: Receipt::new("R-1").unwrap() },
+        }
+    }
+
+    fn posting(amount: u64) -> Posting {
+        Posting {
+            debit: AccountId::new(ClassId(2), 0),
+            credit: AccountId::new(ClassId(1), 99),
+            asset: AssetId(0),
+            amount: Amount::new(amount).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_body_round_trips() {
+        let bodies = vec![
+            Body::Transaction(Transaction {
+                header: header(1),
+                postings: vec![posting(5), posting(6)],
+            }),
+            Body::HoldCreate(HoldCreate {
+                header: header(2),
+                posting: posting(7),
+                timeout_nanos: 9,
+            }),
+            Body::HoldCapture(HoldCapture { header: header(3), hold: TxId(4), amount: None }),
+            Body::HoldCapture(HoldCapture {
+                header: header(3),
+                hold: TxId(4),
+                amount: Amount::new(2),
+            }),
+            Body::HoldVoid(HoldVoid { header: header(4), hold: TxId(4) }),
+            Body::HoldExpire(HoldExpire { id: TxId(8), hold: TxId(4) }),
+            Body::TransferOut(TransferOut {
+                header: header(5),
+                destination_shard: ShardId::new(1).unwrap(),
+                sequence: 3,
+                source: posting(1).credit,
+                destination: AccountId::new(ClassId(1), 100),
+                asset: AssetId(0),
+                amount: Amount::new(10).unwrap(),
+            }),
+            Body::TransferIn(TransferIn {
+                id: TxId(9),
+                source_shard: ShardId::new(0).unwrap(),
+                sequence: 3,
+                source_tx: TxId(8),
+                source: posting(1).credit,
+                destination: AccountId::new(ClassId(1), 100),
+                asset: AssetId(0),
+                amount: Amount::new(10).unwrap(),
+                accepted: true,
+            }),
+            Body::TransferSettle(TransferSettle {
+                id: TxId(10),
+                destination_shard: ShardId::new(1).unwrap(),
+                sequence: 3,
+                accepted: false,
+            }),
+            Body::AssetDefine(AssetDefine {
+                id: AssetId(0),
+                code: Name::asset("PTS").unwrap(),
+                scale: 0,
+            }),
+            Body::ClassDefine(ClassDefine {
+                id: ClassId(1),
+                namespace: Namespace::Customer,
+                name: Name::class("points").unwrap(),
+                asset: AssetId(0),
+                flags: AccountFlags::NO_OVERDRAFT,
+            }),
+        ];
+        for body in bodies {
+            let mut bytes = Vec::new();
+            encode_body(&body, &mut bytes);
+            assert_eq!(decode_body(body.kind(), &bytes), Ok(body.clone()));
+            // Any truncation is a typed error.
+            for len in 0..bytes.len() {
+                assert!(decode_body(body.kind(), &bytes[..len]).is_err());
+            }
+            bytes.push(0);
+            assert_eq!(decode_body(body.kind(), &bytes), Err(DecodeError::Trailing(1)));
+        }
+    }
+
+    #[test]
+    fn fingerprint_ignores_id_and_key_but_not_the_request() {
+        let encode = |body: &Body| {
+            let mut bytes = Vec::new();
+            encode_body(body, &mut bytes);
+            fingerprint(body.kind(), &bytes)
+        };
+        let base = Transaction { header: header(1), postings: vec![posting(5)] };
+        let mut other_id = base.clone();
+        other_id.header.id = TxId(43);
+        assert_eq!(encode(&Body::Transaction(base.clone())), encode(&Body::Transaction(other_id)));
+        let mut other_amount = base.clone();
+        other_amount.postings[0] = posting(6);
+        assert_ne!(
+            encode(&Body::Transaction(base.clone())),
+            encode(&Body::Transaction(other_amount))
+        );
+        let mut other_receipt = base.clone();
+        other_receipt.header.metadata.receipt = Receipt::new("R-2").unwrap();
+        assert_ne!(encode(&Body::Transaction(base)), encode(&Body::Transaction(other_receipt)));
+    }
+}

@@ -1,0 +1,1 @@
+//! Nothing here: the checks live in tests/tidy.rs.

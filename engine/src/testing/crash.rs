@@ -1,0 +1,167 @@
+//! The workload of the crash tests, shared by the killed child (`ledger-crash-writer`) and the
+//! test that checks what survived (`engine/tests/crash.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::engine::EngineConfig;
+use crate::ids::{CustomerId, shard_for_customer};
+use crate::ledger::command::{Command, Operation, Request};
+use crate::ledger::record::{Metadata, Posting, TxKind};
+use crate::limits::Limits;
+use crate::testing::loyalty::Loyalty;
+use crate::{Amount, IdempotencyKey, TerminalId};
+
+/// Customers of the crash workload.
+pub const CUSTOMERS: u64 = 64;
+
+/// The engine configuration of the crash tests: small segments so that segments roll, and
+/// frequent snapshots so that kills land during snapshots too.
+pub fn crash_engine_config(dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(2);
+    config.limits =
+        Limits { segment_bytes: 2 * 1024 * 1024, batch_records_max: 256, ..Limits::default() };
+    config.tuning.tick = Duration::from_millis(5);
+    config.tuning.snapshot_every_records = 3_000;
+    config
+}
+
+/// What one crash-test request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(missing_docs, reason = "each field is named for what it holds")]
+pub enum CrashOp {
+    /// Earn points.
+    Earn { customer: u64, amount: u64 },
+    /// Earn for two customers of the same shard in one transaction (two postings): a partial
+    /// transaction would show as one credited without the other.
+    SplitEarn { first: u64, second: u64, amount: u64 },
+    /// Redeem points.
+    Redeem { customer: u64, amount: u64 },
+    /// Move points, on one shard or across.
+    Transfer { from: u64, to: u64, amount: u64 },
+}
+
+/// A keyed crash-test request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashRequest {
+    /// Its idempotency key.
+    pub key: u128,
+    /// What it does.
+    pub op: CrashOp,
+}
+
+fn next(rng: &mut u64, bound: u64) -> u64 {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    *rng % bound
+}
+
+impl CrashRequest {
+    /// A random request.
+    pub fn random(key: u128, rng: &mut u64, shard_count: u16) -> CrashRequest {
+        let customer = next(rng, CUSTOMERS);
+        let amount = 1 + next(rng, 200);
+        let op = match next(rng, 10) {
+            0..=3 => CrashOp::Earn { customer, amount },
+            4 => {
+                let shard = shard_for_customer(CustomerId(customer), shard_count);
+                let second = (1..CUSTOMERS)
+                    .map(|step| (customer + step) % CUSTOMERS)
+                    .find(|other| shard_for_customer(CustomerId(*other), shard_count) == shard)
+                    .unwrap_or(customer);
+                CrashOp::SplitEarn { first: customer, second, amount }
+            }
+            5..=7 => CrashOp::Redeem { customer, amount },
+            _ => CrashOp::Transfer { from: customer, to: next(rng, CUSTOMERS), amount },
+        };
+        CrashRequest { key, op }
+    }
+
+    /// The engine command.
+    pub fn command(&self, loyalty: &Loyalty) -> Command {
+        match self.op {
+            CrashOp::Earn { customer, amount } => loyalty.earn(self.key, customer, amount),
+            CrashOp::SplitEarn { first, second, amount } => {
+                let posting = |customer| Posting {
+                    debit: loyalty.issuance(),
+                    credit: loyalty.customer(customer),
+                    asset: loyalty.pts,
+                    amount: Amount::new(amount).expect("positive"),
+                };
+                Command::Write(Request {
+                    terminal: TerminalId(1),
+                    idempotency: IdempotencyKey::new(self.key),
+                    kind: TxKind::PURCHASE,
+                    metadata: Metadata::default(),
+                    operation: Operation::Post { postings: vec![posting(first), posting(second)] },
+                })
+            }
+            CrashOp::Redeem { customer, amount } => loyalty.redeem(self.key, customer, amount),
+            CrashOp::Transfer { from, to, amount } => loyalty.transfer(self.key, from, to, amount),
+        }
+    }
+
+    /// Adds the request's effect on customer balances to `balances`.
+    pub fn apply_to(&self, balances: &mut BTreeMap<u64, i128>) {
+        let mut add = |customer: u64, delta: i128| *balances.entry(customer).or_default() += delta;
+        match self.op {
+            CrashOp::Earn { customer, amount } => add(customer, i128::from(amount)),
+            CrashOp::SplitEarn { first, second, amount } => {
+                add(first, i128::from(amount));
+                add(second, i128::from(amount));
+            }
+            CrashOp::Redeem { customer, amount } => add(customer, -i128::from(amount)),
+            CrashOp::Transfer { from, to, amount } => {
+                add(from, -i128::from(amount));
+                add(to, i128::from(amount));
+            }
+        }
+    }
+}
+
+impl fmt::Display for CrashRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.op {
+            CrashOp::Earn { customer, amount } => write!(f, "{} E {customer} {amount}", self.key),
+            CrashOp::SplitEarn { first, second, amount } => {
+                write!(f, "{} X {first} {second} {amount}", self.key)
+            }
+            CrashOp::Redeem { customer, amount } => write!(f, "{} R {customer} {amount}", self.key),
+            CrashOp::Transfer { from, to, amount } => {
+                write!(f, "{} T {from} {to} {amount}", self.key)
+            }
+        }
+    }
+}
+
+impl FromStr for CrashRequest {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<CrashRequest, String> {
+        let fields: Vec<&str> = text.split_whitespace().collect();
+        let number = |index: usize| -> Result<u64, String> {
+            fields
+                .get(index)
+                .ok_or(format!("short line {text:?}"))?
+                .parse()
+                .map_err(|e| format!("{text:?}: {e}"))
+        };
+        let key: u128 =
+            fields.first().ok_or("empty line")?.parse().map_err(|e| format!("{text:?}: {e}"))?;
+        let op = match fields.get(1).copied() {
+            Some("E") => CrashOp::Earn { customer: number(2)?, amount: number(3)? },
+            Some("X") => {
+                CrashOp::SplitEarn { first: number(2)?, second: number(3)?, amount: number(4)? }
+            }
+            Some("R") => CrashOp::Redeem { customer: number(2)?, amount: number(3)? },
+            Some("T") => CrashOp::Transfer { from: number(2)?, to: number(3)?, amount: number(4)? },
+            _ => return Err(format!("unknown request {text:?}")),
+        };
+        Ok(CrashRequest { key, op })
+    }
+}

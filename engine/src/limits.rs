@@ -43,8 +43,11 @@ pub struct Limits {
     /// Bytes of one WAL segment file, header included. Segments are zero-filled up front, so
     /// this is also the size of each file on disk and of the zeroing work done per segment.
     pub segment_bytes: u64,
-    /// Idempotency keys remembered per shard. Past this, the oldest keys are forgotten before
-    /// their retention time (counted in `ShardStats`); see docs/design-decisions.md.
+    /// Idempotency keys remembered per shard: a key is remembered for at least half this many
+    /// later writes of its shard, and at most the retention time. 2 Mi keys take about 170 MiB
+    /// per shard and cover about 15 minutes of 1,000 writes/s per shard; size it as peak writes
+    /// per second per shard × the retry window needed, times two. Keys forgotten before their
+    /// retention time are counted in `ShardStats`. See docs/design-decisions.md.
     pub idempotency_keys_max: usize,
     /// Open holds per shard. A hold ties up memory until it is captured, voided or expires.
     pub holds_open_max: usize,
@@ -64,7 +67,7 @@ impl Default for Limits {
             batch_records_max: 8_192,
             write_queue_depth_max: 2,
             segment_bytes: 64 * 1024 * 1024,
-            idempotency_keys_max: 8 * 1024 * 1024,
+            idempotency_keys_max: 2 * 1024 * 1024,
             holds_open_max: 1024 * 1024,
             transfers_in_flight_max: 65_536,
             peer_queue_depth_max: 65_536,

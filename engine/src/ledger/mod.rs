@@ -197,6 +197,19 @@ enum Side {
     Credit,
 }
 
+/// The rejection for counters that break `flags`: a debit from an account that does not exist
+/// (and so could never cover it), an overdraft, or a credit beyond the limit.
+fn flags_rejection(after: &Account, flags: AccountFlags, existed: bool) -> RejectCode {
+    let no_overdraft = flags.contains(AccountFlags::NO_OVERDRAFT);
+    if no_overdraft && !existed {
+        RejectCode::AccountNotFound
+    } else if no_overdraft && !after.satisfies(AccountFlags::NO_OVERDRAFT) {
+        RejectCode::InsufficientFunds
+    } else {
+        RejectCode::CreditLimitExceeded
+    }
+}
+
 /// One entry of the undo log of the record being applied.
 #[derive(Debug, Clone, Copy)]
 enum Undo {
@@ -400,6 +413,33 @@ impl Ledger {
         }
     }
 
+    /// Touches the memory `request` will need (its accounts, its idempotency slot) without
+    /// changing anything. The shard calls it for every request of an input before applying
+    /// them: the lookups are independent, so their cache misses overlap instead of stalling
+    /// one after another (TigerBeetle's prefetch phase, in miniature).
+    pub fn prefetch(&self, request: &command::Request) {
+        if let Some(key) = request.idempotency {
+            std::hint::black_box(self.idempotency.get(&(request.terminal, key), Timestamp(0)));
+        }
+        let mut touch = |account: AccountId| {
+            std::hint::black_box(self.accounts.get(&account));
+        };
+        match &request.operation {
+            command::Operation::Post { postings } => {
+                for posting in postings {
+                    touch(posting.debit);
+                    touch(posting.credit);
+                }
+            }
+            command::Operation::Hold { posting, .. } => touch(posting.debit),
+            command::Operation::Transfer { source, destination, .. } => {
+                touch(*source);
+                touch(*destination);
+            }
+            command::Operation::Capture { .. } | command::Operation::Void { .. } => {}
+        }
+    }
+
     /// Applies one record: all of it, or nothing.
     ///
     /// `fingerprint` is the hash of the record's payload (`wal::payload::fingerprint`), checked
@@ -542,8 +582,6 @@ impl Ledger {
                 now,
             );
         }
-        self.idempotency.expire(now);
-        self.holds_closed.expire(now);
         self.lsn = record.lsn;
         self.timestamp = now;
     }
@@ -791,25 +829,34 @@ impl Ledger {
 
     fn change_account(&mut self, id: AccountId, side: Side, leg: Leg) -> Result<(), RejectCode> {
         let (_, flags, _) = self.registry.account_terms(id).expect("checked before posting");
-        let existing = self.accounts.get(&id).copied();
-        let mut after = existing.unwrap_or_default();
-        let changed = match side {
-            Side::Debit => leg.apply(&mut after.debits_pending, &mut after.debits_posted),
-            Side::Credit => leg.apply(&mut after.credits_pending, &mut after.credits_posted),
+        let apply = |account: &mut Account| -> Result<(), RejectCode> {
+            let changed = match side {
+                Side::Debit => leg.apply(&mut account.debits_pending, &mut account.debits_posted),
+                Side::Credit => {
+                    leg.apply(&mut account.credits_pending, &mut account.credits_posted)
+                }
+            };
+            changed.ok_or(RejectCode::Overflow)
         };
-        changed.ok_or(RejectCode::Overflow)?;
-        if !after.satisfies(flags) {
-            let no_overdraft = AccountFlags::NO_OVERDRAFT;
-            return Err(if existing.is_none() && flags.contains(no_overdraft) {
-                RejectCode::AccountNotFound
-            } else if !after.satisfies(flags.with(no_overdraft)) && flags.contains(no_overdraft) {
-                RejectCode::InsufficientFunds
-            } else {
-                RejectCode::CreditLimitExceeded
-            });
+        // One hash lookup for an existing account (the common case): this is the hot path.
+        if let Some(account) = self.accounts.get_mut(&id) {
+            let before = *account;
+            let mut after = before;
+            apply(&mut after)?;
+            if !after.satisfies(flags) {
+                return Err(flags_rejection(&after, flags, true));
+            }
+            *account = after;
+            self.undo.push(Undo::Account { id, before: Some(before) });
+        } else {
+            let mut after = Account::default();
+            apply(&mut after)?;
+            if !after.satisfies(flags) {
+                return Err(flags_rejection(&after, flags, false));
+            }
+            self.accounts.insert(id, after);
+            self.undo.push(Undo::Account { id, before: None });
         }
-        self.undo.push(Undo::Account { id, before: existing });
-        self.accounts.insert(id, after);
         Ok(())
     }
 

@@ -1,130 +1,217 @@
-//! `Retained`: a map whose entries are remembered for a retention window and up to a capacity.
+//! `Retained`: a bounded, time-windowed memory of keys (idempotency keys, closed holds).
 //!
-//! It backs the idempotency table and the tombstones of closed holds. Entries are inserted in
-//! timestamp order (a shard's record timestamps never decrease), so the oldest entry is always
-//! at the front of `order`, and expiring or evicting is O(1) per entry.
+//! Entries are kept in a ring, in insertion order (which is timestamp order: a shard's record
+//! timestamps never decrease), and found through two generations of hash index holding ring
+//! positions. New entries go into the current generation; when it holds `capacity / 2`
+//! entries, the previous generation is forgotten all at once and the current one becomes the
+//! previous. So an entry is remembered for at least `capacity / 2` and at most `capacity`
+//! later insertions, and for at most the retention window: a lookup ignores entries older than
+//! the window.
 //!
-//! Determinism: the map changes only when a record is applied, as a function of that record's
-//! timestamp, so a state rebuilt from the WAL holds exactly the same entries, in the same order,
-//! as the live one. Lookups treat entries past their window as absent even before the next
-//! record sweeps them out.
+//! Why this shape: the table is large (millions of keys) and touched by every write, so each
+//! random memory access costs. Forgetting a whole generation at once replaces a random-access
+//! removal per insertion by one sequential clear; the ring makes insertion and the snapshot's
+//! ordered walk sequential; both are allocated once, so the table never rehashes or grows.
+//!
+//! Determinism: the structure changes only when a record is applied, as a function of that
+//! record, so a state rebuilt from the WAL holds exactly the same entries and generations.
 
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+
+use hashbrown::HashTable;
 
 use crate::ids::Timestamp;
 
-type Hasher = foldhash::fast::RandomState;
+type Hasher = foldhash::fast::FixedState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot<K, V> {
+    inserted: Timestamp,
+    key: K,
+    value: V,
+}
 
 /// A bounded, time-windowed map.
 #[derive(Debug, Clone)]
 pub(crate) struct Retained<K, V> {
-    map: HashMap<K, (Timestamp, V), Hasher>,
-    /// Keys in insertion (= timestamp) order, with their insertion time.
-    order: VecDeque<(Timestamp, K)>,
-    /// Entries kept at most; the oldest goes first when a new one would exceed it.
+    /// Entries by position `p % capacity`; positions `oldest..next` are live.
+    ring: Vec<Slot<K, V>>,
+    /// Position of the oldest entry of the previous generation.
+    oldest: u64,
+    /// Position of the first entry of the current generation.
+    current_start: u64,
+    /// Position the next entry gets.
+    next: u64,
+    /// Ring positions (as `u32` offsets modulo capacity) of the previous and current
+    /// generation, indexed by the hash of their key.
+    previous: HashTable<u32>,
+    current: HashTable<u32>,
+    /// Entries kept at most.
     capacity: usize,
     /// How long an entry is remembered, in nanoseconds.
     retention_nanos: u64,
-    /// Entries evicted by capacity while still inside their window.
+    /// Entries forgotten with their generation while still inside their window.
     evicted_early: u64,
+    hasher: Hasher,
 }
 
-impl<K: Hash + Eq + Copy, V> Retained<K, V> {
+impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
     pub(crate) fn new(capacity: usize, retention_nanos: u64) -> Retained<K, V> {
-        assert!(capacity > 0);
+        assert!(capacity >= 2, "two generations of at least one entry");
+        assert!(u32::try_from(capacity).is_ok(), "ring positions fit in u32");
+        let generation = capacity / 2;
         Retained {
-            map: HashMap::with_hasher(Hasher::default()),
-            order: VecDeque::new(),
+            ring: Vec::new(),
+            oldest: 0,
+            current_start: 0,
+            next: 0,
+            previous: HashTable::with_capacity(generation),
+            current: HashTable::with_capacity(generation),
             capacity,
             retention_nanos,
             evicted_early: 0,
+            // A fixed seed: the table's layout never reaches disk, but a fixed hasher keeps
+            // two replicas of a state byte-for-byte alike in memory too.
+            hasher: Hasher::with_seed(0x6c65_6467_6572_6421),
         }
+    }
+
+    fn generation_max(&self) -> usize {
+        self.capacity / 2
+    }
+
+    fn slot(&self, position: u32) -> &Slot<K, V> {
+        &self.ring[position as usize]
     }
 
     fn live(&self, inserted: Timestamp, now: Timestamp) -> bool {
         inserted.plus_nanos(self.retention_nanos) > now
     }
 
-    /// The entry for `key`, if it is still inside its window at `now`.
+    /// The entry for `key`, if it is remembered and still inside its window at `now`.
     pub(crate) fn get(&self, key: &K, now: Timestamp) -> Option<&V> {
-        let (inserted, value) = self.map.get(key)?;
-        self.live(*inserted, now).then_some(value)
+        let hash = self.hasher.hash_one(key);
+        let matches = |position: &u32| self.slot(*position).key == *key;
+        let position =
+            self.current.find(hash, matches).or_else(|| self.previous.find(hash, matches))?;
+        let slot = self.slot(*position);
+        self.live(slot.inserted, now).then_some(&slot.value)
     }
 
-    /// Inserts an entry at `now`. The key must not be present (callers look it up first).
+    /// Inserts an entry at `now`. The key must not be remembered (callers look it up first).
     pub(crate) fn insert(&mut self, key: K, value: V, now: Timestamp) {
-        self.expire(now);
-        while self.map.len() >= self.capacity {
-            let (inserted, oldest) = self.order.pop_front().expect("map and order agree");
-            if self.live(inserted, now) {
+        debug_assert!(
+            self.ring.is_empty() || self.newest_inserted().is_some_and(|last| last <= now)
+        );
+        if self.current.len() >= self.generation_max() {
+            self.rotate(now);
+        }
+        let offset = u32::try_from(self.next % self.capacity as u64).expect("capacity fits in u32");
+        let slot = Slot { inserted: now, key, value };
+        if self.ring.len() < self.capacity {
+            debug_assert_eq!(self.ring.len(), offset as usize);
+            self.ring.push(slot);
+        } else {
+            self.ring[offset as usize] = slot;
+        }
+        let hash = self.hasher.hash_one(key);
+        let Retained { ring, current, hasher, .. } = self;
+        current
+            .insert_unique(hash, offset, |position| hasher.hash_one(ring[*position as usize].key));
+        self.next += 1;
+    }
+
+    /// Forgets the previous generation; the current one becomes the previous.
+    fn rotate(&mut self, now: Timestamp) {
+        for position in self.oldest..self.current_start {
+            let offset = (position % self.capacity as u64) as usize;
+            if self.live(self.ring[offset].inserted, now) {
                 self.evicted_early += 1;
             }
-            self.map.remove(&oldest);
         }
-        debug_assert!(self.order.back().is_none_or(|(last, _)| *last <= now));
-        let previous = self.map.insert(key, (now, value));
-        assert!(previous.is_none(), "retained key inserted twice");
-        self.order.push_back((now, key));
+        self.previous.clear();
+        std::mem::swap(&mut self.previous, &mut self.current);
+        self.oldest = self.current_start;
+        self.current_start = self.next;
     }
 
-    /// Drops every entry whose window ended at or before `now`.
-    pub(crate) fn expire(&mut self, now: Timestamp) {
-        while let Some((inserted, key)) = self.order.front().copied() {
-            if self.live(inserted, now) {
-                break;
-            }
-            self.order.pop_front();
-            self.map.remove(&key);
-        }
+    fn newest_inserted(&self) -> Option<Timestamp> {
+        let last = self.next.checked_sub(1)?;
+        self.ring.get((last % self.capacity as u64) as usize).map(|slot| slot.inserted)
     }
 
+    /// Entries remembered (in both generations, including those past their window).
     pub(crate) fn len(&self) -> usize {
-        self.map.len()
+        self.previous.len() + self.current.len()
     }
 
     pub(crate) fn evicted_early(&self) -> u64 {
         self.evicted_early
     }
 
-    /// Entries in insertion order, for snapshots.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (Timestamp, &K, &V)> {
-        self.order.iter().map(|(inserted, key)| {
-            let (_, value) = self.map.get(key).expect("map and order agree");
-            (*inserted, key, value)
-        })
+    /// Entries of the previous generation, then of the current one, in insertion order, for
+    /// snapshots; and how many belong to the previous one.
+    pub(crate) fn iter(&self) -> (usize, impl Iterator<Item = (Timestamp, &K, &V)>) {
+        let slots = (self.oldest..self.next).map(|position| {
+            let slot = &self.ring[(position % self.capacity as u64) as usize];
+            (slot.inserted, &slot.key, &slot.value)
+        });
+        (self.previous.len(), slots)
     }
 
-    /// Restores an entry from a snapshot; entries must come in insertion order. If the
-    /// capacity was lowered since the snapshot was taken, the oldest entries make room.
-    pub(crate) fn restore(&mut self, key: K, value: V, inserted: Timestamp) -> bool {
-        if self.order.back().is_some_and(|(last, _)| *last > inserted)
-            || self.map.contains_key(&key)
+    /// Rebuilds the table from a snapshot's entries: `previous` entries of the previous
+    /// generation, then the current generation, each in insertion order. If the capacity was
+    /// lowered since, the oldest entries are dropped. Returns false for invalid input (a
+    /// duplicate key, timestamps out of order, a generation over its size).
+    pub(crate) fn restore(
+        &mut self,
+        previous: usize,
+        entries: impl ExactSizeIterator<Item = (Timestamp, K, V)>,
+        evicted_early: u64,
+    ) -> bool {
+        let total = entries.len();
+        if previous > total
+            || previous > self.generation_max()
+            || total - previous > self.generation_max()
         {
             return false;
         }
-        if self.map.len() >= self.capacity {
-            let (_, oldest) = self.order.pop_front().expect("map and order agree");
-            self.map.remove(&oldest);
+        let mut last = None;
+        for (index, (inserted, key, value)) in entries.enumerate() {
+            if last.is_some_and(|last| last > inserted) || self.contains(&key) {
+                return false;
+            }
+            last = Some(inserted);
+            if index == previous {
+                // The snapshot's generation boundary: what came before is the previous one.
+                self.rotate(inserted);
+            }
+            self.insert(key, value, inserted);
         }
-        self.map.insert(key, (inserted, value));
-        self.order.push_back((inserted, key));
+        if previous == total {
+            self.rotate(last.unwrap_or_default());
+        }
+        self.evicted_early = evicted_early;
         true
     }
 
-    pub(crate) fn restore_evicted_early(&mut self, count: u64) {
-        self.evicted_early = count;
+    fn contains(&self, key: &K) -> bool {
+        let hash = self.hasher.hash_one(key);
+        let matches = |position: &u32| self.slot(*position).key == *key;
+        self.current.find(hash, matches).is_some() || self.previous.find(hash, matches).is_some()
     }
 }
 
-impl<K: Hash + Eq + Copy, V: PartialEq> PartialEq for Retained<K, V> {
+impl<K: Hash + Eq + Copy, V: Copy + PartialEq> PartialEq for Retained<K, V> {
     fn eq(&self, other: &Retained<K, V>) -> bool {
-        self.order == other.order
-            && self.evicted_early == other.evicted_early
-            && self.capacity == other.capacity
+        let (previous, entries) = self.iter();
+        let (other_previous, other_entries) = other.iter();
+        self.capacity == other.capacity
             && self.retention_nanos == other.retention_nanos
-            && self.map.len() == other.map.len()
-            && self.map.iter().all(|(key, value)| other.map.get(key) == Some(value))
+            && self.evicted_early == other.evicted_early
+            && previous == other_previous
+            && self.len() == other.len()
+            && entries.eq(other_entries)
     }
 }
 
@@ -133,22 +220,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_expire_after_the_window_and_capacity_evicts_the_oldest() {
-        let mut retained: Retained<u32, &str> = Retained::new(3, 100);
+    fn entries_expire_after_the_window() {
+        let mut retained: Retained<u32, &str> = Retained::new(8, 100);
         retained.insert(1, "a", Timestamp(0));
         retained.insert(2, "b", Timestamp(50));
         assert_eq!(retained.get(&1, Timestamp(99)), Some(&"a"));
         // At exactly the end of the window the entry is gone for lookups.
         assert_eq!(retained.get(&1, Timestamp(100)), None);
-        retained.insert(3, "c", Timestamp(100));
-        assert_eq!(retained.len(), 2, "key 1 was swept at t=100");
-        retained.insert(4, "d", Timestamp(101));
-        retained.insert(5, "e", Timestamp(102));
-        // Capacity 3: key 2 (inserted at 50, window until 150) is evicted early.
+        assert_eq!(retained.get(&2, Timestamp(100)), Some(&"b"));
+    }
+
+    #[test]
+    fn generations_bound_memory_and_count_early_evictions() {
+        let mut retained: Retained<u32, u32> = Retained::new(4, 1_000);
+        for key in 0..4 {
+            retained.insert(key, key * 10, Timestamp(u64::from(key)));
+        }
+        assert_eq!(retained.len(), 4);
+        // The fifth insertion forgets the first generation (keys 0 and 1), both still in window.
+        retained.insert(4, 40, Timestamp(4));
         assert_eq!(retained.len(), 3);
-        assert_eq!(retained.get(&2, Timestamp(102)), None);
-        assert_eq!(retained.evicted_early(), 1);
-        let keys: Vec<u32> = retained.iter().map(|(_, key, _)| *key).collect();
-        assert_eq!(keys, vec![3, 4, 5]);
+        assert_eq!(retained.get(&0, Timestamp(4)), None);
+        assert_eq!(retained.get(&1, Timestamp(4)), None);
+        assert_eq!(retained.get(&2, Timestamp(4)), Some(&20));
+        assert_eq!(retained.get(&4, Timestamp(4)), Some(&40));
+        assert_eq!(retained.evicted_early(), 2);
+        // Keys are remembered for at least capacity / 2 insertions.
+        for key in 5..100u32 {
+            retained.insert(key, key * 10, Timestamp(u64::from(key)));
+            assert_eq!(
+                retained.get(&(key - 1), Timestamp(u64::from(key))),
+                Some(&((key - 1) * 10))
+            );
+            assert!(retained.len() <= 4);
+        }
+    }
+
+    #[test]
+    fn restore_rebuilds_an_equal_table() {
+        let mut retained: Retained<u32, u32> = Retained::new(6, 1_000);
+        for key in 0..8 {
+            retained.insert(key, key, Timestamp(u64::from(key)));
+        }
+        let (previous, entries) = retained.iter();
+        let entries: Vec<(Timestamp, u32, u32)> = entries.map(|(t, k, v)| (t, *k, *v)).collect();
+        let mut restored: Retained<u32, u32> = Retained::new(6, 1_000);
+        assert!(restored.restore(previous, entries.clone().into_iter(), retained.evicted_early()));
+        assert!(restored == retained);
+        // Both evolve identically afterwards.
+        for key in 8..20 {
+            retained.insert(key, key, Timestamp(u64::from(key)));
+            restored.insert(key, key, Timestamp(u64::from(key)));
+            assert!(restored == retained);
+        }
+        let mut duplicate = entries.clone();
+        duplicate.push(duplicate[0]);
+        assert!(!Retained::<u32, u32>::new(6, 1_000).restore(0, duplicate.into_iter(), 0));
     }
 }

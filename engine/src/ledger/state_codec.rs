@@ -79,16 +79,20 @@ impl Ledger {
             encoder.u64(hold.expires_at.0);
         }
 
+        let (previous, closed) = self.holds_closed.iter();
         encoder.u64(length(self.holds_closed.len()));
-        for (inserted, id, closure) in self.holds_closed.iter() {
+        encoder.u64(length(previous));
+        for (inserted, id, closure) in closed {
             encoder.u64(inserted.0);
             encoder.u64(id.0);
             encoder.u8(*closure as u8);
         }
         encoder.u64(self.holds_closed.evicted_early());
 
+        let (previous, keys) = self.idempotency.iter();
         encoder.u64(length(self.idempotency.len()));
-        for (inserted, (terminal, key), entry) in self.idempotency.iter() {
+        encoder.u64(length(previous));
+        for (inserted, (terminal, key), entry) in keys {
             encoder.u64(inserted.0);
             encoder.u32(terminal.0);
             encoder.u128(key.get());
@@ -209,6 +213,9 @@ impl Ledger {
         }
 
         let closed = count(&mut decoder, "closed hold count", 17)?;
+        let previous =
+            usize::try_from(decoder.u64("closed hold generation")?).unwrap_or(usize::MAX);
+        let mut entries = Vec::with_capacity(closed);
         for _ in 0..closed {
             let inserted = Timestamp(decoder.u64("closed hold time")?);
             let id = TxId(decoder.u64("closed hold id")?);
@@ -218,13 +225,17 @@ impl Ledger {
                 3 => HoldClosure::Expired,
                 other => return Err(invalid("closed hold state", u128::from(other))),
             };
-            if !ledger.holds_closed.restore(id, closure, inserted) {
-                return Err(invalid("closed hold entry", u128::from(id.0)));
-            }
+            entries.push((inserted, id, closure));
         }
-        ledger.holds_closed.restore_evicted_early(decoder.u64("closed holds evicted")?);
+        let evicted = decoder.u64("closed holds evicted")?;
+        if !ledger.holds_closed.restore(previous, entries.into_iter(), evicted) {
+            return Err(invalid("closed hold entries", closed as u128));
+        }
 
         let keys = count(&mut decoder, "idempotency count", 52)?;
+        let previous =
+            usize::try_from(decoder.u64("idempotency generation")?).unwrap_or(usize::MAX);
+        let mut entries = Vec::with_capacity(keys);
         for _ in 0..keys {
             let inserted = Timestamp(decoder.u64("idempotency time")?);
             let terminal = TerminalId(decoder.u32("idempotency terminal")?);
@@ -234,12 +245,12 @@ impl Ledger {
             let tx_id = TxId(decoder.u64("idempotency tx id")?);
             let lsn = Lsn(decoder.u64("idempotency lsn")?);
             let committed = Committed { tx_id, lsn, timestamp: inserted };
-            let entry = IdempotencyEntry { fingerprint, committed };
-            if !ledger.idempotency.restore((terminal, key), entry, inserted) {
-                return Err(invalid("idempotency entry", key.get()));
-            }
+            entries.push((inserted, (terminal, key), IdempotencyEntry { fingerprint, committed }));
         }
-        ledger.idempotency.restore_evicted_early(decoder.u64("idempotency evicted")?);
+        let evicted = decoder.u64("idempotency evicted")?;
+        if !ledger.idempotency.restore(previous, entries.into_iter(), evicted) {
+            return Err(invalid("idempotency entries", keys as u128));
+        }
 
         let shard_count = ledger.config.shard_count;
         let decode_shard = |decoder: &mut Decoder<'_>| -> Result<ShardId, DecodeError> {

@@ -278,6 +278,11 @@ impl ShardActor {
         match input {
             Input::Commands { sink, commands } => {
                 let poisoned = self.poisoned();
+                for (_, command) in &commands {
+                    if let Command::Write(request) = command {
+                        self.ledger.prefetch(request);
+                    }
+                }
                 let limit = self.ledger.config().limits.batch_records_max;
                 for (tag, command) in commands {
                     if poisoned {

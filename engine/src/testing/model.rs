@@ -6,7 +6,7 @@
 //! same random operations through the engine and through this model and compare every answer
 //! and the final balances.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use crate::ids::{CustomerId, ShardId, Timestamp, shard_for_customer};
 use crate::reject::RejectCode;
@@ -74,6 +74,32 @@ struct ModelHold {
     write: usize,
 }
 
+/// Two generations of remembered items: when the current one is full, the previous one is
+/// forgotten whole.
+#[derive(Debug, Clone)]
+struct Generations<T> {
+    previous: Vec<T>,
+    current: Vec<T>,
+    size: usize,
+}
+
+impl<T: Copy> Generations<T> {
+    fn new(size: usize) -> Generations<T> {
+        Generations { previous: Vec::new(), current: Vec::new(), size }
+    }
+
+    /// Remembers `item`; returns the items forgotten to make room.
+    fn push(&mut self, item: T) -> Vec<T> {
+        let mut forgotten = Vec::new();
+        if self.current.len() >= self.size {
+            forgotten = std::mem::take(&mut self.previous);
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.push(item);
+        forgotten
+    }
+}
+
 /// The reference model.
 #[derive(Debug, Clone)]
 pub struct Model {
@@ -94,12 +120,11 @@ pub struct Model {
     write_outcomes: Vec<ModelOutcome>,
     /// Keys that committed, with the write that committed them.
     committed_keys: BTreeMap<u128, usize>,
-    /// Committed keys per shard, oldest first, for capacity eviction.
-    key_order: Vec<VecDeque<u128>>,
-    keys_max: usize,
-    /// Closed holds per shard, oldest first: their tombstones are evicted past
-    /// `holds_open_max`.
-    closed_order: Vec<VecDeque<usize>>,
+    /// Committed keys per shard, in two generations, as the engine forgets them: a generation
+    /// of `keys_max / 2` keys at a time.
+    key_generations: Vec<Generations<u128>>,
+    /// Closed holds per shard, in generations of `holds_open_max / 2`.
+    closed_generations: Vec<Generations<usize>>,
     next_key: u128,
 }
 
@@ -125,9 +150,14 @@ impl Model {
             writes: Vec::new(),
             write_outcomes: Vec::new(),
             committed_keys: BTreeMap::new(),
-            key_order: vec![VecDeque::new(); usize::from(shard_count)],
-            closed_order: vec![VecDeque::new(); usize::from(shard_count)],
-            keys_max: idempotency_keys_max,
+            key_generations: vec![
+                Generations::new(idempotency_keys_max / 2);
+                usize::from(shard_count)
+            ],
+            closed_generations: vec![
+                Generations::new(holds_open_max / 2);
+                usize::from(shard_count)
+            ],
             next_key: 1,
         }
     }
@@ -299,13 +329,9 @@ impl Model {
 
     fn remember_key(&mut self, key: u128, write: usize, op: &ModelOp) {
         let shard = self.key_shard(op).as_usize();
-        let order = &mut self.key_order[shard];
-        if order.len() >= self.keys_max {
-            if let Some(oldest) = order.pop_front() {
-                self.committed_keys.remove(&oldest);
-            }
+        for forgotten in self.key_generations[shard].push(key) {
+            self.committed_keys.remove(&forgotten);
         }
-        order.push_back(key);
         self.committed_keys.insert(key, write);
     }
 
@@ -329,13 +355,9 @@ impl Model {
         *self.reserved.entry(hold.customer).or_default() -= i128::from(hold.amount);
         self.holds[index].state = state;
         let shard = self.shard(hold.customer).as_usize();
-        let order = &mut self.closed_order[shard];
-        if order.len() >= self.holds_open_max {
-            if let Some(oldest) = order.pop_front() {
-                self.holds[oldest].state = HoldState::Forgotten;
-            }
+        for forgotten in self.closed_generations[shard].push(index) {
+            self.holds[forgotten].state = HoldState::Forgotten;
         }
-        order.push_back(index);
     }
 
     fn debit_check(&self, customer: u64, amount: u64) -> Result<(), RejectCode> {

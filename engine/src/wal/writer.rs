@@ -86,6 +86,8 @@ pub struct WalWriter {
     group_first: Option<Lsn>,
     faults: Option<Arc<dyn IoFaults>>,
     counters: WriterCounters,
+    /// Keeps the next segment zero-filled ahead of time.
+    spare: segment::SpareMaker,
 }
 
 impl WalWriter {
@@ -99,6 +101,7 @@ impl WalWriter {
         now: Timestamp,
         faults: Option<Arc<dyn IoFaults>>,
     ) -> io::Result<WalWriter> {
+        let spare_name = format!("ledger-spare-{}", identity.shard.index());
         match position {
             Some(position) => {
                 let path = dir.join(segment::segment_file_name(position.segment_sequence));
@@ -116,6 +119,7 @@ impl WalWriter {
                     group_first: None,
                     faults,
                     counters: WriterCounters::default(),
+                    spare: segment::SpareMaker::start(dir, segment_bytes, spare_name)?,
                 })
             }
             None => {
@@ -134,6 +138,7 @@ impl WalWriter {
                     group_first: None,
                     faults,
                     counters: WriterCounters { rolls: 1, ..WriterCounters::default() },
+                    spare: segment::SpareMaker::start(dir, segment_bytes, spare_name)?,
                 })
             }
         }
@@ -253,6 +258,7 @@ impl WalWriter {
         self.sequence = sequence;
         self.offset = SEGMENT_HEADER_BYTES;
         self.counters.rolls += 1;
+        self.spare.request();
         Ok(())
     }
 }

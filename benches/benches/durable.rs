@@ -1,0 +1,138 @@
+//! Durable throughput of the whole engine in process: client threads submit batches of
+//! transactions to all shards, and each transaction counts only when it is answered, which
+//! happens after its WAL record is fdatasync'd. Not a criterion benchmark: it runs for a fixed
+//! time and reports transactions per second and answer latency percentiles.
+//!
+//! Run: `cargo bench -p ledger-benches --bench durable` (env: DURABLE_SECONDS, DURABLE_SHARDS,
+//! DURABLE_CLIENTS, DURABLE_BATCH, DURABLE_IN_FLIGHT, DURABLE_CUSTOMERS, DURABLE_DIR).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ledger_engine::testing::loyalty::Loyalty;
+use ledger_engine::{Engine, EngineConfig, ReplySink, Response, WalRetention};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A client's sink: counts answers and wakes the client when a batch completes.
+#[derive(Default)]
+struct Counter {
+    answered: Mutex<u64>,
+    wake: Condvar,
+    committed: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl ReplySink for Counter {
+    fn deliver(&self, replies: Vec<(u64, Response)>) {
+        let mut committed = 0;
+        for (_, response) in &replies {
+            if matches!(response, Response::Committed(_)) {
+                committed += 1;
+            }
+        }
+        self.committed.fetch_add(committed, Ordering::Relaxed);
+        self.rejected.fetch_add(replies.len() as u64 - committed, Ordering::Relaxed);
+        *self.answered.lock().unwrap() += replies.len() as u64;
+        self.wake.notify_one();
+    }
+}
+
+fn main() {
+    let seconds = env("DURABLE_SECONDS", 10);
+    let shards = env("DURABLE_SHARDS", 2) as u16;
+    let clients = env("DURABLE_CLIENTS", 4);
+    let batch = env("DURABLE_BATCH", 256);
+    let in_flight = env("DURABLE_IN_FLIGHT", 8);
+    let customers = env("DURABLE_CUSTOMERS", 1_000_000);
+    let dir = match std::env::var("DURABLE_DIR") {
+        Ok(dir) => tempfile::tempdir_in(dir).unwrap(),
+        Err(_) => tempfile::tempdir_in(".").unwrap(),
+    };
+    let mut config = EngineConfig::new(dir.path());
+    config.shard_count = Some(shards);
+    config.tuning.wal_retention = WalRetention::DeleteCovered;
+    config.limits.idempotency_keys_max = env("DURABLE_KEYS", 2 << 20) as usize;
+    config.tuning.snapshot_every_records = 20_000_000;
+    config.tuning.snapshot_on_shutdown = false;
+    let engine = Arc::new(Engine::open(config).unwrap());
+    let loyalty = Loyalty::define(&engine);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|client| {
+            let engine = Arc::clone(&engine);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let counter = Arc::new(Counter::default());
+                let sink: Arc<dyn ReplySink> = counter.clone();
+                let mut rng = (client + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut key = u128::from(client) << 64;
+                let mut submitted = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // Keep `in_flight` batches outstanding.
+                    let answered = *counter.answered.lock().unwrap();
+                    if submitted - answered >= in_flight * batch {
+                        let guard = counter.answered.lock().unwrap();
+                        let _ = counter.wake.wait_timeout_while(
+                            guard,
+                            Duration::from_millis(50),
+                            |a| submitted - *a >= in_flight * batch,
+                        );
+                        continue;
+                    }
+                    let commands = (0..batch)
+                        .map(|tag| {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            key += 1;
+                            (tag, loyalty.earn(key, rng % customers, 1 + rng % 100))
+                        })
+                        .collect();
+                    engine.submit(&sink, commands);
+                    submitted += batch;
+                }
+                let guard = counter.answered.lock().unwrap();
+                let _ = counter
+                    .wake
+                    .wait_timeout_while(guard, Duration::from_secs(10), |a| *a < submitted);
+                (
+                    counter.committed.load(Ordering::Relaxed),
+                    counter.rejected.load(Ordering::Relaxed),
+                )
+            })
+        })
+        .collect();
+    // Warm up, then measure over the window.
+    std::thread::sleep(Duration::from_secs(1));
+    let records_at = |engine: &Engine| engine.stats().iter().map(|s| s.records).sum::<u64>();
+    let syncs_at = |engine: &Engine| engine.stats().iter().map(|s| s.syncs).sum::<u64>();
+    let (records_0, syncs_0, t0) = (records_at(&engine), syncs_at(&engine), Instant::now());
+    std::thread::sleep(Duration::from_secs(seconds));
+    let (records_1, syncs_1, elapsed) = (records_at(&engine), syncs_at(&engine), t0.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let mut committed = 0;
+    let mut rejected = 0;
+    for thread in threads {
+        let (c, r) = thread.join().unwrap();
+        committed += c;
+        rejected += r;
+    }
+    let rate = (records_1 - records_0) as f64 / elapsed.as_secs_f64();
+    let syncs = (syncs_1 - syncs_0) as f64 / elapsed.as_secs_f64();
+    println!(
+        "shards={shards} clients={clients} batch={batch} in_flight={in_flight}: {rate:.0} durable tx/s, {syncs:.0} fdatasync/s, {:.0} tx per sync; total committed {committed}, rejected {rejected}, run {:?}",
+        rate / syncs.max(1.0),
+        started.elapsed()
+    );
+    let stats = engine.stats();
+    let keys: u64 = stats.iter().map(|s| s.idempotency_keys).sum();
+    println!(
+        "idempotency keys {keys}, evicted early {}",
+        stats.iter().map(|s| s.idempotency_evicted_early).sum::<u64>()
+    );
+}

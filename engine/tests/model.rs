@@ -3,11 +3,11 @@
 //! `ledger_engine::testing::model`; every answer and the final balances must agree, also after
 //! a restart.
 //!
-//! How: operations are submitted in chunks, each chunk in one `submit` so that a shard applies
-//! it in order. A chunk ends where the next operation needs something the engine has not
-//! answered yet (the id of a hold created in this chunk), after a cross-shard transfer (its
-//! credit lands asynchronously), and when time moves (then a barrier on every shard lets the
-//! hold expiry sweep run). The data directory is on /dev/shm when available: this test is about
+//! How: operations are submitted in chunks, each chunk in one `submit` so that each shard
+//! applies its part in order. A chunk ends where the next operation needs something the engine
+//! has not answered yet (the id of a hold created in this chunk), around a transfer (a
+//! cross-shard credit lands whenever it arrives, so a transfer is submitted alone), and when
+//! time moves (then a barrier on every shard lets the hold expiry sweep run). The data directory is on /dev/shm when available: this test is about
 //! semantics; durability has its own tests.
 
 use std::path::PathBuf;
@@ -126,13 +126,24 @@ impl Driver {
                 ModelOp::Retry { .. } | ModelOp::Conflict { .. } => continue,
                 _ => self.command(&op, self.model.next_key()),
             };
+            // The write as made: for a retry or a conflict, the request it repeats or changes.
+            let effective = match op {
+                ModelOp::Retry { op: write } => self.model.write(write).clone(),
+                ModelOp::Conflict { op: write } => self.model.conflicting(write),
+                ref other => other.clone(),
+            };
+            // A transfer travels alone: its credit may land on the destination shard at any
+            // moment after it is submitted, before or after that shard's other commands of the
+            // same submission (they are applied in order per shard, not across shards).
+            let is_transfer = matches!(effective, ModelOp::Transfer { .. });
+            if is_transfer {
+                self.flush();
+            }
             let expected = self.model.apply(&op);
             let write = self.model.write_count() - 1;
             self.committed.resize(self.model.write_count(), None);
-            // The write as made: for a retry or a conflict, the request it repeats or changes.
-            let effective = self.model.write(write).clone();
             self.chunk.push((command, expected, write, op.clone()));
-            if matches!(effective, ModelOp::Transfer { .. }) {
+            if is_transfer {
                 self.flush();
             }
         }

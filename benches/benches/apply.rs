@@ -10,6 +10,7 @@ use ledger_benches::{EarnRecords, ledger_with_loyalty};
 use ledger_engine::Limits;
 
 fn apply(c: &mut Criterion) {
+    let prefetch = std::env::var_os("APPLY_NO_PREFETCH").is_none();
     let mut group = c.benchmark_group("apply");
     group.measurement_time(Duration::from_secs(8));
     for customers in [10_000u64, 1_000_000] {
@@ -35,8 +36,16 @@ fn apply(c: &mut Criterion) {
             bencher.iter_custom(|iterations| {
                 let batch = records.take(&ledger, iterations as usize);
                 let started = Instant::now();
-                for (record, fingerprint) in &batch {
-                    ledger.apply(record, *fingerprint).unwrap();
+                // As a shard does: touch a chunk's accounts first, then apply it.
+                for chunk in batch.chunks(256) {
+                    if prefetch {
+                        for (record, _) in chunk {
+                            ledger.prefetch_body(&record.body);
+                        }
+                    }
+                    for (record, fingerprint) in chunk {
+                        ledger.apply(record, *fingerprint).unwrap();
+                    }
                 }
                 let elapsed = started.elapsed();
                 drop(batch);

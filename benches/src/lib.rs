@@ -20,14 +20,12 @@ pub struct Classes {
     pub issuance: ClassId,
 }
 
-/// A single-shard ledger with the loyalty definitions applied.
-pub fn ledger_with_loyalty(limits: Limits) -> (Ledger, Classes) {
+/// The definitions of the loyalty setup, as WAL bodies.
+pub fn loyalty_definitions() -> Vec<Body> {
     use ledger_engine::ledger::account::Name;
     use ledger_engine::ledger::record::{AssetDefine, ClassDefine};
-    let config = LedgerConfig { limits, ..LedgerConfig::new(ShardId::new(0).unwrap(), 1) };
-    let mut ledger = Ledger::new(config);
     let pts = AssetId(0);
-    let bodies = vec![
+    vec![
         Body::AssetDefine(AssetDefine { id: pts, code: Name::asset("PTS").unwrap(), scale: 0 }),
         Body::ClassDefine(ClassDefine {
             id: ClassId(1),
@@ -43,27 +41,53 @@ pub fn ledger_with_loyalty(limits: Limits) -> (Ledger, Classes) {
             asset: pts,
             flags: AccountFlags::NONE,
         }),
-    ];
+    ]
+}
+
+/// A single-shard ledger with the loyalty definitions applied.
+pub fn ledger_with_loyalty(limits: Limits) -> (Ledger, Classes) {
+    let config = LedgerConfig { limits, ..LedgerConfig::new(ShardId::new(0).unwrap(), 1) };
+    let mut ledger = Ledger::new(config);
+    let pts = AssetId(0);
     let timestamp = Timestamp(1_800_000_000_000_000_000);
-    for body in bodies {
+    for body in loyalty_definitions() {
         let record = Record { lsn: ledger.lsn().next(), timestamp, body };
         ledger.apply(&record, 0).unwrap();
     }
     (ledger, Classes { pts, points: ClassId(1), issuance: ClassId(2) })
 }
 
-/// A generator of one-posting earn records for random customers, continuing a ledger's LSNs.
+/// A generator of one-posting earn records, continuing a ledger's LSNs.
 pub struct EarnRecords {
     rng: u64,
     key: u128,
-    customers: u64,
+    /// `Some(n)`: random customers among `n`; `None`: customers 0, 1, 2… in turn.
+    customers: Option<u64>,
+    next_customer: u64,
     classes: Classes,
 }
 
 impl EarnRecords {
     /// Earns for `customers` distinct customers, drawn at random.
     pub fn new(classes: Classes, customers: u64) -> EarnRecords {
-        EarnRecords { rng: 0x9E37_79B9_7F4A_7C15, key: 0, customers, classes }
+        EarnRecords {
+            rng: 0x9E37_79B9_7F4A_7C15,
+            key: 0,
+            customers: Some(customers),
+            next_customer: 0,
+            classes,
+        }
+    }
+
+    /// Earns for customers 0, 1, 2…: each record creates one account.
+    pub fn sequential(classes: Classes) -> EarnRecords {
+        EarnRecords {
+            rng: 0x9E37_79B9_7F4A_7C15,
+            key: 0,
+            customers: None,
+            next_customer: 0,
+            classes,
+        }
     }
 
     /// The next `count` records after `lsn`, with their fingerprints.
@@ -81,9 +105,16 @@ impl EarnRecords {
                 self.rng ^= self.rng << 17;
                 self.key += 1;
                 lsn = Lsn(lsn.0 + 1);
+                let customer = match self.customers {
+                    Some(customers) => self.rng % customers,
+                    None => {
+                        self.next_customer += 1;
+                        self.next_customer - 1
+                    }
+                };
                 let posting = Posting {
                     debit: AccountId::new(self.classes.issuance, 0),
-                    credit: AccountId::new(self.classes.points, self.rng % self.customers),
+                    credit: AccountId::new(self.classes.points, customer),
                     asset: self.classes.pts,
                     amount: Amount::new(1 + self.rng % 100).unwrap(),
                 };
@@ -94,7 +125,10 @@ impl EarnRecords {
                     idempotency: IdempotencyKey::new(self.key),
                     metadata: Metadata::default(),
                 };
-                let body = Body::Transaction(Transaction { header, postings: vec![posting] });
+                let body = Body::Transaction(Transaction {
+                    header,
+                    postings: [posting].into_iter().collect(),
+                });
                 let mut bytes = Vec::new();
                 payload::encode_body(&body, &mut bytes);
                 let fingerprint = payload::fingerprint(body.kind(), &bytes);

@@ -27,6 +27,7 @@ pub mod engine;
 pub mod ids;
 pub mod ledger;
 pub mod limits;
+mod prefetch;
 pub mod recovery;
 pub mod reject;
 pub mod shard;
@@ -42,7 +43,7 @@ pub use ledger::account::{
     Account, AccountAddress, AccountFlags, AccountId, AssetId, ClassId, Namespace,
 };
 pub use ledger::command::{Command, Committed, Operation, Query, Request, Response};
-pub use ledger::record::{Metadata, Posting, Receipt, TxKind};
+pub use ledger::record::{Metadata, Posting, Postings, Receipt, TxKind};
 pub use limits::Limits;
 pub use reject::RejectCode;
 pub use shard::{ReplySink, ShardStats, ShardTuning, WalRetention};

@@ -108,7 +108,7 @@ pub struct AccountId {
 impl AccountId {
     /// An account key from its parts. The registry checks that the class exists and fits the
     /// owner when a request names the account.
-    pub fn new(class: ClassId, owner: u64) -> AccountId {
+    pub const fn new(class: ClassId, owner: u64) -> AccountId {
         AccountId { owner, class }
     }
 
@@ -256,6 +256,10 @@ pub struct Account {
 }
 
 impl Account {
+    /// An account with all counters at zero.
+    pub const ZERO: Account =
+        Account { debits_pending: 0, debits_posted: 0, credits_pending: 0, credits_posted: 0 };
+
     /// Posted balance: credits minus debits (positive for a customer holding points).
     pub fn balance_posted(&self) -> i128 {
         signed_difference(self.credits_posted, self.debits_posted)

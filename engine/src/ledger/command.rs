@@ -6,7 +6,7 @@
 //! could still take away.
 
 use super::account::{Account, AccountId, AssetId};
-use super::record::{Metadata, Posting, TxKind};
+use super::record::{Metadata, Posting, Postings, TxKind};
 use crate::amount::Amount;
 use crate::ids::{IdempotencyKey, Lsn, TerminalId, Timestamp, TxId};
 use crate::reject::RejectCode;
@@ -32,7 +32,7 @@ pub enum Operation {
     /// Commit 1..=N postings, all or none. Every customer account must live on one shard.
     Post {
         /// The postings.
-        postings: Vec<Posting>,
+        postings: Postings,
     },
     /// Reserve one posting until it is captured, voided, or `timeout_nanos` pass.
     Hold {

@@ -19,6 +19,7 @@ pub mod record;
 pub mod registry;
 mod retained;
 mod state_codec;
+mod table;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ use self::command::{AccountView, Committed, HoldView};
 use self::record::{Body, Posting, Record, TransferIn, TransferOut, TransferSettle, TxHeader};
 use self::registry::{AssetDef, ClassDef, Registry};
 use self::retained::Retained;
+use self::table::AccountTable;
 use crate::amount::Amount;
 use crate::ids::{
     IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId, TxIdGenerator, shard_for_customer,
@@ -222,7 +224,7 @@ enum Undo {
 pub struct Ledger {
     config: LedgerConfig,
     registry: Registry,
-    accounts: HashMap<AccountId, Account, Hasher>,
+    accounts: AccountTable,
     /// `totals[asset]`, kept in step with `accounts` by every posting.
     totals: Vec<AssetTotals>,
     holds: HashMap<TxId, Hold, Hasher>,
@@ -275,7 +277,7 @@ impl Ledger {
         let retention = config.idempotency_retention_nanos;
         Ledger {
             registry: Registry::default(),
-            accounts: HashMap::with_hasher(Hasher::default()),
+            accounts: AccountTable::new(),
             totals: Vec::new(),
             holds: HashMap::with_hasher(Hasher::default()),
             hold_deadlines: BTreeSet::new(),
@@ -419,11 +421,9 @@ impl Ledger {
     /// one after another (TigerBeetle's prefetch phase, in miniature).
     pub fn prefetch(&self, request: &command::Request) {
         if let Some(key) = request.idempotency {
-            std::hint::black_box(self.idempotency.get(&(request.terminal, key), Timestamp(0)));
+            self.touch_key(request.terminal, key);
         }
-        let mut touch = |account: AccountId| {
-            std::hint::black_box(self.accounts.get(&account));
-        };
+        let touch = |account: AccountId| self.touch_account(account);
         match &request.operation {
             command::Operation::Post { postings } => {
                 for posting in postings {
@@ -438,6 +438,33 @@ impl Ledger {
             }
             command::Operation::Capture { .. } | command::Operation::Void { .. } => {}
         }
+    }
+
+    /// `prefetch` for a decided record (replay applies records in batches too).
+    pub fn prefetch_body(&self, body: &Body) {
+        if let Some(TxHeader { terminal, idempotency: Some(key), .. }) = body.header() {
+            self.touch_key(*terminal, *key);
+        }
+        match body {
+            Body::Transaction(tx) => {
+                for posting in &tx.postings {
+                    self.touch_account(posting.debit);
+                    self.touch_account(posting.credit);
+                }
+            }
+            Body::HoldCreate(hold) => self.touch_account(hold.posting.debit),
+            Body::TransferOut(transfer) => self.touch_account(transfer.source),
+            Body::TransferIn(transfer) => self.touch_account(transfer.destination),
+            _ => {}
+        }
+    }
+
+    fn touch_account(&self, account: AccountId) {
+        self.accounts.prefetch(&account);
+    }
+
+    fn touch_key(&self, terminal: TerminalId, key: IdempotencyKey) {
+        self.idempotency.prefetch(&(terminal, key));
     }
 
     /// Applies one record: all of it, or nothing.
@@ -865,7 +892,7 @@ impl Ledger {
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         let fail = |message: String| Err(InvariantViolation { shard: self.config.shard, message });
         let mut sums = vec![AssetTotals::default(); self.totals.len()];
-        for (id, account) in &self.accounts {
+        for (id, account) in self.accounts.iter() {
             let Some((asset, flags, _)) = self.registry.account_terms(*id) else {
                 return fail(format!("account {id:?} has an unknown class"));
             };

@@ -131,6 +131,10 @@ pub struct Posting {
     pub amount: Amount,
 }
 
+/// The postings of a transaction: inline up to two (the common case: earn, redeem, transfer),
+/// so that most transactions need no heap allocation.
+pub type Postings = smallvec::SmallVec<[Posting; 2]>;
+
 /// What every client-originated record carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TxHeader {
@@ -152,7 +156,7 @@ pub struct Transaction {
     /// Id, kind, idempotency and metadata.
     pub header: TxHeader,
     /// The postings, applied all or none.
-    pub postings: Vec<Posting>,
+    pub postings: Postings,
 }
 
 /// A hold: one posting reserved (pending) until captured, voided or expired.

@@ -18,8 +18,6 @@
 
 use std::hash::{BuildHasher, Hash};
 
-use hashbrown::HashTable;
-
 use crate::ids::Timestamp;
 
 type Hasher = foldhash::fast::FixedState;
@@ -29,6 +27,73 @@ struct Slot<K, V> {
     inserted: Timestamp,
     key: K,
     value: V,
+}
+
+/// The hash index of one generation: open addressing with linear probing over `u64` slots
+/// holding a 32-bit tag of the key's hash and the key's ring offset plus one (zero: empty).
+/// At most half full, so a lookup of an absent key ends after two or three slots; cleared all
+/// at once. A key itself is compared (in the ring) only when its tag matches.
+#[derive(Debug, Clone)]
+struct GenerationIndex {
+    slots: Vec<u64>,
+    /// `slots.len() - 1`; `slots.len()` is a power of two.
+    mask: usize,
+    len: usize,
+}
+
+const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+
+impl GenerationIndex {
+    fn new(entries_max: usize) -> GenerationIndex {
+        let slots = (entries_max.max(1) * 2).next_power_of_two().max(8);
+        GenerationIndex { slots: vec![0; slots], mask: slots - 1, len: 0 }
+    }
+
+    fn home(&self, hash: u64) -> usize {
+        hash as usize & self.mask
+    }
+
+    fn find(&self, hash: u64, mut matches: impl FnMut(u32) -> bool) -> Option<u32> {
+        let tag = hash & TAG_MASK;
+        let mut index = self.home(hash);
+        loop {
+            let slot = self.slots[index];
+            if slot == 0 {
+                return None;
+            }
+            if slot & TAG_MASK == tag {
+                let offset = u32::try_from((slot & !TAG_MASK) - 1).expect("offsets fit in u32");
+                if matches(offset) {
+                    return Some(offset);
+                }
+            }
+            index = (index + 1) & self.mask;
+        }
+    }
+
+    fn insert(&mut self, hash: u64, offset: u32) {
+        assert!(self.len * 2 < self.slots.len(), "a generation is at most half its slots");
+        let entry = (hash & TAG_MASK) | (u64::from(offset) + 1);
+        let mut index = self.home(hash);
+        while self.slots[index] != 0 {
+            index = (index + 1) & self.mask;
+        }
+        self.slots[index] = entry;
+        self.len += 1;
+    }
+
+    fn clear(&mut self) {
+        self.slots.fill(0);
+        self.len = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn prefetch(&self, hash: u64) {
+        crate::prefetch::prefetch_read(&self.slots[self.home(hash)]);
+    }
 }
 
 /// A bounded, time-windowed map.
@@ -44,8 +109,8 @@ pub(crate) struct Retained<K, V> {
     next: u64,
     /// Ring positions (as `u32` offsets modulo capacity) of the previous and current
     /// generation, indexed by the hash of their key.
-    previous: HashTable<u32>,
-    current: HashTable<u32>,
+    previous: GenerationIndex,
+    current: GenerationIndex,
     /// Entries kept at most.
     capacity: usize,
     /// How long an entry is remembered, in nanoseconds.
@@ -61,12 +126,14 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         assert!(u32::try_from(capacity).is_ok(), "ring positions fit in u32");
         let generation = capacity / 2;
         Retained {
-            ring: Vec::new(),
+            // Reserved, not touched: pages are faulted in as entries arrive, but the ring never
+            // reallocates and copies.
+            ring: Vec::with_capacity(capacity),
             oldest: 0,
             current_start: 0,
             next: 0,
-            previous: HashTable::with_capacity(generation),
-            current: HashTable::with_capacity(generation),
+            previous: GenerationIndex::new(generation),
+            current: GenerationIndex::new(generation),
             capacity,
             retention_nanos,
             evicted_early: 0,
@@ -80,8 +147,22 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         self.capacity / 2
     }
 
-    fn slot(&self, position: u32) -> &Slot<K, V> {
-        &self.ring[position as usize]
+    fn slot(&self, offset: u32) -> &Slot<K, V> {
+        &self.ring[offset as usize]
+    }
+
+    /// Starts loading the index slots where `key` would be found, so that the lookup that
+    /// follows hits the cache. Changes nothing.
+    pub(crate) fn prefetch(&self, key: &K) {
+        let hash = self.hasher.hash_one(key);
+        self.current.prefetch(hash);
+        self.previous.prefetch(hash);
+    }
+
+    fn find(&self, key: &K) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        let matches = |offset: u32| self.slot(offset).key == *key;
+        self.current.find(hash, matches).or_else(|| self.previous.find(hash, matches))
     }
 
     fn live(&self, inserted: Timestamp, now: Timestamp) -> bool {
@@ -90,11 +171,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
 
     /// The entry for `key`, if it is remembered and still inside its window at `now`.
     pub(crate) fn get(&self, key: &K, now: Timestamp) -> Option<&V> {
-        let hash = self.hasher.hash_one(key);
-        let matches = |position: &u32| self.slot(*position).key == *key;
-        let position =
-            self.current.find(hash, matches).or_else(|| self.previous.find(hash, matches))?;
-        let slot = self.slot(*position);
+        let slot = self.slot(self.find(key)?);
         self.live(slot.inserted, now).then_some(&slot.value)
     }
 
@@ -115,9 +192,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
             self.ring[offset as usize] = slot;
         }
         let hash = self.hasher.hash_one(key);
-        let Retained { ring, current, hasher, .. } = self;
-        current
-            .insert_unique(hash, offset, |position| hasher.hash_one(ring[*position as usize].key));
+        self.current.insert(hash, offset);
         self.next += 1;
     }
 
@@ -196,9 +271,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
     }
 
     fn contains(&self, key: &K) -> bool {
-        let hash = self.hasher.hash_one(key);
-        let matches = |position: &u32| self.slot(*position).key == *key;
-        self.current.find(hash, matches).is_some() || self.previous.find(hash, matches).is_some()
+        self.find(key).is_some()
     }
 }
 

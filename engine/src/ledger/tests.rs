@@ -131,14 +131,14 @@ impl Harness {
         Ok(Committed { tx_id, lsn, timestamp: self.now })
     }
 
-    fn post(&mut self, postings: Vec<Posting>) -> Result<Committed, Refusal> {
+    fn post(&mut self, postings: super::record::Postings) -> Result<Committed, Refusal> {
         let header = self.header();
         self.apply(Body::Transaction(Transaction { header, postings }))
     }
 
     fn earn(&mut self, customer: u64, value: u64) -> Committed {
         let posting = self.posting(self.house(self.issuance), self.customer(customer), value);
-        self.post(vec![posting]).unwrap()
+        self.post(smallvec::smallvec![posting]).unwrap()
     }
 
     fn hold(&mut self, customer: u64, value: u64, timeout: u64) -> Result<Committed, Refusal> {
@@ -190,7 +190,7 @@ fn earn_and_redeem_move_points_and_keep_every_asset_at_zero() {
     assert_eq!(harness.balance(harness.customer(7)), 1_000);
     assert_eq!(harness.balance(harness.house(harness.issuance)), -1_000);
     let redeem = harness.posting(harness.customer(7), harness.house(harness.redemption), 300);
-    harness.post(vec![redeem]).unwrap();
+    harness.post(smallvec::smallvec![redeem]).unwrap();
     assert_eq!(harness.balance(harness.customer(7)), 700);
     let totals = harness.ledger.totals(harness.pts).unwrap();
     assert_eq!(totals.debits_posted, 1_300);
@@ -204,7 +204,7 @@ fn a_transaction_with_several_postings_commits_whole() {
     let earn = harness.posting(issuance, harness.customer(1), 100);
     let bonus = harness.posting(issuance, harness.customer(2), 50);
     let spend = harness.posting(harness.customer(1), harness.customer(2), 100);
-    harness.post(vec![earn, bonus, spend]).unwrap();
+    harness.post(smallvec::smallvec![earn, bonus, spend]).unwrap();
     assert_eq!(harness.balance(harness.customer(1)), 0);
     assert_eq!(harness.balance(harness.customer(2)), 150);
 }
@@ -217,7 +217,7 @@ fn a_failing_posting_rolls_back_the_earlier_ones_and_the_accounts_they_created()
     let overspend = harness.posting(harness.customer(10), harness.customer(11), 101);
     let header = harness.header();
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![earn, overspend] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![earn, overspend] }),
         RejectCode::InsufficientFunds,
     );
     assert!(harness.ledger.account(harness.customer(10)).is_none());
@@ -235,18 +235,18 @@ fn static_rejections_change_nothing() {
     header.idempotency = None;
     let posting = harness.posting(customer, redemption, 1);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }),
         RejectCode::IdempotencyKeyMissing,
     );
 
     let header = harness.header();
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![] }),
         RejectCode::PostingsEmpty,
     );
 
     let header = harness.header();
-    let many = vec![posting; Limits::test_min().transaction_postings_max + 1];
+    let many = smallvec::smallvec![posting; Limits::test_min().transaction_postings_max + 1];
     harness.assert_rejected(
         Body::Transaction(Transaction { header, postings: many }),
         RejectCode::PostingsTooMany,
@@ -255,41 +255,41 @@ fn static_rejections_change_nothing() {
     let header = harness.header();
     let same = harness.posting(customer, customer, 1);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![same] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![same] }),
         RejectCode::AccountsSame,
     );
 
     let header = harness.header();
     let unknown_class = harness.posting(AccountId::new(ClassId(99), 1), redemption, 1);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![unknown_class] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![unknown_class] }),
         RejectCode::ClassUnknown,
     );
 
     let header = harness.header();
     let unknown_asset = Posting { asset: AssetId(9), ..posting };
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![unknown_asset] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![unknown_asset] }),
         RejectCode::AssetUnknown,
     );
 
     let header = harness.header();
     let wrong_asset = Posting { asset: harness.usd, ..posting };
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![wrong_asset] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![wrong_asset] }),
         RejectCode::AssetMismatch,
     );
     let header = harness.header();
     let mixed = harness.posting(customer, AccountId::new(harness.dollars, 1), 1);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![mixed] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![mixed] }),
         RejectCode::AssetMismatch,
     );
 
     let header = harness.header();
     let transit = harness.posting(customer, AccountId::transit(harness.pts), 1);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![transit] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![transit] }),
         RejectCode::AccountKindInvalid,
     );
 
@@ -320,7 +320,7 @@ fn customers_of_another_shard_are_refused() {
     let header = harness.header();
     let posting = harness.posting(harness.house(harness.issuance), harness.customer(foreign), 5);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }),
         RejectCode::AccountsOnDifferentShards,
     );
 }
@@ -332,7 +332,7 @@ fn overdraft_counting_holds_and_unknown_accounts_are_refused() {
     let header = harness.header();
     let from_nobody = harness.posting(harness.customer(5), redemption, 1);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![from_nobody] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![from_nobody] }),
         RejectCode::AccountNotFound,
     );
 
@@ -340,7 +340,7 @@ fn overdraft_counting_holds_and_unknown_accounts_are_refused() {
     let header = harness.header();
     let too_much = harness.posting(harness.customer(5), redemption, 1_001);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![too_much] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![too_much] }),
         RejectCode::InsufficientFunds,
     );
 
@@ -350,11 +350,11 @@ fn overdraft_counting_holds_and_unknown_accounts_are_refused() {
     let header = harness.header();
     let over_hold = harness.posting(harness.customer(5), redemption, 201);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![over_hold] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![over_hold] }),
         RejectCode::InsufficientFunds,
     );
     let exact = harness.posting(harness.customer(5), redemption, 200);
-    harness.post(vec![exact]).unwrap();
+    harness.post(smallvec::smallvec![exact]).unwrap();
     assert_eq!(harness.available(harness.customer(5)), 0);
 }
 
@@ -365,7 +365,7 @@ fn credit_limits_and_overflow_are_refused() {
     let header = harness.header();
     let posting = harness.posting(harness.house(harness.issuance), capped, 1);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }),
         RejectCode::CreditLimitExceeded,
     );
 
@@ -382,7 +382,7 @@ fn credit_limits_and_overflow_are_refused() {
     let header = harness.header();
     let posting = harness.posting(harness.house(harness.redemption), customer, 6);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![posting] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }),
         RejectCode::Overflow,
     );
 }
@@ -394,12 +394,14 @@ fn idempotent_retries_return_the_original_and_conflicts_are_refused() {
     let key = 4242;
     let posting = harness.posting(harness.customer(3), harness.house(harness.redemption), 10);
     let header = harness.header_with_key(key);
-    let first =
-        harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] })).unwrap();
+    let first = harness
+        .apply(Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }))
+        .unwrap();
     // The retry carries a new tx id (a new attempt) but the same payload.
     let before = harness.state();
     let header = harness.header_with_key(key);
-    let retry = harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] }));
+    let retry = harness
+        .apply(Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }));
     assert_eq!(retry, Err(Refusal::Duplicate(first)));
     assert!(harness.state() == before);
     assert_eq!(harness.balance(harness.customer(3)), 90);
@@ -407,20 +409,24 @@ fn idempotent_retries_return_the_original_and_conflicts_are_refused() {
     let header = harness.header_with_key(key);
     let other = harness.posting(harness.customer(3), harness.house(harness.redemption), 11);
     harness.assert_rejected(
-        Body::Transaction(Transaction { header, postings: vec![other] }),
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![other] }),
         RejectCode::IdempotencyConflict,
     );
 
     // The same key from another terminal is another request.
     let mut header = harness.header_with_key(key);
     header.terminal = TerminalId(2);
-    harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] })).unwrap();
+    harness
+        .apply(Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }))
+        .unwrap();
     assert_eq!(harness.balance(harness.customer(3)), 80);
 
     // After the retention window the key is forgotten.
     harness.now = harness.now.plus_nanos(harness.ledger.config().idempotency_retention_nanos);
     let header = harness.header_with_key(key);
-    harness.apply(Body::Transaction(Transaction { header, postings: vec![posting] })).unwrap();
+    harness
+        .apply(Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] }))
+        .unwrap();
     assert_eq!(harness.balance(harness.customer(3)), 70);
 }
 

@@ -421,7 +421,10 @@ impl ShardActor {
         let destination_shard = shard_for_customer(CustomerId(destination.owner()), shard_count);
         if destination_shard == self.shard {
             let posting = Posting { debit: source, credit: destination, asset, amount };
-            return Ok(Body::Transaction(Transaction { header, postings: vec![posting] }));
+            return Ok(Body::Transaction(Transaction {
+                header,
+                postings: smallvec::smallvec![posting],
+            }));
         }
         Ok(Body::TransferOut(TransferOut {
             header,

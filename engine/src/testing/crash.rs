@@ -98,7 +98,9 @@ impl CrashRequest {
                     idempotency: IdempotencyKey::new(self.key),
                     kind: TxKind::PURCHASE,
                     metadata: Metadata::default(),
-                    operation: Operation::Post { postings: vec![posting(first), posting(second)] },
+                    operation: Operation::Post {
+                        postings: smallvec::smallvec![posting(first), posting(second)],
+                    },
                 })
             }
             CrashOp::Redeem { customer, amount } => loyalty.redeem(self.key, customer, amount),

@@ -82,13 +82,21 @@ impl Loyalty {
     /// Earn `amount` points.
     pub fn earn(&self, key: u128, customer: u64, amount: u64) -> Command {
         let posting = self.posting(self.issuance(), self.customer(customer), amount);
-        self.request(key, TxKind::PURCHASE, Operation::Post { postings: vec![posting] })
+        self.request(
+            key,
+            TxKind::PURCHASE,
+            Operation::Post { postings: smallvec::smallvec![posting] },
+        )
     }
 
     /// Redeem `amount` points.
     pub fn redeem(&self, key: u128, customer: u64, amount: u64) -> Command {
         let posting = self.posting(self.customer(customer), self.redemption(), amount);
-        self.request(key, TxKind::REDEEM, Operation::Post { postings: vec![posting] })
+        self.request(
+            key,
+            TxKind::REDEEM,
+            Operation::Post { postings: smallvec::smallvec![posting] },
+        )
     }
 
     /// Move `amount` points between customers.

@@ -299,7 +299,7 @@ mod tests {
         let bodies = vec![
             Body::Transaction(Transaction {
                 header: header(1),
-                postings: vec![posting(5), posting(6)],
+                postings: smallvec::smallvec![posting(5), posting(6)],
             }),
             Body::HoldCreate(HoldCreate {
                 header: header(2),
@@ -373,7 +373,7 @@ mod tests {
             encode_body(body, &mut bytes);
             fingerprint(body.kind(), &bytes)
         };
-        let base = Transaction { header: header(1), postings: vec![posting(5)] };
+        let base = Transaction { header: header(1), postings: smallvec::smallvec![posting(5)] };
         let mut other_id = base.clone();
         other_id.header.id = TxId(43);
         assert_eq!(encode(&Body::Transaction(base.clone())), encode(&Body::Transaction(other_id)));

@@ -325,6 +325,8 @@ pub fn scan<E>(
     let mut running_hash = segments[start].header.prev_hash;
     let mut last_timestamp = Timestamp(0);
     let newest_index = segments.len() - 1;
+    // One buffer for every segment: reading into fresh memory would fault in every page again.
+    let mut bytes = Vec::new();
     for (index, segment) in segments.iter().enumerate().skip(start) {
         let is_newest = index == newest_index;
         let header = &segment.header;
@@ -351,7 +353,12 @@ pub fn scan<E>(
                 "segment header breaks the hash chain".to_string(),
             )));
         }
-        let bytes = fs::read(&segment.path).map_err(io_error(&segment.path)).map_err(Err)?;
+        bytes.clear();
+        fs::File::open(&segment.path)
+            .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
+            .map_err(io_error(&segment.path))
+            .map_err(Err)?;
+        let bytes = bytes.as_slice();
         let file_bytes = bytes.len() as u64;
         let mut offset = SEGMENT_HEADER_BYTES;
         end.segments += 1;

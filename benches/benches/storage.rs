@@ -141,12 +141,13 @@ fn recovery() {
     let dir = scratch();
     let (mut ledger, classes) = ledger_with_loyalty(Limits::default());
     let mut generator = EarnRecords::new(classes, 1_000_000);
-    let identity = WalIdentity { shard: ShardId::new(0).unwrap(), shard_count: 1, cluster_id: 7 };
-    std::fs::write(
-        dir.path().join("ledgerd.meta"),
-        "layout_version = 1\ncluster_id = \"0000000000000007\"\nshard_count = 1\n",
-    )
-    .unwrap();
+    // A real data directory (its meta file holds the replay rules), released at once.
+    let semantics = ledger_engine::EngineConfig::new(dir.path()).semantics();
+    let cluster_id = ledger_engine::datadir::DataDir::open(dir.path(), Some(1), semantics)
+        .unwrap()
+        .meta()
+        .cluster_id;
+    let identity = WalIdentity { shard: ShardId::new(0).unwrap(), shard_count: 1, cluster_id };
     let paths = ShardPaths::new(dir.path(), 0);
     paths.create().unwrap();
     // The definitions first, then the earns, written as the shard writes them.
@@ -194,7 +195,7 @@ fn recovery() {
 
     // From nothing: every account and idempotency entry is created during replay.
     let started = Instant::now();
-    let recovered = recover_shard(&paths, config.clone(), 7).unwrap();
+    let recovered = recover_shard(&paths, config.clone(), cluster_id).unwrap();
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(recovered.report.records_replayed as usize, count + 3);
     println!(
@@ -212,11 +213,12 @@ fn recovery() {
     let snapshot_state =
         ledger_engine::engine::replay_shard_offline(dir.path(), shard, config.clone(), Some(half))
             .unwrap();
-    let bytes = ledger_engine::snapshot::encode(&snapshot_state, 7, [0; 32]);
+    let bytes = ledger_engine::snapshot::encode(&snapshot_state, cluster_id, [0; 32]);
     let snapshot_path = ledger_engine::snapshot::write(dir.path(), half, &bytes).unwrap();
     drop((snapshot_state, bytes));
     let started = Instant::now();
-    let (_, mut ledger) = ledger_engine::snapshot::load(&snapshot_path, config, 7).unwrap();
+    let (_, mut ledger) =
+        ledger_engine::snapshot::load(&snapshot_path, config, cluster_id).unwrap();
     let load = started.elapsed();
     let options = ledger_engine::wal::reader::ScanOptions {
         visit_after: half,

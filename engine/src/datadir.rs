@@ -63,6 +63,26 @@ pub enum DataDirError {
     ShardCountInvalid(usize),
 }
 
+/// The settings that decide what replaying a WAL produces. They are fixed when a data
+/// directory is created and read back from `ledgerd.meta` by the server and by offline tools,
+/// so a WAL is always replayed under the rules it was written under. (A record that changes
+/// them, applied at its place in the WAL, is the way to make them adjustable later.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Semantics {
+    /// Postings per transaction.
+    pub transaction_postings_max: usize,
+    /// Idempotency keys remembered per shard.
+    pub idempotency_keys_max: usize,
+    /// How long idempotency keys are remembered.
+    pub idempotency_retention_nanos: u64,
+    /// Open holds per shard.
+    pub holds_open_max: usize,
+    /// Longest hold timeout.
+    pub hold_timeout_max_nanos: u64,
+    /// Cross-shard transfers in flight per shard.
+    pub transfers_in_flight_max: usize,
+}
+
 /// What `ledgerd.meta` records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataDirMeta {
@@ -70,6 +90,8 @@ pub struct DataDirMeta {
     pub cluster_id: u64,
     /// Shards, fixed at creation.
     pub shard_count: u16,
+    /// The replay rules, fixed at creation.
+    pub semantics: Semantics,
 }
 
 /// An open, locked data directory.
@@ -83,8 +105,13 @@ pub struct DataDir {
 
 impl DataDir {
     /// Opens (creating if needed) and locks `path`. A new directory gets `shard_count`
-    /// shards; an existing one must have been created with the same count (when given).
-    pub fn open(path: &Path, shard_count: Option<u16>) -> Result<DataDir, DataDirError> {
+    /// shards and `semantics`; an existing one must have been created with the same count
+    /// (when given) and keeps its own semantics.
+    pub fn open(
+        path: &Path,
+        shard_count: Option<u16>,
+        semantics: Semantics,
+    ) -> Result<DataDir, DataDirError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| DataDirError::Io { path, source }
@@ -129,7 +156,7 @@ impl DataDir {
                 if shard_count == 0 || usize::from(shard_count) > SHARD_COUNT_MAX {
                     return Err(DataDirError::ShardCountInvalid(usize::from(shard_count)));
                 }
-                let meta = DataDirMeta { cluster_id: new_cluster_id(path), shard_count };
+                let meta = DataDirMeta { cluster_id: new_cluster_id(path), shard_count, semantics };
                 write_meta(path, &meta_path, &meta).map_err(io(&meta_path))?;
                 meta
             }
@@ -170,10 +197,20 @@ fn parse_meta(text: &str) -> Result<DataDirMeta, String> {
     let mut layout = None;
     let mut cluster_id = None;
     let mut shard_count = None;
+    let mut numbers = std::collections::BTreeMap::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let (key, value) = line.split_once('=').ok_or(format!("malformed line {line:?}"))?;
         let (key, value) = (key.trim(), value.trim().trim_matches('"'));
         match key {
+            "transaction_postings_max"
+            | "idempotency_keys_max"
+            | "idempotency_retention_nanos"
+            | "holds_open_max"
+            | "hold_timeout_max_nanos"
+            | "transfers_in_flight_max" => {
+                let number = value.parse::<u64>().map_err(|e| format!("{key}: {e}"))?;
+                numbers.insert(key, number);
+            }
             "layout_version" => {
                 layout = Some(value.parse::<u32>().map_err(|e| format!("layout_version: {e}"))?)
             }
@@ -196,7 +233,22 @@ fn parse_meta(text: &str) -> Result<DataDirMeta, String> {
     if shard_count == 0 || usize::from(shard_count) > SHARD_COUNT_MAX {
         return Err(format!("shard_count {shard_count} out of range"));
     }
-    Ok(DataDirMeta { cluster_id: cluster_id.ok_or("missing cluster_id")?, shard_count })
+    let number = |key: &str| numbers.get(key).copied().ok_or(format!("missing {key}"));
+    let count = |key: &str| -> Result<usize, String> {
+        usize::try_from(number(key)?)
+            .ok()
+            .filter(|value| *value > 0)
+            .ok_or(format!("{key} out of range"))
+    };
+    let semantics = Semantics {
+        transaction_postings_max: count("transaction_postings_max")?,
+        idempotency_keys_max: count("idempotency_keys_max")?,
+        idempotency_retention_nanos: number("idempotency_retention_nanos")?,
+        holds_open_max: count("holds_open_max")?,
+        hold_timeout_max_nanos: number("hold_timeout_max_nanos")?,
+        transfers_in_flight_max: count("transfers_in_flight_max")?,
+    };
+    Ok(DataDirMeta { cluster_id: cluster_id.ok_or("missing cluster_id")?, shard_count, semantics })
 }
 
 fn write_meta(dir: &Path, path: &Path, meta: &DataDirMeta) -> std::io::Result<()> {
@@ -204,8 +256,22 @@ fn write_meta(dir: &Path, path: &Path, meta: &DataDirMeta) -> std::io::Result<()
         "# ledgerd data directory; written once at creation, do not edit.\n\
          layout_version = {LAYOUT_VERSION}\n\
          cluster_id = \"{:016x}\"\n\
-         shard_count = {}\n",
-        meta.cluster_id, meta.shard_count
+         shard_count = {}\n\
+         # Replay rules: the WAL of this directory is replayed under these.\n\
+         transaction_postings_max = {}\n\
+         idempotency_keys_max = {}\n\
+         idempotency_retention_nanos = {}\n\
+         holds_open_max = {}\n\
+         hold_timeout_max_nanos = {}\n\
+         transfers_in_flight_max = {}\n",
+        meta.cluster_id,
+        meta.shard_count,
+        meta.semantics.transaction_postings_max,
+        meta.semantics.idempotency_keys_max,
+        meta.semantics.idempotency_retention_nanos,
+        meta.semantics.holds_open_max,
+        meta.semantics.hold_timeout_max_nanos,
+        meta.semantics.transfers_in_flight_max,
     );
     let tmp = path.with_extension("meta.tmp");
     let mut file = File::create(&tmp)?;
@@ -235,20 +301,38 @@ fn new_cluster_id(path: &Path) -> u64 {
 mod tests {
     use super::*;
 
+    fn semantics(keys: usize) -> Semantics {
+        Semantics {
+            transaction_postings_max: 16,
+            idempotency_keys_max: keys,
+            idempotency_retention_nanos: 1_000,
+            holds_open_max: 10,
+            hold_timeout_max_nanos: 2_000,
+            transfers_in_flight_max: 8,
+        }
+    }
+
     #[test]
-    fn a_directory_is_created_locked_and_reopened_with_its_shard_count() {
+    fn a_directory_is_created_locked_and_reopened_with_its_shard_count_and_semantics() {
         let dir = tempfile::tempdir().unwrap();
-        let first = DataDir::open(dir.path(), Some(3)).unwrap();
+        let first = DataDir::open(dir.path(), Some(3), semantics(100)).unwrap();
         assert_eq!(first.meta().shard_count, 3);
-        assert!(matches!(DataDir::open(dir.path(), Some(3)), Err(DataDirError::Locked(_))));
+        assert!(matches!(
+            DataDir::open(dir.path(), Some(3), semantics(100)),
+            Err(DataDirError::Locked(_))
+        ));
         let cluster_id = first.meta().cluster_id;
         drop(first);
-        let again = DataDir::open(dir.path(), None).unwrap();
-        assert_eq!(again.meta(), DataDirMeta { cluster_id, shard_count: 3 });
+        // Reopened with other semantics: the directory keeps the ones it was created with.
+        let again = DataDir::open(dir.path(), None, semantics(5)).unwrap();
+        assert_eq!(
+            again.meta(),
+            DataDirMeta { cluster_id, shard_count: 3, semantics: semantics(100) }
+        );
         drop(again);
-        let error = DataDir::open(dir.path(), Some(4)).unwrap_err();
+        let error = DataDir::open(dir.path(), Some(4), semantics(100)).unwrap_err();
         assert!(matches!(error, DataDirError::ShardCountMismatch { existing: 3, requested: 4 }));
-        assert_eq!(read_meta(dir.path()).unwrap().shard_count, 3);
+        assert_eq!(read_meta(dir.path()).unwrap().semantics, semantics(100));
     }
 
     #[test]
@@ -257,12 +341,13 @@ mod tests {
             "",
             "layout_version = 1\nshard_count = 2\n",
             "layout_version = 9\ncluster_id = \"1\"\nshard_count = 2\n",
+            "layout_version = 1\ncluster_id = \"1\"\nshard_count = 2\n",
             "garbage",
         ] {
             assert!(parse_meta(text).is_err(), "{text:?}");
         }
         assert!(matches!(
-            DataDir::open(tempfile::tempdir().unwrap().path(), Some(0)),
+            DataDir::open(tempfile::tempdir().unwrap().path(), Some(0), semantics(1)),
             Err(DataDirError::ShardCountInvalid(0))
         ));
     }

@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Sender, TrySendError, bounded};
 
 use crate::clock::{Clock, SystemClock};
-use crate::datadir::{DataDir, DataDirError};
+use crate::datadir::{DataDir, DataDirError, Semantics};
 use crate::ids::{CustomerId, Lsn, ShardId, TxId, shard_for_customer};
 use crate::ledger::account::{
     Account, AccountAddress, AccountFlags, AccountId, AssetId, ClassId, Name, Namespace,
@@ -72,14 +72,39 @@ impl EngineConfig {
         }
     }
 
-    fn ledger_config(&self, shard: ShardId, shard_count: u16) -> LedgerConfig {
-        LedgerConfig {
-            shard,
-            shard_count,
-            limits: self.limits.clone(),
+    /// The replay rules a new data directory gets from this configuration.
+    pub fn semantics(&self) -> Semantics {
+        Semantics {
+            transaction_postings_max: self.limits.transaction_postings_max,
+            idempotency_keys_max: self.limits.idempotency_keys_max,
             idempotency_retention_nanos: self.idempotency_retention_nanos,
+            holds_open_max: self.limits.holds_open_max,
             hold_timeout_max_nanos: self.hold_timeout_max_nanos,
+            transfers_in_flight_max: self.limits.transfers_in_flight_max,
         }
+    }
+}
+
+/// The state-machine configuration of `shard` under a data directory's replay rules, with
+/// `limits` for everything else.
+pub fn ledger_config(
+    meta: &crate::datadir::DataDirMeta,
+    shard: ShardId,
+    limits: &Limits,
+) -> LedgerConfig {
+    let semantics = meta.semantics;
+    LedgerConfig {
+        shard,
+        shard_count: meta.shard_count,
+        limits: Limits {
+            transaction_postings_max: semantics.transaction_postings_max,
+            idempotency_keys_max: semantics.idempotency_keys_max,
+            holds_open_max: semantics.holds_open_max,
+            transfers_in_flight_max: semantics.transfers_in_flight_max,
+            ..limits.clone()
+        },
+        idempotency_retention_nanos: semantics.idempotency_retention_nanos,
+        hold_timeout_max_nanos: semantics.hold_timeout_max_nanos,
     }
 }
 
@@ -159,8 +184,17 @@ impl Engine {
     /// Opens the data directory, recovers every shard and starts them.
     pub fn open(config: EngineConfig) -> Result<Engine, OpenError> {
         config.limits.validate()?;
-        let data_dir = DataDir::open(&config.data_dir, config.shard_count)?;
+        let data_dir = DataDir::open(&config.data_dir, config.shard_count, config.semantics())?;
         let meta = data_dir.meta();
+        if meta.semantics != config.semantics() {
+            tracing::warn!(
+                stored = ?meta.semantics,
+                configured = ?config.semantics(),
+                "the data directory keeps the replay rules it was created with"
+            );
+        }
+        let limits = ledger_config(&meta, ShardId::new(0).expect("shard 0"), &config.limits).limits;
+        limits.validate()?;
         let shard_count = meta.shard_count;
         let shards_usize = usize::from(shard_count);
 
@@ -182,7 +216,7 @@ impl Engine {
             let shared = Arc::new(ShardShared::default());
             let setup = ShardSetup {
                 paths: ShardPaths::new(data_dir.path(), index),
-                config: config.ledger_config(shard, shard_count),
+                config: ledger_config(&meta, shard, &config.limits),
                 cluster_id: meta.cluster_id,
                 tuning: config.tuning.clone(),
                 clock: Arc::clone(&config.clock),
@@ -262,7 +296,7 @@ impl Engine {
             define_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
             recovery_reports: reports,
-            limits: config.limits,
+            limits,
         })
     }
 

@@ -165,14 +165,24 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<Lsn> {
 /// Snapshots in `dir`, newest (highest LSN) first. Leftover `.tmp` files are removed.
 pub fn list_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, SnapshotError> {
     let io = |source| SnapshotError::Io { path: dir.to_path_buf(), source };
+    for entry in fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        if entry.file_name().to_str().is_some_and(|name| name.ends_with(".snap.tmp")) {
+            fs::remove_file(entry.path()).map_err(io)?;
+        }
+    }
+    find_snapshots(dir)
+}
+
+/// Snapshots in `dir`, newest (highest LSN) first, without touching anything (for offline
+/// tools, which must not change a data directory).
+pub fn find_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, SnapshotError> {
+    let io = |source| SnapshotError::Io { path: dir.to_path_buf(), source };
     let mut snapshots = Vec::new();
     for entry in fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.ends_with(".snap.tmp") {
-            fs::remove_file(entry.path()).map_err(io)?;
-        } else if let Some(lsn) = parse_snapshot_file_name(name) {
+        if let Some(lsn) = name.to_str().and_then(parse_snapshot_file_name) {
             snapshots.push((lsn, entry.path()));
         }
     }

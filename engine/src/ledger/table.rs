@@ -188,7 +188,7 @@ mod tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let owner = rng % 5_000;
-            if rng % 7 == 0 {
+            if rng.is_multiple_of(7) {
                 assert_eq!(table.remove(&id(owner)), model.remove(&owner), "step {step}");
             } else {
                 table.insert(id(owner), account(u128::from(step)));

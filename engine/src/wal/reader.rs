@@ -381,7 +381,7 @@ pub fn scan<E>(
                 _ if !is_newest => {
                     return Err(Err(corrupt(offset, expected_lsn, describe(frame))));
                 }
-                _ => match classify_tail(&bytes, offset, expected_lsn, frame) {
+                _ => match classify_tail(bytes, offset, expected_lsn, frame) {
                     Ok(tail) => break tail,
                     Err(reason) => return Err(Err(corrupt(offset, expected_lsn, reason))),
                 },

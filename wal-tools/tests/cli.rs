@@ -1,0 +1,193 @@
+//! `ledger-wal` as auditors run it: on a data directory written by a real engine, sound and
+//! damaged, checking output and exit codes (0 sound, 1 problems, 2 usage, 3 unreadable).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ledger_engine::snapshot::{SNAPSHOT_HEADER_BYTES, SnapshotHeader};
+use ledger_engine::testing::loyalty::{Loyalty, execute_all};
+use ledger_engine::{Engine, EngineConfig, Limits, Response};
+
+fn ledger_wal(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ledger-wal")).args(args).output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Two shards with earns, a cross-shard transfer, holds, a snapshot in the middle and one at
+/// shutdown.
+fn build(dir: &Path) {
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(2);
+    config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let mut commands: Vec<_> = (0..20).map(|c| loyalty.earn(c as u128 + 1, c, 100)).collect();
+    commands.push(loyalty.hold(100, 3, 40, 60_000_000_000));
+    let responses = execute_all(&engine, commands);
+    assert!(responses.iter().all(|r| matches!(r, Response::Committed(_))));
+    engine.snapshot_now().unwrap();
+    let shard_of = |c| engine.shard_of_customer(ledger_engine::CustomerId(c)).index();
+    let other = (1..20).find(|c| shard_of(*c) != shard_of(0)).unwrap();
+    assert!(matches!(engine.execute(loyalty.transfer(200, 0, other, 30)), Response::Committed(_)));
+    execute_all(&engine, (0..20).map(|c| loyalty.redeem(c as u128 + 300, c, 10)).collect());
+    engine.shutdown();
+}
+
+#[test]
+fn a_sound_directory_verifies_and_dumps() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let output = ledger_wal(&["verify", "--data-dir", data]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let text = stdout(&output);
+    assert!(text.contains("verify: sound"), "{text}");
+    assert!(text.contains("shard 0: ok") && text.contains("shard 1: ok"), "{text}");
+
+    let output = ledger_wal(&["verify", "--data-dir", data, "--json"]);
+    assert_eq!(output.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(report["ok"], true);
+    let shards = report["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 2);
+    let checked: usize =
+        shards.iter().map(|s| s["snapshots_checked"].as_array().unwrap().len()).sum();
+    assert!(checked >= 2, "the mid-run and shutdown snapshots were compared: {report}");
+
+    let output =
+        ledger_wal(&["dump", "--data-dir", data, "--shard", "0", "--json", "--limit", "6"]);
+    assert_eq!(output.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 6);
+    assert_eq!(lines[0]["kind"], "asset_define");
+    assert_eq!(lines[0]["details"]["code"], "PTS");
+    assert_eq!(lines[4]["kind"], "transaction");
+    assert_eq!(lines[4]["details"]["postings"][0]["debit"], "house:issuance");
+    let lsns: Vec<u64> = lines.iter().map(|line| line["lsn"].as_u64().unwrap()).collect();
+    assert_eq!(lsns, vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn a_damaged_record_is_reported_with_its_lsn_and_exit_code_1() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let segment = dir.path().join("shard-000/wal/00000000000000000001.wal");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The 6th record of shard 0 (after the 4 definitions and one earn): find it by walking.
+    let mut offset = 128usize;
+    for _ in 0..5 {
+        offset += u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+    }
+    bytes[offset + 70] ^= 0xff;
+    std::fs::write(&segment, bytes).unwrap();
+    let output = ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(text.contains("lsn 6"), "{text}");
+    assert!(text.contains(&format!("offset {offset}")), "{text}");
+    assert!(text.contains("verify: problems found"), "{text}");
+}
+
+#[test]
+fn a_snapshot_that_disagrees_with_the_wal_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let snapshots =
+        ledger_engine::snapshot::find_snapshots(&dir.path().join("shard-000/snapshots")).unwrap();
+    let (_, path) = snapshots.last().unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    // Turn a credit of 100 into 101 and fix both checksums: the file is well formed, and only
+    // the comparison with the WAL can catch it.
+    let hundred = 100u128.to_le_bytes();
+    let at =
+        (SNAPSHOT_HEADER_BYTES..bytes.len() - 16).find(|i| bytes[*i..*i + 16] == hundred).unwrap();
+    bytes[at] = 101;
+    let mut header = SnapshotHeader::decode(&bytes).unwrap();
+    header.body_crc = crc32(&bytes[SNAPSHOT_HEADER_BYTES..]);
+    bytes[..SNAPSHOT_HEADER_BYTES].copy_from_slice(&header.encode());
+    std::fs::write(path, bytes).unwrap();
+    let output =
+        ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap(), "--shard", "0"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("differs from the state the wal gives")
+            || stdout(&output).contains("invalid snapshot"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    // IEEE CRC-32, bitwise: independent of the engine's implementation.
+    let mut crc = 0xFFFF_FFFFu32;
+    for byte in bytes {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn usage_and_unreadable_directories_have_their_exit_codes() {
+    assert_eq!(ledger_wal(&["verify"]).status.code(), Some(2));
+    assert_eq!(ledger_wal(&["frobnicate"]).status.code(), Some(2));
+    let missing = ledger_wal(&["verify", "--data-dir", "/nonexistent/ledger"]);
+    assert_eq!(missing.status.code(), Some(3));
+    let empty = tempfile::tempdir().unwrap();
+    let no_meta = ledger_wal(&["verify", "--data-dir", empty.path().to_str().unwrap()]);
+    assert_eq!(no_meta.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&no_meta.stderr).contains("meta"));
+    let help = ledger_wal(&["--help"]);
+    assert!(stdout(&help).contains("Exit codes"));
+}
+
+/// The independent checker in `docs/tools/walcheck.py`, written from `docs/wal-format.md`
+/// alone, reads what the engine writes: the spec is enough to read the WAL.
+#[test]
+fn the_spec_alone_is_enough_to_read_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/tools/walcheck.py");
+    let check = |wal: &Path| {
+        Command::new("python3")
+            .arg(&script)
+            .arg(wal)
+            .output()
+            .expect("python3 runs (it is part of the CI machine)")
+    };
+    for shard in ["shard-000", "shard-001"] {
+        let wal = dir.path().join(shard).join("wal");
+        let output = check(&wal);
+        assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+        let summary = stdout(&output).lines().last().unwrap().to_string();
+        // The same number of records as the engine's own reader counts.
+        let mut records = 0;
+        ledger_engine::wal::reader::scan(
+            &wal,
+            &ledger_engine::wal::reader::ScanOptions::all(),
+            |_| {
+                records += 1;
+                Ok::<(), ()>(())
+            },
+        )
+        .unwrap();
+        assert_eq!(summary, format!("{records} records; sound"));
+    }
+    // Damage in an earlier record: the checker finds it too.
+    let segment = dir.path().join("shard-000/wal/00000000000000000001.wal");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[128 + 40] ^= 0x01;
+    std::fs::write(&segment, bytes).unwrap();
+    let output = check(&dir.path().join("shard-001/wal"));
+    assert_eq!(output.status.code(), Some(0));
+    let output = check(segment.parent().unwrap());
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("bad record at offset 128, lsn 1"), "{text}");
+}

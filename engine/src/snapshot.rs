@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use crate::codec::DecodeError;
 use crate::ids::{Lsn, ShardId, Timestamp};
-use crate::ledger::{Ledger, LedgerConfig};
+use crate::ledger::{Ledger, LedgerConfig, StateCapture};
 use crate::wal::format::Hash;
 use crate::wal::segment::sync_dir;
 
@@ -190,17 +190,22 @@ pub fn find_snapshots(dir: &Path) -> Result<Vec<(Lsn, PathBuf)>, SnapshotError> 
     Ok(snapshots)
 }
 
-/// Encodes a snapshot of `ledger` (header and body) into bytes.
-pub fn encode(ledger: &Ledger, cluster_id: u64, last_hash: Hash) -> Vec<u8> {
+/// Encodes a snapshot (header and body) of a ledger.
+pub fn encode_ledger(ledger: &Ledger, cluster_id: u64, last_hash: Hash) -> Vec<u8> {
+    encode(&mut ledger.capture(), cluster_id, last_hash)
+}
+
+/// Encodes a snapshot (header and body) of a captured state.
+pub fn encode(capture: &mut StateCapture, cluster_id: u64, last_hash: Hash) -> Vec<u8> {
     let mut bytes = vec![0u8; SNAPSHOT_HEADER_BYTES];
-    ledger.encode_state(&mut bytes);
+    capture.encode(&mut bytes);
     let body = &bytes[SNAPSHOT_HEADER_BYTES..];
     let header = SnapshotHeader {
-        shard: ledger.shard(),
-        shard_count: ledger.config().shard_count,
+        shard: capture.shard(),
+        shard_count: capture.shard_count(),
         cluster_id,
-        lsn: ledger.lsn(),
-        created: ledger.timestamp(),
+        lsn: capture.lsn(),
+        created: capture.timestamp(),
         body_bytes: body.len() as u64,
         body_crc: crc32fast::hash(body),
         last_hash,

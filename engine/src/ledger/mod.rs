@@ -19,6 +19,7 @@ pub mod record;
 pub mod registry;
 mod retained;
 mod state_codec;
+pub use state_codec::StateCapture;
 mod table;
 #[cfg(test)]
 mod tests;

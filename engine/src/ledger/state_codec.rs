@@ -38,13 +38,116 @@ fn length(len: usize) -> u64 {
     u64::try_from(len).expect("collection lengths fit in u64")
 }
 
-impl Ledger {
-    /// Appends the canonical encoding of the state to `out`.
-    pub fn encode_state(&self, out: &mut Vec<u8>) {
+/// A copy of a shard's state, taken at a batch boundary and encoded off the shard thread.
+///
+/// It holds only what a snapshot needs, as plain vectors: taking it is a copy, not a clone of
+/// the ledger's tables. The snapshotter prepares one ahead of time (`StateCapture::prepared`:
+/// allocated and with every page already faulted in), so the shard's pause is a copy into
+/// mapped memory (docs/performance.md, "Snapshots").
+#[derive(Debug, Clone)]
+pub struct StateCapture {
+    shard: ShardId,
+    shard_count: u16,
+    lsn: Lsn,
+    timestamp: Timestamp,
+    last_tx_id: Option<TxId>,
+    registry: super::registry::Registry,
+    accounts: Vec<(AccountId, Account)>,
+    holds: Vec<(TxId, Hold)>,
+    holds_closed_previous: usize,
+    holds_closed: Vec<(Timestamp, TxId, HoldClosure)>,
+    holds_closed_evicted: u64,
+    idempotency_previous: usize,
+    idempotency: Vec<(Timestamp, (TerminalId, IdempotencyKey), IdempotencyEntry)>,
+    idempotency_evicted: u64,
+    transfers_out: Vec<((ShardId, u64), OutboundTransfer)>,
+    transfers_out_next: Vec<u64>,
+    transfers_in_last: Vec<u64>,
+    transfers_in_refused: Vec<(ShardId, u64)>,
+}
+
+/// Fills `vector` to `capacity` and empties it again: the memory is allocated and every page
+/// written once, so later pushes up to `capacity` neither allocate nor fault.
+fn prefault<T: Copy>(vector: &mut Vec<T>, capacity: usize, filler: T) {
+    vector.clear();
+    vector.resize(capacity, filler);
+    vector.clear();
+}
+
+impl StateCapture {
+    fn empty(shard: ShardId) -> StateCapture {
+        StateCapture {
+            shard,
+            shard_count: 1,
+            lsn: Lsn::ZERO,
+            timestamp: Timestamp(0),
+            last_tx_id: None,
+            registry: super::registry::Registry::default(),
+            accounts: Vec::new(),
+            holds: Vec::new(),
+            holds_closed_previous: 0,
+            holds_closed: Vec::new(),
+            holds_closed_evicted: 0,
+            idempotency_previous: 0,
+            idempotency: Vec::new(),
+            idempotency_evicted: 0,
+            transfers_out: Vec::new(),
+            transfers_out_next: Vec::new(),
+            transfers_in_last: Vec::new(),
+            transfers_in_refused: Vec::new(),
+        }
+    }
+
+    /// A capture with room for `accounts` accounts and `keys` idempotency keys, allocated and
+    /// faulted in. Made by the snapshotter, off the shard thread.
+    pub fn prepared(accounts: usize, keys: usize) -> StateCapture {
+        let mut capture = StateCapture::empty(ShardId::new(0).expect("shard 0"));
+        prefault(
+            &mut capture.accounts,
+            accounts,
+            (AccountId::new(super::account::ClassId(0), 0), Account::ZERO),
+        );
+        let key = IdempotencyKey::new(1).expect("non-zero");
+        let committed = Committed { tx_id: TxId(0), lsn: Lsn::ZERO, timestamp: Timestamp(0) };
+        let entry = IdempotencyEntry { fingerprint: 0, committed };
+        prefault(&mut capture.idempotency, keys, (Timestamp(0), (TerminalId(0), key), entry));
+        capture
+    }
+
+    /// The last LSN the capture includes.
+    pub fn lsn(&self) -> Lsn {
+        self.lsn
+    }
+
+    /// The timestamp of that record.
+    pub fn timestamp(&self) -> Timestamp {
+        self.timestamp
+    }
+
+    /// The shard.
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    /// Shards of the data directory.
+    pub fn shard_count(&self) -> u16 {
+        self.shard_count
+    }
+
+    /// Accounts captured.
+    pub fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Appends the canonical encoding (docs/snapshot-format.md, "Body") to `out`. Sorts the
+    /// accounts and holds in place.
+    pub fn encode(&mut self, out: &mut Vec<u8>) {
+        self.accounts.sort_unstable_by_key(|(id, _)| *id);
+        self.holds.sort_unstable_by_key(|(id, _)| *id);
         let mut encoder = Encoder::new(out);
         encoder.u64(self.lsn.0);
         encoder.u64(self.timestamp.0);
-        encoder.u64(self.tx_ids.last().map_or(0, |id| id.0));
+        encoder.u64(self.last_tx_id.map_or(0, |id| id.0));
 
         encoder.u32(u32::try_from(self.registry.assets().len()).expect("bounded by u16"));
         for asset in self.registry.assets() {
@@ -59,10 +162,8 @@ impl Ledger {
             encoder.u32(class.flags.bits());
         }
 
-        let mut accounts: Vec<(&AccountId, &Account)> = self.accounts.iter().collect();
-        accounts.sort_unstable_by_key(|(id, _)| **id);
-        encoder.u64(length(accounts.len()));
-        for (id, account) in accounts {
+        encoder.u64(length(self.accounts.len()));
+        for (id, account) in &self.accounts {
             encode_account_id(&mut encoder, *id);
             encoder.u128(account.debits_pending);
             encoder.u128(account.debits_posted);
@@ -70,29 +171,25 @@ impl Ledger {
             encoder.u128(account.credits_posted);
         }
 
-        let mut holds: Vec<(&TxId, &Hold)> = self.holds.iter().collect();
-        holds.sort_unstable_by_key(|(id, _)| **id);
-        encoder.u64(length(holds.len()));
-        for (id, hold) in holds {
+        encoder.u64(length(self.holds.len()));
+        for (id, hold) in &self.holds {
             encoder.u64(id.0);
             encode_posting(&mut encoder, &hold.posting);
             encoder.u64(hold.expires_at.0);
         }
 
-        let (previous, closed) = self.holds_closed.iter();
         encoder.u64(length(self.holds_closed.len()));
-        encoder.u64(length(previous));
-        for (inserted, id, closure) in closed {
+        encoder.u64(length(self.holds_closed_previous));
+        for (inserted, id, closure) in &self.holds_closed {
             encoder.u64(inserted.0);
             encoder.u64(id.0);
             encoder.u8(*closure as u8);
         }
-        encoder.u64(self.holds_closed.evicted_early());
+        encoder.u64(self.holds_closed_evicted);
 
-        let (previous, keys) = self.idempotency.iter();
         encoder.u64(length(self.idempotency.len()));
-        encoder.u64(length(previous));
-        for (inserted, (terminal, key), entry) in keys {
+        encoder.u64(length(self.idempotency_previous));
+        for (inserted, (terminal, key), entry) in &self.idempotency {
             encoder.u64(inserted.0);
             encoder.u32(terminal.0);
             encoder.u128(key.get());
@@ -100,7 +197,7 @@ impl Ledger {
             encoder.u64(entry.committed.tx_id.0);
             encoder.u64(entry.committed.lsn.0);
         }
-        encoder.u64(self.idempotency.evicted_early());
+        encoder.u64(self.idempotency_evicted);
 
         encoder.u64(length(self.transfers_out.len()));
         for ((shard, sequence), transfer) in &self.transfers_out {
@@ -124,6 +221,50 @@ impl Ledger {
             encoder.u16(shard.index());
             encoder.u64(*sequence);
         }
+    }
+}
+
+impl Ledger {
+    /// Copies the state into `capture`, reusing its memory.
+    pub fn capture_into(&self, capture: &mut StateCapture) {
+        capture.shard = self.config.shard;
+        capture.shard_count = self.config.shard_count;
+        capture.lsn = self.lsn;
+        capture.timestamp = self.timestamp;
+        capture.last_tx_id = self.tx_ids.last();
+        capture.registry.clone_from(&self.registry);
+        capture.accounts.clear();
+        capture.accounts.extend(self.accounts.iter().map(|(id, account)| (*id, *account)));
+        capture.holds.clear();
+        capture.holds.extend(self.holds.iter().map(|(id, hold)| (*id, *hold)));
+        let (previous, closed) = self.holds_closed.iter();
+        capture.holds_closed_previous = previous;
+        capture.holds_closed.clear();
+        capture.holds_closed.extend(closed.map(|(at, id, closure)| (at, *id, *closure)));
+        capture.holds_closed_evicted = self.holds_closed.evicted_early();
+        let (previous, keys) = self.idempotency.iter();
+        capture.idempotency_previous = previous;
+        capture.idempotency.clear();
+        capture.idempotency.extend(keys.map(|(at, key, entry)| (at, *key, *entry)));
+        capture.idempotency_evicted = self.idempotency.evicted_early();
+        capture.transfers_out.clear();
+        capture.transfers_out.extend(self.transfers_out.iter().map(|(key, t)| (*key, *t)));
+        capture.transfers_out_next.clone_from(&self.transfers_out_next);
+        capture.transfers_in_last.clone_from(&self.transfers_in_last);
+        capture.transfers_in_refused.clear();
+        capture.transfers_in_refused.extend(self.transfers_in_refused.iter().copied());
+    }
+
+    /// A copy of the state for a snapshot.
+    pub fn capture(&self) -> StateCapture {
+        let mut capture = StateCapture::empty(self.config.shard);
+        self.capture_into(&mut capture);
+        capture
+    }
+
+    /// Appends the canonical encoding of the state to `out`.
+    pub fn encode_state(&self, out: &mut Vec<u8>) {
+        self.capture().encode(out);
     }
 
     /// Rebuilds a ledger from `encode_state` bytes. Totals are recomputed from the accounts;

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 
-use super::snapshotter::Snapshotter;
+use super::snapshotter::{Snapshotter, SnapshotterJob};
 use super::writer::{Batch, WriterJob, WriterThread};
 use super::{Control, Input, PeerMessage, ReplySink, ShardShared, ShardTuning};
 use crate::clock::Clock;
@@ -25,7 +25,7 @@ use crate::ledger::record::{
     TransferOut, TransferSettle, TxHeader,
 };
 use crate::ledger::registry::Registry;
-use crate::ledger::{Ledger, LedgerConfig, Refusal};
+use crate::ledger::{Ledger, LedgerConfig, Refusal, StateCapture};
 use crate::recovery::{self, RecoveryError, RecoveryReport, ShardPaths};
 use crate::reject::RejectCode;
 use crate::wal::writer::{IoFaults, WalIdentity, WalWriter};
@@ -84,6 +84,13 @@ pub(crate) struct ShardActor {
     snapshot_lsn: Lsn,
     /// Explicit snapshot requests waiting for the next snapshot to start.
     snapshot_waiters: Vec<Sender<Result<Lsn, String>>>,
+    /// Where capture buffers are asked for (`None` once stopping: the snapshotter ends when
+    /// every sender is gone).
+    snapshotter: Option<Sender<SnapshotterJob>>,
+    /// Where prepared capture buffers arrive.
+    prepared: Receiver<Box<StateCapture>>,
+    /// Whether a capture buffer was asked for and has not arrived yet.
+    preparing: bool,
     last_snapshot: Instant,
 }
 
@@ -132,9 +139,12 @@ impl ShardActor {
 
         let (writer_tx, writer_rx) = bounded(setup.config.limits.write_queue_depth_max);
         let (recycle_tx, recycle_rx) = bounded(RECYCLED_BUFFERS_MAX);
-        let (snapshot_tx, snapshot_rx) = bounded(1);
+        // Room for one preparation request from the shard and one write from the writer.
+        let (snapshot_tx, snapshot_rx) = bounded(2);
+        let (prepared_tx, prepared_rx) = bounded(1);
         let snapshotter = Snapshotter {
             jobs: snapshot_rx,
+            prepared: prepared_tx,
             paths: setup.paths.clone(),
             cluster_id: setup.cluster_id,
             retention: setup.tuning.wal_retention,
@@ -146,7 +156,7 @@ impl ShardActor {
             jobs: writer_rx,
             recycle: recycle_tx,
             peers: Arc::clone(&setup.peers),
-            snapshots: snapshot_tx,
+            snapshots: snapshot_tx.clone(),
             shared: Arc::clone(&setup.shared),
             clock: Arc::clone(&setup.clock),
         };
@@ -169,6 +179,9 @@ impl ShardActor {
             last_redrive: Instant::now(),
             snapshot_lsn: lsn,
             snapshot_waiters: Vec::new(),
+            snapshotter: Some(snapshot_tx),
+            prepared: prepared_rx,
+            preparing: false,
             last_snapshot: Instant::now(),
         };
         match actor.control.recv() {
@@ -260,7 +273,9 @@ impl ShardActor {
         } else if wanted || !replies.is_empty() {
             let (reply_tx, reply_rx) = bounded(1);
             replies.push(reply_tx);
-            self.start_snapshot(replies);
+            // At shutdown the pause does not matter: capture into fresh memory.
+            let capture = Box::new(self.ledger.capture());
+            self.start_snapshot(capture, replies);
             drop(self.writer.take());
             let _ = reply_rx.recv();
         }
@@ -270,6 +285,7 @@ impl ShardActor {
             waiter.sink.deliver(vec![(waiter.tag, Response::Committed(waiter.committed))]);
         }
         drop(self.writer.take());
+        drop(self.snapshotter.take());
         let _ = writer_thread.join();
         let _ = snapshot_thread.join();
     }
@@ -579,9 +595,32 @@ impl ShardActor {
         if (by_count || by_time || requested)
             && !self.shared.snapshot_in_progress.load(Ordering::Acquire)
         {
-            self.flush();
-            let replies = std::mem::take(&mut self.snapshot_waiters);
-            self.start_snapshot(replies);
+            // First a capture buffer, prepared (allocated, faulted in) by the snapshotter;
+            // the capture itself happens when it arrives.
+            self.shared.snapshot_in_progress.store(true, Ordering::Release);
+            let accounts = self.ledger.account_count();
+            let keys = self.ledger.idempotency_stats().0;
+            let prepare = SnapshotterJob::Prepare {
+                accounts: accounts + accounts / 8 + 1024,
+                keys: keys + keys / 8 + 1024,
+            };
+            if self
+                .snapshotter
+                .as_ref()
+                .is_some_and(|snapshotter| snapshotter.send(prepare).is_ok())
+            {
+                self.preparing = true;
+            } else {
+                self.shared.snapshot_in_progress.store(false, Ordering::Release);
+            }
+        }
+        if self.preparing {
+            if let Ok(capture) = self.prepared.try_recv() {
+                self.preparing = false;
+                self.flush();
+                let replies = std::mem::take(&mut self.snapshot_waiters);
+                self.start_snapshot(capture, replies);
+            }
         }
     }
 
@@ -608,17 +647,22 @@ impl ShardActor {
         }
     }
 
-    /// Clones the state and queues the snapshot behind the batches already queued.
-    fn start_snapshot(&mut self, replies: Vec<Sender<Result<Lsn, String>>>) {
+    /// Copies the state into `capture` (the shard's only pause for a snapshot) and queues it
+    /// behind the batches already queued.
+    fn start_snapshot(
+        &mut self,
+        mut capture: Box<StateCapture>,
+        replies: Vec<Sender<Result<Lsn, String>>>,
+    ) {
         assert!(self.batch.is_empty(), "flush before snapshotting");
         self.shared.snapshot_in_progress.store(true, Ordering::Release);
         let started = Instant::now();
-        let ledger = Box::new(self.ledger.clone());
+        self.ledger.capture_into(&mut capture);
         let pause = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.shared.snapshot_pause_nanos_last.store(pause, Ordering::Relaxed);
         self.snapshot_lsn = self.ledger.lsn();
         self.last_snapshot = Instant::now();
-        self.send_to_writer(WriterJob::Snapshot { ledger, replies, last_hash: None });
+        self.send_to_writer(WriterJob::Snapshot { capture, replies, last_hash: None });
     }
 
     /// Hands the current batch to the writer.

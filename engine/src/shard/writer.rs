@@ -16,11 +16,11 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use super::snapshotter::SnapshotJob;
+use super::snapshotter::{SnapshotJob, SnapshotterJob};
 use super::{PeerMessage, ReplySink, ShardShared};
 use crate::clock::Clock;
 use crate::ids::{Lsn, ShardId};
-use crate::ledger::Ledger;
+use crate::ledger::StateCapture;
 use crate::ledger::command::Response;
 use crate::reject::RejectCode;
 use crate::wal::format::Hash;
@@ -77,7 +77,7 @@ pub(crate) enum WriterJob {
     Batch(Batch),
     /// A snapshot of the ledger as of the last record queued before it.
     Snapshot {
-        ledger: Box<Ledger>,
+        capture: Box<StateCapture>,
         replies: Vec<Sender<Result<Lsn, String>>>,
         /// Filled by the writer: the hash of the snapshot's last record.
         last_hash: Option<Hash>,
@@ -90,7 +90,7 @@ pub(crate) struct WriterThread {
     pub(crate) jobs: Receiver<WriterJob>,
     pub(crate) recycle: Sender<Vec<u8>>,
     pub(crate) peers: Arc<Vec<Sender<PeerMessage>>>,
-    pub(crate) snapshots: Sender<SnapshotJob>,
+    pub(crate) snapshots: Sender<SnapshotterJob>,
     pub(crate) shared: Arc<ShardShared>,
     pub(crate) clock: Arc<dyn Clock>,
 }
@@ -130,9 +130,9 @@ impl WriterThread {
                         last_lsn = Some(batch.last_lsn);
                     }
                 }
-                WriterJob::Snapshot { ledger, last_hash, .. } => {
+                WriterJob::Snapshot { capture, last_hash, .. } => {
                     assert_eq!(
-                        ledger.lsn().next(),
+                        capture.lsn().next(),
                         self.wal.next_lsn(),
                         "snapshot of written state"
                     );
@@ -195,7 +195,7 @@ impl WriterThread {
                 bytes.clear();
                 let _ = self.recycle.try_send(bytes);
             }
-            WriterJob::Snapshot { ledger, replies, last_hash } => {
+            WriterJob::Snapshot { capture, replies, last_hash } => {
                 let Some(last_hash) = last_hash.filter(|_| !failed) else {
                     self.shared.snapshot_in_progress.store(false, Ordering::Release);
                     for reply in replies {
@@ -205,8 +205,8 @@ impl WriterThread {
                 };
                 // The shard starts a snapshot only when none is in progress, so the
                 // snapshotter's one-slot queue is free.
-                let job = SnapshotJob { ledger, last_hash, replies };
-                if self.snapshots.send(job).is_err() {
+                let job = SnapshotJob { capture, last_hash, replies };
+                if self.snapshots.send(SnapshotterJob::Write(job)).is_err() {
                     self.shared.snapshot_in_progress.store(false, Ordering::Release);
                 }
             }

@@ -614,13 +614,13 @@ impl ShardActor {
                 self.shared.snapshot_in_progress.store(false, Ordering::Release);
             }
         }
-        if self.preparing {
-            if let Ok(capture) = self.prepared.try_recv() {
-                self.preparing = false;
-                self.flush();
-                let replies = std::mem::take(&mut self.snapshot_waiters);
-                self.start_snapshot(capture, replies);
-            }
+        if self.preparing
+            && let Ok(capture) = self.prepared.try_recv()
+        {
+            self.preparing = false;
+            self.flush();
+            let replies = std::mem::take(&mut self.snapshot_waiters);
+            self.start_snapshot(capture, replies);
         }
     }
 

@@ -5,7 +5,8 @@
 //!    encodes the resulting records into a batch buffer and queues the batch with its replies;
 //! 2. the **WAL writer** (`writer`) seals and writes queued batches, fdatasyncs once per commit
 //!    group, and only then sends the replies and the messages to other shards;
-//! 3. the **snapshotter** (`snapshotter`) encodes and writes snapshots in the background.
+//! 3. the **snapshotter** (`snapshotter`) prepares capture buffers, then encodes and writes
+//!    snapshots in the background.
 //!
 //! So the shard applies batch N+1 while batch N is being flushed, and nobody hears about a
 //! change before it is durable: replies, including reads and rejections (which depend on state
@@ -154,7 +155,8 @@ pub struct ShardStats {
     pub poisoned: bool,
     /// LSN of the last snapshot written.
     pub last_snapshot_lsn: u64,
-    /// How long the shard thread paused for the last snapshot (cloning its state).
+    /// How long the shard thread paused for the last snapshot (copying its state into the
+    /// buffer the snapshotter prepared).
     pub snapshot_pause_nanos_last: u64,
     /// Batches handed to the writer.
     pub batches: u64,

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ledger_benches::{EarnRecords, ledger_with_loyalty};
-use ledger_engine::ledger::record::RecordKind;
 use ledger_engine::recovery::{ShardPaths, recover_shard};
-use ledger_engine::wal::format;
 use ledger_engine::wal::payload;
 use ledger_engine::wal::writer::{WalIdentity, WalWriter};
 use ledger_engine::{Limits, ShardId, Timestamp};
@@ -72,14 +70,7 @@ fn encoded_records(count: usize) -> Vec<Vec<u8>> {
         .into_iter()
         .map(|(record, _)| {
             let mut bytes = Vec::new();
-            let start = format::begin_record(
-                &mut bytes,
-                record.lsn,
-                record.timestamp,
-                RecordKind::Transaction as u16,
-            );
-            payload::encode_body(&record.body, &mut bytes);
-            format::finish_record(&mut bytes, start);
+            payload::encode_record(&mut bytes, &record);
             bytes
         })
         .collect()
@@ -157,15 +148,10 @@ fn recovery() {
     let _ = definitions_ledger;
     let mut buffer = Vec::new();
     for body in ledger_benches::loyalty_definitions() {
-        let lsn = ledger_engine::Lsn(writer.next_lsn().0);
-        let start = format::begin_record(
-            &mut buffer,
-            lsn,
-            Timestamp(1_800_000_000_000_000_000),
-            body.kind() as u16,
-        );
-        payload::encode_body(&body, &mut buffer);
-        format::finish_record(&mut buffer, start);
+        let timestamp = Timestamp(1_800_000_000_000_000_000);
+        let record =
+            ledger_engine::ledger::record::Record { lsn: writer.next_lsn(), timestamp, body };
+        payload::encode_record(&mut buffer, &record);
         writer.append(&mut buffer, Timestamp(1)).unwrap();
         buffer.clear();
     }
@@ -173,14 +159,7 @@ fn recovery() {
     while written < count {
         let batch = generator.take(&ledger, 4096.min(count - written));
         for (record, fingerprint) in &batch {
-            let start = format::begin_record(
-                &mut buffer,
-                record.lsn,
-                record.timestamp,
-                RecordKind::Transaction as u16,
-            );
-            payload::encode_body(&record.body, &mut buffer);
-            format::finish_record(&mut buffer, start);
+            payload::encode_record(&mut buffer, record);
             ledger.apply(record, *fingerprint).unwrap();
         }
         writer.append(&mut buffer, Timestamp(1)).unwrap();

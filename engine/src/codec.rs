@@ -165,6 +165,22 @@ impl<'a> Decoder<'a> {
     }
 }
 
+/// Fields at fixed offsets of fixed-size headers (segment and snapshot headers, record
+/// frames). Callers check the slice is long enough first: these index directly.
+pub mod fixed {
+    /// Writes `value` at `offset`.
+    pub fn put(bytes: &mut [u8], offset: usize, value: &[u8]) {
+        bytes[offset..offset + value.len()].copy_from_slice(value);
+    }
+
+    /// The `N` bytes at `offset`.
+    pub fn field<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
+        let mut array = [0u8; N];
+        array.copy_from_slice(&bytes[offset..offset + N]);
+        array
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

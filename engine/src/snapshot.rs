@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::codec::DecodeError;
+use crate::codec::fixed::{field, put};
 use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::ledger::{Ledger, LedgerConfig, StateCapture};
 use crate::wal::format::Hash;
@@ -82,16 +83,6 @@ pub struct SnapshotHeader {
     pub body_crc: u32,
     /// Hash of record `lsn` (zeros for LSN 0).
     pub last_hash: Hash,
-}
-
-fn put(bytes: &mut [u8], offset: usize, value: &[u8]) {
-    bytes[offset..offset + value.len()].copy_from_slice(value);
-}
-
-fn field<const N: usize>(bytes: &[u8], offset: usize) -> [u8; N] {
-    let mut array = [0u8; N];
-    array.copy_from_slice(&bytes[offset..offset + N]);
-    array
 }
 
 impl SnapshotHeader {

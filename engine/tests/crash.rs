@@ -12,7 +12,7 @@
 //! - every shard's invariants hold (checked by recovery), and all accounts sum to zero.
 //!
 //! Rounds run on the same data directory, so later rounds recover snapshots, rolled segments
-//! and torn tails left by earlier kills. `CRASH_ROUNDS` (default 10) and `CRASH_SEED` make
+//! and torn tails left by earlier kills. `CRASH_ROUNDS` (default 20) and `CRASH_SEED` make
 //! longer or reproducible runs.
 
 use std::collections::BTreeMap;
@@ -69,7 +69,7 @@ fn run_child(dir: &std::path::Path, round: u64, seed: u64, run_for: Duration) ->
 
 #[test]
 fn acknowledged_writes_survive_sigkill_and_nothing_is_half_applied() {
-    let rounds = env_number("CRASH_ROUNDS", 10);
+    let rounds = env_number("CRASH_ROUNDS", 20);
     let seed = env_number("CRASH_SEED", 0xC0FFEE);
     eprintln!("crash test: {rounds} rounds, CRASH_SEED={seed}");
     let dir = tempfile::tempdir().unwrap();

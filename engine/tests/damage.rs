@@ -69,19 +69,6 @@ fn records(dir: &Path) -> Vec<Placed> {
     placed
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 fn recover(dir: &Path) -> Result<ledger_engine::recovery::Recovered, RecoveryError> {
     let config = engine_config(dir);
     let meta = ledger_engine::datadir::read_meta(dir).unwrap();
@@ -114,7 +101,7 @@ fn truncating_the_newest_segment_anywhere_in_its_last_records_recovers_the_whole
     let scratch = tempfile::tempdir().unwrap();
     for cut in from..=to {
         let dir = scratch.path().join(format!("cut-{cut}"));
-        copy_dir(template.path(), &dir);
+        ledger_engine::testing::copy_dir(template.path(), &dir).unwrap();
         let segment = dir.join(newest.strip_prefix(template.path()).unwrap());
         std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(cut).unwrap();
 
@@ -138,7 +125,7 @@ fn writing_resumes_after_a_torn_tail_and_survives_another_restart() {
     let placed = records(template.path());
     let last = placed.last().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(template.path(), dir.path());
+    ledger_engine::testing::copy_dir(template.path(), dir.path()).unwrap();
     let segment = dir.path().join(last.segment.strip_prefix(template.path()).unwrap());
     std::fs::OpenOptions::new()
         .write(true)
@@ -174,7 +161,7 @@ fn a_flipped_byte_in_an_earlier_record_stops_start_up_with_its_lsn() {
     for target in [older, earlier_in_newest] {
         for byte in 0..target.len {
             let dir = scratch.path().join(format!("flip-{}-{byte}", target.lsn));
-            copy_dir(template.path(), &dir);
+            ledger_engine::testing::copy_dir(template.path(), &dir).unwrap();
             let segment = dir.join(target.segment.strip_prefix(template.path()).unwrap());
             flip(&segment, target.offset + byte);
             let error = recover(&dir).map(|_| ()).unwrap_err();
@@ -193,7 +180,7 @@ fn a_flipped_byte_in_the_last_record_is_damage_not_a_torn_write() {
     let template = build(10);
     let last = records(template.path()).last().unwrap().clone();
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(template.path(), dir.path());
+    ledger_engine::testing::copy_dir(template.path(), dir.path()).unwrap();
     let segment = dir.path().join(last.segment.strip_prefix(template.path()).unwrap());
     flip(&segment, last.offset + last.len - 3);
     let error = recover(dir.path()).map(|_| ()).unwrap_err();
@@ -211,7 +198,7 @@ fn a_rewritten_record_with_a_fixed_checksum_breaks_the_hash_chain() {
     let placed = records(template.path());
     let target = placed[10].clone();
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(template.path(), dir.path());
+    ledger_engine::testing::copy_dir(template.path(), dir.path()).unwrap();
     let segment = dir.path().join(target.segment.strip_prefix(template.path()).unwrap());
     let mut bytes = std::fs::read(&segment).unwrap();
     let record = &mut bytes[target.offset as usize..(target.offset + target.len) as usize];
@@ -238,7 +225,7 @@ fn a_missing_middle_segment_stops_start_up() {
             .unwrap();
     assert!(segments.len() >= 3, "{segments:?}");
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(template.path(), dir.path());
+    ledger_engine::testing::copy_dir(template.path(), dir.path()).unwrap();
     let wal = ShardPaths::new(dir.path(), 0).wal;
     let (middle, _) = segments[1];
     std::fs::remove_file(wal.join(ledger_engine::wal::segment::segment_file_name(middle))).unwrap();
@@ -261,7 +248,7 @@ fn a_damaged_header_of_an_older_segment_stops_start_up() {
         ledger_engine::wal::segment::list_segments(&ShardPaths::new(template.path(), 0).wal)
             .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(template.path(), dir.path());
+    ledger_engine::testing::copy_dir(template.path(), dir.path()).unwrap();
     let path = ShardPaths::new(dir.path(), 0)
         .wal
         .join(ledger_engine::wal::segment::segment_file_name(segments[0].0));
@@ -290,7 +277,7 @@ fn a_zero_sector_inside_the_last_group_is_a_torn_write_but_not_before_a_later_gr
     let first_hit = placed.iter().find(|p| p.offset + p.len > sector).unwrap().lsn;
 
     let template = tempfile::tempdir().unwrap();
-    copy_dir(dir.path(), template.path());
+    ledger_engine::testing::copy_dir(dir.path(), template.path()).unwrap();
     let zero_sector = |root: &Path| {
         let segment = root.join(placed[5].segment.strip_prefix(dir.path()).unwrap());
         let mut bytes = std::fs::read(&segment).unwrap();

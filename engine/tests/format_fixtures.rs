@@ -58,7 +58,7 @@ fn version_1_files_still_decode_to_the_same_history() {
     }
     // Read from a copy: recovery must be free to repair, and the fixture must stay as it is.
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&fixture(), dir.path());
+    ledger_engine::testing::copy_dir(&fixture(), dir.path()).unwrap();
     let meta = ledger_engine::datadir::read_meta(dir.path()).unwrap();
     assert_eq!(meta.shard_count, 1);
 
@@ -131,17 +131,4 @@ fn version_1_files_still_decode_to_the_same_history() {
             .rejected()
             .is_some()
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -476,13 +476,10 @@ impl ShardActor {
         {
             *bytes = recycled;
         }
-        let start = bytes.len();
         let kind = body.kind();
-        format::begin_record(bytes, lsn, self.now, kind as u16);
-        payload::encode_body(&body, bytes);
-        format::finish_record(bytes, start);
-        let fingerprint = payload::fingerprint(kind, &bytes[start + format::RECORD_HEADER_BYTES..]);
         let record = Record { lsn, timestamp: self.now, body };
+        let start = payload::encode_record(bytes, &record);
+        let fingerprint = payload::fingerprint(kind, &bytes[start + format::RECORD_HEADER_BYTES..]);
         match self.ledger.apply(&record, fingerprint) {
             Ok(()) => {
                 self.batch.last_lsn = lsn;

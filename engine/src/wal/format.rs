@@ -5,6 +5,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::codec::fixed::{field, put};
+
 use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::limits::RECORD_BYTES_MAX;
 
@@ -85,34 +87,6 @@ pub enum HeaderError {
     Field(&'static str),
 }
 
-fn le_u16(bytes: &[u8], offset: usize) -> u16 {
-    let mut array = [0u8; 2];
-    array.copy_from_slice(&bytes[offset..offset + 2]);
-    u16::from_le_bytes(array)
-}
-
-fn le_u32(bytes: &[u8], offset: usize) -> u32 {
-    let mut array = [0u8; 4];
-    array.copy_from_slice(&bytes[offset..offset + 4]);
-    u32::from_le_bytes(array)
-}
-
-fn le_u64(bytes: &[u8], offset: usize) -> u64 {
-    let mut array = [0u8; 8];
-    array.copy_from_slice(&bytes[offset..offset + 8]);
-    u64::from_le_bytes(array)
-}
-
-fn hash_at(bytes: &[u8], offset: usize) -> Hash {
-    let mut hash = HASH_ZERO;
-    hash.copy_from_slice(&bytes[offset..offset + 32]);
-    hash
-}
-
-fn put(bytes: &mut [u8], offset: usize, value: &[u8]) {
-    bytes[offset..offset + value.len()].copy_from_slice(value);
-}
-
 impl SegmentHeader {
     /// The header's bytes, checksum included.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
@@ -145,41 +119,41 @@ impl SegmentHeader {
             return Err(HeaderError::Magic);
         }
         let crc = crc32fast::hash(&bytes[..SEGMENT_CRC_OFFSET]);
-        if crc != le_u32(bytes, SEGMENT_CRC_OFFSET) {
+        if crc != u32::from_le_bytes(field(bytes, SEGMENT_CRC_OFFSET)) {
             return Err(HeaderError::Checksum);
         }
-        let version = le_u16(bytes, SEGMENT_VERSION_OFFSET);
+        let version = u16::from_le_bytes(field(bytes, SEGMENT_VERSION_OFFSET));
         if version != FORMAT_VERSION {
             return Err(HeaderError::Version(version));
         }
-        let reserved_zero = le_u16(bytes, SEGMENT_RESERVED_A_OFFSET) == 0
+        let reserved_zero = u16::from_le_bytes(field(bytes, SEGMENT_RESERVED_A_OFFSET)) == 0
             && bytes[SEGMENT_RESERVED_B_OFFSET..SEGMENT_CRC_OFFSET].iter().all(|b| *b == 0);
         if !reserved_zero {
             return Err(HeaderError::Field("reserved"));
         }
-        let shard =
-            ShardId::new(le_u16(bytes, SEGMENT_SHARD_OFFSET)).ok_or(HeaderError::Field("shard"))?;
-        let shard_count = le_u16(bytes, SEGMENT_SHARD_COUNT_OFFSET);
+        let shard = ShardId::new(u16::from_le_bytes(field(bytes, SEGMENT_SHARD_OFFSET)))
+            .ok_or(HeaderError::Field("shard"))?;
+        let shard_count = u16::from_le_bytes(field(bytes, SEGMENT_SHARD_COUNT_OFFSET));
         if shard.index() >= shard_count {
             return Err(HeaderError::Field("shard_count"));
         }
-        let first_lsn = Lsn(le_u64(bytes, SEGMENT_FIRST_LSN_OFFSET));
+        let first_lsn = Lsn(u64::from_le_bytes(field(bytes, SEGMENT_FIRST_LSN_OFFSET)));
         if first_lsn == Lsn::ZERO {
             return Err(HeaderError::Field("first_lsn"));
         }
-        let segment_bytes = le_u64(bytes, SEGMENT_BYTES_OFFSET);
+        let segment_bytes = u64::from_le_bytes(field(bytes, SEGMENT_BYTES_OFFSET));
         if segment_bytes < SEGMENT_HEADER_BYTES {
             return Err(HeaderError::Field("segment_bytes"));
         }
         Ok(SegmentHeader {
             shard,
             shard_count,
-            cluster_id: le_u64(bytes, SEGMENT_CLUSTER_OFFSET),
-            sequence: le_u64(bytes, SEGMENT_SEQUENCE_OFFSET),
+            cluster_id: u64::from_le_bytes(field(bytes, SEGMENT_CLUSTER_OFFSET)),
+            sequence: u64::from_le_bytes(field(bytes, SEGMENT_SEQUENCE_OFFSET)),
             first_lsn,
-            created: Timestamp(le_u64(bytes, SEGMENT_CREATED_OFFSET)),
+            created: Timestamp(u64::from_le_bytes(field(bytes, SEGMENT_CREATED_OFFSET))),
             segment_bytes,
-            prev_hash: hash_at(bytes, SEGMENT_PREV_HASH_OFFSET),
+            prev_hash: field(bytes, SEGMENT_PREV_HASH_OFFSET),
         })
     }
 }
@@ -251,12 +225,12 @@ pub fn payload(record: &[u8]) -> &[u8] {
 
 /// The length field of the record starting at `bytes[0]`.
 pub fn record_len(bytes: &[u8]) -> u32 {
-    le_u32(bytes, RECORD_LEN_OFFSET)
+    u32::from_le_bytes(field(bytes, RECORD_LEN_OFFSET))
 }
 
 /// The LSN field of the record starting at `bytes[0]`.
 pub fn record_lsn(bytes: &[u8]) -> Lsn {
-    Lsn(le_u64(bytes, RECORD_LSN_OFFSET))
+    Lsn(u64::from_le_bytes(field(bytes, RECORD_LSN_OFFSET)))
 }
 
 fn record_crc(record: &[u8]) -> u32 {
@@ -301,7 +275,7 @@ pub fn check_frame(bytes: &[u8]) -> Frame {
     if bytes.len() < 4 {
         return if bytes.iter().all(|b| *b == 0) { Frame::End } else { Frame::Truncated(0) };
     }
-    let len = le_u32(bytes, RECORD_LEN_OFFSET);
+    let len = u32::from_le_bytes(field(bytes, RECORD_LEN_OFFSET));
     if len == 0 {
         return Frame::End;
     }
@@ -311,22 +285,22 @@ pub fn check_frame(bytes: &[u8]) -> Frame {
     let Some(record) = bytes.get(..len as usize) else {
         return Frame::Truncated(len);
     };
-    if record_crc(record) != le_u32(record, RECORD_CRC_OFFSET) {
+    if record_crc(record) != u32::from_le_bytes(field(record, RECORD_CRC_OFFSET)) {
         return Frame::BadChecksum(len);
     }
     Frame::Valid(FrameHeader {
         len,
-        lsn: Lsn(le_u64(record, RECORD_LSN_OFFSET)),
-        timestamp: Timestamp(le_u64(record, RECORD_TIMESTAMP_OFFSET)),
-        kind: le_u16(record, RECORD_KIND_OFFSET),
-        commit_index: le_u32(record, RECORD_COMMIT_INDEX_OFFSET),
-        prev_hash: hash_at(record, RECORD_PREV_HASH_OFFSET),
+        lsn: Lsn(u64::from_le_bytes(field(record, RECORD_LSN_OFFSET))),
+        timestamp: Timestamp(u64::from_le_bytes(field(record, RECORD_TIMESTAMP_OFFSET))),
+        kind: u16::from_le_bytes(field(record, RECORD_KIND_OFFSET)),
+        commit_index: u32::from_le_bytes(field(record, RECORD_COMMIT_INDEX_OFFSET)),
+        prev_hash: field(record, RECORD_PREV_HASH_OFFSET),
     })
 }
 
 /// Whether the frame's reserved flags are zero, as format version 1 requires.
 pub fn flags_are_zero(record: &[u8]) -> bool {
-    le_u16(record, RECORD_FLAGS_OFFSET) == 0
+    u16::from_le_bytes(field(record, RECORD_FLAGS_OFFSET)) == 0
 }
 
 #[cfg(test)]

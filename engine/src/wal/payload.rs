@@ -113,6 +113,16 @@ fn decode_header(decoder: &mut Decoder<'_>) -> Result<TxHeader, DecodeError> {
     })
 }
 
+/// Appends `record` to `out` as an unsealed frame (docs/wal-format.md: length, LSN, timestamp,
+/// kind and payload; the writer seals it). Returns where it starts.
+pub fn encode_record(out: &mut Vec<u8>, record: &crate::ledger::record::Record) -> usize {
+    let start =
+        super::format::begin_record(out, record.lsn, record.timestamp, record.body.kind() as u16);
+    encode_body(&record.body, out);
+    super::format::finish_record(out, start);
+    start
+}
+
 /// Appends the payload of `body` to `out`.
 pub fn encode_body(body: &Body, out: &mut Vec<u8>) {
     let mut encoder = Encoder::new(out);

@@ -8,7 +8,6 @@
 //!
 //! **Boundary:** this is the API the server, the benches and the tests use.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -333,37 +332,7 @@ impl Engine {
     /// The shard a command goes to: that of its first customer account, of its hold, or shard
     /// 0 for commands that name only house and partner accounts.
     pub fn route(&self, command: &Command) -> Result<ShardId, RejectCode> {
-        let registry = self.registry.read().expect("registry lock");
-        let customer_shard = |account: AccountId| -> Option<ShardId> {
-            let (_, _, namespace) = registry.account_terms(account)?;
-            (namespace == Namespace::Customer)
-                .then(|| shard_for_customer(CustomerId(account.owner()), self.shard_count))
-        };
-        let shard_zero = ShardId::new(0).expect("shard 0");
-        let hold_shard = |hold: TxId| {
-            ShardId::new(hold.shard())
-                .filter(|shard| shard.index() < self.shard_count)
-                .ok_or(RejectCode::HoldNotFound)
-        };
-        Ok(match command {
-            Command::Write(request) => match &request.operation {
-                Operation::Post { postings } => postings
-                    .iter()
-                    .find_map(|posting| {
-                        customer_shard(posting.debit).or_else(|| customer_shard(posting.credit))
-                    })
-                    .unwrap_or(shard_zero),
-                Operation::Hold { posting, .. } => customer_shard(posting.debit)
-                    .or_else(|| customer_shard(posting.credit))
-                    .unwrap_or(shard_zero),
-                Operation::Capture { hold, .. } | Operation::Void { hold } => hold_shard(*hold)?,
-                Operation::Transfer { source, .. } => customer_shard(*source).unwrap_or(shard_zero),
-            },
-            Command::Read(Query::Account(account)) => {
-                customer_shard(*account).unwrap_or(shard_zero)
-            }
-            Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
-        })
+        route(&self.registry.read().expect("registry lock"), self.shard_count, command)
     }
 
     /// Submits commands; every one is answered through `sink` with its tag, once durable.
@@ -381,16 +350,19 @@ impl Engine {
             return;
         }
         let mut immediate = Vec::new();
-        let mut per_shard: HashMap<u16, Vec<(u64, Command)>> = HashMap::new();
-        for (tag, command) in commands {
-            match self.route(&command) {
-                Ok(shard) => per_shard.entry(shard.index()).or_default().push((tag, command)),
-                Err(code) => immediate.push((tag, Response::Rejected(code))),
+        let mut per_shard: Vec<Vec<(u64, Command)>> =
+            (0..self.shard_count).map(|_| Vec::new()).collect();
+        {
+            let registry = self.registry.read().expect("registry lock");
+            for (tag, command) in commands {
+                match route(&registry, self.shard_count, &command) {
+                    Ok(shard) => per_shard[shard.as_usize()].push((tag, command)),
+                    Err(code) => immediate.push((tag, Response::Rejected(code))),
+                }
             }
         }
         let chunk = self.limits.batch_records_max.max(1);
-        for (shard, mut commands) in per_shard {
-            let handle = &self.shards[usize::from(shard)];
+        for (handle, mut commands) in self.shards.iter().zip(per_shard) {
             while !commands.is_empty() {
                 let rest =
                     if commands.len() > chunk { commands.split_off(chunk) } else { Vec::new() };
@@ -398,11 +370,13 @@ impl Engine {
                 match handle.inbox.try_send(input) {
                     Ok(()) => {}
                     Err(error) => {
-                        let code = match error {
-                            TrySendError::Full(_) => {
-                                handle.shared.busy.fetch_add(1, Ordering::Relaxed);
+                        let code = match &error {
+                            TrySendError::Full(Input::Commands { commands, .. }) => {
+                                let refused = commands.len() as u64;
+                                handle.shared.busy.fetch_add(refused, Ordering::Relaxed);
                                 RejectCode::Busy
                             }
+                            TrySendError::Full(_) => RejectCode::Busy,
                             TrySendError::Disconnected(_) => RejectCode::ShuttingDown,
                         };
                         if let Input::Commands { commands, .. } = error.into_inner() {
@@ -625,6 +599,38 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// See `Engine::route`.
+fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<ShardId, RejectCode> {
+    let customer_shard = |account: AccountId| -> Option<ShardId> {
+        let (_, _, namespace) = registry.account_terms(account)?;
+        (namespace == Namespace::Customer)
+            .then(|| shard_for_customer(CustomerId(account.owner()), shard_count))
+    };
+    let shard_zero = ShardId::new(0).expect("shard 0");
+    let hold_shard = |hold: TxId| {
+        ShardId::new(hold.shard())
+            .filter(|shard| shard.index() < shard_count)
+            .ok_or(RejectCode::HoldNotFound)
+    };
+    Ok(match command {
+        Command::Write(request) => match &request.operation {
+            Operation::Post { postings } => postings
+                .iter()
+                .find_map(|posting| {
+                    customer_shard(posting.debit).or_else(|| customer_shard(posting.credit))
+                })
+                .unwrap_or(shard_zero),
+            Operation::Hold { posting, .. } => customer_shard(posting.debit)
+                .or_else(|| customer_shard(posting.credit))
+                .unwrap_or(shard_zero),
+            Operation::Capture { hold, .. } | Operation::Void { hold } => hold_shard(*hold)?,
+            Operation::Transfer { source, .. } => customer_shard(*source).unwrap_or(shard_zero),
+        },
+        Command::Read(Query::Account(account)) => customer_shard(*account).unwrap_or(shard_zero),
+        Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
+    })
 }
 
 /// Checks that every shard's registry is a prefix of the longest one and returns, per shard,

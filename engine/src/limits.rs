@@ -44,10 +44,11 @@ pub struct Limits {
     /// this is also the size of each file on disk and of the zeroing work done per segment.
     pub segment_bytes: u64,
     /// Idempotency keys remembered per shard: a key is remembered for at least half this many
-    /// later writes of its shard, and at most the retention time. 2 Mi keys take about 170 MiB
-    /// per shard and cover about 15 minutes of 1,000 writes/s per shard; size it as peak writes
-    /// per second per shard × the retry window needed, times two. Keys forgotten before their
-    /// retention time are counted in `ShardStats`. See docs/design-decisions.md.
+    /// later writes of its shard, and at most the retention time. Each key of capacity takes
+    /// 96 bytes: 2 Mi keys take 192 MiB per shard and remember each key for at least 17
+    /// minutes at 1,000 writes/s per shard. Size it as peak writes per second per shard × the
+    /// retry window needed × 2. Keys forgotten before their retention time are counted in
+    /// `ShardStats`. See docs/design-decisions.md.
     pub idempotency_keys_max: usize,
     /// Open holds per shard. A hold ties up memory until it is captured, voided or expires.
     pub holds_open_max: usize,
@@ -131,7 +132,7 @@ impl Limits {
                 self.segment_bytes
             ));
         }
-        if self.segment_bytes > 1 << 40 {
+        if self.segment_bytes > crate::wal::format::SEGMENT_BYTES_MAX {
             return fail("segment_bytes must be at most 1 TiB".to_string());
         }
         Ok(())

@@ -112,6 +112,17 @@ struct IdempotencyEntry {
     committed: Committed,
 }
 
+#[cfg(test)]
+#[test]
+fn idempotency_memory_per_key() {
+    // docs/design-decisions.md and `Limits::idempotency_keys_max` quote this figure: a ring slot
+    // per key, and per key of capacity 16 bytes of index (two generations of half the keys,
+    // each with twice as many 8-byte slots as keys).
+    let ring_slot =
+        std::mem::size_of::<(Timestamp, (TerminalId, IdempotencyKey), IdempotencyEntry)>();
+    assert_eq!(ring_slot + 16, 96, "update the documented memory per idempotency key");
+}
+
 /// A cross-shard transfer sent by this shard and not yet settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboundTransfer {

@@ -38,6 +38,8 @@ const SEGMENT_RESERVED_B_OFFSET: usize = SEGMENT_PREV_HASH_OFFSET + 32;
 const SEGMENT_CRC_OFFSET: usize = 124;
 /// Bytes of the segment header; the first record starts here.
 pub const SEGMENT_HEADER_BYTES: u64 = 128;
+/// Largest segment a reader accepts (1 TiB; `Limits::validate` holds configurations to it).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 40;
 
 const _: () = assert!(SEGMENT_RESERVED_B_OFFSET == 88);
 const _: () = assert!(SEGMENT_CRC_OFFSET + 4 == SEGMENT_HEADER_BYTES as usize);
@@ -142,7 +144,7 @@ impl SegmentHeader {
             return Err(HeaderError::Field("first_lsn"));
         }
         let segment_bytes = u64::from_le_bytes(field(bytes, SEGMENT_BYTES_OFFSET));
-        if segment_bytes < SEGMENT_HEADER_BYTES {
+        if !(SEGMENT_HEADER_BYTES..=SEGMENT_BYTES_MAX).contains(&segment_bytes) {
             return Err(HeaderError::Field("segment_bytes"));
         }
         Ok(SegmentHeader {

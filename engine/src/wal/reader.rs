@@ -353,13 +353,22 @@ pub fn scan<E>(
                 "segment header breaks the hash chain".to_string(),
             )));
         }
+        // Bound what is read by what the header declares, before reading anything.
+        let file_bytes =
+            fs::metadata(&segment.path).map_err(io_error(&segment.path)).map_err(Err)?.len();
+        if file_bytes > header.segment_bytes {
+            return Err(Err(corrupt(
+                0,
+                expected_lsn,
+                format!("the file is {file_bytes} bytes, its header says {}", header.segment_bytes),
+            )));
+        }
         bytes.clear();
         fs::File::open(&segment.path)
             .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
             .map_err(io_error(&segment.path))
             .map_err(Err)?;
         let bytes = bytes.as_slice();
-        let file_bytes = bytes.len() as u64;
         let mut offset = SEGMENT_HEADER_BYTES;
         end.segments += 1;
         let tail = loop {

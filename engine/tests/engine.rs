@@ -384,3 +384,32 @@ fn queries_and_captures_route_to_the_right_shard() {
     let redeemed = engine.account_total(loyalty.redemption()).unwrap();
     assert_eq!(redeemed.balance_posted(), 12 * 25);
 }
+
+#[test]
+fn covered_segments_are_deleted_under_that_policy_and_recovery_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1);
+    cfg.limits.segment_bytes = 40 * 1024;
+    cfg.tuning.wal_retention = ledger_engine::WalRetention::DeleteCovered;
+    cfg.tuning.snapshot_on_shutdown = false;
+    let engine = Engine::open(cfg.clone()).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let wal = dir.path().join("shard-000/wal");
+    let segments = |wal: &std::path::Path| ledger_engine::wal::segment::list_segments(wal).unwrap();
+    for round in 0..6u128 {
+        execute_all(
+            &engine,
+            (0..100).map(|k| loyalty.earn(round * 1_000 + k + 1, k as u64 % 10, 1)).collect(),
+        );
+        engine.snapshot_now().unwrap();
+    }
+    let kept = segments(&wal);
+    assert!(kept.first().unwrap().0 > 1, "old segments were deleted: {kept:?}");
+    engine.execute(loyalty.earn(99_999, 3, 5));
+    engine.shutdown();
+
+    let engine = Engine::open(cfg).unwrap();
+    assert!(engine.recovery_reports()[0].snapshot_lsn.0 > 0);
+    let total: i128 = (0..10).map(|c| balance(&engine, &loyalty, c)).sum();
+    assert_eq!(total, 600 + 5);
+}

@@ -191,3 +191,31 @@ fn the_spec_alone_is_enough_to_read_the_wal() {
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("bad record at offset 128, lsn 1"), "{text}");
 }
+
+/// After retention deleted old segments, verify starts from the oldest snapshot that covers
+/// them and says so.
+#[test]
+fn a_directory_with_deleted_segments_verifies_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.shard_count = Some(1);
+    config.limits = Limits { segment_bytes: 40 * 1024, ..Limits::test_min() };
+    config.tuning.wal_retention = ledger_engine::WalRetention::DeleteCovered;
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    for round in 0..6u128 {
+        execute_all(
+            &engine,
+            (0..60).map(|k| loyalty.earn(round * 1_000 + k + 1, k as u64 % 7, 2)).collect(),
+        );
+        engine.snapshot_now().unwrap();
+    }
+    engine.shutdown();
+    assert!(!dir.path().join("shard-000/wal/00000000000000000001.wal").exists());
+    let output = ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap(), "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let report: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    let shard = &report["shards"][0];
+    assert!(shard["replayed_from_lsn"].as_u64().unwrap() > 1, "{report}");
+    assert!(shard["notes"][0].as_str().unwrap().contains("deleted by retention"), "{report}");
+}

@@ -244,6 +244,7 @@ fn snapshot() {
         let mut capture = Box::new(ledger_engine::ledger::StateCapture::prepared(
             count + count / 8 + 1024,
             keys + keys / 8 + 1024,
+            ledger.history_len(),
         ));
         let prepare = started.elapsed();
         // The shard's pause.

@@ -21,7 +21,8 @@ SEGMENT_HEADER_BYTES = 128
 RECORD_HEADER_BYTES = 64
 RECORD_BYTES_MAX = 4096
 KINDS = {1: "transaction", 2: "hold_create", 3: "hold_capture", 4: "hold_void", 5: "hold_expire",
-         6: "transfer_out", 7: "transfer_in", 8: "transfer_settle", 16: "asset_define",
+         6: "transfer_out", 7: "transfer_in", 8: "transfer_settle", 9: "reversal",
+         16: "asset_define",
          17: "class_define"}
 
 
@@ -66,7 +67,7 @@ def check(wal_dir):
         version, shard, shard_count = struct.unpack_from("<HHH", header, 8)
         sequence, first_lsn = struct.unpack_from("<QQ", header, 24)
         segment_prev = header[56:88]
-        if version != 1:
+        if version not in (1, 2):
             return [f"{name}: unsupported version {version}"], records
         if sequence != int(name[:20]):
             return [f"{name}: header says sequence {sequence}"], records

@@ -81,6 +81,8 @@ pub struct Semantics {
     pub hold_timeout_max_nanos: u64,
     /// Cross-shard transfers in flight per shard.
     pub transfers_in_flight_max: usize,
+    /// Recent postings remembered per shard (history and reversals).
+    pub history_entries_max: usize,
 }
 
 /// What `ledgerd.meta` records.
@@ -207,7 +209,8 @@ fn parse_meta(text: &str) -> Result<DataDirMeta, String> {
             | "idempotency_retention_nanos"
             | "holds_open_max"
             | "hold_timeout_max_nanos"
-            | "transfers_in_flight_max" => {
+            | "transfers_in_flight_max"
+            | "history_entries_max" => {
                 let number = value.parse::<u64>().map_err(|e| format!("{key}: {e}"))?;
                 numbers.insert(key, number);
             }
@@ -247,6 +250,12 @@ fn parse_meta(text: &str) -> Result<DataDirMeta, String> {
         holds_open_max: count("holds_open_max")?,
         hold_timeout_max_nanos: number("hold_timeout_max_nanos")?,
         transfers_in_flight_max: count("transfers_in_flight_max")?,
+        // Added after the first directories were written: those keep the default.
+        history_entries_max: if numbers.contains_key("history_entries_max") {
+            count("history_entries_max")?
+        } else {
+            crate::limits::Limits::default().history_entries_max
+        },
     };
     Ok(DataDirMeta { cluster_id: cluster_id.ok_or("missing cluster_id")?, shard_count, semantics })
 }
@@ -263,7 +272,8 @@ fn write_meta(dir: &Path, path: &Path, meta: &DataDirMeta) -> std::io::Result<()
          idempotency_retention_nanos = {}\n\
          holds_open_max = {}\n\
          hold_timeout_max_nanos = {}\n\
-         transfers_in_flight_max = {}\n",
+         transfers_in_flight_max = {}\n\
+         history_entries_max = {}\n",
         meta.cluster_id,
         meta.shard_count,
         meta.semantics.transaction_postings_max,
@@ -272,6 +282,7 @@ fn write_meta(dir: &Path, path: &Path, meta: &DataDirMeta) -> std::io::Result<()
         meta.semantics.holds_open_max,
         meta.semantics.hold_timeout_max_nanos,
         meta.semantics.transfers_in_flight_max,
+        meta.semantics.history_entries_max,
     );
     let tmp = path.with_extension("meta.tmp");
     let mut file = File::create(&tmp)?;
@@ -309,6 +320,7 @@ mod tests {
             holds_open_max: 10,
             hold_timeout_max_nanos: 2_000,
             transfers_in_flight_max: 8,
+            history_entries_max: 32,
         }
     }
 

@@ -80,6 +80,7 @@ impl EngineConfig {
             holds_open_max: self.limits.holds_open_max,
             hold_timeout_max_nanos: self.hold_timeout_max_nanos,
             transfers_in_flight_max: self.limits.transfers_in_flight_max,
+            history_entries_max: self.limits.history_entries_max,
         }
     }
 }
@@ -100,6 +101,7 @@ pub fn ledger_config(
             idempotency_keys_max: semantics.idempotency_keys_max,
             holds_open_max: semantics.holds_open_max,
             transfers_in_flight_max: semantics.transfers_in_flight_max,
+            history_entries_max: semantics.history_entries_max,
             ..limits.clone()
         },
         idempotency_retention_nanos: semantics.idempotency_retention_nanos,
@@ -626,9 +628,14 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
                 .or_else(|| customer_shard(posting.credit))
                 .unwrap_or(shard_zero),
             Operation::Capture { hold, .. } | Operation::Void { hold } => hold_shard(*hold)?,
+            Operation::Reverse { original } => ShardId::new(original.shard())
+                .filter(|shard| shard.index() < shard_count)
+                .ok_or(RejectCode::TransactionNotFound)?,
             Operation::Transfer { source, .. } => customer_shard(*source).unwrap_or(shard_zero),
         },
-        Command::Read(Query::Account(account)) => customer_shard(*account).unwrap_or(shard_zero),
+        Command::Read(Query::Account(account) | Query::History { account, .. }) => {
+            customer_shard(*account).unwrap_or(shard_zero)
+        }
         Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
     })
 }

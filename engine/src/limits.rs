@@ -52,6 +52,9 @@ pub struct Limits {
     pub idempotency_keys_max: usize,
     /// Open holds per shard. A hold ties up memory until it is captured, voided or expires.
     pub holds_open_max: usize,
+    /// Recent postings of customer accounts remembered per shard (72 bytes each): what a
+    /// history query can show and what a reversal can find. 1 Mi entries are 72 MiB.
+    pub history_entries_max: usize,
     /// Cross-shard transfers a shard may have sent but not yet seen settled. Past this, new
     /// cross-shard transfers from that shard are refused as `Busy`.
     pub transfers_in_flight_max: usize,
@@ -70,6 +73,7 @@ impl Default for Limits {
             segment_bytes: 64 * 1024 * 1024,
             idempotency_keys_max: 2 * 1024 * 1024,
             holds_open_max: 1024 * 1024,
+            history_entries_max: 1024 * 1024,
             transfers_in_flight_max: 65_536,
             peer_queue_depth_max: 65_536,
         }
@@ -93,6 +97,7 @@ impl Limits {
                 + 8 * u64::from(RECORD_BYTES_MAX),
             idempotency_keys_max: 64,
             holds_open_max: 16,
+            history_entries_max: 64,
             transfers_in_flight_max: 8,
             peer_queue_depth_max: 8,
         }
@@ -114,6 +119,7 @@ impl Limits {
             ("write_queue_depth_max", self.write_queue_depth_max),
             ("idempotency_keys_max", self.idempotency_keys_max),
             ("holds_open_max", self.holds_open_max),
+            ("history_entries_max", self.history_entries_max),
             ("transfers_in_flight_max", self.transfers_in_flight_max),
             ("peer_queue_depth_max", self.peer_queue_depth_max),
         ] {

@@ -1,9 +1,10 @@
 //! `RejectCode`: every reason the engine refuses a request, as stable numbers.
 //!
 //! The numbers are part of the POS protocol, the admin API's JSON `code` and the metrics
-//! labels, so they never change and are never reused. Variants are listed in precedence order:
-//! when a request is wrong in several ways, the check that comes first in this list decides the
-//! code (the way TigerBeetle orders `CreateTransferResult`). A rejected request changes nothing.
+//! labels, so they never change and are never reused; new codes are added at the end. Within
+//! each group of checks (shape, idempotency, state) the numbers follow precedence: when a
+//! request is wrong in several ways, the check that comes first decides the code (the way
+//! TigerBeetle orders `CreateTransferResult`). A rejected request changes nothing.
 
 use std::fmt;
 
@@ -102,6 +103,14 @@ reject_codes! {
     /// The shard stopped after a write or fsync error. The outcome of writes in flight at that
     /// moment is unknown until restart: retry them with the same idempotency key.
     ShardFailed = 28, "shard_failed";
+    /// No transaction with this id is in the shard's recent history (it never existed, or it
+    /// is older than the history keeps).
+    TransactionNotFound = 29, "transaction_not_found";
+    /// The transaction cannot be reversed: not a plain transaction, or one with postings
+    /// that touch no customer account.
+    TransactionNotReversible = 30, "transaction_not_reversible";
+    /// The transaction was reversed already.
+    AlreadyReversed = 31, "already_reversed";
 }
 
 impl fmt::Display for RejectCode {

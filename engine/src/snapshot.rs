@@ -21,7 +21,10 @@ use crate::wal::segment::sync_dir;
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LDGRSNAP";
 /// Version of the snapshot format. Version history: docs/snapshot-format.md.
-pub const SNAPSHOT_VERSION: u16 = 1;
+pub const SNAPSHOT_VERSION: u16 = 2;
+
+/// The oldest snapshot version `load` still reads (version 1 has no history section).
+pub const SNAPSHOT_VERSION_MIN: u16 = 1;
 
 const MAGIC_OFFSET: usize = 0;
 const VERSION_OFFSET: usize = MAGIC_OFFSET + 8;
@@ -67,6 +70,8 @@ pub enum SnapshotError {
 /// The header fields of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnapshotHeader {
+    /// The format version the file was written with (`encode` always writes the current one).
+    pub version: u16,
     /// The shard.
     pub shard: ShardId,
     /// Shards of the data directory.
@@ -90,6 +95,7 @@ impl SnapshotHeader {
     pub fn encode(&self) -> [u8; SNAPSHOT_HEADER_BYTES] {
         let mut bytes = [0u8; SNAPSHOT_HEADER_BYTES];
         put(&mut bytes, MAGIC_OFFSET, &SNAPSHOT_MAGIC);
+        assert_eq!(self.version, SNAPSHOT_VERSION, "snapshots are written in the current version");
         put(&mut bytes, VERSION_OFFSET, &SNAPSHOT_VERSION.to_le_bytes());
         put(&mut bytes, SHARD_OFFSET, &self.shard.index().to_le_bytes());
         put(&mut bytes, SHARD_COUNT_OFFSET, &self.shard_count.to_le_bytes());
@@ -115,7 +121,7 @@ impl SnapshotHeader {
             return Err("header checksum mismatch".to_string());
         }
         let version = u16::from_le_bytes(field(bytes, VERSION_OFFSET));
-        if version != SNAPSHOT_VERSION {
+        if !(SNAPSHOT_VERSION_MIN..=SNAPSHOT_VERSION).contains(&version) {
             return Err(format!("unsupported snapshot version {version}"));
         }
         let reserved = u16::from_le_bytes(field(bytes, RESERVED_A_OFFSET)) == 0
@@ -127,6 +133,7 @@ impl SnapshotHeader {
         let shard_index = u16::from_le_bytes(field(bytes, SHARD_OFFSET));
         let shard = ShardId::new(shard_index).ok_or("shard out of range")?;
         Ok(SnapshotHeader {
+            version,
             shard,
             shard_count: u16::from_le_bytes(field(bytes, SHARD_COUNT_OFFSET)),
             cluster_id: u64::from_le_bytes(field(bytes, CLUSTER_OFFSET)),
@@ -192,6 +199,7 @@ pub fn encode(capture: &mut StateCapture, cluster_id: u64, last_hash: Hash) -> V
     capture.encode(&mut bytes);
     let body = &bytes[SNAPSHOT_HEADER_BYTES..];
     let header = SnapshotHeader {
+        version: SNAPSHOT_VERSION,
         shard: capture.shard(),
         shard_count: capture.shard_count(),
         cluster_id,
@@ -254,7 +262,7 @@ pub fn load(
     if header.cluster_id != cluster_id {
         return Err(invalid("snapshot of another data directory".to_string()));
     }
-    let ledger = Ledger::decode_state(config, body)
+    let ledger = Ledger::decode_state_version(config, body, header.version)
         .map_err(|error: DecodeError| invalid(format!("body does not decode: {error}")))?;
     if ledger.lsn() != header.lsn {
         return Err(invalid("body and header disagree on the lsn".to_string()));

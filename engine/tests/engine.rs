@@ -413,3 +413,61 @@ fn covered_segments_are_deleted_under_that_policy_and_recovery_still_works() {
     let total: i128 = (0..10).map(|c| balance(&engine, &loyalty, c)).sum();
     assert_eq!(total, 600 + 5);
 }
+
+/// A reversal is idempotent like any write: its retry after the commit finds the original
+/// reversed and still answers `Duplicate` with the first result. The "already reversed" mark
+/// and the history survive a restart, from the WAL alone and from a snapshot.
+#[test]
+fn reversals_are_idempotent_and_their_mark_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.tuning.snapshot_on_shutdown = false;
+    let engine = Engine::open(cfg.clone()).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let earn = engine.execute(loyalty.earn(1, 9, 500)).committed().unwrap();
+    let reversed = engine.execute(loyalty.reverse(2, earn.tx_id));
+    let Response::Committed(reversal) = reversed else { panic!("{reversed:?}") };
+    assert_eq!(balance(&engine, &loyalty, 9), 0);
+    assert_eq!(engine.execute(loyalty.reverse(2, earn.tx_id)), Response::Duplicate(reversal));
+    assert_eq!(
+        engine.execute(loyalty.reverse(3, earn.tx_id)),
+        Response::Rejected(RejectCode::AlreadyReversed)
+    );
+    assert_eq!(
+        engine.execute(loyalty.reverse(2, reversal.tx_id)),
+        Response::Rejected(RejectCode::IdempotencyConflict),
+        "the same key for another reversal is a conflict"
+    );
+    let history = |engine: &Engine| match engine.execute(loyalty.history_query(9, 10)) {
+        Response::History(entries) => {
+            entries.iter().map(|e| (e.tx_id, e.posted_delta())).collect::<Vec<_>>()
+        }
+        other => panic!("{other:?}"),
+    };
+    let expected = vec![(reversal.tx_id, -500), (earn.tx_id, 500)];
+    assert_eq!(history(&engine), expected);
+    engine.shutdown();
+
+    // From the WAL alone.
+    let engine = Engine::open(cfg.clone()).unwrap();
+    assert_eq!(history(&engine), expected);
+    assert_eq!(
+        engine.execute(loyalty.reverse(4, earn.tx_id)),
+        Response::Rejected(RejectCode::AlreadyReversed)
+    );
+    engine.snapshot_now().unwrap();
+    engine.shutdown();
+
+    // From the snapshot.
+    let engine = Engine::open(cfg).unwrap();
+    assert!(engine.recovery_reports().iter().any(|r| r.snapshot_lsn.0 > 0));
+    assert_eq!(history(&engine), expected);
+    assert_eq!(
+        engine.execute(loyalty.reverse(5, earn.tx_id)),
+        Response::Rejected(RejectCode::AlreadyReversed)
+    );
+    assert_eq!(
+        engine.execute(loyalty.reverse(6, TxId(earn.tx_id.0 + 1_000_000))),
+        Response::Rejected(RejectCode::TransactionNotFound)
+    );
+}

@@ -1,7 +1,7 @@
 //! Replay determinism: the state rebuilt from the WAL alone equals the live state, bit for bit.
 //!
 //! How: a random workload (earns, redemptions, holds, captures, voids, expiries, cross-shard
-//! transfers, retries) runs on a two-shard engine with a manual clock and periodic snapshots.
+//! transfers, reversals, history reads, retries) runs on a two-shard engine with a manual clock and periodic snapshots.
 //! At the end each shard's live state is captured by a snapshot (a clone of the live ledger);
 //! then each shard's WAL is replayed from LSN 1 into a fresh ledger, without any snapshot, and
 //! both states must encode to the same bytes. A second check replays from an intermediate
@@ -63,6 +63,7 @@ fn run_workload(engine: &Engine, loyalty: &Loyalty, clock: &ManualClock, seed: u
     };
     let mut key = 0u128;
     let mut holds = Vec::new();
+    let mut committed_ids = Vec::new();
     for _ in 0..rounds {
         let mut commands: Vec<Command> = Vec::new();
         for _ in 0..32 {
@@ -79,6 +80,12 @@ fn run_workload(engine: &Engine, loyalty: &Loyalty, clock: &ManualClock, seed: u
                     Some(hold) => loyalty.void(key, *hold),
                     None => loyalty.earn(key, customer, amount),
                 },
+                9 if next(3) == 0 => {
+                    match committed_ids.get(next(committed_ids.len().max(1) as u64) as usize) {
+                        Some(original) => loyalty.reverse(key, *original),
+                        None => loyalty.history_query(customer, 8),
+                    }
+                }
                 _ => loyalty.earn(key.saturating_sub(next(20) as u128).max(1), customer, amount),
             };
             commands.push(command);
@@ -86,6 +93,7 @@ fn run_workload(engine: &Engine, loyalty: &Loyalty, clock: &ManualClock, seed: u
         for response in execute_all(engine, commands.clone()) {
             if let Response::Committed(committed) = response {
                 holds.push(committed.tx_id);
+                committed_ids.push(committed.tx_id);
             }
         }
         clock.advance(next(3) * SECOND);

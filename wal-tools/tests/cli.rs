@@ -16,8 +16,8 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// Two shards with earns, a cross-shard transfer, holds, a snapshot in the middle and one at
-/// shutdown.
+/// Two shards with earns, a cross-shard transfer, holds, a reversal, a snapshot in the middle
+/// and one at shutdown.
 fn build(dir: &Path) {
     let mut config = EngineConfig::new(dir);
     config.shard_count = Some(2);
@@ -33,6 +33,8 @@ fn build(dir: &Path) {
     let other = (1..20).find(|c| shard_of(*c) != shard_of(0)).unwrap();
     assert!(matches!(engine.execute(loyalty.transfer(200, 0, other, 30)), Response::Committed(_)));
     execute_all(&engine, (0..20).map(|c| loyalty.redeem(c as u128 + 300, c, 10)).collect());
+    let earn = engine.execute(loyalty.earn(400, 5, 60)).committed().unwrap();
+    assert!(matches!(engine.execute(loyalty.reverse(401, earn.tx_id)), Response::Committed(_)));
     engine.shutdown();
 }
 
@@ -218,4 +220,21 @@ fn a_directory_with_deleted_segments_verifies_from_its_snapshot() {
     let shard = &report["shards"][0];
     assert!(shard["replayed_from_lsn"].as_u64().unwrap() > 1, "{report}");
     assert!(shard["notes"][0].as_str().unwrap().contains("deleted by retention"), "{report}");
+}
+
+/// The checked-in data directories of every format version verify as sound, their snapshots
+/// compared with the replayed state in their own version's encoding.
+#[test]
+fn the_format_fixtures_of_every_version_verify() {
+    for version in [1, 2] {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../engine/tests/fixtures/v{version}"));
+        let dir = tempfile::tempdir().unwrap();
+        ledger_engine::testing::copy_dir(&fixture, dir.path()).unwrap();
+        let output = ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap(), "--json"]);
+        assert_eq!(output.status.code(), Some(0), "v{version}: {}", stdout(&output));
+        let report: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        let checked = report["shards"][0]["snapshots_checked"].as_array().unwrap().len();
+        assert_eq!(checked, 1, "v{version}: {report}");
+    }
 }

@@ -6,6 +6,7 @@
 //! could still take away.
 
 use super::account::{Account, AccountId, AssetId};
+use super::history::HistoryEntry;
 use super::record::{Metadata, Posting, Postings, TxKind};
 use crate::amount::Amount;
 use crate::ids::{IdempotencyKey, Lsn, TerminalId, Timestamp, TxId};
@@ -53,6 +54,12 @@ pub enum Operation {
         /// The hold's id.
         hold: TxId,
     },
+    /// Reverse an earlier transaction of this shard by its id: post its postings the other way
+    /// round (see `Ledger::reversal_postings`).
+    Reverse {
+        /// The transaction to reverse.
+        original: TxId,
+    },
     /// Move `amount` from one customer account to another customer account of the same asset,
     /// on the same shard or on another one.
     Transfer {
@@ -72,7 +79,17 @@ pub enum Query {
     Account(AccountId),
     /// An open hold.
     Hold(TxId),
+    /// The most recent postings of an account, newest first.
+    History {
+        /// The account.
+        account: AccountId,
+        /// Entries at most (the engine caps it at `HISTORY_PAGE_MAX`).
+        limit: u16,
+    },
 }
+
+/// Entries a history query returns at most.
+pub const HISTORY_PAGE_MAX: usize = 256;
 
 /// Anything a shard is asked to do for a client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,7 +130,7 @@ pub struct AccountView {
 }
 
 /// The answer to one command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// The write is durable.
     Committed(Committed),
@@ -126,6 +143,8 @@ pub enum Response {
     Account(AccountView),
     /// An open hold.
     Hold(HoldView),
+    /// An account's recent postings, newest first.
+    History(Vec<HistoryEntry>),
 }
 
 impl Response {

@@ -15,6 +15,7 @@
 
 pub mod account;
 pub mod command;
+pub mod history;
 pub mod record;
 pub mod registry;
 mod retained;
@@ -28,7 +29,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use self::account::{Account, AccountFlags, AccountId, AssetId, ClassId, Namespace};
 use self::command::{AccountView, Committed, HoldView};
-use self::record::{Body, Posting, Record, TransferIn, TransferOut, TransferSettle, TxHeader};
+use self::history::{History, HistoryEntry, NO_ENTRY};
+use self::record::{
+    Body, Posting, Postings, Record, Reversal, TransferIn, TransferOut, TransferSettle, TxHeader,
+    TxKind,
+};
 use self::registry::{AssetDef, ClassDef, Registry};
 use self::retained::Retained;
 use self::table::AccountTable;
@@ -257,8 +262,44 @@ pub struct Ledger {
     transfers_in_last: Vec<u64>,
     /// Incoming transfers whose credit was refused, by `(source shard, sequence)`.
     transfers_in_refused: BTreeSet<(ShardId, u64)>,
+    /// Recent postings of customer accounts (history, reversal).
+    history: History,
     /// Scratch: the undo log of the record being applied. Empty between records.
     undo: Vec<Undo>,
+    /// Scratch: history entries of the record being applied, appended when it commits.
+    history_pending: Vec<PendingEntry>,
+    /// Scratch: which posting of how many `move_value` is applying, and whether the record can
+    /// be reversed.
+    posting_context: PostingContext,
+}
+
+/// A history entry waiting for its record to commit.
+#[derive(Debug, Clone, Copy)]
+struct PendingEntry {
+    account: AccountId,
+    counterparty: AccountId,
+    amount: u64,
+    flags: u8,
+    posting: u8,
+    postings: u8,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct PostingContext {
+    index: u8,
+    count: u8,
+    reversible: bool,
+}
+
+impl PostingContext {
+    fn single() -> PostingContext {
+        PostingContext { index: 0, count: 1, reversible: false }
+    }
+
+    fn of(index: usize, count: usize, reversible: bool) -> PostingContext {
+        let narrow = |value: usize| u8::try_from(value).expect("postings are at most 64");
+        PostingContext { index: narrow(index), count: narrow(count), reversible }
+    }
 }
 
 impl PartialEq for Ledger {
@@ -278,6 +319,8 @@ impl PartialEq for Ledger {
             && self.transfers_out_next == other.transfers_out_next
             && self.transfers_in_last == other.transfers_in_last
             && self.transfers_in_refused == other.transfers_in_refused
+            && self.history == other.history
+            && self.accounts.iter().all(|(id, _)| self.history_head(id) == other.history_head(id))
     }
 }
 
@@ -302,7 +345,10 @@ impl Ledger {
             transfers_out_next: vec![1; shards],
             transfers_in_last: vec![0; shards],
             transfers_in_refused: BTreeSet::new(),
+            history: History::new(config.limits.history_entries_max),
             undo: Vec::new(),
+            history_pending: Vec::new(),
+            posting_context: PostingContext::default(),
             config,
         }
     }
@@ -448,7 +494,9 @@ impl Ledger {
                 touch(*source);
                 touch(*destination);
             }
-            command::Operation::Capture { .. } | command::Operation::Void { .. } => {}
+            command::Operation::Capture { .. }
+            | command::Operation::Void { .. }
+            | command::Operation::Reverse { .. } => {}
         }
     }
 
@@ -514,6 +562,7 @@ impl Ledger {
             Body::TransferOut(transfer) => self.apply_transfer_out(transfer, record.lsn),
             Body::TransferIn(transfer) => self.apply_transfer_in(transfer),
             Body::TransferSettle(settle) => self.apply_transfer_settle(settle),
+            Body::Reversal(reversal) => self.apply_reversal(reversal),
             Body::AssetDefine(define) => self.registry.define_asset(AssetDef {
                 id: define.id,
                 code: define.code.clone(),
@@ -555,6 +604,15 @@ impl Ledger {
                     return Err(RejectCode::HoldTimeoutInvalid);
                 }
                 Ok(())
+            }
+            Body::Reversal(reversal) => {
+                if reversal.postings.is_empty() {
+                    return Err(RejectCode::PostingsEmpty);
+                }
+                if reversal.postings.len() > self.config.limits.transaction_postings_max {
+                    return Err(RejectCode::PostingsTooMany);
+                }
+                reversal.postings.iter().try_for_each(|posting| self.check_posting(posting))
             }
             Body::TransferOut(transfer) => {
                 let asset = self.check_transfer(
@@ -605,6 +663,7 @@ impl Ledger {
         }
         self.undo.clear();
         let now = record.timestamp;
+        self.append_history(record);
         if let Body::AssetDefine(_) = record.body {
             self.totals.push(AssetTotals::default());
             assert_eq!(self.totals.len(), self.registry.assets().len());
@@ -626,6 +685,7 @@ impl Ledger {
     }
 
     fn rollback(&mut self) {
+        self.history_pending.clear();
         while let Some(undo) = self.undo.pop() {
             match undo {
                 Undo::Account { id, before: Some(account) } => {
@@ -669,7 +729,8 @@ impl Ledger {
     }
 
     fn apply_transaction(&mut self, postings: &[Posting]) -> Result<(), RejectCode> {
-        for posting in postings {
+        for (index, posting) in postings.iter().enumerate() {
+            self.posting_context = PostingContext::of(index, postings.len(), true);
             let amount = posting.amount.wide();
             self.move_value(posting.debit, posting.credit, posting.asset, Leg::Post(amount))?;
         }
@@ -685,6 +746,7 @@ impl Ledger {
         if self.holds.len() >= self.config.limits.holds_open_max {
             return Err(RejectCode::HoldsFull);
         }
+        self.posting_context = PostingContext::single();
         let amount = posting.amount.wide();
         self.move_value(posting.debit, posting.credit, posting.asset, Leg::Reserve(amount))?;
         // A hold id is a fresh transaction id: it cannot collide with an open hold.
@@ -723,6 +785,7 @@ impl Ledger {
             return Err(RejectCode::CaptureExceedsHold);
         }
         let posting = hold.posting;
+        self.posting_context = PostingContext::single();
         self.move_value(
             posting.debit,
             posting.credit,
@@ -750,6 +813,7 @@ impl Ledger {
         };
         let posting = hold.posting;
         let held = posting.amount.wide();
+        self.posting_context = PostingContext::single();
         self.move_value(posting.debit, posting.credit, posting.asset, Leg::Release(held))?;
         self.close_hold(id, &hold, closure, now);
         Ok(())
@@ -797,6 +861,7 @@ impl Ledger {
         let next = &self.transfers_out_next[transfer.destination_shard.as_usize()];
         assert_eq!(transfer.sequence, *next, "transfer sequences are assigned in order");
         let transit = AccountId::transit(asset);
+        self.posting_context = PostingContext::single();
         self.move_value(transfer.source, transit, asset, Leg::Post(transfer.amount.wide()))?;
         self.transfers_out_next[transfer.destination_shard.as_usize()] += 1;
         self.transfers_out.insert(
@@ -824,6 +889,7 @@ impl Ledger {
         if transfer.accepted {
             let transit = AccountId::transit(transfer.asset);
             let amount = Leg::Post(transfer.amount.wide());
+            self.posting_context = PostingContext::single();
             self.move_value(transit, transfer.destination, transfer.asset, amount)?;
         } else {
             self.transfers_in_refused.insert((transfer.source_shard, transfer.sequence));
@@ -838,6 +904,7 @@ impl Ledger {
         if !settle.accepted {
             let transit = AccountId::transit(transfer.asset);
             let amount = Leg::Post(transfer.amount.wide());
+            self.posting_context = PostingContext::single();
             self.move_value(transit, transfer.source, transfer.asset, amount)?;
         }
         self.transfers_out.remove(&key);
@@ -852,8 +919,8 @@ impl Ledger {
         asset: AssetId,
         leg: Leg,
     ) -> Result<(), RejectCode> {
-        self.change_account(debit, Side::Debit, leg)?;
-        self.change_account(credit, Side::Credit, leg)?;
+        let debit_namespace = self.change_account(debit, Side::Debit, leg)?;
+        let credit_namespace = self.change_account(credit, Side::Credit, leg)?;
         let index = usize::from(asset.0);
         let before = self.totals[index];
         let mut after = before;
@@ -863,11 +930,183 @@ impl Ledger {
             .ok_or(RejectCode::Overflow)?;
         self.undo.push(Undo::Totals { asset, before });
         self.totals[index] = after;
+        let customer = |namespace| namespace == Namespace::Customer;
+        self.note_history(
+            debit,
+            credit,
+            leg,
+            [customer(debit_namespace), customer(credit_namespace)],
+        );
         Ok(())
     }
 
-    fn change_account(&mut self, id: AccountId, side: Side, leg: Leg) -> Result<(), RejectCode> {
-        let (_, flags, _) = self.registry.account_terms(id).expect("checked before posting");
+    /// Queues the history entries of a posting (one per customer account it touches).
+    /// `customers`: whether the debit and the credit account are customer accounts.
+    fn note_history(
+        &mut self,
+        debit: AccountId,
+        credit: AccountId,
+        leg: Leg,
+        customers: [bool; 2],
+    ) {
+        let (amount, kind) = match leg {
+            Leg::Post(amount) => (amount, 0),
+            Leg::Reserve(amount) => (amount, HistoryEntry::HOLD),
+            Leg::Capture { captured, .. } => (captured, 0),
+            Leg::Release(held) => (held, HistoryEntry::RELEASE),
+        };
+        let amount = u64::try_from(amount).expect("amounts of postings fit in u64");
+        let context = self.posting_context;
+        let reversible = if context.reversible { HistoryEntry::REVERSIBLE } else { 0 };
+        for (account, counterparty, side, customer) in
+            [(debit, credit, 0, customers[0]), (credit, debit, HistoryEntry::CREDIT, customers[1])]
+        {
+            if customer {
+                self.history_pending.push(PendingEntry {
+                    account,
+                    counterparty,
+                    amount,
+                    flags: kind | side | reversible,
+                    posting: context.index,
+                    postings: context.count,
+                });
+            }
+        }
+    }
+
+    /// Appends the queued history entries of a committed record.
+    fn append_history(&mut self, record: &Record) {
+        if self.history_pending.is_empty() {
+            return;
+        }
+        let kind = match &record.body {
+            Body::TransferIn(_) | Body::TransferSettle(_) => TxKind::TRANSFER,
+            body => body.header().map_or(TxKind::GENERIC, |header| header.kind),
+        };
+        let tx_id = record.body.tx_id().expect("records that post are transactions");
+        let mut pending = std::mem::take(&mut self.history_pending);
+        for entry in pending.drain(..) {
+            let sequence = self.history.next_sequence();
+            let head = self.accounts.replace_history_head(&entry.account, sequence);
+            // A forgotten predecessor is written as none, so that a ledger restored from a
+            // snapshot (which knows no forgotten heads) writes the same entries.
+            let previous = if self.history.get(head).is_some() { head } else { NO_ENTRY };
+            let pushed = self.history.push(HistoryEntry {
+                tx_id,
+                timestamp: record.timestamp,
+                kind,
+                account: entry.account,
+                counterparty: entry.counterparty,
+                amount: entry.amount,
+                flags: entry.flags,
+                posting: entry.posting,
+                postings: entry.postings,
+                previous,
+            });
+            assert_eq!(pushed, sequence);
+        }
+        self.history_pending = pending;
+    }
+
+    /// The sequence of an account's newest history entry the ring still holds. A head that
+    /// points at a forgotten entry is the same as none: a ledger restored from a snapshot
+    /// only knows the heads of the entries it restored.
+    fn history_head(&self, id: &AccountId) -> Option<u64> {
+        let head = self.accounts.history_head(id);
+        self.history.get(head).is_some().then_some(head)
+    }
+
+    /// History entries remembered (at most `history_capacity`).
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    /// History entries remembered at most (`Limits::history_entries_max`).
+    pub fn history_capacity(&self) -> usize {
+        self.history.capacity()
+    }
+
+    /// The most recent history entries of an account, newest first, at most `limit`.
+    pub fn history_of(&self, account: AccountId, limit: usize) -> Vec<HistoryEntry> {
+        let mut entries = Vec::with_capacity(limit.min(64));
+        let mut sequence = self.accounts.history_head(&account);
+        while entries.len() < limit {
+            match self.history.get(sequence) {
+                Some(entry) if entry.account == account => {
+                    entries.push(*entry);
+                    sequence = entry.previous;
+                }
+                _ => break,
+            }
+        }
+        entries
+    }
+
+    /// The postings that reverse transaction `original`: its own, debit and credit swapped.
+    /// Refused when the transaction is not in the shard's history any more, is not a plain
+    /// transaction touching customers with each of its postings, or was reversed already.
+    pub fn reversal_postings(&self, original: TxId) -> Result<Postings, RejectCode> {
+        let sequences = self.history.entries_of(original);
+        if sequences.is_empty() {
+            return Err(RejectCode::TransactionNotFound);
+        }
+        let first = self.history.get(sequences.start).ok_or(RejectCode::TransactionNotFound)?;
+        assert_eq!(first.tx_id, original, "entries_of finds the transaction's entries");
+        let mut postings: Vec<Option<Posting>> = vec![None; usize::from(first.postings)];
+        for sequence in sequences {
+            let entry = self.history.get(sequence).ok_or(RejectCode::TransactionNotFound)?;
+            if !entry.has(HistoryEntry::REVERSIBLE) {
+                return Err(RejectCode::TransactionNotReversible);
+            }
+            if entry.has(HistoryEntry::REVERSED) {
+                return Err(RejectCode::AlreadyReversed);
+            }
+            let (asset, _, _) =
+                self.registry.account_terms(entry.account).ok_or(RejectCode::ClassUnknown)?;
+            let amount = Amount::new(entry.amount).ok_or(RejectCode::AmountZero)?;
+            // The reversing posting: the original's, the other way round.
+            let (debit, credit) = if entry.has(HistoryEntry::CREDIT) {
+                (entry.account, entry.counterparty)
+            } else {
+                (entry.counterparty, entry.account)
+            };
+            let slot = postings
+                .get_mut(usize::from(entry.posting))
+                .ok_or(RejectCode::TransactionNotReversible)?;
+            *slot = Some(Posting { debit, credit, asset, amount });
+        }
+        postings
+            .into_iter()
+            .map(|posting| posting.ok_or(RejectCode::TransactionNotReversible))
+            .collect()
+    }
+
+    fn apply_reversal(&mut self, reversal: &Reversal) -> Result<(), RejectCode> {
+        let expected = self.reversal_postings(reversal.original)?;
+        if expected != reversal.postings {
+            return Err(RejectCode::TransactionNotReversible);
+        }
+        for (index, posting) in reversal.postings.iter().enumerate() {
+            self.posting_context = PostingContext::of(index, reversal.postings.len(), false);
+            let amount = Leg::Post(posting.amount.wide());
+            self.move_value(posting.debit, posting.credit, posting.asset, amount)?;
+        }
+        // Last, once nothing can fail any more: the original is reversed.
+        for sequence in self.history.entries_of(reversal.original) {
+            self.history.mark(sequence, HistoryEntry::REVERSED);
+        }
+        Ok(())
+    }
+
+    /// Applies one side of a posting to an account; returns the account's namespace.
+    fn change_account(
+        &mut self,
+        id: AccountId,
+        side: Side,
+        leg: Leg,
+    ) -> Result<Namespace, RejectCode> {
+        let (_, flags, namespace) =
+            self.registry.account_terms(id).expect("checked before posting");
         let apply = |account: &mut Account| -> Result<(), RejectCode> {
             let changed = match side {
                 Side::Debit => leg.apply(&mut account.debits_pending, &mut account.debits_posted),
@@ -896,7 +1135,7 @@ impl Ledger {
             self.accounts.insert(id, after);
             self.undo.push(Undo::Account { id, before: None });
         }
-        Ok(())
+        Ok(namespace)
     }
 
     /// Recomputes every asset's sums from the accounts and checks them against the running

@@ -261,6 +261,19 @@ pub struct TransferSettle {
     pub accepted: bool,
 }
 
+/// A reversal: the postings of an earlier transaction, debit and credit swapped, which marks
+/// that transaction reversed. Only a plain transaction whose every posting touches a customer
+/// account, still in the shard's history, can be reversed, and only once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reversal {
+    /// Id, kind, idempotency and metadata of the reversal itself.
+    pub header: TxHeader,
+    /// The transaction reversed.
+    pub original: TxId,
+    /// The offsetting postings.
+    pub postings: Postings,
+}
+
 /// Definition of an asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetDefine {
@@ -306,6 +319,8 @@ pub enum Body {
     TransferIn(TransferIn),
     /// Step 3 of a cross-shard transfer.
     TransferSettle(TransferSettle),
+    /// An earlier transaction was reversed.
+    Reversal(Reversal),
     /// An asset was defined.
     AssetDefine(AssetDefine),
     /// An account class was defined.
@@ -332,6 +347,8 @@ pub enum RecordKind {
     TransferIn = 7,
     /// `Body::TransferSettle`.
     TransferSettle = 8,
+    /// `Body::Reversal` (format version 2).
+    Reversal = 9,
     /// `Body::AssetDefine`.
     AssetDefine = 16,
     /// `Body::ClassDefine`.
@@ -350,6 +367,7 @@ impl RecordKind {
             6 => RecordKind::TransferOut,
             7 => RecordKind::TransferIn,
             8 => RecordKind::TransferSettle,
+            9 => RecordKind::Reversal,
             16 => RecordKind::AssetDefine,
             17 => RecordKind::ClassDefine,
             _ => return None,
@@ -367,6 +385,7 @@ impl RecordKind {
             RecordKind::TransferOut => "transfer_out",
             RecordKind::TransferIn => "transfer_in",
             RecordKind::TransferSettle => "transfer_settle",
+            RecordKind::Reversal => "reversal",
             RecordKind::AssetDefine => "asset_define",
             RecordKind::ClassDefine => "class_define",
         }
@@ -385,6 +404,7 @@ impl Body {
             Body::TransferOut(_) => RecordKind::TransferOut,
             Body::TransferIn(_) => RecordKind::TransferIn,
             Body::TransferSettle(_) => RecordKind::TransferSettle,
+            Body::Reversal(_) => RecordKind::Reversal,
             Body::AssetDefine(_) => RecordKind::AssetDefine,
             Body::ClassDefine(_) => RecordKind::ClassDefine,
         }
@@ -398,6 +418,7 @@ impl Body {
             Body::HoldCapture(capture) => Some(&capture.header),
             Body::HoldVoid(void) => Some(&void.header),
             Body::TransferOut(transfer) => Some(&transfer.header),
+            Body::Reversal(reversal) => Some(&reversal.header),
             Body::HoldExpire(_)
             | Body::TransferIn(_)
             | Body::TransferSettle(_)

@@ -6,6 +6,8 @@
 
 use super::account::{Account, AccountFlags, AccountId, AssetId, Name, Namespace};
 use super::command::Committed;
+use super::history::{HistoryEntry, NO_ENTRY};
+use super::record::TxKind;
 use super::registry::{AssetDef, ClassDef};
 use super::{
     AssetTotals, Hold, HoldClosure, IdempotencyEntry, Ledger, LedgerConfig, OutboundTransfer,
@@ -64,7 +66,12 @@ pub struct StateCapture {
     transfers_out_next: Vec<u64>,
     transfers_in_last: Vec<u64>,
     transfers_in_refused: Vec<(ShardId, u64)>,
+    history_first: u64,
+    history: Vec<HistoryEntry>,
 }
+
+/// Bytes of an encoded history entry.
+const HISTORY_ENTRY_BYTES: usize = 8 + 8 + 2 + 12 + 12 + 8 + 1 + 1 + 1 + 8;
 
 /// Fills `vector` to `capacity` and empties it again: the memory is allocated and every page
 /// written once, so later pushes up to `capacity` neither allocate nor fault.
@@ -95,12 +102,14 @@ impl StateCapture {
             transfers_out_next: Vec::new(),
             transfers_in_last: Vec::new(),
             transfers_in_refused: Vec::new(),
+            history_first: 0,
+            history: Vec::new(),
         }
     }
 
-    /// A capture with room for `accounts` accounts and `keys` idempotency keys, allocated and
-    /// faulted in. Made by the snapshotter, off the shard thread.
-    pub fn prepared(accounts: usize, keys: usize) -> StateCapture {
+    /// A capture with room for `accounts` accounts, `keys` idempotency keys and `history`
+    /// history entries, allocated and faulted in. Made by the snapshotter, off the shard thread.
+    pub fn prepared(accounts: usize, keys: usize, history: usize) -> StateCapture {
         let mut capture = StateCapture::empty(ShardId::new(0).expect("shard 0"));
         prefault(
             &mut capture.accounts,
@@ -111,6 +120,20 @@ impl StateCapture {
         let committed = Committed { tx_id: TxId(0), lsn: Lsn::ZERO, timestamp: Timestamp(0) };
         let entry = IdempotencyEntry { fingerprint: 0, committed };
         prefault(&mut capture.idempotency, keys, (Timestamp(0), (TerminalId(0), key), entry));
+        let account = AccountId::new(super::account::ClassId(0), 0);
+        let filler = HistoryEntry {
+            tx_id: TxId(0),
+            timestamp: Timestamp(0),
+            kind: TxKind::GENERIC,
+            account,
+            counterparty: account,
+            amount: 0,
+            flags: 0,
+            posting: 0,
+            postings: 0,
+            previous: NO_ENTRY,
+        };
+        prefault(&mut capture.history, history, filler);
         capture
     }
 
@@ -142,6 +165,12 @@ impl StateCapture {
     /// Appends the canonical encoding (docs/snapshot-format.md, "Body") to `out`. Sorts the
     /// accounts and holds in place.
     pub fn encode(&mut self, out: &mut Vec<u8>) {
+        self.encode_version(out, crate::snapshot::SNAPSHOT_VERSION);
+    }
+
+    /// The encoding of snapshot format `version` (1: without the history section), so that
+    /// tools can compare an old snapshot with a replayed state.
+    pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
         self.holds.sort_unstable_by_key(|(id, _)| *id);
         let mut encoder = Encoder::new(out);
@@ -221,6 +250,24 @@ impl StateCapture {
             encoder.u16(shard.index());
             encoder.u64(*sequence);
         }
+
+        if version < 2 {
+            return;
+        }
+        encoder.u64(self.history_first);
+        encoder.u64(length(self.history.len()));
+        for entry in &self.history {
+            encoder.u64(entry.tx_id.0);
+            encoder.u64(entry.timestamp.0);
+            encoder.u16(entry.kind.0);
+            encode_account_id(&mut encoder, entry.account);
+            encode_account_id(&mut encoder, entry.counterparty);
+            encoder.u64(entry.amount);
+            encoder.u8(entry.flags);
+            encoder.u8(entry.posting);
+            encoder.u8(entry.postings);
+            encoder.u64(entry.previous);
+        }
     }
 }
 
@@ -253,6 +300,11 @@ impl Ledger {
         capture.transfers_in_last.clone_from(&self.transfers_in_last);
         capture.transfers_in_refused.clear();
         capture.transfers_in_refused.extend(self.transfers_in_refused.iter().copied());
+        capture.history.clear();
+        let mut history = self.history.iter().peekable();
+        capture.history_first =
+            history.peek().map_or(self.history.next_sequence(), |(sequence, _)| *sequence);
+        capture.history.extend(history.map(|(_, entry)| *entry));
     }
 
     /// A copy of the state for a snapshot.
@@ -267,9 +319,24 @@ impl Ledger {
         self.capture().encode(out);
     }
 
-    /// Rebuilds a ledger from `encode_state` bytes. Totals are recomputed from the accounts;
-    /// the caller checks invariants afterwards.
+    /// The encoding of the state in snapshot format `version` (see `StateCapture::encode_version`).
+    pub fn encode_state_version(&self, out: &mut Vec<u8>, version: u16) {
+        self.capture().encode_version(out, version);
+    }
+
+    /// Rebuilds a ledger from `encode_state` bytes of the current snapshot version.
     pub fn decode_state(config: LedgerConfig, bytes: &[u8]) -> Result<Ledger, DecodeError> {
+        Ledger::decode_state_version(config, bytes, crate::snapshot::SNAPSHOT_VERSION)
+    }
+
+    /// Rebuilds a ledger from the body of a snapshot of format `version`. Totals are
+    /// recomputed from the accounts, and history heads from the history; the caller checks
+    /// invariants afterwards.
+    pub fn decode_state_version(
+        config: LedgerConfig,
+        bytes: &[u8],
+        version: u16,
+    ) -> Result<Ledger, DecodeError> {
         let invalid = |field: &'static str, value: u128| DecodeError::Invalid { field, value };
         let mut ledger = Ledger::new(config);
         let mut decoder = Decoder::new(bytes);
@@ -426,7 +493,68 @@ impl Ledger {
             let sequence = decoder.u64("refused transfer sequence")?;
             ledger.transfers_in_refused.insert((shard, sequence));
         }
+        // Version 1 has no history section: such a ledger starts with an empty history.
+        if version >= 2 {
+            decode_history(&mut decoder, &mut ledger)?;
+        }
         decoder.finish()?;
         Ok(ledger)
     }
+}
+
+/// Reads the history section and rebuilds the ring and each account's newest entry. Entries
+/// must be in ring order (transaction ids never decrease), name accounts that exist, and link
+/// only to older entries.
+fn decode_history(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), DecodeError> {
+    let invalid = |field: &'static str, value: u128| DecodeError::Invalid { field, value };
+    let first = decoder.u64("history first sequence")?;
+    let entries_len = count(decoder, "history count", HISTORY_ENTRY_BYTES)?;
+    let mut entries = Vec::with_capacity(entries_len);
+    for offset in 0..entries_len {
+        let sequence = first
+            .checked_add(offset as u64)
+            .filter(|sequence| *sequence != NO_ENTRY)
+            .ok_or(invalid("history sequence", u128::from(first)))?;
+        let entry = HistoryEntry {
+            tx_id: TxId(decoder.u64("history tx id")?),
+            timestamp: Timestamp(decoder.u64("history timestamp")?),
+            kind: TxKind(decoder.u16("history kind")?),
+            account: decode_account_id(decoder)?,
+            counterparty: decode_account_id(decoder)?,
+            amount: decoder.u64("history amount")?,
+            flags: decoder.u8("history flags")?,
+            posting: decoder.u8("history posting")?,
+            postings: decoder.u8("history postings")?,
+            previous: decoder.u64("history previous")?,
+        };
+        if !HistoryEntry::flags_are_known(entry.flags) {
+            return Err(invalid("history flags", u128::from(entry.flags)));
+        }
+        if entry.amount == 0 {
+            return Err(invalid("history amount", 0));
+        }
+        if entry.posting >= entry.postings {
+            return Err(invalid("history posting", u128::from(entry.posting)));
+        }
+        if entry.previous != NO_ENTRY && entry.previous >= sequence {
+            return Err(invalid("history previous", u128::from(entry.previous)));
+        }
+        if entries.last().is_some_and(|last: &HistoryEntry| last.tx_id > entry.tx_id) {
+            return Err(invalid("history order", u128::from(entry.tx_id.0)));
+        }
+        if ledger.accounts.get(&entry.account).is_none() {
+            return Err(invalid("history account", u128::from(entry.account.owner())));
+        }
+        entries.push(entry);
+    }
+    let heads: Vec<(AccountId, u64)> =
+        entries.iter().zip(first..).map(|(entry, sequence)| (entry.account, sequence)).collect();
+    if !ledger.history.restore(first, entries) {
+        return Err(invalid("history count", entries_len as u128));
+    }
+    // Later entries of an account overwrite earlier ones: each account ends at its newest.
+    for (account, sequence) in heads {
+        ledger.accounts.set_history_head(&account, sequence);
+    }
+    Ok(())
 }

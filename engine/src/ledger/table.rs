@@ -6,7 +6,8 @@
 //! address follows from the key, the shard issues prefetches for the whole batch first and the
 //! misses overlap; `HashMap` hides where a key lives until the lookup that pays the miss.
 //!
-//! Layout: a power-of-two array of slots (account id + counters, 80 bytes), linear probing,
+//! Layout: a power-of-two array of slots (account id, counters, newest history entry: 96
+//! bytes), linear probing,
 //! at most 7/8 full, deletion by backward shift (deletion only undoes a rejected record's new
 //! accounts). The hash is keyed per process, so chosen customer ids cannot be made to collide.
 //! Iteration order is the table's and never reaches disk: snapshots sort by account id.
@@ -14,6 +15,7 @@
 use std::hash::BuildHasher;
 
 use super::account::{Account, AccountId, ClassId};
+use super::history::NO_ENTRY;
 
 /// The id stored in empty slots. Class `u32::MAX` is never defined (the registry refuses it),
 /// so no real account has this id.
@@ -24,9 +26,11 @@ const SLOTS_MIN: usize = 64;
 struct Slot {
     id: AccountId,
     account: Account,
+    /// Sequence of the account's newest history entry (`history::NO_ENTRY`: none).
+    history: u64,
 }
 
-const EMPTY_SLOT: Slot = Slot { id: EMPTY, account: Account::ZERO };
+const EMPTY_SLOT: Slot = Slot { id: EMPTY, account: Account::ZERO, history: NO_ENTRY };
 
 /// A hash table of accounts with prefetchable slots.
 #[derive(Debug, Clone)]
@@ -104,10 +108,28 @@ impl AccountTable {
         match self.find(&id) {
             Ok(index) => self.slots[index].account = account,
             Err(index) => {
-                self.slots[index] = Slot { id, account };
+                self.slots[index] = Slot { id, account, history: NO_ENTRY };
                 self.len += 1;
             }
         }
+    }
+
+    /// The sequence of the account's newest history entry (`NO_ENTRY` if none).
+    pub(crate) fn history_head(&self, id: &AccountId) -> u64 {
+        self.find(id).ok().map_or(NO_ENTRY, |index| self.slots[index].history)
+    }
+
+    /// Records the account's newest history entry. The account must exist.
+    pub(crate) fn set_history_head(&mut self, id: &AccountId, sequence: u64) {
+        let index = self.find(id).expect("history entries are of existing accounts");
+        self.slots[index].history = sequence;
+    }
+
+    /// Records the account's newest history entry and returns the one before (one lookup on
+    /// the apply path). The account must exist.
+    pub(crate) fn replace_history_head(&mut self, id: &AccountId, sequence: u64) -> u64 {
+        let index = self.find(id).expect("history entries are of existing accounts");
+        std::mem::replace(&mut self.slots[index].history, sequence)
     }
 
     /// Removes `id`, shifting later slots of its probe run back so that no lookup stops early.

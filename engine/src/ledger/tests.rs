@@ -5,8 +5,8 @@ use super::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace}
 use super::command::Committed;
 use super::record::{
     AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Metadata,
-    Posting, Receipt, Record, Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
-    TxKind,
+    Posting, Receipt, Record, Reversal, Transaction, TransferIn, TransferOut, TransferSettle,
+    TxHeader, TxKind,
 };
 use super::{Ledger, LedgerConfig, Refusal};
 use crate::amount::Amount;
@@ -156,6 +156,14 @@ impl Harness {
     fn void(&mut self, hold: TxId) -> Result<Committed, Refusal> {
         let header = self.header();
         self.apply(Body::HoldVoid(HoldVoid { header, hold }))
+    }
+
+    /// A reversal of `original` as the shard builds it: its postings turned round.
+    fn reversal(&mut self, original: TxId) -> Result<Body, RejectCode> {
+        let mut header = self.header();
+        header.kind = TxKind::REVERSAL;
+        let postings = self.ledger.reversal_postings(original)?;
+        Ok(Body::Reversal(Reversal { header, original, postings }))
     }
 
     fn balance(&self, account: AccountId) -> i128 {
@@ -627,6 +635,110 @@ fn definitions_must_come_in_order_and_not_repeat() {
 }
 
 #[test]
+fn history_lists_an_accounts_postings_newest_first() {
+    let mut harness = Harness::new();
+    let earn = harness.earn(1, 1_000).tx_id;
+    harness.earn(2, 7);
+    let redeem = harness.posting(harness.customer(1), harness.house(harness.redemption), 300);
+    let redeem = harness.post(smallvec::smallvec![redeem]).unwrap().tx_id;
+    let hold = harness.hold(1, 100, 60 * SECOND).unwrap().tx_id;
+    harness.void(hold).unwrap();
+    let customer = harness.customer(1);
+
+    let history = harness.ledger.history_of(customer, 10);
+    let seen: Vec<(TxId, i128, u8)> =
+        history.iter().map(|entry| (entry.tx_id, entry.posted_delta(), entry.flags)).collect();
+    use super::history::HistoryEntry as E;
+    assert_eq!(
+        seen,
+        vec![
+            // The void releases the reservation (the account is the hold's debit side).
+            (history[0].tx_id, 0, E::RELEASE),
+            (hold, 0, E::HOLD),
+            (redeem, -300, E::REVERSIBLE),
+            (earn, 1_000, E::CREDIT | E::REVERSIBLE),
+        ]
+    );
+    assert!(history.iter().all(|entry| entry.account == customer));
+    assert_eq!(history[3].counterparty, harness.house(harness.issuance));
+    assert_eq!(harness.ledger.history_of(customer, 2).len(), 2);
+    assert_eq!(harness.ledger.history_of(harness.customer(2), 10).len(), 1);
+    assert!(harness.ledger.history_of(harness.customer(3), 10).is_empty());
+    // House accounts keep no history: they would crowd every customer out of the ring.
+    assert!(harness.ledger.history_of(harness.house(harness.issuance), 10).is_empty());
+}
+
+#[test]
+fn the_history_forgets_the_oldest_entries_beyond_its_capacity() {
+    let mut harness = Harness::new();
+    let capacity = Limits::test_min().history_entries_max;
+    let first = harness.earn(1, 1).tx_id;
+    for _ in 0..capacity {
+        harness.earn(2, 1);
+    }
+    // Customer 1's only entry was pushed out; customer 2's newest `capacity` remain.
+    assert!(harness.ledger.history_of(harness.customer(1), 10).is_empty());
+    assert_eq!(harness.ledger.history_of(harness.customer(2), 1_000).len(), capacity);
+    assert_eq!(harness.reversal(first), Err(RejectCode::TransactionNotFound));
+    assert_eq!(harness.ledger.history_len(), capacity);
+}
+
+#[test]
+fn a_reversal_posts_the_original_the_other_way_round_once() {
+    let mut harness = Harness::new();
+    let issuance = harness.house(harness.issuance);
+    let both = smallvec::smallvec![
+        harness.posting(issuance, harness.customer(1), 100),
+        harness.posting(issuance, harness.customer(2), 40),
+    ];
+    let original = harness.post(both).unwrap().tx_id;
+    assert_eq!(harness.balance(harness.customer(1)), 100);
+
+    let reversal = harness.reversal(original).unwrap();
+    let Body::Reversal(built) = &reversal else { unreachable!() };
+    assert_eq!(built.postings.len(), 2);
+    assert_eq!(built.postings[0].debit, harness.customer(1));
+    assert_eq!(built.postings[0].credit, issuance);
+    let reversed = harness.apply(reversal).unwrap();
+    assert_eq!(harness.balance(harness.customer(1)), 0);
+    assert_eq!(harness.balance(harness.customer(2)), 0);
+    assert_eq!(harness.balance(issuance), 0);
+    // Marked in the history, and not twice.
+    let entries = harness.ledger.history_of(harness.customer(1), 10);
+    assert_eq!(entries[0].tx_id, reversed.tx_id);
+    assert!(!entries[0].has(super::history::HistoryEntry::REVERSIBLE));
+    assert!(entries[1].has(super::history::HistoryEntry::REVERSED));
+    assert_eq!(harness.reversal(original), Err(RejectCode::AlreadyReversed));
+    // A reversal itself cannot be reversed (reverse the original again instead).
+    assert_eq!(harness.reversal(reversed.tx_id), Err(RejectCode::TransactionNotReversible));
+}
+
+#[test]
+fn refused_reversals_change_nothing() {
+    let mut harness = Harness::new();
+    let earn = harness.earn(1, 100).tx_id;
+    let hold = harness.hold(1, 30, 60 * SECOND).unwrap().tx_id;
+    let capture = harness.capture(hold, None).unwrap().tx_id;
+    assert_eq!(harness.reversal(TxId(12_345)), Err(RejectCode::TransactionNotFound));
+    assert_eq!(harness.reversal(capture), Err(RejectCode::TransactionNotReversible));
+    assert_eq!(harness.reversal(hold), Err(RejectCode::TransactionNotReversible));
+
+    // The customer spent 30 of the 100: taking the 100 back would overdraw the account.
+    let reversal = harness.reversal(earn).unwrap();
+    harness.assert_rejected(reversal, RejectCode::InsufficientFunds);
+
+    // A record whose postings are not the original's turned round is refused at apply (the
+    // second path of the check: a WAL record can only reverse what the history holds).
+    harness.earn(1, 500);
+    let Body::Reversal(mut forged) = harness.reversal(earn).unwrap() else { unreachable!() };
+    forged.postings[0].amount = amount(99);
+    harness.assert_rejected(Body::Reversal(forged), RejectCode::TransactionNotReversible);
+    let reversal = harness.reversal(earn).unwrap();
+    harness.apply(reversal).unwrap();
+    assert_eq!(harness.balance(harness.customer(1)), 100 - 30 + 500 - 100);
+}
+
+#[test]
 fn state_encoding_round_trips() {
     let mut harness = Harness::new();
     harness.earn(1, 1_000);
@@ -634,6 +746,9 @@ fn state_encoding_round_trips() {
     let hold = harness.hold(1, 100, 60 * SECOND).unwrap().tx_id;
     harness.capture(hold, Some(10)).unwrap();
     harness.hold(2, 5, 60 * SECOND).unwrap();
+    let earn = harness.earn(3, 70).tx_id;
+    let reversal = harness.reversal(earn).unwrap();
+    harness.apply(reversal).unwrap();
     let bytes = harness.state();
     let decoded = Ledger::decode_state(harness.ledger.config().clone(), &bytes).unwrap();
     assert!(decoded == harness.ledger);
@@ -644,4 +759,33 @@ fn state_encoding_round_trips() {
     for len in [0, 10, bytes.len() / 2, bytes.len() - 1] {
         assert!(Ledger::decode_state(harness.ledger.config().clone(), &bytes[..len]).is_err());
     }
+}
+
+#[test]
+fn a_wrapped_history_round_trips_and_keeps_working_after_decoding() {
+    let mut harness = Harness::new();
+    let capacity = Limits::test_min().history_entries_max;
+    for customer in 0..(capacity as u64 + capacity as u64 / 2) {
+        harness.earn(customer % 5, 1);
+    }
+    let bytes = harness.state();
+    let mut decoded = Ledger::decode_state(harness.ledger.config().clone(), &bytes).unwrap();
+    assert!(decoded == harness.ledger);
+    for customer in 0..5 {
+        let account = harness.customer(customer);
+        assert_eq!(decoded.history_of(account, 100), harness.ledger.history_of(account, 100));
+    }
+    // Both go on identically: the decoded ring wraps at another position but answers the same.
+    let earn = harness.earn(4, 9).tx_id;
+    let mut payload_bytes = Vec::new();
+    let header = TxHeader { id: earn, ..harness.header_with_key(999_999) };
+    let posting = harness.posting(harness.house(harness.issuance), harness.customer(4), 9);
+    let body = Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] });
+    payload::encode_body(&body, &mut payload_bytes);
+    let fingerprint = payload::fingerprint(body.kind(), &payload_bytes);
+    let record = Record { lsn: decoded.lsn().next(), timestamp: harness.now, body };
+    decoded.apply(&record, fingerprint).unwrap();
+    let account = harness.customer(4);
+    assert_eq!(decoded.history_of(account, 3)[0].tx_id, earn);
+    assert_eq!(decoded.history_of(account, 3)[0].amount, 9);
 }

@@ -17,12 +17,14 @@ use super::snapshotter::{Snapshotter, SnapshotterJob};
 use super::writer::{Batch, WriterJob, WriterThread};
 use super::{Control, Input, PeerMessage, ReplySink, ShardShared, ShardTuning};
 use crate::clock::Clock;
+use crate::ids::TxId;
 use crate::ids::{CustomerId, Lsn, ShardId, Timestamp, shard_for_customer};
 use crate::ledger::account::Namespace;
+use crate::ledger::command::HISTORY_PAGE_MAX;
 use crate::ledger::command::{Command, Committed, Operation, Query, Request, Response};
 use crate::ledger::record::{
-    Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Posting, Record, Transaction, TransferIn,
-    TransferOut, TransferSettle, TxHeader,
+    Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Posting, Postings, Record, Reversal,
+    Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
 };
 use crate::ledger::registry::Registry;
 use crate::ledger::{Ledger, LedgerConfig, Refusal, StateCapture};
@@ -375,6 +377,10 @@ impl ShardActor {
                 Some(view) => Response::Hold(view),
                 None => Response::Rejected(RejectCode::HoldNotFound),
             },
+            Query::History { account, limit } => {
+                let limit = usize::from(limit).min(HISTORY_PAGE_MAX);
+                Response::History(self.ledger.history_of(account, limit))
+            }
         }
     }
 
@@ -398,6 +404,10 @@ impl ShardActor {
                 Body::HoldCapture(HoldCapture { header, hold, amount })
             }
             Operation::Void { hold } => Body::HoldVoid(HoldVoid { header, hold }),
+            Operation::Reverse { original } => match self.ledger.reversal_postings(original) {
+                Ok(postings) => Body::Reversal(Reversal { header, original, postings }),
+                Err(code) => return Some(self.refuse_reversal(header, original, code)),
+            },
             Operation::Transfer { source, destination, amount } => {
                 match self.transfer_body(header, source, destination, amount) {
                     Ok(body) => body,
@@ -424,6 +434,24 @@ impl ShardActor {
             Ok(committed) => Some(Response::Committed(committed)),
             Err(Refusal::Duplicate(committed)) => Some(Response::Duplicate(committed)),
             Err(Refusal::Rejected(code)) => Some(Response::Rejected(code)),
+        }
+    }
+
+    /// The answer to a reversal that cannot be built. A retry of a reversal that committed
+    /// finds its original reversed already: it is answered as the duplicate it is (or as a
+    /// conflict, if its key was used for something else) before the refusal.
+    fn refuse_reversal(&self, header: TxHeader, original: TxId, code: RejectCode) -> Response {
+        let Some(key) = header.idempotency else {
+            return Response::Rejected(RejectCode::IdempotencyKeyMissing);
+        };
+        let probe = Body::Reversal(Reversal { header, original, postings: Postings::new() });
+        let mut bytes = Vec::new();
+        payload::encode_body(&probe, &mut bytes);
+        let fingerprint = payload::fingerprint(probe.kind(), &bytes);
+        match self.ledger.idempotent_result(header.terminal, key, fingerprint, self.now) {
+            Ok(Some(committed)) => Response::Duplicate(committed),
+            Ok(None) => Response::Rejected(code),
+            Err(conflict) => Response::Rejected(conflict),
         }
     }
 
@@ -597,9 +625,13 @@ impl ShardActor {
             self.shared.snapshot_in_progress.store(true, Ordering::Release);
             let accounts = self.ledger.account_count();
             let keys = self.ledger.idempotency_stats().0;
+            let history = self.ledger.history_len();
             let prepare = SnapshotterJob::Prepare {
                 accounts: accounts + accounts / 8 + 1024,
                 keys: keys + keys / 8 + 1024,
+                // The ring only grows up to its capacity; a little room covers the batches
+                // applied before the capture.
+                history: (history + history / 8 + 1024).min(self.ledger.history_capacity()),
             };
             if self
                 .snapshotter

@@ -34,9 +34,10 @@ pub(crate) struct SnapshotJob {
 
 /// What the snapshotter is asked to do.
 pub(crate) enum SnapshotterJob {
-    /// Prepare a capture buffer with room for this many accounts and idempotency keys, and
+    /// Prepare a capture buffer with room for this many accounts, idempotency keys and history
+    /// entries, and
     /// send it back to the shard.
-    Prepare { accounts: usize, keys: usize },
+    Prepare { accounts: usize, keys: usize, history: usize },
     /// Write this captured state (sent by the WAL writer once the WAL covers it).
     Write(SnapshotJob),
 }
@@ -55,8 +56,8 @@ impl Snapshotter {
     pub(crate) fn run(self) {
         while let Ok(job) = self.jobs.recv() {
             let job = match job {
-                SnapshotterJob::Prepare { accounts, keys } => {
-                    let capture = Box::new(StateCapture::prepared(accounts, keys));
+                SnapshotterJob::Prepare { accounts, keys, history } => {
+                    let capture = Box::new(StateCapture::prepared(accounts, keys, history));
                     let _ = self.prepared.try_send(capture);
                     continue;
                 }

@@ -126,6 +126,16 @@ impl Loyalty {
         self.request(key, TxKind::REDEEM, Operation::Void { hold })
     }
 
+    /// Reverse an earlier transaction.
+    pub fn reverse(&self, key: u128, original: TxId) -> Command {
+        self.request(key, TxKind::REVERSAL, Operation::Reverse { original })
+    }
+
+    /// Read a customer's recent history.
+    pub fn history_query(&self, customer: u64, limit: u16) -> Command {
+        Command::Read(Query::History { account: self.customer(customer), limit })
+    }
+
     /// Read a customer's account.
     pub fn balance_query(&self, customer: u64) -> Command {
         Command::Read(Query::Account(self.customer(customer)))

@@ -11,7 +11,11 @@ use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::limits::RECORD_BYTES_MAX;
 
 /// Version of the segment and record format. Version history: docs/wal-format.md.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The oldest format version readers still accept. Version 2 only added a record kind
+/// (`Reversal`), so a version 1 segment reads as it always did.
+pub const FORMAT_VERSION_MIN: u16 = 1;
 
 /// A SHA-256 digest: the link of the hash chain.
 pub type Hash = [u8; 32];
@@ -125,7 +129,7 @@ impl SegmentHeader {
             return Err(HeaderError::Checksum);
         }
         let version = u16::from_le_bytes(field(bytes, SEGMENT_VERSION_OFFSET));
-        if version != FORMAT_VERSION {
+        if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
             return Err(HeaderError::Version(version));
         }
         let reserved_zero = u16::from_le_bytes(field(bytes, SEGMENT_RESERVED_A_OFFSET)) == 0

@@ -11,8 +11,8 @@ use crate::ids::{IdempotencyKey, ShardId, TerminalId, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
 use crate::ledger::record::{
     AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Metadata,
-    Posting, Receipt, RecordKind, Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
-    TxKind,
+    Posting, Receipt, RecordKind, Reversal, Transaction, TransferIn, TransferOut, TransferSettle,
+    TxHeader, TxKind,
 };
 use crate::limits::{NAME_BYTES_MAX, RECEIPT_BYTES_MAX, TRANSACTION_POSTINGS_MAX};
 
@@ -22,6 +22,10 @@ pub const FINGERPRINT_OFFSET: usize = 28;
 
 /// Bytes of an encoded posting.
 pub const POSTING_BYTES: usize = 12 + 12 + 2 + 8;
+
+/// Offset of the receipt's length byte in a client header: tx id 8, terminal 4, key 16,
+/// kind 2, store 4, category 2.
+const RECEIPT_LENGTH_OFFSET: usize = 36;
 
 /// Bytes at the end of a `TransferOut` payload that the engine assigns (destination shard and
 /// sequence), which the fingerprint leaves out.
@@ -34,9 +38,14 @@ pub const TRANSFER_OUT_ASSIGNED_BYTES: usize = 2 + 8;
 pub fn fingerprint(kind: RecordKind, payload: &[u8]) -> u64 {
     let end = match kind {
         RecordKind::TransferOut => payload.len().saturating_sub(TRANSFER_OUT_ASSIGNED_BYTES),
+        // A reversal's postings are derived by the engine from the original: the request is
+        // the header and the original's id.
+        RecordKind::Reversal => payload
+            .get(RECEIPT_LENGTH_OFFSET)
+            .map_or(payload.len(), |len| RECEIPT_LENGTH_OFFSET + 1 + usize::from(*len) + 8),
         _ => payload.len(),
     };
-    let covered = payload.get(FINGERPRINT_OFFSET..end).unwrap_or(&[]);
+    let covered = payload.get(FINGERPRINT_OFFSET..end.min(payload.len())).unwrap_or(&[]);
     xxhash_rust::xxh3::xxh3_64_with_seed(covered, kind as u64)
 }
 
@@ -64,6 +73,16 @@ pub(crate) fn decode_posting(decoder: &mut Decoder<'_>) -> Result<Posting, Decod
     let asset = AssetId(decoder.u16("posting asset")?);
     let amount = decode_amount(decoder, "posting amount")?;
     Ok(Posting { debit, credit, asset, amount })
+}
+
+fn decode_postings(
+    decoder: &mut Decoder<'_>,
+) -> Result<crate::ledger::record::Postings, DecodeError> {
+    let count = usize::from(decoder.u16("posting count")?);
+    if count > TRANSACTION_POSTINGS_MAX {
+        return Err(DecodeError::Invalid { field: "posting count", value: count as u128 });
+    }
+    (0..count).map(|_| decode_posting(decoder)).collect()
 }
 
 fn decode_amount(decoder: &mut Decoder<'_>, field: &'static str) -> Result<Amount, DecodeError> {
@@ -174,6 +193,15 @@ pub fn encode_body(body: &Body, out: &mut Vec<u8>) {
             encoder.u64(transfer.amount.get());
             encoder.u8(u8::from(transfer.accepted));
         }
+        Body::Reversal(reversal) => {
+            encode_header(&mut encoder, &reversal.header);
+            encoder.u64(reversal.original.0);
+            assert!(reversal.postings.len() <= TRANSACTION_POSTINGS_MAX, "postings are bounded");
+            encoder.u16(u16::try_from(reversal.postings.len()).expect("bounded above"));
+            for posting in &reversal.postings {
+                encode_posting(&mut encoder, posting);
+            }
+        }
         Body::TransferSettle(settle) => {
             encoder.u64(settle.id.0);
             encoder.u16(settle.destination_shard.index());
@@ -201,12 +229,7 @@ pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError
     let body = match kind {
         RecordKind::Transaction => {
             let header = decode_header(&mut decoder)?;
-            let count = usize::from(decoder.u16("posting count")?);
-            if count > TRANSACTION_POSTINGS_MAX {
-                return Err(DecodeError::Invalid { field: "posting count", value: count as u128 });
-            }
-            let postings =
-                (0..count).map(|_| decode_posting(&mut decoder)).collect::<Result<_, _>>()?;
+            let postings = decode_postings(&mut decoder)?;
             Body::Transaction(Transaction { header, postings })
         }
         RecordKind::HoldCreate => Body::HoldCreate(HoldCreate {
@@ -247,6 +270,12 @@ pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError
             amount: decode_amount(&mut decoder, "amount")?,
             accepted: decode_bool(&mut decoder, "accepted")?,
         }),
+        RecordKind::Reversal => {
+            let header = decode_header(&mut decoder)?;
+            let original = TxId(decoder.u64("original tx")?);
+            let postings = decode_postings(&mut decoder)?;
+            Body::Reversal(Reversal { header, original, postings })
+        }
         RecordKind::TransferSettle => Body::TransferSettle(TransferSettle {
             id: TxId(decoder.u64("tx id")?),
             destination_shard: decode_shard(&mut decoder, "destination shard")?,

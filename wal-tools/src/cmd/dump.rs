@@ -73,6 +73,12 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
             "sequence": settle.sequence,
             "accepted": settle.accepted,
         }),
+        Body::Reversal(reversal) => json!({
+            "tx_kind": reversal.header.kind.to_string(),
+            "terminal": reversal.header.terminal.0,
+            "original": reversal.original.0,
+            "postings": reversal.postings.iter().map(|p| posting_json(registry, p)).collect::<Vec<_>>(),
+        }),
         Body::AssetDefine(define) => {
             json!({ "asset": define.id.0, "code": define.code.as_str(), "scale": define.scale })
         }

@@ -1,44 +1,22 @@
-//! `ledgerd`: runs the ledger engine on a data directory.
+//! `ledgerd`: runs the ledger engine on a data directory and serves POS terminals over the
+//! binary protocol of docs/protocol.md.
 //!
 //! Start-up opens (or creates) the data directory, recovers every shard, makes sure the
-//! default loyalty definitions exist (`bootstrap`), and serves until SIGTERM or SIGINT. Shutdown
-//! stops taking requests, answers what is queued, flushes, snapshots and exits 0; a second
-//! signal exits at once. The POS protocol and the admin API (later issues) attach here.
+//! default loyalty definitions exist (`bootstrap`), loads (or on first start creates) the
+//! terminal credentials, binds the POS listener and logs its address. Shutdown on SIGTERM or
+//! SIGINT stops accepting, lets connections answer what is in flight, flushes, snapshots and
+//! exits 0; a second signal exits at once.
 //!
 //! Run with: `cargo run --release -p ledger-server --bin ledgerd -- --data-dir ./data`
 
-mod bootstrap;
-
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ledger_engine::{Engine, EngineConfig};
 
-/// The ledger server: an in-memory double-entry ledger with a write-ahead log.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-struct Args {
-    /// Data directory (created if missing): WAL segments, snapshots, the directory's identity.
-    #[arg(long, env = "LEDGER_DATA_DIR", default_value = "./data")]
-    data_dir: PathBuf,
-
-    /// Shards of a new data directory (default: one per CPU). An existing directory keeps the
-    /// count it was created with; giving another one is an error.
-    #[arg(long, env = "LEDGER_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    shards: Option<u16>,
-
-    /// Log format: `pretty` for people, `json` (one object per line) for log collectors.
-    #[arg(long, env = "LEDGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
-    log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Pretty,
-    Json,
-}
+use ledger_server::config::{Args, Config, LogFormat};
+use ledger_server::{bootstrap, credentials, pos};
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
@@ -59,37 +37,79 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_logging(args.log_format);
-    let mut config = EngineConfig::new(&args.data_dir);
-    config.shard_count = args.shards;
-    let engine = Arc::new(
-        Engine::open(config)
-            .with_context(|| format!("cannot open data directory {}", args.data_dir.display()))?,
-    );
+    let config = Config::resolve(&args)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    init_logging(config.log_format);
+    let mut engine_config = EngineConfig::new(&config.data_dir);
+    engine_config.shard_count = config.shards;
+    let engine =
+        Arc::new(Engine::open(engine_config).with_context(|| {
+            format!("cannot open data directory {}", config.data_dir.display())
+        })?);
     let definitions =
         bootstrap::define_defaults(&engine).context("cannot define the default assets")?;
+    let credentials = credentials::load_or_create(&config)?;
+    let book = pos::handler::Book::new(&engine, &config.pos)?;
+    let rates = pos::rate::RateLimits::new(&credentials, config.pos.rate_per_terminal);
     tracing::info!(
-        data_dir = %args.data_dir.display(),
+        data_dir = %config.data_dir.display(),
         shards = engine.shard_count(),
         assets = definitions.assets,
         classes = definitions.classes,
+        terminals = credentials.terminals().len(),
         "ledgerd ready"
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(config.pos.io_threads)
+        .thread_name("ledgerd-io")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let shared = Arc::new(pos::Shared {
+        engine: Arc::clone(&engine),
+        book,
+        config: config.pos.clone(),
+        credentials,
+        rates,
+        stats: pos::stats::PosStats::default(),
+    });
     let mut signals = runtime.block_on(async { ShutdownSignals::new() })?;
-    runtime.block_on(signals.next());
-    tracing::info!("shutting down: answering queued requests, flushing, snapshotting");
-    // A second signal during the drain exits at once.
+    let drained = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.pos.addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.pos.addr))?;
+        let addr = listener.local_addr().context("no local address")?;
+        tracing::info!(%addr, "POS protocol listening");
+        anyhow::Ok(pos::run(listener, Arc::clone(&shared), signals.next()).await)
+    })?;
+    tracing::info!(
+        closed = drained.closed,
+        abandoned = drained.abandoned,
+        "connections drained; flushing and snapshotting"
+    );
+    // A second signal during the rest of the shutdown exits at once.
     runtime.spawn(async move {
         signals.next().await;
         tracing::warn!("second signal: exiting without a clean shutdown");
         std::process::exit(130);
     });
+    let outcomes: Vec<String> = shared
+        .stats
+        .outcome_counts()
+        .iter()
+        .map(|(status, count)| format!("{status}={count}"))
+        .collect();
+    tracing::info!(
+        requests = shared.stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        operations = shared.stats.operations.load(std::sync::atomic::Ordering::Relaxed),
+        outcomes = outcomes.join(" "),
+        "POS totals"
+    );
+    drop(shared);
     let engine = Arc::into_inner(engine).context("the engine is still shared at shutdown")?;
     engine.shutdown();
     tracing::info!("ledgerd stopped");
@@ -117,5 +137,6 @@ impl ShutdownSignals {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
         }
+        tracing::info!("shutting down: no new connections; answering requests in flight");
     }
 }

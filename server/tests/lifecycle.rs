@@ -1,6 +1,7 @@
 //! The real `ledgerd` binary: it starts on an empty data directory, creates it, defines the
-//! defaults, and stops cleanly on SIGTERM (exit 0) and SIGINT; it restarts on the same
-//! directory and refuses a second process on it.
+//! defaults, writes the terminal credentials (mode 0600) and prints their path, logs the POS
+//! address, serves a terminal, and stops cleanly on SIGTERM (exit 0) and SIGINT; it restarts
+//! on the same directory with what was acknowledged, and refuses a second process on it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -22,12 +23,25 @@ fn start(dir: &std::path::Path) -> (Server, std::sync::mpsc::Receiver<String>) {
         .arg(dir)
         .arg("--shards")
         .arg("2")
+        .arg("--pos-addr")
+        .arg("127.0.0.1:0")
         .env("LEDGER_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ledgerd");
-    let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines_rx) = std::sync::mpsc::sync_channel(1024);
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let stdout_tx = lines_tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if stdout_tx.send(format!("stdout: {line}")).is_err() {
+                break;
+            }
+        }
+    });
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if lines_tx.send(line).is_err() {
@@ -48,6 +62,13 @@ fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
             Err(error) => panic!("no line containing {needle:?}: {error}"),
         }
     }
+}
+
+/// The address from the "POS protocol listening" log line.
+fn listening_addr(lines: &std::sync::mpsc::Receiver<String>) -> std::net::SocketAddr {
+    let line = wait_for(lines, "POS protocol listening");
+    let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+    addr.parse().unwrap_or_else(|_| panic!("{line}"))
 }
 
 fn signal(server: &Server, name: &str) {
@@ -75,9 +96,45 @@ fn starts_on_an_empty_directory_and_stops_cleanly_on_sigterm_and_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut child, lines) = start(&data);
+    let printed = wait_for(&lines, "stdout: ledgerd: POS terminal credentials written to");
+    let credentials_path = data.join("credentials.toml");
+    assert!(printed.ends_with(&credentials_path.display().to_string()), "{printed}");
     let ready = wait_for(&lines, "ledgerd ready");
     assert!(ready.contains("shards=2"), "{ready}");
+    let addr = listening_addr(&lines);
     assert!(data.join("ledgerd.meta").is_file());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&credentials_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The terminal of the credentials file is served.
+    let credentials = ledger_protocol::Credentials::load(&credentials_path).unwrap();
+    let terminal = &credentials.terminals()[0];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let purchase = ledger_protocol::Op::Purchase {
+        meta: ledger_protocol::WriteMeta { key: 1, ..Default::default() },
+        customer: 5,
+        amount: 1_000,
+    };
+    let balance_of = |addr| {
+        runtime.block_on(async {
+            let client =
+                ledger_protocol::client::Client::connect(addr, terminal.id, &terminal.secret)
+                    .await
+                    .unwrap();
+            match client.call_one(ledger_protocol::Op::Balance { customer: 5 }).await.unwrap() {
+                ledger_protocol::OpResult::Ok(ledger_protocol::Reply::Balance(view)) => view.posted,
+                other => panic!("{other:?}"),
+            }
+        })
+    };
+    runtime.block_on(async {
+        let client = ledger_protocol::client::Client::connect(addr, terminal.id, &terminal.secret)
+            .await
+            .unwrap();
+        assert!(client.call_one(purchase).await.unwrap().committed().is_some());
+    });
+    assert_eq!(balance_of(addr), 10);
     assert!(data.join("shard-000/wal").is_dir() && data.join("shard-001/wal").is_dir());
 
     // A second ledgerd on the same directory is refused, with a clear message.
@@ -91,10 +148,14 @@ fn starts_on_an_empty_directory_and_stops_cleanly_on_sigterm_and_sigint() {
     wait_for(&lines, "ledgerd stopped");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 
-    // Restart: recovery replays the definitions; nothing is defined twice.
+    // Restart: recovery replays the definitions; nothing is defined twice; the credentials
+    // file is kept; the acknowledged purchase is there.
     let (mut child, lines) = start(&data);
     let ready = wait_for(&lines, "ledgerd ready");
     assert!(ready.contains("assets=1") && ready.contains("classes=5"), "{ready}");
+    let addr = listening_addr(&lines);
+    assert_eq!(ledger_protocol::Credentials::load(&credentials_path).unwrap(), credentials);
+    assert_eq!(balance_of(addr), 10);
     signal(&child, "INT");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 }

@@ -4,8 +4,9 @@
 //! - every Rust file starts with a `//!` module doc;
 //! - no `dbg!`, `todo!`, `unimplemented!` or FIXME in code;
 //! - the state machine (`engine/src/ledger/`) reads no clock and does no I/O;
-//! - the dependency arrows hold: `engine` links no tokio, axum or postgres; `wal-tools` does
-//!   not link `ledger-server`; nothing depends on `ledger-server`;
+//! - the dependency arrows hold: `engine` links no tokio, axum or postgres; `protocol` links
+//!   neither `engine` nor `server`; `wal-tools` does not link `ledger-server`; nothing depends
+//!   on `ledger-server`;
 //! - every `RejectCode` and record kind is named in the docs that specify them;
 //! - no `#[ignore]`d test.
 
@@ -132,14 +133,25 @@ fn dependency_arrows_point_one_way() {
         !wal_tools.contains(&"ledger-server".to_string()),
         "wal-tools reads files, it does not link the server"
     );
+    let protocol = dependencies("protocol/Cargo.toml");
+    for banned in ["ledger-engine", "ledger-server"] {
+        assert!(
+            !protocol.contains(&banned.to_string()),
+            "the protocol crate is shared with clients: it must not depend on {banned}"
+        );
+    }
     let loadtest = dependencies("loadtest/Cargo.toml");
     assert!(
         !loadtest.contains(&"ledger-engine".to_string()),
         "the load generator talks to the server, not the engine"
     );
-    for manifest in
-        ["engine/Cargo.toml", "wal-tools/Cargo.toml", "loadtest/Cargo.toml", "benches/Cargo.toml"]
-    {
+    for manifest in [
+        "engine/Cargo.toml",
+        "protocol/Cargo.toml",
+        "wal-tools/Cargo.toml",
+        "loadtest/Cargo.toml",
+        "benches/Cargo.toml",
+    ] {
         assert!(
             !dependencies(manifest).contains(&"ledger-server".to_string()),
             "{manifest} depends on the server"

@@ -1,0 +1,888 @@
+//! Operations and their results: the bodies of request and response frames.
+//! Spec: docs/protocol.md, "Operations" and "Results".
+//!
+//! A request body is `op_count: u16`, `reserved: u16`, then `op_count` operations, each
+//! `opcode: u8`, `reserved: u8`, `body_len: u16`, body. A response body is `result_count: u16`,
+//! `reserved: u16`, then one result per operation in the same order, each `opcode: u8` (echoed),
+//! `reserved: u8`, `status: u16`, `body_len: u16`, body (empty unless the status is `ok`).
+//!
+//! `RequestView::parse` checks the structure of a whole request (counts, lengths) before any
+//! operation is decoded, so a request is either refused whole or every operation in it is
+//! answered; `Op::decode` then decodes one operation, and a bad one is answered with its own
+//! status while the others go ahead.
+
+use crate::status::Status;
+use crate::wire::{Reader, WireError, Writer};
+
+/// Bytes of a request or response body's count header.
+pub const COUNT_HEADER_BYTES: usize = 4;
+/// Bytes of an operation's header.
+pub const OP_HEADER_BYTES: usize = 4;
+/// Bytes of a result's header.
+pub const RESULT_HEADER_BYTES: usize = 6;
+/// Receipt references are at most this many bytes of UTF-8.
+pub const RECEIPT_BYTES_MAX: usize = 32;
+/// Entries a history query returns at most.
+pub const HISTORY_LIMIT_MAX: u16 = 256;
+/// Bytes of the fields every write starts with: key, store, category.
+pub const WRITE_META_BYTES: usize = 16 + 4 + 2;
+/// Bytes of a committed write's result body.
+pub const COMMITTED_BYTES: usize = 8 + 8 + 8 + 8 + 1;
+/// Bytes of a balance result body.
+pub const BALANCE_BYTES: usize = 8 + 8 + 8;
+/// Bytes of one history entry in a result.
+pub const HISTORY_ENTRY_BYTES: usize = 8 + 8 + 8 + 2 + 1 + 1;
+/// The largest operation on the wire (a transfer with the longest receipt), header included.
+pub const OP_BYTES_MAX: usize =
+    OP_HEADER_BYTES + WRITE_META_BYTES + 8 + 8 + 8 + 1 + RECEIPT_BYTES_MAX;
+
+/// Operation codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    /// Liveness: answered without touching the ledger.
+    Ping = 1,
+    /// A customer's balance.
+    Balance = 2,
+    /// A customer's recent postings.
+    History = 3,
+    /// A purchase: earns points at the server's base rate.
+    Purchase = 16,
+    /// Spend points.
+    Redeem = 17,
+    /// Authorize a hold on points.
+    Hold = 18,
+    /// Capture a hold, whole or part.
+    Capture = 19,
+    /// Void a hold.
+    Void = 20,
+    /// Reverse an earlier transaction (an offsetting transaction).
+    Reverse = 21,
+    /// Move points between customers.
+    Transfer = 22,
+}
+
+impl Opcode {
+    /// Every opcode.
+    pub const ALL: &'static [Opcode] = &[
+        Opcode::Ping,
+        Opcode::Balance,
+        Opcode::History,
+        Opcode::Purchase,
+        Opcode::Redeem,
+        Opcode::Hold,
+        Opcode::Capture,
+        Opcode::Void,
+        Opcode::Reverse,
+        Opcode::Transfer,
+    ];
+
+    /// The opcode with this number.
+    pub fn from_u8(value: u8) -> Option<Opcode> {
+        Opcode::ALL.iter().copied().find(|opcode| *opcode as u8 == value)
+    }
+
+    /// A stable snake_case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Opcode::Ping => "ping",
+            Opcode::Balance => "balance",
+            Opcode::History => "history",
+            Opcode::Purchase => "purchase",
+            Opcode::Redeem => "redeem",
+            Opcode::Hold => "hold",
+            Opcode::Capture => "capture",
+            Opcode::Void => "void",
+            Opcode::Reverse => "reverse",
+            Opcode::Transfer => "transfer",
+        }
+    }
+
+    /// Whether the operation writes (and so carries an idempotency key).
+    pub fn is_write(self) -> bool {
+        !matches!(self, Opcode::Ping | Opcode::Balance | Opcode::History)
+    }
+}
+
+/// A receipt reference printed at the till: at most `RECEIPT_BYTES_MAX` bytes of UTF-8, kept
+/// inline so that decoding an operation never allocates.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Receipt {
+    len: u8,
+    bytes: [u8; RECEIPT_BYTES_MAX],
+}
+
+impl Receipt {
+    /// A receipt reference, or `ReceiptTooLong`.
+    pub fn new(text: &str) -> Result<Receipt, Status> {
+        Receipt::from_bytes(text.as_bytes())
+    }
+
+    fn from_bytes(source: &[u8]) -> Result<Receipt, Status> {
+        if source.len() > RECEIPT_BYTES_MAX {
+            return Err(Status::ReceiptTooLong);
+        }
+        std::str::from_utf8(source).map_err(|_| Status::Malformed)?;
+        let mut bytes = [0u8; RECEIPT_BYTES_MAX];
+        bytes.get_mut(..source.len()).ok_or(Status::ReceiptTooLong)?.copy_from_slice(source);
+        let len = u8::try_from(source.len()).map_err(|_| Status::ReceiptTooLong)?;
+        Ok(Receipt { len, bytes })
+    }
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        let bytes = self.bytes.get(..usize::from(self.len)).unwrap_or(&[]);
+        std::str::from_utf8(bytes).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// What every write carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct WriteMeta {
+    /// The terminal's key for this logical write (never 0): a retry with the same key and the
+    /// same operation returns the original result and posts nothing.
+    pub key: u128,
+    /// The store (0: none).
+    pub store: u32,
+    /// The product or merchant category (0: none).
+    pub category: u16,
+    /// The receipt reference.
+    pub receipt: Receipt,
+}
+
+/// One operation of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Liveness check.
+    Ping,
+    /// A customer's points balance.
+    Balance {
+        /// The customer.
+        customer: u64,
+    },
+    /// A customer's most recent postings, newest first.
+    History {
+        /// The customer.
+        customer: u64,
+        /// Entries at most (1..=256).
+        limit: u16,
+    },
+    /// A purchase of `amount` minor currency units: earns points at the server's base rate.
+    Purchase {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The customer.
+        customer: u64,
+        /// What the customer paid, in minor currency units (cents).
+        amount: u64,
+    },
+    /// Spend points.
+    Redeem {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The customer.
+        customer: u64,
+        /// Points spent.
+        points: u64,
+    },
+    /// Reserve points until captured, voided or expired.
+    Hold {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The customer.
+        customer: u64,
+        /// Points reserved.
+        points: u64,
+        /// Milliseconds until the hold expires.
+        timeout_ms: u32,
+    },
+    /// Capture a hold.
+    Capture {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The hold's id (the transaction id its authorization returned).
+        hold: u64,
+        /// Points captured; 0 for the whole hold.
+        points: u64,
+    },
+    /// Release a hold.
+    Void {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The hold's id.
+        hold: u64,
+    },
+    /// Post an earlier transaction the other way round.
+    Reverse {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The transaction's id.
+        tx: u64,
+    },
+    /// Move points from one customer to another.
+    Transfer {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The customer debited.
+        source: u64,
+        /// The customer credited.
+        destination: u64,
+        /// Points moved.
+        points: u64,
+    },
+}
+
+impl Op {
+    /// The operation's code.
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Op::Ping => Opcode::Ping,
+            Op::Balance { .. } => Opcode::Balance,
+            Op::History { .. } => Opcode::History,
+            Op::Purchase { .. } => Opcode::Purchase,
+            Op::Redeem { .. } => Opcode::Redeem,
+            Op::Hold { .. } => Opcode::Hold,
+            Op::Capture { .. } => Opcode::Capture,
+            Op::Void { .. } => Opcode::Void,
+            Op::Reverse { .. } => Opcode::Reverse,
+            Op::Transfer { .. } => Opcode::Transfer,
+        }
+    }
+
+    /// The write's meta, if it is a write.
+    pub fn meta(&self) -> Option<&WriteMeta> {
+        match self {
+            Op::Ping | Op::Balance { .. } | Op::History { .. } => None,
+            Op::Purchase { meta, .. }
+            | Op::Redeem { meta, .. }
+            | Op::Hold { meta, .. }
+            | Op::Capture { meta, .. }
+            | Op::Void { meta, .. }
+            | Op::Reverse { meta, .. }
+            | Op::Transfer { meta, .. } => Some(meta),
+        }
+    }
+
+    /// Appends the operation (header and body).
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut writer = Writer::new(out);
+        writer.u8(self.opcode() as u8);
+        writer.u8(0);
+        let length_at = writer.position();
+        writer.u16(0);
+        let start = writer.position();
+        if let Some(meta) = self.meta() {
+            writer.u128(meta.key);
+            writer.u32(meta.store);
+            writer.u16(meta.category);
+        }
+        match *self {
+            Op::Ping => {}
+            Op::Balance { customer } => writer.u64(customer),
+            Op::History { customer, limit } => {
+                writer.u64(customer);
+                writer.u16(limit);
+            }
+            Op::Purchase { customer, amount, .. } => {
+                writer.u64(customer);
+                writer.u64(amount);
+            }
+            Op::Redeem { customer, points, .. } => {
+                writer.u64(customer);
+                writer.u64(points);
+            }
+            Op::Hold { customer, points, timeout_ms, .. } => {
+                writer.u64(customer);
+                writer.u64(points);
+                writer.u32(timeout_ms);
+            }
+            Op::Capture { hold, points, .. } => {
+                writer.u64(hold);
+                writer.u64(points);
+            }
+            Op::Void { hold, .. } => writer.u64(hold),
+            Op::Reverse { tx, .. } => writer.u64(tx),
+            Op::Transfer { source, destination, points, .. } => {
+                writer.u64(source);
+                writer.u64(destination);
+                writer.u64(points);
+            }
+        }
+        if let Some(meta) = self.meta() {
+            writer.u8(meta.receipt.len);
+            writer.bytes(meta.receipt.as_str().as_bytes());
+        }
+        let body_len = writer.position() - start;
+        writer.patch_u16(length_at, u16::try_from(body_len).expect("operations are small"));
+    }
+
+    /// Decodes one operation. An unknown opcode is `UnknownOpcode`; a body that does not
+    /// match its opcode's layout is `Malformed`; a receipt over 32 bytes is `ReceiptTooLong`.
+    pub fn decode(raw: RawOp<'_>) -> Result<Op, Status> {
+        let opcode = Opcode::from_u8(raw.opcode).ok_or(Status::UnknownOpcode)?;
+        let mut reader = Reader::new(raw.body);
+        let malformed = |_: WireError| Status::Malformed;
+        let meta = if opcode.is_write() {
+            Some(WriteMeta {
+                key: reader.u128("key").map_err(malformed)?,
+                store: reader.u32("store").map_err(malformed)?,
+                category: reader.u16("category").map_err(malformed)?,
+                receipt: Receipt::default(),
+            })
+        } else {
+            None
+        };
+        let mut meta = meta.unwrap_or_default();
+        let u64 = |reader: &mut Reader<'_>, field| reader.u64(field).map_err(malformed);
+        let op = match opcode {
+            Opcode::Ping => Op::Ping,
+            Opcode::Balance => Op::Balance { customer: u64(&mut reader, "customer")? },
+            Opcode::History => {
+                let customer = u64(&mut reader, "customer")?;
+                let limit = reader.u16("limit").map_err(malformed)?;
+                if limit == 0 || limit > HISTORY_LIMIT_MAX {
+                    return Err(Status::Malformed);
+                }
+                Op::History { customer, limit }
+            }
+            Opcode::Purchase => Op::Purchase {
+                meta,
+                customer: u64(&mut reader, "customer")?,
+                amount: u64(&mut reader, "amount")?,
+            },
+            Opcode::Redeem => Op::Redeem {
+                meta,
+                customer: u64(&mut reader, "customer")?,
+                points: u64(&mut reader, "points")?,
+            },
+            Opcode::Hold => Op::Hold {
+                meta,
+                customer: u64(&mut reader, "customer")?,
+                points: u64(&mut reader, "points")?,
+                timeout_ms: reader.u32("timeout").map_err(malformed)?,
+            },
+            Opcode::Capture => Op::Capture {
+                meta,
+                hold: u64(&mut reader, "hold")?,
+                points: u64(&mut reader, "points")?,
+            },
+            Opcode::Void => Op::Void { meta, hold: u64(&mut reader, "hold")? },
+            Opcode::Reverse => Op::Reverse { meta, tx: u64(&mut reader, "tx")? },
+            Opcode::Transfer => Op::Transfer {
+                meta,
+                source: u64(&mut reader, "source")?,
+                destination: u64(&mut reader, "destination")?,
+                points: u64(&mut reader, "points")?,
+            },
+        };
+        let op = if opcode.is_write() {
+            let len = reader.u8("receipt length").map_err(malformed)?;
+            let bytes = reader.take("receipt", usize::from(len)).map_err(malformed)?;
+            meta.receipt = Receipt::from_bytes(bytes)?;
+            op.with_meta(meta)
+        } else {
+            op
+        };
+        reader.finish().map_err(malformed)?;
+        Ok(op)
+    }
+
+    fn with_meta(self, new: WriteMeta) -> Op {
+        let mut op = self;
+        match &mut op {
+            Op::Ping | Op::Balance { .. } | Op::History { .. } => {}
+            Op::Purchase { meta, .. }
+            | Op::Redeem { meta, .. }
+            | Op::Hold { meta, .. }
+            | Op::Capture { meta, .. }
+            | Op::Void { meta, .. }
+            | Op::Reverse { meta, .. }
+            | Op::Transfer { meta, .. } => *meta = new,
+        }
+        op
+    }
+}
+
+/// An operation as it sits in a request: its code and body bytes, not decoded yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawOp<'a> {
+    /// The opcode byte (possibly unknown).
+    pub opcode: u8,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// A request body whose structure is checked: its operations can be walked infallibly.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    ops: &'a [u8],
+    count: u16,
+}
+
+impl<'a> RequestView<'a> {
+    /// Checks a request body: 1..=`batch_ops_max` operations whose headers and lengths fill
+    /// the body exactly. `BatchTooLarge` for a bad count, `Malformed` for anything else.
+    pub fn parse(body: &'a [u8], batch_ops_max: usize) -> Result<RequestView<'a>, Status> {
+        let mut reader = Reader::new(body);
+        let count = reader.u16("op count").map_err(|_| Status::Malformed)?;
+        let reserved = reader.u16("reserved").map_err(|_| Status::Malformed)?;
+        if reserved != 0 {
+            return Err(Status::Malformed);
+        }
+        if count == 0 || usize::from(count) > batch_ops_max {
+            return Err(Status::BatchTooLarge);
+        }
+        let ops = reader.take("ops", reader.remaining()).map_err(|_| Status::Malformed)?;
+        let mut walker = Reader::new(ops);
+        for _ in 0..count {
+            next_op(&mut walker).ok_or(Status::Malformed)?;
+        }
+        walker.finish().map_err(|_| Status::Malformed)?;
+        Ok(RequestView { ops, count })
+    }
+
+    /// Operations in the request.
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// Whether the request has no operations (never true for a parsed one).
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The operations, in order.
+    pub fn ops(&self) -> impl Iterator<Item = RawOp<'a>> + 'a {
+        let mut walker = Reader::new(self.ops);
+        (0..self.count).map_while(move |_| next_op(&mut walker))
+    }
+}
+
+fn next_op<'a>(reader: &mut Reader<'a>) -> Option<RawOp<'a>> {
+    let opcode = reader.u8("opcode").ok()?;
+    let reserved = reader.u8("reserved").ok()?;
+    let len = reader.u16("body length").ok()?;
+    if reserved != 0 {
+        return None;
+    }
+    let body = reader.take("body", usize::from(len)).ok()?;
+    Some(RawOp { opcode, body })
+}
+
+/// Appends a request body: the count header and the operations.
+pub fn encode_request_body(ops: &[Op], out: &mut Vec<u8>) {
+    let count = u16::try_from(ops.len()).expect("a request has at most u16::MAX operations");
+    let mut writer = Writer::new(out);
+    writer.u16(count);
+    writer.u16(0);
+    for op in ops {
+        op.encode(out);
+    }
+}
+
+/// A committed write, as answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Committed {
+    /// The transaction's id (a hold's id, for an authorization).
+    pub tx_id: u64,
+    /// When the shard decided it, ns since the Unix epoch (UTC).
+    pub timestamp: u64,
+    /// Its position in its shard's WAL.
+    pub lsn: u64,
+    /// Points posted or reserved (purchase: points earned; capture: the points asked for, 0
+    /// for a whole capture; void and reverse: 0).
+    pub points: u64,
+    /// The answer repeats an earlier request with the same key: nothing new was posted.
+    pub duplicate: bool,
+}
+
+/// A balance, as answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BalanceView {
+    /// Posted balance.
+    pub posted: i64,
+    /// Posted balance minus points held.
+    pub available: i64,
+    /// Points held by open holds.
+    pub held: u64,
+}
+
+/// One history entry, as answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HistoryItem {
+    /// The transaction.
+    pub tx_id: u64,
+    /// When it was applied, ns since the Unix epoch.
+    pub timestamp: u64,
+    /// Points moved (always positive; see the flags for the direction).
+    pub amount: u64,
+    /// Business kind: 1 purchase, 2 redeem, 4 reversal, 5 transfer, … (docs/wal-format.md).
+    pub kind: u16,
+    /// Bit 0 credit (points in), bit 1 hold reserved, bit 2 hold released, bit 3 reversible,
+    /// bit 4 reversed.
+    pub flags: u8,
+}
+
+impl HistoryItem {
+    /// Points came in (otherwise went out or were reserved).
+    pub const CREDIT: u8 = 1;
+    /// A hold reserved the points: the posted balance did not change.
+    pub const HOLD: u8 = 2;
+    /// A hold's reservation ended: the posted balance did not change.
+    pub const RELEASE: u8 = 4;
+    /// The transaction can be reversed.
+    pub const REVERSIBLE: u8 = 8;
+    /// The transaction was reversed.
+    pub const REVERSED: u8 = 16;
+
+    /// The change to the posted balance.
+    pub fn posted_delta(&self) -> i128 {
+        if self.flags & (HistoryItem::HOLD | HistoryItem::RELEASE) != 0 {
+            0
+        } else if self.flags & HistoryItem::CREDIT != 0 {
+            i128::from(self.amount)
+        } else {
+            -i128::from(self.amount)
+        }
+    }
+}
+
+/// What a successful operation returns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reply {
+    /// The answer to a ping.
+    Pong,
+    /// A write is durable.
+    Committed(Committed),
+    /// A balance.
+    Balance(BalanceView),
+    /// Recent postings, newest first.
+    History(Vec<HistoryItem>),
+}
+
+/// The result of one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OpResult {
+    /// It succeeded.
+    Ok(Reply),
+    /// It was refused and changed nothing (or, for transient statuses, may be retried).
+    Refused(Status),
+}
+
+impl OpResult {
+    /// The status on the wire.
+    pub fn status(&self) -> Status {
+        match self {
+            OpResult::Ok(_) => Status::Ok,
+            OpResult::Refused(status) => *status,
+        }
+    }
+
+    /// The committed write, if this is one.
+    pub fn committed(&self) -> Option<&Committed> {
+        match self {
+            OpResult::Ok(Reply::Committed(committed)) => Some(committed),
+            _ => None,
+        }
+    }
+}
+
+/// Appends a result: `opcode` is echoed from the operation (it may be an unknown byte).
+pub fn encode_result(out: &mut Vec<u8>, opcode: u8, result: &OpResult) {
+    let mut writer = Writer::new(out);
+    writer.u8(opcode);
+    writer.u8(0);
+    writer.u16(result.status().code());
+    let length_at = writer.position();
+    writer.u16(0);
+    let start = writer.position();
+    match result {
+        OpResult::Refused(_) | OpResult::Ok(Reply::Pong) => {}
+        OpResult::Ok(Reply::Committed(committed)) => {
+            writer.u64(committed.tx_id);
+            writer.u64(committed.timestamp);
+            writer.u64(committed.lsn);
+            writer.u64(committed.points);
+            writer.u8(u8::from(committed.duplicate));
+        }
+        OpResult::Ok(Reply::Balance(balance)) => {
+            writer.i64(balance.posted);
+            writer.i64(balance.available);
+            writer.u64(balance.held);
+        }
+        OpResult::Ok(Reply::History(items)) => {
+            let count = items.len().min(usize::from(HISTORY_LIMIT_MAX));
+            writer.u16(u16::try_from(count).expect("bounded by HISTORY_LIMIT_MAX"));
+            writer.u16(0);
+            for item in items.iter().take(count) {
+                writer.u64(item.tx_id);
+                writer.u64(item.timestamp);
+                writer.u64(item.amount);
+                writer.u16(item.kind);
+                writer.u8(item.flags);
+                writer.u8(0);
+            }
+        }
+    }
+    let body_len = writer.position() - start;
+    writer.patch_u16(length_at, u16::try_from(body_len).expect("results are small"));
+}
+
+/// One result as it sits in a response: not decoded yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawResult<'a> {
+    /// The opcode echoed from the operation.
+    pub opcode: u8,
+    /// The status number (checked to be a known status by `ResponseView::parse`).
+    pub status: Status,
+    /// The body (empty unless the status is `ok`).
+    pub body: &'a [u8],
+}
+
+impl RawResult<'_> {
+    /// Decodes the result.
+    pub fn decode(&self) -> Result<OpResult, WireError> {
+        if self.status != Status::Ok {
+            return if self.body.is_empty() {
+                Ok(OpResult::Refused(self.status))
+            } else {
+                Err(WireError::Invalid { field: "refusal body" })
+            };
+        }
+        let opcode = Opcode::from_u8(self.opcode).ok_or(WireError::Invalid { field: "opcode" })?;
+        let mut body = Reader::new(self.body);
+        let reply = decode_reply(opcode, &mut body)?;
+        body.finish()?;
+        Ok(OpResult::Ok(reply))
+    }
+
+    /// The transaction id of a committed write, read without decoding the rest.
+    pub fn tx_id(&self) -> Option<u64> {
+        if self.status != Status::Ok {
+            return None;
+        }
+        Reader::new(self.body).u64("tx id").ok()
+    }
+}
+
+/// A response body whose structure is checked: its results can be walked infallibly.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseView<'a> {
+    results: &'a [u8],
+    count: u16,
+}
+
+impl<'a> ResponseView<'a> {
+    /// Checks a response body: at most `expected_max` results, known statuses, lengths that
+    /// fill the body exactly. Nothing is allocated.
+    pub fn parse(body: &'a [u8], expected_max: usize) -> Result<ResponseView<'a>, WireError> {
+        let mut reader = Reader::new(body);
+        let count = reader.u16("result count")?;
+        if reader.u16("reserved")? != 0 {
+            return Err(WireError::Invalid { field: "reserved" });
+        }
+        if usize::from(count) > expected_max {
+            return Err(WireError::Invalid { field: "result count" });
+        }
+        let results = reader.take("results", reader.remaining())?;
+        let mut walker = Reader::new(results);
+        for _ in 0..count {
+            next_result(&mut walker)?;
+        }
+        walker.finish()?;
+        Ok(ResponseView { results, count })
+    }
+
+    /// Results in the response.
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The results, in the order of the request's operations.
+    pub fn results(&self) -> impl Iterator<Item = RawResult<'a>> + 'a {
+        let mut walker = Reader::new(self.results);
+        (0..self.count).map_while(move |_| next_result(&mut walker).ok())
+    }
+}
+
+fn next_result<'a>(reader: &mut Reader<'a>) -> Result<RawResult<'a>, WireError> {
+    let opcode = reader.u8("opcode")?;
+    if reader.u8("reserved")? != 0 {
+        return Err(WireError::Invalid { field: "reserved" });
+    }
+    let status = reader.u16("status")?;
+    let status = Status::from_code(status).ok_or(WireError::Invalid { field: "status" })?;
+    let len = usize::from(reader.u16("result length")?);
+    let body = reader.take("result body", len)?;
+    Ok(RawResult { opcode, status, body })
+}
+
+/// Decodes a response body into its results, each with the opcode it echoes. At most
+/// `expected_max` results are accepted, so a hostile server cannot make a client allocate.
+pub fn decode_response_body(
+    body: &[u8],
+    expected_max: usize,
+) -> Result<Vec<(u8, OpResult)>, WireError> {
+    let view = ResponseView::parse(body, expected_max)?;
+    view.results().map(|raw| Ok((raw.opcode, raw.decode()?))).collect()
+}
+
+fn decode_reply(opcode: Opcode, body: &mut Reader<'_>) -> Result<Reply, WireError> {
+    Ok(match opcode {
+        Opcode::Ping => Reply::Pong,
+        Opcode::Balance => Reply::Balance(BalanceView {
+            posted: body.i64("posted")?,
+            available: body.i64("available")?,
+            held: body.u64("held")?,
+        }),
+        Opcode::History => {
+            let count = body.u16("entry count")?;
+            if body.u16("reserved")? != 0 || count > HISTORY_LIMIT_MAX {
+                return Err(WireError::Invalid { field: "entry count" });
+            }
+            let mut items = Vec::with_capacity(usize::from(count));
+            for _ in 0..count {
+                let item = HistoryItem {
+                    tx_id: body.u64("tx id")?,
+                    timestamp: body.u64("timestamp")?,
+                    amount: body.u64("amount")?,
+                    kind: body.u16("kind")?,
+                    flags: body.u8("flags")?,
+                };
+                body.u8("reserved")?;
+                items.push(item);
+            }
+            Reply::History(items)
+        }
+        Opcode::Purchase
+        | Opcode::Redeem
+        | Opcode::Hold
+        | Opcode::Capture
+        | Opcode::Void
+        | Opcode::Reverse
+        | Opcode::Transfer => {
+            let tx_id = body.u64("tx id")?;
+            let timestamp = body.u64("timestamp")?;
+            let lsn = body.u64("lsn")?;
+            let points = body.u64("points")?;
+            let duplicate = match body.u8("flags")? {
+                0 => false,
+                1 => true,
+                _ => return Err(WireError::Invalid { field: "flags" }),
+            };
+            Reply::Committed(Committed { tx_id, timestamp, lsn, points, duplicate })
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: u128) -> WriteMeta {
+        WriteMeta { key, store: 12, category: 3, receipt: Receipt::new("R-1").unwrap() }
+    }
+
+    fn every_op() -> Vec<Op> {
+        vec![
+            Op::Ping,
+            Op::Balance { customer: 42 },
+            Op::History { customer: 42, limit: 10 },
+            Op::Purchase { meta: meta(1), customer: 42, amount: 12_345 },
+            Op::Redeem { meta: meta(2), customer: 42, points: 800 },
+            Op::Hold { meta: meta(3), customer: 42, points: 50, timeout_ms: 60_000 },
+            Op::Capture { meta: meta(4), hold: 99, points: 0 },
+            Op::Void { meta: meta(5), hold: 99 },
+            Op::Reverse { meta: meta(6), tx: 77 },
+            Op::Transfer { meta: meta(7), source: 1, destination: 2, points: 3 },
+        ]
+    }
+
+    #[test]
+    fn every_operation_round_trips_through_a_request() {
+        let ops = every_op();
+        let mut body = Vec::new();
+        encode_request_body(&ops, &mut body);
+        let view = RequestView::parse(&body, 16).unwrap();
+        assert_eq!(view.len(), ops.len());
+        let decoded: Vec<Op> = view.ops().map(|raw| Op::decode(raw).unwrap()).collect();
+        assert_eq!(decoded, ops);
+        for op in &ops {
+            let mut one = Vec::new();
+            op.encode(&mut one);
+            assert!(one.len() <= OP_BYTES_MAX);
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused_whole_and_bad_operations_alone() {
+        let mut body = Vec::new();
+        encode_request_body(&every_op(), &mut body);
+        assert_eq!(RequestView::parse(&body, 3).unwrap_err(), Status::BatchTooLarge);
+        assert_eq!(RequestView::parse(&[0, 0, 0, 0], 3).unwrap_err(), Status::BatchTooLarge);
+        for cut in 0..body.len() {
+            assert!(RequestView::parse(&body[..cut], 16).is_err(), "cut at {cut}");
+        }
+        let mut trailing = body.clone();
+        trailing.push(0);
+        assert_eq!(RequestView::parse(&trailing, 16).unwrap_err(), Status::Malformed);
+
+        let unknown = RawOp { opcode: 200, body: &[] };
+        assert_eq!(Op::decode(unknown), Err(Status::UnknownOpcode));
+        let short = RawOp { opcode: Opcode::Balance as u8, body: &[1, 2, 3] };
+        assert_eq!(Op::decode(short), Err(Status::Malformed));
+        let long = RawOp { opcode: Opcode::Ping as u8, body: &[0] };
+        assert_eq!(Op::decode(long), Err(Status::Malformed));
+        let zero_limit = RawOp { opcode: Opcode::History as u8, body: &[0; 10] };
+        assert_eq!(Op::decode(zero_limit), Err(Status::Malformed));
+
+        let mut receipt = Vec::new();
+        Op::Void { meta: meta(1), hold: 5 }.encode(&mut receipt);
+        // Replace the 3-byte receipt by a 40-byte one and fix the body length.
+        receipt.truncate(receipt.len() - 4);
+        receipt.push(40);
+        receipt.extend_from_slice(&[b'x'; 40]);
+        let body_len = u16::try_from(receipt.len() - OP_HEADER_BYTES).unwrap();
+        receipt[2..4].copy_from_slice(&body_len.to_le_bytes());
+        let raw = RawOp { opcode: receipt[0], body: &receipt[OP_HEADER_BYTES..] };
+        assert_eq!(Op::decode(raw), Err(Status::ReceiptTooLong));
+        assert_eq!(Receipt::new(&"y".repeat(33)), Err(Status::ReceiptTooLong));
+    }
+
+    #[test]
+    fn results_round_trip_with_their_opcodes() {
+        let committed = Committed { tx_id: 1, timestamp: 2, lsn: 3, points: 4, duplicate: true };
+        let history = vec![HistoryItem { tx_id: 9, timestamp: 8, amount: 7, kind: 1, flags: 9 }];
+        let results = vec![
+            (Opcode::Ping as u8, OpResult::Ok(Reply::Pong)),
+            (Opcode::Redeem as u8, OpResult::Ok(Reply::Committed(committed))),
+            (
+                Opcode::Balance as u8,
+                OpResult::Ok(Reply::Balance(BalanceView { posted: -1, available: -2, held: 3 })),
+            ),
+            (Opcode::History as u8, OpResult::Ok(Reply::History(history))),
+            (Opcode::Redeem as u8, OpResult::Refused(Status::InsufficientFunds)),
+            (250, OpResult::Refused(Status::UnknownOpcode)),
+        ];
+        let mut body = vec![6, 0, 0, 0];
+        for (opcode, result) in &results {
+            encode_result(&mut body, *opcode, result);
+        }
+        assert_eq!(decode_response_body(&body, 6).unwrap(), results);
+        assert!(decode_response_body(&body, 5).is_err());
+        for cut in 0..body.len() {
+            assert!(decode_response_body(&body[..cut], 6).is_err());
+        }
+    }
+}

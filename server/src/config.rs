@@ -1,0 +1,346 @@
+//! `ledgerd`'s configuration: defaults, then a TOML file (`--config`), then environment
+//! variables (`LEDGER_…`), then command-line flags, each overriding the one before.
+//!
+//! Every value is checked before anything starts: a bad address, a zero limit or limits that
+//! contradict each other stop the server with a message naming the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// The ledger server: an in-memory double-entry ledger with a write-ahead log, serving POS
+/// terminals over a binary TCP protocol (docs/protocol.md).
+///
+/// Settings come from defaults, then the file given by --config, then LEDGER_* environment
+/// variables, then these flags; later ones win. `--print-config` shows the result.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+pub struct Args {
+    /// Data directory (created if missing): WAL segments, snapshots, the directory's identity,
+    /// and on first start `credentials.toml` with a POS terminal's id and secret
+    /// [default: ./data].
+    #[arg(long, env = "LEDGER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Address of the POS protocol listener [default: 127.0.0.1:7400]. Loopback by default:
+    /// expose it on purpose, behind TLS termination or a private network.
+    #[arg(long, env = "LEDGER_POS_ADDR")]
+    pub pos_addr: Option<SocketAddr>,
+
+    /// Shards of a new data directory (default: one per CPU). An existing directory keeps the
+    /// count it was created with; giving another one is an error.
+    #[arg(long, env = "LEDGER_SHARDS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub shards: Option<u16>,
+
+    /// TOML configuration file (keys as in docs/operations.md, "Configuration").
+    #[arg(long, env = "LEDGER_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// POS terminal credentials file [default: <data-dir>/credentials.toml, created on first
+    /// start with one terminal].
+    #[arg(long, env = "LEDGER_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
+
+    /// Operations per second each terminal may send, over all its connections, unless its
+    /// credentials entry says otherwise [default: 2000000].
+    #[arg(long, env = "LEDGER_POS_RATE_PER_TERMINAL")]
+    pub rate_per_terminal: Option<u32>,
+
+    /// Requests one connection may have unanswered [default: 4096].
+    #[arg(long, env = "LEDGER_POS_IN_FLIGHT_MAX")]
+    pub in_flight_max: Option<u16>,
+
+    /// Threads serving network connections [default: 1].
+    #[arg(long, env = "LEDGER_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub io_threads: Option<u16>,
+
+    /// Log format: `pretty` for people, `json` (one object per line) for log collectors
+    /// [default: pretty].
+    #[arg(long, env = "LEDGER_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Print the effective configuration (secrets are never printed) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[pos]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PosFile {
+    addr: Option<SocketAddr>,
+    credentials: Option<PathBuf>,
+    frame_bytes_max: Option<u32>,
+    batch_ops_max: Option<u16>,
+    in_flight_max: Option<u16>,
+    connections_max: Option<u32>,
+    rate_per_terminal: Option<u32>,
+    handshake_timeout_ms: Option<u64>,
+    drain_timeout_ms: Option<u64>,
+    earn_points: Option<u64>,
+    earn_per_minor_units: Option<u64>,
+    io_threads: Option<u16>,
+}
+
+/// The configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    data_dir: Option<PathBuf>,
+    shards: Option<u16>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    pos: PosFile,
+}
+
+/// Largest configuration file read.
+const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Settings of the POS listener and its sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PosConfig {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The credentials file.
+    pub credentials: PathBuf,
+    /// Largest frame accepted, header included: a batch of `batch_ops_max` of the largest
+    /// operations must fit.
+    pub frame_bytes_max: usize,
+    /// Most operations in one request (TigerBeetle's batches are 8,189).
+    pub batch_ops_max: usize,
+    /// Most unanswered requests per connection.
+    pub in_flight_max: usize,
+    /// Most open connections; one more is answered `busy` and closed.
+    pub connections_max: usize,
+    /// Default operations per second per terminal (its burst is one second's worth).
+    pub rate_per_terminal: u32,
+    /// Time a new connection has to authenticate.
+    pub handshake_timeout: Duration,
+    /// Time connections have to finish their in-flight requests at shutdown.
+    pub drain_timeout: Duration,
+    /// The base earn rate: `earn_points` points per `earn_per_minor_units` minor currency
+    /// units spent, rounded down (until the rules engine exists).
+    pub earn_points: u64,
+    /// See `earn_points`.
+    pub earn_per_minor_units: u64,
+    /// Threads of the async runtime that serves connections.
+    pub io_threads: usize,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Shards of a new data directory.
+    pub shards: Option<u16>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The POS protocol.
+    pub pos: PosConfig,
+}
+
+impl Config {
+    /// Merges defaults, the file, the environment and the flags (clap has already merged the
+    /// last two), then checks the result.
+    pub fn resolve(args: &Args) -> anyhow::Result<Config> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => File::default(),
+        };
+        let data_dir =
+            args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("./data"));
+        let pos = &file.pos;
+        let config = Config {
+            shards: args.shards.or(file.shards),
+            log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Pretty),
+            pos: PosConfig {
+                addr: args
+                    .pos_addr
+                    .or(pos.addr)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7400))),
+                credentials: args
+                    .credentials
+                    .clone()
+                    .or(pos.credentials.clone())
+                    .unwrap_or_else(|| data_dir.join("credentials.toml")),
+                frame_bytes_max: pos.frame_bytes_max.map_or(1024 * 1024, |v| v as usize),
+                batch_ops_max: usize::from(pos.batch_ops_max.unwrap_or(8192)),
+                in_flight_max: usize::from(
+                    args.in_flight_max.or(pos.in_flight_max).unwrap_or(4096),
+                ),
+                connections_max: pos.connections_max.map_or(4096, |v| v as usize),
+                rate_per_terminal: args
+                    .rate_per_terminal
+                    .or(pos.rate_per_terminal)
+                    .unwrap_or(2_000_000),
+                handshake_timeout: Duration::from_millis(
+                    pos.handshake_timeout_ms.unwrap_or(10_000),
+                ),
+                drain_timeout: Duration::from_millis(pos.drain_timeout_ms.unwrap_or(10_000)),
+                earn_points: pos.earn_points.unwrap_or(1),
+                earn_per_minor_units: pos.earn_per_minor_units.unwrap_or(100),
+                io_threads: usize::from(args.io_threads.or(pos.io_threads).unwrap_or(1)),
+            },
+            data_dir,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let pos = &self.pos;
+        if let Some(shards) = self.shards
+            && !(1..=1024).contains(&shards)
+        {
+            bail!("shards must be 1..=1024, not {shards}");
+        }
+        let positive = [
+            ("pos.batch_ops_max", pos.batch_ops_max as u64),
+            ("pos.in_flight_max", pos.in_flight_max as u64),
+            ("pos.connections_max", pos.connections_max as u64),
+            ("pos.rate_per_terminal", u64::from(pos.rate_per_terminal)),
+            ("pos.earn_per_minor_units", pos.earn_per_minor_units),
+            ("pos.io_threads", pos.io_threads as u64),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                bail!("{name} must be at least 1");
+            }
+        }
+        if pos.io_threads > 64 {
+            bail!("pos.io_threads must be at most 64");
+        }
+        if pos.frame_bytes_max > ledger_protocol::frame::FRAME_BYTES_LIMIT {
+            bail!("pos.frame_bytes_max must be at most 16 MiB");
+        }
+        // A full batch of the largest operations must fit in a frame, or clients could build
+        // requests that are within every advertised limit and still refused.
+        let batch_bytes = ledger_protocol::frame::FRAME_HEADER_BYTES
+            + ledger_protocol::ops::COUNT_HEADER_BYTES
+            + pos.batch_ops_max * ledger_protocol::ops::OP_BYTES_MAX;
+        if batch_bytes > pos.frame_bytes_max {
+            bail!(
+                "pos.frame_bytes_max ({}) cannot hold a batch of pos.batch_ops_max ({}) \
+                 operations: it needs {batch_bytes}",
+                pos.frame_bytes_max,
+                pos.batch_ops_max
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, for `--print-config`.
+    pub fn to_toml(&self) -> String {
+        let pos = &self.pos;
+        format!(
+            "data_dir = {:?}\nshards = {}\nlog_format = \"{}\"\n\n[pos]\naddr = \"{}\"\n\
+             credentials = {:?}\nframe_bytes_max = {}\nbatch_ops_max = {}\nin_flight_max = {}\n\
+             connections_max = {}\nrate_per_terminal = {}\nhandshake_timeout_ms = {}\n\
+             drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n",
+            self.data_dir.display().to_string(),
+            self.shards.map_or_else(|| "\"one per CPU\"".to_string(), |s| s.to_string()),
+            match self.log_format {
+                LogFormat::Pretty => "pretty",
+                LogFormat::Json => "json",
+            },
+            pos.addr,
+            pos.credentials.display().to_string(),
+            pos.frame_bytes_max,
+            pos.batch_ops_max,
+            pos.in_flight_max,
+            pos.connections_max,
+            pos.rate_per_terminal,
+            pos.handshake_timeout.as_millis(),
+            pos.drain_timeout.as_millis(),
+            pos.earn_points,
+            pos.earn_per_minor_units,
+            pos.io_threads,
+        )
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<File> {
+    let metadata = std::fs::metadata(path)
+        .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+    if metadata.len() > CONFIG_BYTES_MAX {
+        bail!("configuration file {} is larger than 1 MiB", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("ledgerd").chain(list.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledgerd.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/ledger\"\nshards = 3\n[pos]\naddr = \"127.0.0.1:9000\"\n\
+             in_flight_max = 8\nearn_points = 2\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let config = Config::resolve(&args(&["--config", path])).unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/ledger"));
+        assert_eq!(config.shards, Some(3));
+        assert_eq!(config.pos.addr.port(), 9000);
+        assert_eq!(config.pos.in_flight_max, 8);
+        assert_eq!(config.pos.earn_points, 2);
+        assert_eq!(config.pos.credentials, PathBuf::from("/srv/ledger/credentials.toml"));
+        let config =
+            Config::resolve(&args(&["--config", path, "--pos-addr", "127.0.0.1:9001"])).unwrap();
+        assert_eq!(config.pos.addr.port(), 9001);
+        let defaults = Config::resolve(&args(&[])).unwrap();
+        assert_eq!(defaults.pos.addr, SocketAddr::from(([127, 0, 0, 1], 7400)));
+        assert_eq!(defaults.data_dir, PathBuf::from("./data"));
+        // The printed configuration reads back as the same configuration.
+        let printed = dir.path().join("printed.toml");
+        std::fs::write(&printed, config.to_toml().replace("\"one per CPU\"", "1")).unwrap();
+        let again = Config::resolve(&args(&["--config", printed.to_str().unwrap()])).unwrap();
+        assert_eq!(again.pos, config.pos);
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("[pos]\nbatch_ops_max = 0\n", "pos.batch_ops_max"),
+            ("[pos]\nframe_bytes_max = 1000\n", "pos.frame_bytes_max"),
+            ("[pos]\nearn_per_minor_units = 0\n", "pos.earn_per_minor_units"),
+            ("[pos]\nsurprise = 1\n", "surprise"),
+            ("shards = 0\n", "shards"),
+            ("[pos]\naddr = \"nowhere\"\n", "invalid configuration"),
+        ];
+        for (text, expected) in cases {
+            let file = dir.path().join("bad.toml");
+            std::fs::write(&file, text).unwrap();
+            let error = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(message.contains(expected), "{text:?}: {message}");
+        }
+    }
+}

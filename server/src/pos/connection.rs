@@ -1,0 +1,463 @@
+//! One POS connection: the handshake, then requests in, answers out, on one task.
+//!
+//! The task reads as many bytes as the socket has, cuts every complete frame out of them,
+//! turns their operations into engine commands and submits all of them in one
+//! `Engine::submit` call (one wake-up of each shard per read, not per request). The engine
+//! delivers answers through the connection's `Sink`, whenever their batch is durable; the
+//! task wakes, fills in the waiting requests, and writes every finished response in one
+//! system call. Answers go out in the order they become durable, not the order of requests:
+//! clients match them by request id.
+//!
+//! Bounds: the read buffer holds at most one frame beyond what is parsed (`frame_bytes_max`);
+//! at most `in_flight_max` requests wait for answers (one more is refused
+//! `too_many_in_flight`); the output buffer stops the reading when it holds more than
+//! `OUTPUT_BYTES_MAX` that the peer has not taken, so a client that does not read its answers
+//! stalls only itself.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use ledger_engine::{Command, Engine, ReplySink, Response};
+use ledger_protocol::frame::{
+    FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameType, begin_frame, check, finish_frame,
+};
+use ledger_protocol::ops::{COUNT_HEADER_BYTES, Op, OpResult, RequestView, encode_result};
+use ledger_protocol::session::{self, NONCE_BYTES, Welcome};
+use ledger_protocol::{Credentials, Status};
+use smallvec::SmallVec;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, watch};
+
+use super::handler::{self, Book, Plan};
+use super::rate::{Bucket, RateLimits};
+use super::stats::PosStats;
+use crate::config::PosConfig;
+
+/// Unsent answer bytes past which the connection stops reading requests.
+const OUTPUT_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Bytes read per system call at most.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Bits of a command tag that hold the operation's index in its request.
+const TAG_INDEX_BITS: u32 = 16;
+
+/// What every connection shares.
+pub struct Shared {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// How operations post.
+    pub book: Book,
+    /// Limits and timeouts.
+    pub config: PosConfig,
+    /// Known terminals.
+    pub credentials: Credentials,
+    /// Their rate limits.
+    pub rates: RateLimits,
+    /// Counters.
+    pub stats: PosStats,
+}
+
+/// Where the engine delivers a connection's answers.
+#[derive(Default)]
+struct Sink {
+    replies: Mutex<Vec<(u64, Response)>>,
+    ready: Notify,
+}
+
+impl ReplySink for Sink {
+    fn deliver(&self, replies: Vec<(u64, Response)>) {
+        {
+            let mut queued = self.replies.lock().expect("reply lock");
+            if queued.is_empty() {
+                *queued = replies;
+            } else {
+                queued.extend(replies);
+            }
+        }
+        self.ready.notify_one();
+    }
+}
+
+/// Where the handshake stands.
+enum Phase {
+    /// Waiting for `Hello`.
+    Hello,
+    /// `Challenge` sent; waiting for `Auth`.
+    Auth { terminal: u32, nonce: [u8; NONCE_BYTES] },
+    /// Authenticated.
+    Ready { terminal: u32, bucket: Arc<Mutex<Bucket>> },
+}
+
+/// One operation of a request waiting for its answer.
+struct OpSlot {
+    opcode: u8,
+    points: u64,
+    result: Option<OpResult>,
+}
+
+/// A request waiting for the answers of its operations.
+struct Waiting {
+    request_id: u64,
+    remaining: usize,
+    ops: SmallVec<[OpSlot; 1]>,
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    session: u64,
+    sink: Arc<Sink>,
+    /// Bytes read, from `input_start` on not parsed yet.
+    input: Vec<u8>,
+    input_start: usize,
+    /// Bytes to send, from `output_start` on not sent yet.
+    output: Vec<u8>,
+    output_start: usize,
+    phase: Phase,
+    /// Requests waiting for answers, by slot (the high bits of a command's tag).
+    waiting: Vec<Option<Waiting>>,
+    free_slots: Vec<usize>,
+    in_flight: usize,
+    /// Commands of the frames being parsed, submitted together.
+    commands: Vec<(u64, Command)>,
+    /// No more reading: the peer closed its side, or shutdown began.
+    reading_done: bool,
+    /// A fatal error frame is queued: close once it is sent.
+    closing: bool,
+}
+
+/// Serves one connection until the peer leaves, a fatal error, or the end of a drain.
+pub async fn serve(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    session: u64,
+    drain: watch::Receiver<bool>,
+) {
+    let peer = stream.peer_addr().ok();
+    let mut connection = Connection {
+        shared,
+        session,
+        sink: Arc::new(Sink::default()),
+        input: Vec::with_capacity(64 * 1024),
+        input_start: 0,
+        output: Vec::with_capacity(64 * 1024),
+        output_start: 0,
+        phase: Phase::Hello,
+        waiting: Vec::new(),
+        free_slots: Vec::new(),
+        in_flight: 0,
+        commands: Vec::new(),
+        reading_done: false,
+        closing: false,
+    };
+    if let Err(error) = connection.run(&stream, drain).await {
+        tracing::debug!(session, ?peer, %error, "connection ended with an error");
+    }
+    if connection.in_flight > 0 {
+        // Their outcome is durable or not; the client never heard, and retries with the same
+        // keys will find out.
+        tracing::info!(
+            session,
+            in_flight = connection.in_flight,
+            "connection closed with requests unanswered"
+        );
+    }
+}
+
+impl Connection {
+    async fn run(
+        &mut self,
+        stream: &TcpStream,
+        mut drain: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let handshake_deadline = tokio::time::Instant::now() + self.shared.config.handshake_timeout;
+        let mut draining = *drain.borrow();
+        loop {
+            let unsent = self.output.len() - self.output_start;
+            if (self.closing || self.reading_done || draining) && self.in_flight == 0 && unsent == 0
+            {
+                return Ok(());
+            }
+            if self.closing && unsent == 0 {
+                return Ok(());
+            }
+            let read =
+                !self.reading_done && !self.closing && !draining && unsent < OUTPUT_BYTES_MAX;
+            let interest = match (read, unsent > 0) {
+                (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+                (true, false) => Some(Interest::READABLE),
+                (false, true) => Some(Interest::WRITABLE),
+                (false, false) => None,
+            };
+            let authenticated = matches!(self.phase, Phase::Ready { .. });
+            tokio::select! {
+                biased;
+                () = self.sink.ready.notified() => {
+                    self.collect_answers();
+                    self.write_some(stream)?;
+                }
+                ready = async { stream.ready(interest.unwrap_or(Interest::READABLE)).await },
+                    if interest.is_some() => {
+                    let ready = ready?;
+                    if ready.is_readable() && read {
+                        self.read_some(stream)?;
+                        self.process_input();
+                        self.submit();
+                    }
+                    if ready.is_writable() || ready.is_readable() {
+                        self.write_some(stream)?;
+                    }
+                }
+                changed = drain.changed(), if !draining => {
+                    // A dropped sender also means shutdown.
+                    let _ = changed;
+                    draining = true;
+                }
+                () = tokio::time::sleep_until(handshake_deadline), if !authenticated && !self.closing => {
+                    self.shared.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.fail(Status::AuthFailed, "the handshake took too long");
+                    self.write_some(stream)?;
+                }
+            }
+        }
+    }
+
+    fn read_some(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+        if self.input_start > 0 {
+            self.input.drain(..self.input_start);
+            self.input_start = 0;
+        }
+        let mut total = 0;
+        while total < READ_CHUNK_BYTES {
+            if self.input.capacity() - self.input.len() < 16 * 1024 {
+                self.input.reserve(64 * 1024);
+            }
+            match stream.try_read_buf(&mut self.input) {
+                Ok(0) => {
+                    self.reading_done = true;
+                    break;
+                }
+                Ok(read) => total += read,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+            // Never hold more than one incomplete frame beyond what can be parsed.
+            if self.input.len() >= self.shared.config.frame_bytes_max + READ_CHUNK_BYTES {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_some(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+        while self.output_start < self.output.len() {
+            match stream.try_write(&self.output[self.output_start..]) {
+                Ok(written) => self.output_start += written,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+        }
+        if self.output_start == self.output.len() {
+            self.output.clear();
+            self.output_start = 0;
+        }
+        Ok(())
+    }
+
+    /// Handles every complete frame in the input buffer.
+    fn process_input(&mut self) {
+        let input = std::mem::take(&mut self.input);
+        let mut start = self.input_start;
+        while !self.closing {
+            let pending = &input[start..];
+            match check(pending, self.shared.config.frame_bytes_max) {
+                Ok(Some(header)) => {
+                    let body = &pending[FRAME_HEADER_BYTES..header.frame_bytes()];
+                    self.on_frame(header, body);
+                    start += header.frame_bytes();
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    let status = match error {
+                        FrameError::TooLarge { .. } => Status::FrameTooLarge,
+                        FrameError::Version(_) => Status::UnsupportedVersion,
+                        _ => Status::UnexpectedFrame,
+                    };
+                    self.fail(status, &error.to_string());
+                }
+            }
+        }
+        self.input = input;
+        self.input_start = start;
+    }
+
+    fn on_frame(&mut self, header: FrameHeader, body: &[u8]) {
+        match (&self.phase, header.frame_type) {
+            (Phase::Hello, FrameType::Hello) => match session::decode_hello(body) {
+                Ok(terminal) => {
+                    // A challenge goes out whether or not the terminal exists, so that probing
+                    // does not tell which ids are valid.
+                    let mut nonce = [0u8; NONCE_BYTES];
+                    if getrandom::fill(&mut nonce).is_err() {
+                        self.fail(Status::InternalError, "no randomness for the challenge");
+                        return;
+                    }
+                    session::encode_challenge(&mut self.output, &nonce);
+                    self.phase = Phase::Auth { terminal, nonce };
+                }
+                Err(_) => self.fail(Status::UnexpectedFrame, "a malformed hello"),
+            },
+            (Phase::Auth { terminal, nonce }, FrameType::Auth) => {
+                let (terminal, nonce) = (*terminal, *nonce);
+                let secret =
+                    self.shared.credentials.terminal(terminal).map(|t| t.secret.as_slice());
+                let bucket = self.shared.rates.bucket(terminal);
+                let verified = match (session::decode_auth(body), secret, bucket) {
+                    (Ok(mac), Some(secret), Some(bucket))
+                        if session::verify_auth_mac(secret, terminal, &nonce, &mac) =>
+                    {
+                        Some(bucket)
+                    }
+                    _ => None,
+                };
+                let Some(bucket) = verified else {
+                    self.shared
+                        .stats
+                        .auth_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(session = self.session, terminal, "authentication failed");
+                    self.fail(Status::AuthFailed, "unknown terminal or wrong mac");
+                    return;
+                };
+                let config = &self.shared.config;
+                let rate_per_second = bucket.lock().expect("bucket lock").rate();
+                let welcome = Welcome {
+                    frame_bytes_max: u32::try_from(config.frame_bytes_max).unwrap_or(u32::MAX),
+                    batch_ops_max: u16::try_from(config.batch_ops_max).unwrap_or(u16::MAX),
+                    in_flight_max: u16::try_from(config.in_flight_max).unwrap_or(u16::MAX),
+                    rate_per_second,
+                    shard_count: self.shared.engine.shard_count(),
+                    session: self.session,
+                };
+                session::encode_welcome(&mut self.output, &welcome);
+                tracing::debug!(session = self.session, terminal, "terminal authenticated");
+                self.phase = Phase::Ready { terminal, bucket };
+            }
+            (Phase::Ready { .. }, FrameType::Request) => self.on_request(header.request_id, body),
+            (Phase::Hello | Phase::Auth { .. }, FrameType::Request) => {
+                self.fail(Status::NotAuthenticated, "authenticate first")
+            }
+            (_, frame_type) => {
+                self.fail(Status::UnexpectedFrame, &format!("{frame_type:?} is not expected now"))
+            }
+        }
+    }
+
+    fn on_request(&mut self, request_id: u64, body: &[u8]) {
+        let Phase::Ready { terminal, bucket } = &self.phase else {
+            unreachable!("requests are only handled once authenticated");
+        };
+        let terminal = *terminal;
+        let config = &self.shared.config;
+        if self.in_flight >= config.in_flight_max {
+            return self.refuse(request_id, Status::TooManyInFlight, "wait for answers first");
+        }
+        let view = match RequestView::parse(body, config.batch_ops_max) {
+            Ok(view) => view,
+            Err(status) => return self.refuse(request_id, status, "the request does not decode"),
+        };
+        if !bucket.lock().expect("bucket lock").try_take(view.len(), Instant::now()) {
+            return self.refuse(request_id, Status::RateLimited, "the terminal's rate is exceeded");
+        }
+        self.shared.stats.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .stats
+            .operations
+            .fetch_add(view.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.waiting.push(None);
+            self.waiting.len() - 1
+        });
+        let mut ops = SmallVec::with_capacity(view.len());
+        let mut remaining = 0;
+        for (index, raw) in view.ops().enumerate() {
+            let (points, result) = match Op::decode(raw) {
+                Ok(op) => match self.shared.book.plan(terminal, &op) {
+                    Plan::Answer(result) => (0, Some(result)),
+                    Plan::Submit { command, points } => {
+                        let tag = ((slot as u64) << TAG_INDEX_BITS) | index as u64;
+                        self.commands.push((tag, command));
+                        remaining += 1;
+                        (points, None)
+                    }
+                },
+                Err(status) => (0, Some(OpResult::Refused(status))),
+            };
+            ops.push(OpSlot { opcode: raw.opcode, points, result });
+        }
+        self.in_flight += 1;
+        let waiting = Waiting { request_id, remaining, ops };
+        if remaining == 0 {
+            self.finish(slot, waiting);
+        } else {
+            self.waiting[slot] = Some(waiting);
+        }
+    }
+
+    fn submit(&mut self) {
+        if !self.commands.is_empty() {
+            let commands = std::mem::take(&mut self.commands);
+            let sink: Arc<dyn ReplySink> = self.sink.clone();
+            self.shared.engine.submit(&sink, commands);
+        }
+    }
+
+    fn collect_answers(&mut self) {
+        let replies = std::mem::take(&mut *self.sink.replies.lock().expect("reply lock"));
+        for (tag, response) in replies {
+            let slot = usize::try_from(tag >> TAG_INDEX_BITS).expect("slots index a vector");
+            let index = usize::try_from(tag & ((1 << TAG_INDEX_BITS) - 1)).expect("16 bits");
+            let Some(Some(waiting)) = self.waiting.get_mut(slot) else {
+                unreachable!("an answer for a request that is not waiting: tag {tag}");
+            };
+            let op = &mut waiting.ops[index];
+            assert!(op.result.is_none(), "one answer per operation");
+            op.result = Some(handler::answer(op.opcode, op.points, response));
+            waiting.remaining -= 1;
+            if waiting.remaining == 0 {
+                let waiting = self.waiting[slot].take().expect("checked above");
+                self.finish(slot, waiting);
+            }
+        }
+    }
+
+    /// Encodes the response of a request whose operations are all answered.
+    fn finish(&mut self, slot: usize, waiting: Waiting) {
+        let start = begin_frame(&mut self.output, FrameType::Response, waiting.request_id);
+        let count = u16::try_from(waiting.ops.len()).expect("batches are bounded by u16");
+        self.output.extend_from_slice(&count.to_le_bytes());
+        self.output.extend_from_slice(&0u16.to_le_bytes());
+        for op in &waiting.ops {
+            let result = op.result.as_ref().expect("every operation is answered");
+            self.shared.stats.count(result.status());
+            encode_result(&mut self.output, op.opcode, result);
+        }
+        finish_frame(&mut self.output, start);
+        debug_assert!(self.output.len() - start >= FRAME_HEADER_BYTES + COUNT_HEADER_BYTES);
+        self.free_slots.push(slot);
+        self.in_flight -= 1;
+    }
+
+    /// Refuses one request whole; the connection goes on.
+    fn refuse(&mut self, request_id: u64, status: Status, message: &str) {
+        self.shared.stats.count(status);
+        session::encode_error(&mut self.output, request_id, status, message);
+    }
+
+    /// Sends a connection-level error and closes once it is out.
+    fn fail(&mut self, status: Status, message: &str) {
+        self.shared.stats.count(status);
+        tracing::debug!(session = self.session, %status, message, "closing the connection");
+        session::encode_error(&mut self.output, 0, status, message);
+        self.closing = true;
+    }
+}

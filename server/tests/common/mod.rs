@@ -1,0 +1,111 @@
+//! An in-process ledgerd for the protocol tests: a real engine on a temporary data directory,
+//! the real POS listener on `127.0.0.1:0`, and clients that connect over real sockets.
+
+#![allow(dead_code, reason = "each test file uses a different part of the harness")]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ledger_engine::{Engine, EngineConfig, Limits, ShardTuning};
+use ledger_protocol::client::Client;
+use ledger_protocol::{Credentials, Terminal};
+use ledger_server::config::PosConfig;
+use ledger_server::pos::{self, Drained, Shared};
+use tokio::sync::oneshot;
+
+/// Terminal 1's secret; terminal 2 has `[2; 32]`, terminal 3 (rate 5/s) `[3; 32]`.
+pub const SECRET: [u8; 32] = [1; 32];
+
+/// A running server.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Drained>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// Settings small enough to reach every limit.
+pub fn pos_config() -> PosConfig {
+    PosConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        credentials: "unused".into(),
+        frame_bytes_max: 1024 * 1024,
+        batch_ops_max: 8192,
+        in_flight_max: 256,
+        connections_max: 64,
+        rate_per_terminal: 10_000_000,
+        handshake_timeout: Duration::from_secs(5),
+        drain_timeout: Duration::from_secs(5),
+        earn_points: 1,
+        earn_per_minor_units: 100,
+        io_threads: 1,
+    }
+}
+
+pub fn credentials() -> Credentials {
+    Credentials::new(vec![
+        Terminal { id: 1, secret: SECRET.to_vec(), rate_per_second: None },
+        Terminal { id: 2, secret: vec![2; 32], rate_per_second: None },
+        Terminal { id: 3, secret: vec![3; 32], rate_per_second: Some(5) },
+    ])
+    .unwrap()
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::start_with(pos_config()).await
+    }
+
+    pub async fn start_with(config: PosConfig) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine_config = EngineConfig::new(dir.path());
+        engine_config.shard_count = Some(2);
+        engine_config.limits = Limits {
+            inbox_depth_max: 4096,
+            idempotency_keys_max: 1 << 16,
+            holds_open_max: 1024,
+            history_entries_max: 1 << 14,
+            transaction_postings_max: 8,
+            segment_bytes: 8 * 1024 * 1024,
+            ..Limits::test_min()
+        };
+        engine_config.tuning =
+            ShardTuning { tick: Duration::from_millis(2), ..ShardTuning::default() };
+        let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config).unwrap())
+            .await
+            .unwrap();
+        ledger_server::bootstrap::define_defaults(&engine).unwrap();
+        let credentials = credentials();
+        let shared = Arc::new(Shared {
+            book: pos::handler::Book::new(&engine, &config).unwrap(),
+            rates: pos::rate::RateLimits::new(&credentials, config.rate_per_terminal),
+            engine: Arc::new(engine),
+            config,
+            credentials,
+            stats: Default::default(),
+        });
+        let listener = tokio::net::TcpListener::bind(shared.config.addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(pos::run(listener, Arc::clone(&shared), async move {
+            let _ = stopped.await;
+        }));
+        TestServer { addr, shared, stop: Some(stop), task: Some(task), dir }
+    }
+
+    pub async fn client(&self) -> Client {
+        self.client_as(1, &SECRET).await
+    }
+
+    pub async fn client_as(&self, terminal: u32, secret: &[u8]) -> Client {
+        Client::connect(self.addr, terminal, secret).await.unwrap()
+    }
+
+    /// Stops the listener and drains the connections.
+    pub async fn stop(mut self) -> Drained {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}

@@ -189,3 +189,105 @@ fn bad_arguments_are_refused_with_usage() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--data-dir"));
 }
+
+/// SIGTERM while terminals have requests in flight: every request the server read is
+/// answered before it closes the connection, and what it acknowledged is exactly what is in
+/// the ledger after a restart; the requests it did not read were never applied.
+#[test]
+fn sigterm_with_requests_in_flight_loses_nothing_acknowledged() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut child, lines) = start(&data);
+    let addr = listening_addr(&lines);
+    let credentials = ledger_protocol::Credentials::load(&data.join("credentials.toml")).unwrap();
+    let terminal = credentials.terminals()[0].clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let acknowledged: Arc<Mutex<HashMap<u64, i128>>> = Arc::default();
+    let (sent, answered) = runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for worker in 0..4u64 {
+            let client =
+                ledger_protocol::client::Client::connect(addr, terminal.id, &terminal.secret)
+                    .await
+                    .unwrap();
+            for lane in 0..8u64 {
+                let client = client.clone();
+                let acknowledged = Arc::clone(&acknowledged);
+                tasks.spawn(async move {
+                    let (mut sent, mut answered) = (0u64, 0u64);
+                    for round in 0u64.. {
+                        let customer = 1 + (worker * 8 + lane + round) % 40;
+                        let key = u128::from(worker) << 96
+                            | u128::from(lane) << 64
+                            | u128::from(round + 1);
+                        let op = ledger_protocol::Op::Purchase {
+                            meta: ledger_protocol::WriteMeta { key, ..Default::default() },
+                            customer,
+                            amount: 100 * (1 + round % 7),
+                        };
+                        sent += 1;
+                        match client.call_one(op).await {
+                            Ok(result) => {
+                                let committed = result.committed().copied().unwrap_or_else(|| {
+                                    panic!("a purchase was refused: {result:?}")
+                                });
+                                answered += 1;
+                                *acknowledged.lock().unwrap().entry(customer).or_default() +=
+                                    i128::from(committed.points);
+                            }
+                            Err(_) => return (sent, answered),
+                        }
+                    }
+                    unreachable!("the loop ends when the server closes")
+                });
+            }
+        }
+        // Let the load run, then ask the server to stop while requests are in flight.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        signal(&child, "TERM");
+        let (mut sent, mut answered) = (0, 0);
+        while let Some(joined) = tasks.join_next().await {
+            let (s, a) = joined.unwrap();
+            sent += s;
+            answered += a;
+        }
+        (sent, answered)
+    });
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    assert!(answered > 100, "the load ran: {answered} answered of {sent}");
+
+    let (mut child, lines) = start(&data);
+    let addr = listening_addr(&lines);
+    let balances: HashMap<u64, i128> = runtime.block_on(async {
+        let client = ledger_protocol::client::Client::connect(addr, terminal.id, &terminal.secret)
+            .await
+            .unwrap();
+        let mut balances = HashMap::new();
+        for customer in 1..=40u64 {
+            let posted = match client
+                .call_one(ledger_protocol::Op::Balance { customer })
+                .await
+                .unwrap()
+            {
+                ledger_protocol::OpResult::Ok(ledger_protocol::Reply::Balance(view)) => view.posted,
+                ledger_protocol::OpResult::Refused(ledger_protocol::Status::AccountNotFound) => 0,
+                other => panic!("{other:?}"),
+            };
+            balances.insert(customer, i128::from(posted));
+        }
+        balances
+    });
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    for customer in 1..=40u64 {
+        assert_eq!(
+            balances[&customer],
+            acknowledged.get(&customer).copied().unwrap_or(0),
+            "customer {customer}: the ledger holds exactly the acknowledged purchases"
+        );
+    }
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+}

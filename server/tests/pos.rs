@@ -6,7 +6,7 @@ mod common;
 
 use common::TestServer;
 use ledger_protocol::ops::{Committed, Op, OpResult, Reply, WriteMeta};
-use ledger_protocol::{Receipt, Status};
+use ledger_protocol::{Opcode, Receipt, Status};
 
 fn meta(key: u128) -> WriteMeta {
     WriteMeta { key, store: 7, category: 2, receipt: Receipt::new("R-100").unwrap() }
@@ -122,4 +122,426 @@ fn customers_beside(server: &TestServer, customer: u64) -> (u64, u64) {
     let same = (1..).find(|c| *c != customer && shard(*c) == shard(customer)).unwrap();
     let other = (1..).find(|c| shard(*c) != shard(customer)).unwrap();
     (same, other)
+}
+
+use std::time::Duration;
+
+use common::{RawReader, Received, raw, request};
+use ledger_protocol::frame::{FrameType, put_header};
+use tokio::io::AsyncWriteExt;
+
+fn purchase(key: u128, customer: u64, amount: u64) -> Op {
+    Op::Purchase { meta: meta(key), customer, amount }
+}
+
+/// A later request is answered first when an earlier one waits for its batch to become
+/// durable: answers are matched by request id, not by order. And many requests from many
+/// tasks on one connection each get their own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_matched_by_id_even_out_of_order() {
+    let server = TestServer::start().await;
+    let mut stream = raw(&server).await;
+    let batch: Vec<Op> = (0..400).map(|i| purchase(10_000 + i, 1 + i as u64, 100)).collect();
+    let mut bytes = request(100, &batch);
+    bytes.extend(request(101, &[Op::Ping]));
+    stream.write_all(&bytes).await.unwrap();
+    let mut reader = RawReader::default();
+    // The ping needs no fsync: it overtakes the batch written before it.
+    match reader.next(&mut stream).await {
+        Received::Response(101, results) => assert_eq!(results, vec![OpResult::Ok(Reply::Pong)]),
+        other => panic!("expected the ping's answer first, got {other:?}"),
+    }
+    match reader.next(&mut stream).await {
+        Received::Response(100, results) => {
+            assert_eq!(results.len(), 400);
+            assert!(results.iter().all(|r| r.committed().is_some_and(|c| c.points == 1)));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // 300 calls in flight at once from 300 tasks on one client: each answer is its own.
+    let client = server.client().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..300u64 {
+        let client = client.clone();
+        tasks.spawn(async move {
+            let amount = (i + 1) * 100;
+            let result = client.call_one(purchase(20_000 + u128::from(i), 5_000 + i, amount)).await;
+            (i, result.unwrap())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (i, result) = joined.unwrap();
+        assert_eq!(committed(&result).points, i + 1, "answer {i} belongs to request {i}");
+    }
+    server.stop().await;
+}
+
+/// A retry with the same key after the connection dropped returns the original result and
+/// posts nothing; the same key for another operation is a conflict. A request whose
+/// connection dropped before its answer is settled by the retry: posted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_dropped_connection_returns_the_original_result() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let first = committed(&client.call_one(purchase(77, 9, 5_000)).await.unwrap());
+    drop(client);
+    let client = server.client().await;
+    let again = committed(&client.call_one(purchase(77, 9, 5_000)).await.unwrap());
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.tx_id, again.lsn, again.timestamp),
+        (first.tx_id, first.lsn, first.timestamp)
+    );
+    assert_eq!(balance(&client, 9).await, 50);
+    let conflict = client.call_one(purchase(77, 9, 6_000)).await.unwrap();
+    assert_eq!(conflict, OpResult::Refused(Status::IdempotencyConflict));
+    // Another terminal's key 77 is another key.
+    let other = server.client_as(2, &[2; 32]).await;
+    assert!(!committed(&other.call_one(purchase(77, 9, 6_000)).await.unwrap()).duplicate);
+    assert_eq!(balance(&client, 9).await, 110);
+
+    // Sent, then the connection dropped before any answer was read.
+    let mut stream = raw(&server).await;
+    stream.write_all(&request(1, &[purchase(78, 10, 10_000)])).await.unwrap();
+    drop(stream);
+    let retried = client.call_one(purchase(78, 10, 10_000)).await.unwrap();
+    committed(&retried);
+    assert_eq!(balance(&client, 10).await, 100, "posted exactly once, whichever came first");
+    server.stop().await;
+}
+
+/// The double-spend guarantee over the wire: two terminals on two connections redeem 800 of
+/// a 1,000 balance at the same moment; exactly one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_one_of_two_concurrent_800_point_redemptions_from_1000_succeeds() {
+    let server = TestServer::start().await;
+    let setup = server.client().await;
+    let customers: Vec<u64> = (900..930).collect();
+    let earns: Vec<Op> = customers.iter().map(|c| purchase(u128::from(*c), *c, 100_000)).collect();
+    for result in setup.call(&earns).await.unwrap() {
+        assert_eq!(committed(&result).points, 1_000);
+    }
+    let (a, b) = (server.client().await, server.client_as(2, &[2; 32]).await);
+    for customer in customers {
+        let redeem = |key| Op::Redeem { meta: meta(key), customer, points: 800 };
+        let (left, right) = tokio::join!(
+            a.call_one(redeem(u128::from(customer) * 10 + 1)),
+            b.call_one(redeem(u128::from(customer) * 10 + 2))
+        );
+        let outcomes = [left.unwrap(), right.unwrap()];
+        let won = outcomes.iter().filter(|r| r.committed().is_some()).count();
+        let lost =
+            outcomes.iter().filter(|r| **r == OpResult::Refused(Status::InsufficientFunds)).count();
+        assert_eq!((won, lost), (1, 1), "customer {customer}: {outcomes:?}");
+        assert_eq!(balance(&setup, customer).await, 200);
+    }
+    server.stop().await;
+}
+
+/// Reads what a raw connection gets after sending `bytes`, up to the close.
+async fn answers_to(server: &TestServer, authenticate: bool, bytes: &[u8]) -> Vec<Received> {
+    let mut stream = if authenticate {
+        raw(server).await
+    } else {
+        tokio::net::TcpStream::connect(server.addr).await.unwrap()
+    };
+    stream.write_all(bytes).await.unwrap();
+    let mut reader = RawReader::default();
+    let mut received = Vec::new();
+    loop {
+        let next = reader.next(&mut stream).await;
+        let closed = matches!(next, Received::Closed);
+        received.push(next);
+        if closed || received.len() > 10 {
+            return received;
+        }
+    }
+}
+
+fn header_only(frame_type: u8, version: u8, length: u32) -> Vec<u8> {
+    let mut bytes = length.to_le_bytes().to_vec();
+    bytes.extend([version, frame_type, 0, 0]);
+    bytes.extend(5u64.to_le_bytes());
+    bytes
+}
+
+fn closed_with(received: &[Received], expected: Status) {
+    match received {
+        [Received::Error(0, status, _), Received::Closed] if *status == expected => {}
+        other => panic!("expected {expected} then the close, got {other:?}"),
+    }
+}
+
+/// Every kind of bad input gets a typed answer, and none changes a balance: framing and
+/// authentication violations close the connection after an error frame; a bad request body
+/// is refused whole with an error frame for its id and the connection goes on; a bad
+/// operation gets its own status while the others in its request proceed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() {
+    let server = TestServer::start().await;
+    let probe = server.client().await;
+    committed(&probe.call_one(purchase(1, 1, 1_000)).await.unwrap());
+
+    // Not authenticated: a request, a wrong MAC, an unknown terminal.
+    closed_with(
+        &answers_to(&server, false, &request(1, &[purchase(2, 1, 100)])).await,
+        Status::NotAuthenticated,
+    );
+    let bad_mac = async {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        ledger_protocol::client::handshake(&mut stream, 1, b"not the secret at all").await
+    };
+    match bad_mac.await {
+        Err(ledger_protocol::client::ClientError::Closed { status, .. }) => {
+            assert_eq!(status, Status::AuthFailed)
+        }
+        other => panic!("{other:?}"),
+    }
+    let unknown = async {
+        let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        ledger_protocol::client::handshake(&mut stream, 4_000, &[1; 32]).await
+    };
+    assert!(matches!(
+        unknown.await,
+        Err(ledger_protocol::client::ClientError::Closed { status: Status::AuthFailed, .. })
+    ));
+
+    // Framing violations after the handshake.
+    closed_with(
+        &answers_to(&server, true, &header_only(16, 9, 12)).await,
+        Status::UnsupportedVersion,
+    );
+    closed_with(
+        &answers_to(&server, true, &header_only(16, 1, 64 << 20)).await,
+        Status::FrameTooLarge,
+    );
+    closed_with(&answers_to(&server, true, &header_only(99, 1, 12)).await, Status::UnexpectedFrame);
+    closed_with(&answers_to(&server, true, &header_only(16, 1, 3)).await, Status::UnexpectedFrame);
+    let mut hello = Vec::new();
+    ledger_protocol::session::encode_hello(&mut hello, 1);
+    closed_with(&answers_to(&server, true, &hello).await, Status::UnexpectedFrame);
+
+    // A request whose body lies about its operations: refused whole; the connection goes on.
+    let mut lying = request(7, &[purchase(3, 1, 100)]);
+    lying[16] = 2; // op count 2, one operation present
+    let mut bytes = lying;
+    bytes.extend(request(8, &[]));
+    bytes.extend(request(9, &[Op::Ping]));
+    let mut stream = raw(&server).await;
+    stream.write_all(&bytes).await.unwrap();
+    let mut reader = RawReader::default();
+    assert!(matches!(reader.next(&mut stream).await, Received::Error(7, Status::Malformed, _)));
+    assert!(matches!(reader.next(&mut stream).await, Received::Error(8, Status::BatchTooLarge, _)));
+    assert!(matches!(reader.next(&mut stream).await, Received::Response(9, _)));
+
+    // A bad operation among good ones: its own status; the others proceed.
+    let mut ops_bytes = Vec::new();
+    put_header(&mut ops_bytes, FrameType::Request, 10, 4 + 4 + (4 + 3) + 4);
+    ops_bytes.extend([3, 0, 0, 0]); // three operations
+    ops_bytes.extend([200, 0, 0, 0]); // an unknown opcode, empty body
+    ops_bytes.extend([Opcode::Balance as u8, 0, 3, 0, 1, 2, 3]); // a truncated balance
+    ops_bytes.extend([Opcode::Ping as u8, 0, 0, 0]);
+    stream.write_all(&ops_bytes).await.unwrap();
+    match reader.next(&mut stream).await {
+        Received::Response(10, results) => assert_eq!(
+            results,
+            vec![
+                OpResult::Refused(Status::UnknownOpcode),
+                OpResult::Refused(Status::Malformed),
+                OpResult::Ok(Reply::Pong)
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    let zero_amount = Op::Redeem { meta: meta(11), customer: 1, points: 0 };
+    let zero_key = Op::Redeem { meta: WriteMeta { key: 0, ..meta(0) }, customer: 1, points: 1 };
+    stream.write_all(&request(11, &[zero_amount, zero_key])).await.unwrap();
+    match reader.next(&mut stream).await {
+        Received::Response(11, results) => assert_eq!(
+            results,
+            vec![
+                OpResult::Refused(Status::AmountZero),
+                OpResult::Refused(Status::IdempotencyKeyMissing)
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+
+    // A frame cut short by the client's close: nothing happens, the server carries on.
+    let cut = request(12, &[purchase(12, 1, 100_000)]);
+    let mut stream = raw(&server).await;
+    stream.write_all(&cut[..cut.len() - 5]).await.unwrap();
+    drop(stream);
+
+    // Random bytes after a handshake never crash the server or move a point.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..64 {
+        let len = 1 + (round * 37) % 300;
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let mut stream = raw(&server).await;
+        let _ = stream.write_all(&junk).await;
+        drop(stream);
+    }
+
+    assert_eq!(balance(&probe, 1).await, 10, "no refused input moved a point");
+    assert_eq!(client_ping(&server).await, OpResult::Ok(Reply::Pong));
+    let stats = &server.shared.stats;
+    for status in [
+        Status::NotAuthenticated,
+        Status::AuthFailed,
+        Status::UnsupportedVersion,
+        Status::FrameTooLarge,
+        Status::UnexpectedFrame,
+        Status::Malformed,
+        Status::BatchTooLarge,
+        Status::UnknownOpcode,
+    ] {
+        assert!(stats.outcomes(status) > 0, "{status} was counted");
+    }
+    assert!(stats.auth_failures.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    server.stop().await;
+}
+
+async fn client_ping(server: &TestServer) -> OpResult {
+    server.client().await.call_one(Op::Ping).await.unwrap()
+}
+
+/// Each limit is a typed refusal that changes nothing: operations per request, requests in
+/// flight per connection, a terminal's rate, connections, and the handshake's time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_typed_refusals() {
+    let config = ledger_server::config::PosConfig {
+        batch_ops_max: 16,
+        in_flight_max: 4,
+        connections_max: 3,
+        handshake_timeout: Duration::from_millis(300),
+        ..common::pos_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let client = server.client().await;
+    let welcome = client.welcome();
+    assert_eq!((welcome.batch_ops_max, welcome.in_flight_max), (16, 4));
+    let seventeen: Vec<Op> = (0..17).map(|i| purchase(100 + i, 1, 100)).collect();
+    match client.call(&seventeen).await {
+        Err(ledger_protocol::client::ClientError::Refused { status, .. }) => {
+            assert_eq!(status, Status::BatchTooLarge)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(balance(&client, 1).await, 0);
+
+    // Ten requests at once on a connection that allows four in flight.
+    let mut stream = raw(&server).await;
+    let mut bytes = Vec::new();
+    for id in 1..=10 {
+        bytes.extend(request(id, &[purchase(200 + u128::from(id), 2, 100)]));
+    }
+    stream.write_all(&bytes).await.unwrap();
+    let mut reader = RawReader::default();
+    let (mut answered, mut refused) = (0, 0);
+    for _ in 0..10 {
+        match reader.next(&mut stream).await {
+            Received::Response(_, results) => {
+                committed(&results[0]);
+                answered += 1;
+            }
+            Received::Error(_, Status::TooManyInFlight, _) => refused += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((answered, refused), (4, 6));
+    assert_eq!(balance(&client, 2).await, 4, "refused requests posted nothing");
+
+    // Terminal 3 may send 5 operations a second, with a burst of one second's worth.
+    let limited = server.client_as(3, &[3; 32]).await;
+    assert_eq!(limited.welcome().rate_per_second, 5);
+    let six: Vec<Op> = (0..6).map(|i| purchase(300 + i, 3, 100)).collect();
+    assert!(matches!(
+        limited.call(&six).await,
+        Err(ledger_protocol::client::ClientError::Refused { status: Status::RateLimited, .. })
+    ));
+    assert!(limited.call(&six[..5]).await.unwrap().iter().all(|r| r.committed().is_some()));
+    assert!(matches!(
+        limited.call_one(Op::Ping).await,
+        Err(ledger_protocol::client::ClientError::Refused { status: Status::RateLimited, .. })
+    ));
+    assert_eq!(balance(&client, 3).await, 5);
+
+    // Three connections are open (client, stream, limited): a fourth is refused `busy`.
+    let refused = answers_to_unauthenticated_connect(&server).await;
+    closed_with(&refused, Status::Busy);
+    drop(stream);
+    drop(limited);
+
+    // A connection that never authenticates is closed when the handshake time is up.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut reader = RawReader::default();
+    assert!(matches!(reader.next(&mut silent).await, Received::Error(0, Status::AuthFailed, _)));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(matches!(reader.next(&mut silent).await, Received::Closed));
+    let stats = &server.shared.stats;
+    for status in
+        [Status::BatchTooLarge, Status::TooManyInFlight, Status::RateLimited, Status::Busy]
+    {
+        assert!(stats.outcomes(status) > 0, "{status} was counted");
+    }
+    assert_eq!(stats.connections_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    server.stop().await;
+}
+
+async fn answers_to_unauthenticated_connect(server: &TestServer) -> Vec<Received> {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut reader = RawReader::default();
+    vec![reader.next(&mut stream).await, reader.next(&mut stream).await]
+}
+
+/// A client that sends without reading its answers fills its own socket and output buffer
+/// and then is no longer read from; other clients are served as usual meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_stall_others() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    // Customer 1 gets a long history, so every history answer is large (about 7 KiB).
+    let earns: Vec<Op> = (0..256).map(|i| purchase(1_000 + i, 1, 100)).collect();
+    client.call(&earns).await.unwrap();
+
+    let mut stalled = raw(&server).await;
+    let history: Vec<Op> = (0..64).map(|_| Op::History { customer: 1, limit: 256 }).collect();
+    let writer = tokio::spawn(async move {
+        // Never reads: once the server stops reading it, these writes block.
+        let mut id = 0;
+        loop {
+            id += 1;
+            if stalled.write_all(&request(id, &history)).await.is_err() {
+                return id;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!writer.is_finished(), "the stalled client's writes are blocked, not failing");
+
+    // Meanwhile another client is served promptly.
+    let started = std::time::Instant::now();
+    for i in 0..100 {
+        let result = client.call_one(purchase(5_000 + i, 2, 100)).await.unwrap();
+        committed(&result);
+    }
+    assert_eq!(balance(&client, 2).await, 100);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "100 calls took {:?} next to a stalled client",
+        started.elapsed()
+    );
+    writer.abort();
+    server.stop().await;
 }

@@ -109,3 +109,73 @@ impl TestServer {
         self.task.take().unwrap().await.unwrap()
     }
 }
+
+/// A raw, authenticated connection as terminal 1, for tests that write bytes themselves.
+pub async fn raw(server: &TestServer) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    ledger_protocol::client::handshake(&mut stream, 1, &SECRET).await.unwrap();
+    stream
+}
+
+/// What the server sent on a raw connection.
+#[derive(Debug)]
+pub enum Received {
+    /// A response: its request id and results.
+    Response(u64, Vec<ledger_protocol::OpResult>),
+    /// An error frame: its request id, status and message.
+    Error(u64, ledger_protocol::Status, String),
+    /// The server closed the connection.
+    Closed,
+}
+
+/// Reads frames from a raw connection.
+pub struct RawReader {
+    reader: ledger_protocol::client::FrameReader,
+}
+
+impl Default for RawReader {
+    fn default() -> RawReader {
+        RawReader { reader: ledger_protocol::client::FrameReader::new(16 * 1024 * 1024) }
+    }
+}
+
+impl RawReader {
+    /// The next frame (or the close), waiting at most 10 s.
+    pub async fn next(&mut self, stream: &mut tokio::net::TcpStream) -> Received {
+        use ledger_protocol::frame::FrameType;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((header, body)) = self.reader.next_frame().unwrap() {
+                return match header.frame_type {
+                    FrameType::Response => {
+                        let results = ledger_protocol::ops::decode_response_body(body, 1 << 16)
+                            .unwrap()
+                            .into_iter()
+                            .map(|(_, result)| result)
+                            .collect();
+                        Received::Response(header.request_id, results)
+                    }
+                    FrameType::Error => {
+                        let (status, message) =
+                            ledger_protocol::session::decode_error(body).unwrap();
+                        Received::Error(header.request_id, status, message)
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+            }
+            match tokio::time::timeout_at(deadline, self.reader.fill(stream)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) | Ok(Err(_)) => return Received::Closed,
+                Err(_) => panic!("nothing from the server for 10 s"),
+            }
+        }
+    }
+}
+
+/// A request frame with these operations.
+pub fn request(id: u64, ops: &[ledger_protocol::Op]) -> Vec<u8> {
+    let mut frame = Vec::new();
+    ledger_protocol::client::encode_request(&mut frame, id, ops);
+    frame
+}

@@ -137,6 +137,14 @@ impl StateCapture {
         capture
     }
 
+    /// Whether the buffer has room for `accounts` accounts, `keys` idempotency keys and
+    /// `history` history entries without growing (so a capture into it faults no page in).
+    pub fn has_room(&self, accounts: usize, keys: usize, history: usize) -> bool {
+        self.accounts.capacity() >= accounts
+            && self.idempotency.capacity() >= keys
+            && self.history.capacity() >= history
+    }
+
     /// The last LSN the capture includes.
     pub fn lsn(&self) -> Lsn {
         self.lsn

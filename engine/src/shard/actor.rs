@@ -145,6 +145,7 @@ impl ShardActor {
         let (snapshot_tx, snapshot_rx) = bounded(2);
         let (prepared_tx, prepared_rx) = bounded(1);
         let snapshotter = Snapshotter {
+            spare: None,
             jobs: snapshot_rx,
             prepared: prepared_tx,
             paths: setup.paths.clone(),

@@ -135,7 +135,10 @@ statuses! {
 }
 
 impl Status {
-    /// Whether the server closes the connection after sending this status in an error frame.
+    /// Whether an error frame with this status always ends the connection (whatever its
+    /// request id). Any error frame with request id 0 also ends it: `busy` when
+    /// `connections_max` connections are open, `internal_error` when the server cannot
+    /// challenge.
     pub fn closes_connection(self) -> bool {
         matches!(
             self,

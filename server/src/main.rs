@@ -110,6 +110,18 @@ fn main() -> anyhow::Result<()> {
         "POS totals"
     );
     drop(shared);
+    for stats in engine.stats() {
+        tracing::info!(
+            shard = stats.shard,
+            records = stats.records,
+            batches = stats.batches,
+            fdatasyncs = stats.syncs,
+            fdatasync_mean_us = stats.sync_nanos_total / stats.syncs.max(1) / 1000,
+            rejected = stats.rejected,
+            busy = stats.busy,
+            "shard totals"
+        );
+    }
     let engine = Arc::into_inner(engine).context("the engine is still shared at shutdown")?;
     engine.shutdown();
     tracing::info!("ledgerd stopped");

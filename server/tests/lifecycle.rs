@@ -64,9 +64,34 @@ fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
     }
 }
 
+/// Waits until a line containing each needle arrived, in any order; returns them in the
+/// needles' order.
+fn wait_for_all<const N: usize>(
+    lines: &std::sync::mpsc::Receiver<String>,
+    needles: [&str; N],
+) -> [String; N] {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    while found.iter().any(Option::is_none) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|error| panic!("no lines containing {needles:?}: {error}"));
+        for (slot, needle) in found.iter_mut().zip(needles) {
+            if slot.is_none() && line.contains(needle) {
+                *slot = Some(line.clone());
+            }
+        }
+    }
+    found.map(|line| line.expect("all found"))
+}
+
 /// The address from the "POS protocol listening" log line.
 fn listening_addr(lines: &std::sync::mpsc::Receiver<String>) -> std::net::SocketAddr {
-    let line = wait_for(lines, "POS protocol listening");
+    addr_of(&wait_for(lines, "POS protocol listening"))
+}
+
+fn addr_of(line: &str) -> std::net::SocketAddr {
     let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
     addr.parse().unwrap_or_else(|_| panic!("{line}"))
 }
@@ -96,12 +121,19 @@ fn starts_on_an_empty_directory_and_stops_cleanly_on_sigterm_and_sigint() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (mut child, lines) = start(&data);
-    let printed = wait_for(&lines, "stdout: ledgerd: POS terminal credentials written to");
+    // stdout and stderr reach the channel from two threads, in either order.
+    let [printed, ready, listening] = wait_for_all(
+        &lines,
+        [
+            "stdout: ledgerd: POS terminal credentials written to",
+            "ledgerd ready",
+            "POS protocol listening",
+        ],
+    );
     let credentials_path = data.join("credentials.toml");
     assert!(printed.ends_with(&credentials_path.display().to_string()), "{printed}");
-    let ready = wait_for(&lines, "ledgerd ready");
     assert!(ready.contains("shards=2"), "{ready}");
-    let addr = listening_addr(&lines);
+    let addr = addr_of(&listening);
     assert!(data.join("ledgerd.meta").is_file());
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&credentials_path).unwrap().permissions().mode();

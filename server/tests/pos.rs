@@ -368,6 +368,18 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         other => panic!("{other:?}"),
     }
 
+    // Request id 0 is reserved for the connection itself.
+    closed_with(
+        &answers_to(&server, true, &request(0, &[Op::Ping])).await,
+        Status::UnexpectedFrame,
+    );
+    // A purchase too small to earn anything still needs a key.
+    let tiny = Op::Purchase { meta: WriteMeta { key: 0, ..meta(0) }, customer: 1, amount: 5 };
+    assert_eq!(
+        probe.call_one(tiny).await.unwrap(),
+        OpResult::Refused(Status::IdempotencyKeyMissing)
+    );
+
     // A frame cut short by the client's close: nothing happens, the server carries on.
     let cut = request(12, &[purchase(12, 1, 100_000)]);
     let mut stream = raw(&server).await;

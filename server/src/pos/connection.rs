@@ -121,6 +121,8 @@ struct Connection {
     commands: Vec<(u64, Command)>,
     /// No more reading: the peer closed its side, or shutdown began.
     reading_done: bool,
+    /// The time of the read being processed (one clock read per read, not per request).
+    now: Instant,
     /// A fatal error frame is queued: close once it is sent.
     closing: bool,
 }
@@ -148,6 +150,7 @@ pub async fn serve(
         commands: Vec::new(),
         reading_done: false,
         closing: false,
+        now: Instant::now(),
     };
     if let Err(error) = connection.run(&stream, drain).await {
         tracing::debug!(session, ?peer, %error, "connection ended with an error");
@@ -267,6 +270,7 @@ impl Connection {
     fn process_input(&mut self) {
         let input = std::mem::take(&mut self.input);
         let mut start = self.input_start;
+        self.now = Instant::now();
         while !self.closing {
             let pending = &input[start..];
             match check(pending, self.shared.config.frame_bytes_max) {
@@ -342,6 +346,10 @@ impl Connection {
                 tracing::debug!(session = self.session, terminal, "terminal authenticated");
                 self.phase = Phase::Ready { terminal, bucket };
             }
+            (Phase::Ready { .. }, FrameType::Request) if header.request_id == 0 => {
+                // Id 0 names the connection in error frames; a request cannot use it.
+                self.fail(Status::UnexpectedFrame, "request id 0 is reserved")
+            }
             (Phase::Ready { .. }, FrameType::Request) => self.on_request(header.request_id, body),
             (Phase::Hello | Phase::Auth { .. }, FrameType::Request) => {
                 self.fail(Status::NotAuthenticated, "authenticate first")
@@ -365,7 +373,7 @@ impl Connection {
             Ok(view) => view,
             Err(status) => return self.refuse(request_id, status, "the request does not decode"),
         };
-        if !bucket.lock().expect("bucket lock").try_take(view.len(), Instant::now()) {
+        if !bucket.lock().expect("bucket lock").try_take(view.len(), self.now) {
             return self.refuse(request_id, Status::RateLimited, "the terminal's rate is exceeded");
         }
         self.shared.stats.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

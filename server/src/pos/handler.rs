@@ -123,6 +123,9 @@ impl Book {
             },
             Op::Purchase { ref meta, customer, amount } => {
                 let points = self.earned(amount)?;
+                if meta.key == 0 {
+                    return Err(Status::IdempotencyKeyMissing);
+                }
                 if points == 0 {
                     // Nothing to post: the answer is the same for every retry.
                     let nothing =

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::Parser;
 use ledger_engine::{Engine, EngineConfig};
 
-use ledger_server::config::{Args, Config, LogFormat};
+use ledger_server::config::{self, Args, Config, LogFormat};
 use ledger_server::{bootstrap, credentials, pos};
 
 fn init_logging(format: LogFormat) {
@@ -44,7 +44,13 @@ fn main() -> anyhow::Result<()> {
     }
     init_logging(config.log_format);
     let mut engine_config = EngineConfig::new(&config.data_dir);
-    engine_config.shard_count = config.shards;
+    // An existing directory keeps its count; a new one gets the configured or default count.
+    let exists = ledger_engine::datadir::read_meta(&config.data_dir).is_ok();
+    engine_config.shard_count = match config.shards {
+        Some(shards) => Some(shards),
+        None if exists => None,
+        None => Some(config::default_shards()),
+    };
     let engine =
         Arc::new(Engine::open(engine_config).with_context(|| {
             format!("cannot open data directory {}", config.data_dir.display())

@@ -209,6 +209,32 @@ fn a_different_shard_count_for_an_existing_directory_is_an_error() {
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("has 2 shards but 3 were requested"), "{message}");
+
+    // Without --shards an existing directory keeps its count, whatever the default is.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--pos-addr", "127.0.0.1:0"])
+        .env("LEDGER_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::sync_channel(1024);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut child = Server(child);
+    let ready = wait_for(&lines, "ledgerd ready");
+    assert!(ready.contains("shards=2"), "{ready}");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
 }
 
 #[test]

@@ -88,6 +88,8 @@ struct PosFile {
     frame_bytes_max: Option<u32>,
     batch_ops_max: Option<u16>,
     in_flight_max: Option<u16>,
+    ops_in_flight_max: Option<u32>,
+    ops_in_flight_total_max: Option<u32>,
     connections_max: Option<u32>,
     rate_per_terminal: Option<u32>,
     handshake_timeout_ms: Option<u64>,
@@ -125,6 +127,11 @@ pub struct PosConfig {
     pub batch_ops_max: usize,
     /// Most unanswered requests per connection.
     pub in_flight_max: usize,
+    /// Most unanswered operations per connection (requests carry up to `batch_ops_max`): what
+    /// bounds a connection's memory in the server and the engine, about 250 bytes each.
+    pub ops_in_flight_max: usize,
+    /// Most unanswered operations over all connections; past it requests are refused `busy`.
+    pub ops_in_flight_total_max: usize,
     /// Most open connections; one more is answered `busy` and closed.
     pub connections_max: usize,
     /// Default operations per second per terminal (its burst is one second's worth).
@@ -184,6 +191,10 @@ impl Config {
                 in_flight_max: usize::from(
                     args.in_flight_max.or(pos.in_flight_max).unwrap_or(4096),
                 ),
+                ops_in_flight_max: pos.ops_in_flight_max.map_or(65_536, |v| v as usize),
+                ops_in_flight_total_max: pos
+                    .ops_in_flight_total_max
+                    .map_or(1 << 20, |v| v as usize),
                 connections_max: pos.connections_max.map_or(4096, |v| v as usize),
                 rate_per_terminal: args
                     .rate_per_terminal
@@ -223,6 +234,14 @@ impl Config {
                 bail!("{name} must be at least 1");
             }
         }
+        if pos.ops_in_flight_max < pos.batch_ops_max
+            || pos.ops_in_flight_total_max < pos.ops_in_flight_max
+        {
+            bail!(
+                "pos.ops_in_flight_max must hold a full batch (pos.batch_ops_max) and \
+                 pos.ops_in_flight_total_max one connection's worth"
+            );
+        }
         if pos.io_threads > 64 {
             bail!("pos.io_threads must be at most 64");
         }
@@ -251,6 +270,7 @@ impl Config {
         format!(
             "data_dir = {:?}\nshards = {}\nlog_format = \"{}\"\n\n[pos]\naddr = \"{}\"\n\
              credentials = {:?}\nframe_bytes_max = {}\nbatch_ops_max = {}\nin_flight_max = {}\n\
+             ops_in_flight_max = {}\nops_in_flight_total_max = {}\n\
              connections_max = {}\nrate_per_terminal = {}\nhandshake_timeout_ms = {}\n\
              drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n",
             self.data_dir.display().to_string(),
@@ -264,6 +284,8 @@ impl Config {
             pos.frame_bytes_max,
             pos.batch_ops_max,
             pos.in_flight_max,
+            pos.ops_in_flight_max,
+            pos.ops_in_flight_total_max,
             pos.connections_max,
             pos.rate_per_terminal,
             pos.handshake_timeout.as_millis(),
@@ -339,6 +361,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
             ("[pos]\nbatch_ops_max = 0\n", "pos.batch_ops_max"),
+            ("[pos]\nops_in_flight_max = 100\n", "pos.ops_in_flight_max"),
             ("[pos]\nframe_bytes_max = 1000\n", "pos.frame_bytes_max"),
             ("[pos]\nearn_per_minor_units = 0\n", "pos.earn_per_minor_units"),
             ("[pos]\nsurprise = 1\n", "surprise"),

@@ -82,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         credentials,
         rates,
         stats: pos::stats::PosStats::default(),
+        ops_in_flight: Arc::default(),
     });
     let mut signals = runtime.block_on(async { ShutdownSignals::new() })?;
     let drained = runtime.block_on(async {

@@ -433,6 +433,8 @@ async fn limits_are_typed_refusals() {
     let config = ledger_server::config::PosConfig {
         batch_ops_max: 16,
         in_flight_max: 4,
+        ops_in_flight_max: 20,
+        ops_in_flight_total_max: 1_000,
         connections_max: 3,
         handshake_timeout: Duration::from_millis(300),
         ..common::pos_config()
@@ -472,6 +474,26 @@ async fn limits_are_typed_refusals() {
     assert_eq!((answered, refused), (4, 6));
     assert_eq!(balance(&client, 2).await, 4, "refused requests posted nothing");
 
+    // Two requests of 16 operations at once where a connection may have 20 in flight.
+    let sixteen = |base: u128| -> Vec<Op> { (0..16).map(|i| purchase(base + i, 4, 100)).collect() };
+    let mut bytes = request(20, &sixteen(400));
+    bytes.extend(request(21, &sixteen(500)));
+    stream.write_all(&bytes).await.unwrap();
+    assert!(matches!(
+        reader.next(&mut stream).await,
+        Received::Error(21, Status::TooManyInFlight, _)
+    ));
+    assert!(matches!(reader.next(&mut stream).await, Received::Response(20, _)));
+    // And when the server as a whole holds its maximum, a request is refused `busy`.
+    let total = std::sync::Arc::clone(&server.shared.ops_in_flight);
+    total.fetch_add(990, std::sync::atomic::Ordering::Relaxed);
+    stream.write_all(&request(22, &sixteen(600))).await.unwrap();
+    assert!(matches!(reader.next(&mut stream).await, Received::Error(22, Status::Busy, _)));
+    total.fetch_sub(990, std::sync::atomic::Ordering::Relaxed);
+    stream.write_all(&request(23, &sixteen(700))).await.unwrap();
+    assert!(matches!(reader.next(&mut stream).await, Received::Response(23, _)));
+    assert_eq!(balance(&client, 4).await, 32, "only the two accepted requests posted");
+
     // Terminal 3 may send 5 operations a second, with a burst of one second's worth.
     let limited = server.client_as(3, &[3; 32]).await;
     assert_eq!(limited.welcome().rate_per_second, 5);
@@ -508,7 +530,9 @@ async fn limits_are_typed_refusals() {
         assert!(stats.outcomes(status) > 0, "{status} was counted");
     }
     assert_eq!(stats.connections_refused.load(std::sync::atomic::Ordering::Relaxed), 1);
+    let total = std::sync::Arc::clone(&server.shared.ops_in_flight);
     server.stop().await;
+    assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), 0, "every operation released");
 }
 
 async fn answers_to_unauthenticated_connect(server: &TestServer) -> Vec<Received> {
@@ -555,5 +579,13 @@ async fn a_stalled_client_does_not_stall_others() {
         started.elapsed()
     );
     writer.abort();
+    let total = std::sync::Arc::clone(&server.shared.ops_in_flight);
     server.stop().await;
+    // The stalled connection's operations were all answered (into its unread buffer) or are
+    // released as the engine answers them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while total.load(std::sync::atomic::Ordering::Relaxed) != 0 {
+        assert!(std::time::Instant::now() < deadline, "operations still counted in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

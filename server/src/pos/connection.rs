@@ -9,11 +9,14 @@
 //! clients match them by request id.
 //!
 //! Bounds: the read buffer holds at most one frame beyond what is parsed (`frame_bytes_max`);
-//! at most `in_flight_max` requests wait for answers (one more is refused
-//! `too_many_in_flight`); the output buffer stops the reading when it holds more than
+//! at most `in_flight_max` requests and `ops_in_flight_max` operations wait for answers (more
+//! is refused `too_many_in_flight`), and all connections together at most
+//! `ops_in_flight_total_max` operations (more is refused `busy`), which bounds what the engine's
+//! queues can hold; the output buffer stops the reading when it holds more than
 //! `OUTPUT_BYTES_MAX` that the peer has not taken, so a client that does not read its answers
 //! stalls only itself.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -55,19 +58,36 @@ pub struct Shared {
     pub rates: RateLimits,
     /// Counters.
     pub stats: PosStats,
+    /// Operations unanswered over all connections (see `PosConfig::ops_in_flight_total_max`).
+    pub ops_in_flight: Arc<AtomicUsize>,
 }
 
 /// Where the engine delivers a connection's answers.
-#[derive(Default)]
 struct Sink {
-    replies: Mutex<Vec<(u64, Response)>>,
+    replies: Mutex<Replies>,
     ready: Notify,
+    /// The server-wide count of unanswered operations: answers that arrive after the
+    /// connection closed release their share here.
+    ops_in_flight: Arc<AtomicUsize>,
+}
+
+/// Answers waiting for the connection task.
+#[derive(Default)]
+struct Replies {
+    queued: Vec<(u64, Response)>,
+    /// The connection is gone; nobody will collect.
+    closed: bool,
 }
 
 impl ReplySink for Sink {
     fn deliver(&self, replies: Vec<(u64, Response)>) {
         {
-            let mut queued = self.replies.lock().expect("reply lock");
+            let mut guard = self.replies.lock().expect("reply lock");
+            if guard.closed {
+                self.ops_in_flight.fetch_sub(replies.len(), Ordering::Relaxed);
+                return;
+            }
+            let queued = &mut guard.queued;
             if queued.is_empty() {
                 *queued = replies;
             } else {
@@ -117,6 +137,8 @@ struct Connection {
     waiting: Vec<Option<Waiting>>,
     free_slots: Vec<usize>,
     in_flight: usize,
+    /// Operations of the requests in flight.
+    ops_in_flight: usize,
     /// Commands of the frames being parsed, submitted together.
     commands: Vec<(u64, Command)>,
     /// No more reading: the peer closed its side, or shutdown began.
@@ -135,10 +157,15 @@ pub async fn serve(
     drain: watch::Receiver<bool>,
 ) {
     let peer = stream.peer_addr().ok();
+    let sink = Arc::new(Sink {
+        replies: Mutex::default(),
+        ready: Notify::new(),
+        ops_in_flight: Arc::clone(&shared.ops_in_flight),
+    });
     let mut connection = Connection {
         shared,
         session,
-        sink: Arc::new(Sink::default()),
+        sink,
         input: Vec::with_capacity(64 * 1024),
         input_start: 0,
         output: Vec::with_capacity(64 * 1024),
@@ -147,6 +174,7 @@ pub async fn serve(
         waiting: Vec::new(),
         free_slots: Vec::new(),
         in_flight: 0,
+        ops_in_flight: 0,
         commands: Vec::new(),
         reading_done: false,
         closing: false,
@@ -155,6 +183,19 @@ pub async fn serve(
     if let Err(error) = connection.run(&stream, drain).await {
         tracing::debug!(session, ?peer, %error, "connection ended with an error");
     }
+    // The server-wide budget: operations the engine has answered (collected or not) are
+    // released now; those it still holds are released by the sink when their answers come.
+    let uncollected = {
+        let mut replies = connection.sink.replies.lock().expect("reply lock");
+        replies.closed = true;
+        std::mem::take(&mut replies.queued).len()
+    };
+    let awaited: usize = connection.waiting.iter().flatten().map(|w| w.remaining).sum();
+    let with_engine = awaited - uncollected;
+    connection
+        .shared
+        .ops_in_flight
+        .fetch_sub(connection.ops_in_flight - with_engine, Ordering::Relaxed);
     if connection.in_flight > 0 {
         // Their outcome is durable or not; the client never heard, and retries with the same
         // keys will find out.
@@ -216,7 +257,7 @@ impl Connection {
                     draining = true;
                 }
                 () = tokio::time::sleep_until(handshake_deadline), if !authenticated && !self.closing => {
-                    self.shared.stats.auth_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
                     self.fail(Status::AuthFailed, "the handshake took too long");
                     self.write_some(stream)?;
                 }
@@ -324,10 +365,7 @@ impl Connection {
                     _ => None,
                 };
                 let Some(bucket) = verified else {
-                    self.shared
-                        .stats
-                        .auth_failures
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(session = self.session, terminal, "authentication failed");
                     self.fail(Status::AuthFailed, "unknown terminal or wrong mac");
                     return;
@@ -373,14 +411,23 @@ impl Connection {
             Ok(view) => view,
             Err(status) => return self.refuse(request_id, status, "the request does not decode"),
         };
+        if self.ops_in_flight + view.len() > config.ops_in_flight_max {
+            return self.refuse(request_id, Status::TooManyInFlight, "wait for answers first");
+        }
+        let total = &self.shared.ops_in_flight;
+        if total.fetch_add(view.len(), Ordering::Relaxed) + view.len()
+            > config.ops_in_flight_total_max
+        {
+            total.fetch_sub(view.len(), Ordering::Relaxed);
+            return self.refuse(request_id, Status::Busy, "the server has too much in flight");
+        }
         if !bucket.lock().expect("bucket lock").try_take(view.len(), self.now) {
+            total.fetch_sub(view.len(), Ordering::Relaxed);
             return self.refuse(request_id, Status::RateLimited, "the terminal's rate is exceeded");
         }
-        self.shared.stats.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.shared
-            .stats
-            .operations
-            .fetch_add(view.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.ops_in_flight += view.len();
+        self.shared.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.shared.stats.operations.fetch_add(view.len() as u64, Ordering::Relaxed);
         let slot = self.free_slots.pop().unwrap_or_else(|| {
             self.waiting.push(None);
             self.waiting.len() - 1
@@ -420,7 +467,7 @@ impl Connection {
     }
 
     fn collect_answers(&mut self) {
-        let replies = std::mem::take(&mut *self.sink.replies.lock().expect("reply lock"));
+        let replies = std::mem::take(&mut self.sink.replies.lock().expect("reply lock").queued);
         for (tag, response) in replies {
             let slot = usize::try_from(tag >> TAG_INDEX_BITS).expect("slots index a vector");
             let index = usize::try_from(tag & ((1 << TAG_INDEX_BITS) - 1)).expect("16 bits");
@@ -453,6 +500,8 @@ impl Connection {
         debug_assert!(self.output.len() - start >= FRAME_HEADER_BYTES + COUNT_HEADER_BYTES);
         self.free_slots.push(slot);
         self.in_flight -= 1;
+        self.ops_in_flight -= waiting.ops.len();
+        self.shared.ops_in_flight.fetch_sub(waiting.ops.len(), Ordering::Relaxed);
     }
 
     /// Refuses one request whole; the connection goes on.

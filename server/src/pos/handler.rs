@@ -273,6 +273,8 @@ mod tests {
             frame_bytes_max: 1 << 20,
             batch_ops_max: 8192,
             in_flight_max: 16,
+            ops_in_flight_max: 8192,
+            ops_in_flight_total_max: 8192,
             connections_max: 16,
             rate_per_terminal: 1,
             handshake_timeout: std::time::Duration::from_secs(1),

@@ -34,6 +34,8 @@ pub fn pos_config() -> PosConfig {
         frame_bytes_max: 1024 * 1024,
         batch_ops_max: 8192,
         in_flight_max: 256,
+        ops_in_flight_max: 65_536,
+        ops_in_flight_total_max: 1 << 20,
         connections_max: 64,
         rate_per_terminal: 10_000_000,
         handshake_timeout: Duration::from_secs(5),
@@ -85,6 +87,7 @@ impl TestServer {
             config,
             credentials,
             stats: Default::default(),
+            ops_in_flight: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind(shared.config.addr).await.unwrap();
         let addr = listener.local_addr().unwrap();

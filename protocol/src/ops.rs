@@ -418,6 +418,27 @@ pub struct RawOp<'a> {
     pub body: &'a [u8],
 }
 
+/// The largest result an operation can get, header included: what a server checks so that a
+/// response never exceeds the session's `frame_bytes_max` (a request of many history queries
+/// could otherwise ask for far more than it sends).
+pub fn result_bytes_max(raw: RawOp<'_>) -> usize {
+    let body = match Opcode::from_u8(raw.opcode) {
+        Some(Opcode::History) => {
+            let limit = raw
+                .body
+                .get(8..10)
+                .and_then(|bytes| <[u8; 2]>::try_from(bytes).ok())
+                .map_or(0, u16::from_le_bytes)
+                .min(HISTORY_LIMIT_MAX);
+            COUNT_HEADER_BYTES + usize::from(limit) * HISTORY_ENTRY_BYTES
+        }
+        Some(Opcode::Balance) => BALANCE_BYTES,
+        Some(opcode) if opcode.is_write() => COMMITTED_BYTES,
+        Some(_) | None => 0,
+    };
+    RESULT_HEADER_BYTES + body
+}
+
 /// A request body whose structure is checked: its operations can be walked infallibly.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -858,6 +879,28 @@ mod tests {
         let raw = RawOp { opcode: receipt[0], body: &receipt[OP_HEADER_BYTES..] };
         assert_eq!(Op::decode(raw), Err(Status::ReceiptTooLong));
         assert_eq!(Receipt::new(&"y".repeat(33)), Err(Status::ReceiptTooLong));
+    }
+
+    #[test]
+    fn the_result_bound_holds_for_the_largest_result_of_each_operation() {
+        let committed = Committed { tx_id: 1, timestamp: 2, lsn: 3, points: 4, duplicate: true };
+        let item = HistoryItem { tx_id: 9, timestamp: 8, amount: 7, kind: 1, flags: 9 };
+        for op in every_op() {
+            let reply = match op.opcode() {
+                Opcode::Ping => Reply::Pong,
+                Opcode::Balance => Reply::Balance(BalanceView { posted: 1, available: 1, held: 0 }),
+                Opcode::History => Reply::History(vec![item; 10]),
+                _ => Reply::Committed(committed),
+            };
+            let mut encoded = Vec::new();
+            op.encode(&mut encoded);
+            let raw = RawOp { opcode: encoded[0], body: &encoded[OP_HEADER_BYTES..] };
+            let mut result = Vec::new();
+            encode_result(&mut result, raw.opcode, &OpResult::Ok(reply));
+            assert_eq!(result.len(), result_bytes_max(raw), "{op:?}");
+        }
+        let unknown = RawOp { opcode: 250, body: &[1, 2, 3] };
+        assert_eq!(result_bytes_max(unknown), RESULT_HEADER_BYTES);
     }
 
     #[test]

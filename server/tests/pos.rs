@@ -435,6 +435,7 @@ async fn limits_are_typed_refusals() {
         in_flight_max: 4,
         ops_in_flight_max: 20,
         ops_in_flight_total_max: 1_000,
+        frame_bytes_max: 64 * 1024,
         connections_max: 3,
         handshake_timeout: Duration::from_millis(300),
         ..common::pos_config()
@@ -473,6 +474,16 @@ async fn limits_are_typed_refusals() {
     }
     assert_eq!((answered, refused), (4, 6));
     assert_eq!(balance(&client, 2).await, 4, "refused requests posted nothing");
+
+    // Answers that could not fit a frame: 16 full histories are 115 KiB; with a 64 KiB frame
+    // limit the request is refused, while 16 short ones pass.
+    let histories =
+        |limit| -> Vec<Op> { (0..16).map(|_| Op::History { customer: 2, limit }).collect() };
+    assert!(matches!(
+        client.call(&histories(256)).await,
+        Err(ledger_protocol::client::ClientError::Refused { status: Status::BatchTooLarge, .. })
+    ));
+    assert_eq!(client.call(&histories(10)).await.unwrap().len(), 16);
 
     // Two requests of 16 operations at once where a connection may have 20 in flight.
     let sixteen = |base: u128| -> Vec<Op> { (0..16).map(|i| purchase(base + i, 4, 100)).collect() };

@@ -24,7 +24,9 @@ use ledger_engine::{Command, Engine, ReplySink, Response};
 use ledger_protocol::frame::{
     FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameType, begin_frame, check, finish_frame,
 };
-use ledger_protocol::ops::{COUNT_HEADER_BYTES, Op, OpResult, RequestView, encode_result};
+use ledger_protocol::ops::{
+    COUNT_HEADER_BYTES, Op, OpResult, RequestView, encode_result, result_bytes_max,
+};
 use ledger_protocol::session::{self, NONCE_BYTES, Welcome};
 use ledger_protocol::{Credentials, Status};
 use smallvec::SmallVec;
@@ -411,6 +413,16 @@ impl Connection {
             Ok(view) => view,
             Err(status) => return self.refuse(request_id, status, "the request does not decode"),
         };
+        let response_bytes = FRAME_HEADER_BYTES
+            + COUNT_HEADER_BYTES
+            + view.ops().map(result_bytes_max).sum::<usize>();
+        if response_bytes > config.frame_bytes_max {
+            return self.refuse(
+                request_id,
+                Status::BatchTooLarge,
+                "the answers could exceed frame_bytes_max: fewer or smaller history queries",
+            );
+        }
         if self.ops_in_flight + view.len() > config.ops_in_flight_max {
             return self.refuse(request_id, Status::TooManyInFlight, "wait for answers first");
         }

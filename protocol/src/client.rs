@@ -239,6 +239,14 @@ impl Client {
     /// Sends one request of 1..=`batch_ops_max` operations and waits for its results, one
     /// per operation, in order.
     pub async fn call(&self, ops: &[Op]) -> Result<Vec<OpResult>, ClientError> {
+        if ops.len() > usize::from(u16::MAX) {
+            // No request can carry them: refused here, as the server would refuse a batch above
+            // its `batch_ops_max`.
+            return Err(ClientError::Refused {
+                status: Status::BatchTooLarge,
+                message: format!("{} operations do not fit one request", ops.len()),
+            });
+        }
         let _permit =
             self.shared.in_flight.acquire().await.map_err(|_| ClientError::Disconnected)?;
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);

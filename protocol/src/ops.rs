@@ -496,12 +496,18 @@ fn next_op<'a>(reader: &mut Reader<'a>) -> Option<RawOp<'a>> {
     Some(RawOp { opcode, body })
 }
 
-/// Appends a request body: the count header and the operations.
-pub fn encode_request_body(ops: &[Op], out: &mut Vec<u8>) {
-    let count = u16::try_from(ops.len()).expect("a request has at most u16::MAX operations");
+/// Appends the count header that starts request and response bodies: `count: u16` (the
+/// operations, or the results that follow) and `reserved: u16` (zero).
+pub fn put_count_header(out: &mut Vec<u8>, count: usize) {
+    let count = u16::try_from(count).expect("a body holds at most u16::MAX entries");
     let mut writer = Writer::new(out);
     writer.u16(count);
     writer.u16(0);
+}
+
+/// Appends a request body: the count header and the operations.
+pub fn encode_request_body(ops: &[Op], out: &mut Vec<u8>) {
+    put_count_header(out, ops.len());
     for op in ops {
         op.encode(out);
     }

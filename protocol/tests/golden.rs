@@ -205,9 +205,7 @@ fn request(request_id: u64, ops: &[Op]) -> Vec<u8> {
 fn response(request_id: u64, results: &[(u8, OpResult)]) -> Vec<u8> {
     let mut out = Vec::new();
     let start = frame::begin_frame(&mut out, FrameType::Response, request_id);
-    let count = u16::try_from(results.len()).unwrap();
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
+    ops::put_count_header(&mut out, results.len());
     for (opcode, result) in results {
         ops::encode_result(&mut out, *opcode, result);
     }

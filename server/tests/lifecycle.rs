@@ -18,13 +18,17 @@ impl Drop for Server {
 }
 
 fn start(dir: &std::path::Path) -> (Server, std::sync::mpsc::Receiver<String>) {
+    start_with(dir, &["--shards", "2"])
+}
+
+/// Starts ledgerd on `dir` (POS on a free loopback port) with `args`; its stdout lines (prefixed
+/// `stdout: `) and stderr lines arrive on the channel.
+fn start_with(dir: &std::path::Path, args: &[&str]) -> (Server, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
         .arg("--data-dir")
         .arg(dir)
-        .arg("--shards")
-        .arg("2")
-        .arg("--pos-addr")
-        .arg("127.0.0.1:0")
+        .args(args)
+        .args(["--pos-addr", "127.0.0.1:0"])
         .env("LEDGER_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -32,24 +36,24 @@ fn start(dir: &std::path::Path) -> (Server, std::sync::mpsc::Receiver<String>) {
         .spawn()
         .expect("start ledgerd");
     let (lines_tx, lines_rx) = std::sync::mpsc::sync_channel(1024);
-    let stdout = child.stdout.take().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let stdout_tx = lines_tx.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if stdout_tx.send(format!("stdout: {line}")).is_err() {
-                break;
-            }
-        }
-    });
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    forward(child.stdout.take().unwrap(), "stdout: ", lines_tx.clone());
+    forward(child.stderr.take().unwrap(), "", lines_tx);
     (Server(child), lines_rx)
+}
+
+/// Sends each line of `source`, prefixed, until the channel's receiver is gone.
+fn forward(
+    source: impl std::io::Read + Send + 'static,
+    prefix: &'static str,
+    lines: std::sync::mpsc::SyncSender<String>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(source).lines().map_while(Result::ok) {
+            if lines.send(format!("{prefix}{line}")).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 fn wait_for(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
@@ -211,26 +215,7 @@ fn a_different_shard_count_for_an_existing_directory_is_an_error() {
     assert!(message.contains("has 2 shards but 3 were requested"), "{message}");
 
     // Without --shards an existing directory keeps its count, whatever the default is.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(["--pos-addr", "127.0.0.1:0"])
-        .env("LEDGER_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::sync_channel(1024);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut child = Server(child);
+    let (mut child, lines) = start_with(dir.path(), &[]);
     let ready = wait_for(&lines, "ledgerd ready");
     assert!(ready.contains("shards=2"), "{ready}");
     signal(&child, "TERM");

@@ -268,9 +268,6 @@ pub struct Ledger {
     undo: Vec<Undo>,
     /// Scratch: history entries of the record being applied, appended when it commits.
     history_pending: Vec<PendingEntry>,
-    /// Scratch: which posting of how many `move_value` is applying, and whether the record can
-    /// be reversed.
-    posting_context: PostingContext,
 }
 
 /// A history entry waiting for its record to commit.
@@ -284,7 +281,9 @@ struct PendingEntry {
     postings: u8,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// Which posting of how many `move_value` is applying, and whether its record can be reversed:
+/// what the history entries of the posting say.
+#[derive(Debug, Clone, Copy)]
 struct PostingContext {
     index: u8,
     count: u8,
@@ -348,7 +347,6 @@ impl Ledger {
             history: History::new(config.limits.history_entries_max),
             undo: Vec::new(),
             history_pending: Vec::new(),
-            posting_context: PostingContext::default(),
             config,
         }
     }
@@ -730,9 +728,14 @@ impl Ledger {
 
     fn apply_transaction(&mut self, postings: &[Posting]) -> Result<(), RejectCode> {
         for (index, posting) in postings.iter().enumerate() {
-            self.posting_context = PostingContext::of(index, postings.len(), true);
             let amount = posting.amount.wide();
-            self.move_value(posting.debit, posting.credit, posting.asset, Leg::Post(amount))?;
+            self.move_value(
+                posting.debit,
+                posting.credit,
+                posting.asset,
+                Leg::Post(amount),
+                PostingContext::of(index, postings.len(), true),
+            )?;
         }
         Ok(())
     }
@@ -746,9 +749,14 @@ impl Ledger {
         if self.holds.len() >= self.config.limits.holds_open_max {
             return Err(RejectCode::HoldsFull);
         }
-        self.posting_context = PostingContext::single();
         let amount = posting.amount.wide();
-        self.move_value(posting.debit, posting.credit, posting.asset, Leg::Reserve(amount))?;
+        self.move_value(
+            posting.debit,
+            posting.credit,
+            posting.asset,
+            Leg::Reserve(amount),
+            PostingContext::single(),
+        )?;
         // A hold id is a fresh transaction id: it cannot collide with an open hold.
         assert!(self.holds.insert(id, Hold { posting: *posting, expires_at }).is_none());
         assert!(self.hold_deadlines.insert((expires_at, id)));
@@ -785,12 +793,12 @@ impl Ledger {
             return Err(RejectCode::CaptureExceedsHold);
         }
         let posting = hold.posting;
-        self.posting_context = PostingContext::single();
         self.move_value(
             posting.debit,
             posting.credit,
             posting.asset,
             Leg::Capture { held, captured },
+            PostingContext::single(),
         )?;
         self.close_hold(id, &hold, HoldClosure::Captured, now);
         Ok(())
@@ -813,8 +821,13 @@ impl Ledger {
         };
         let posting = hold.posting;
         let held = posting.amount.wide();
-        self.posting_context = PostingContext::single();
-        self.move_value(posting.debit, posting.credit, posting.asset, Leg::Release(held))?;
+        self.move_value(
+            posting.debit,
+            posting.credit,
+            posting.asset,
+            Leg::Release(held),
+            PostingContext::single(),
+        )?;
         self.close_hold(id, &hold, closure, now);
         Ok(())
     }
@@ -861,8 +874,13 @@ impl Ledger {
         let next = &self.transfers_out_next[transfer.destination_shard.as_usize()];
         assert_eq!(transfer.sequence, *next, "transfer sequences are assigned in order");
         let transit = AccountId::transit(asset);
-        self.posting_context = PostingContext::single();
-        self.move_value(transfer.source, transit, asset, Leg::Post(transfer.amount.wide()))?;
+        self.move_value(
+            transfer.source,
+            transit,
+            asset,
+            Leg::Post(transfer.amount.wide()),
+            PostingContext::single(),
+        )?;
         self.transfers_out_next[transfer.destination_shard.as_usize()] += 1;
         self.transfers_out.insert(
             (transfer.destination_shard, transfer.sequence),
@@ -889,8 +907,13 @@ impl Ledger {
         if transfer.accepted {
             let transit = AccountId::transit(transfer.asset);
             let amount = Leg::Post(transfer.amount.wide());
-            self.posting_context = PostingContext::single();
-            self.move_value(transit, transfer.destination, transfer.asset, amount)?;
+            self.move_value(
+                transit,
+                transfer.destination,
+                transfer.asset,
+                amount,
+                PostingContext::single(),
+            )?;
         } else {
             self.transfers_in_refused.insert((transfer.source_shard, transfer.sequence));
         }
@@ -904,8 +927,13 @@ impl Ledger {
         if !settle.accepted {
             let transit = AccountId::transit(transfer.asset);
             let amount = Leg::Post(transfer.amount.wide());
-            self.posting_context = PostingContext::single();
-            self.move_value(transit, transfer.source, transfer.asset, amount)?;
+            self.move_value(
+                transit,
+                transfer.source,
+                transfer.asset,
+                amount,
+                PostingContext::single(),
+            )?;
         }
         self.transfers_out.remove(&key);
         Ok(())
@@ -918,6 +946,7 @@ impl Ledger {
         credit: AccountId,
         asset: AssetId,
         leg: Leg,
+        context: PostingContext,
     ) -> Result<(), RejectCode> {
         let debit_namespace = self.change_account(debit, Side::Debit, leg)?;
         let credit_namespace = self.change_account(credit, Side::Credit, leg)?;
@@ -935,6 +964,7 @@ impl Ledger {
             debit,
             credit,
             leg,
+            context,
             [customer(debit_namespace), customer(credit_namespace)],
         );
         Ok(())
@@ -947,6 +977,7 @@ impl Ledger {
         debit: AccountId,
         credit: AccountId,
         leg: Leg,
+        context: PostingContext,
         customers: [bool; 2],
     ) {
         let (amount, kind) = match leg {
@@ -956,7 +987,6 @@ impl Ledger {
             Leg::Release(held) => (held, HistoryEntry::RELEASE),
         };
         let amount = u64::try_from(amount).expect("amounts of postings fit in u64");
-        let context = self.posting_context;
         let reversible = if context.reversible { HistoryEntry::REVERSIBLE } else { 0 };
         for (account, counterparty, side, customer) in
             [(debit, credit, 0, customers[0]), (credit, debit, HistoryEntry::CREDIT, customers[1])]
@@ -1087,9 +1117,14 @@ impl Ledger {
             return Err(RejectCode::TransactionNotReversible);
         }
         for (index, posting) in reversal.postings.iter().enumerate() {
-            self.posting_context = PostingContext::of(index, reversal.postings.len(), false);
             let amount = Leg::Post(posting.amount.wide());
-            self.move_value(posting.debit, posting.credit, posting.asset, amount)?;
+            self.move_value(
+                posting.debit,
+                posting.credit,
+                posting.asset,
+                amount,
+                PostingContext::of(index, reversal.postings.len(), false),
+            )?;
         }
         // Last, once nothing can fail any more: the original is reversed.
         for sequence in self.history.entries_of(reversal.original) {

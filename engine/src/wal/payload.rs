@@ -23,9 +23,10 @@ pub const FINGERPRINT_OFFSET: usize = 28;
 /// Bytes of an encoded posting.
 pub const POSTING_BYTES: usize = 12 + 12 + 2 + 8;
 
-/// Offset of the receipt's length byte in a client header: tx id 8, terminal 4, key 16,
-/// kind 2, store 4, category 2.
-const RECEIPT_LENGTH_OFFSET: usize = 36;
+/// Offset of the receipt's length byte in a client header: after tx id, terminal and key
+/// (`FINGERPRINT_OFFSET`) come kind 2, store 4, category 2.
+const RECEIPT_LENGTH_OFFSET: usize = FINGERPRINT_OFFSET + 2 + 4 + 2;
+const _: () = assert!(RECEIPT_LENGTH_OFFSET == 36);
 
 /// Bytes at the end of a `TransferOut` payload that the engine assigns (destination shard and
 /// sequence), which the fingerprint leaves out.

@@ -25,7 +25,8 @@ use ledger_protocol::frame::{
     FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameType, begin_frame, check, finish_frame,
 };
 use ledger_protocol::ops::{
-    COUNT_HEADER_BYTES, Op, OpResult, RequestView, encode_result, result_bytes_max,
+    COUNT_HEADER_BYTES, Op, OpResult, RequestView, encode_result, put_count_header,
+    result_bytes_max,
 };
 use ledger_protocol::session::{self, NONCE_BYTES, Welcome};
 use ledger_protocol::{Credentials, Status};
@@ -500,9 +501,7 @@ impl Connection {
     /// Encodes the response of a request whose operations are all answered.
     fn finish(&mut self, slot: usize, waiting: Waiting) {
         let start = begin_frame(&mut self.output, FrameType::Response, waiting.request_id);
-        let count = u16::try_from(waiting.ops.len()).expect("batches are bounded by u16");
-        self.output.extend_from_slice(&count.to_le_bytes());
-        self.output.extend_from_slice(&0u16.to_le_bytes());
+        put_count_header(&mut self.output, waiting.ops.len());
         for op in &waiting.ops {
             let result = op.result.as_ref().expect("every operation is answered");
             self.shared.stats.count(result.status());

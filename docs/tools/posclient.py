@@ -56,7 +56,7 @@ STATUSES = {
     20: "hold_already_voided", 21: "hold_expired", 22: "capture_exceeds_hold",
     23: "holds_full", 24: "transfers_full", 25: "definition_conflict", 26: "busy",
     27: "shutting_down", 28: "shard_failed", 29: "transaction_not_found",
-    30: "transaction_not_reversible", 31: "already_reversed", 100: "malformed",
+    30: "transaction_not_reversible", 31: "already_reversed", 32: "transfer_refunded", 100: "malformed",
     101: "unknown_opcode", 102: "batch_too_large", 103: "too_many_in_flight",
     104: "rate_limited", 105: "not_authenticated", 106: "auth_failed",
     107: "unsupported_version", 108: "frame_too_large", 109: "unexpected_frame",

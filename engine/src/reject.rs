@@ -98,7 +98,9 @@ reject_codes! {
     DefinitionConflict = 25, "definition_conflict";
     /// The shard's inbox is full; retry later with the same idempotency key.
     Busy = 26, "busy";
-    /// The engine is shutting down and takes no new requests.
+    /// The engine is shutting down and takes no new requests. A cross-shard transfer still
+    /// waiting for its destination at that moment is committed on its source and completes
+    /// after restart: retry it with the same idempotency key to learn its outcome.
     ShuttingDown = 27, "shutting_down";
     /// The shard stopped after a write or fsync error. The outcome of writes in flight at that
     /// moment is unknown until restart: retry them with the same idempotency key.
@@ -111,6 +113,10 @@ reject_codes! {
     TransactionNotReversible = 30, "transaction_not_reversible";
     /// The transaction was reversed already.
     AlreadyReversed = 31, "already_reversed";
+    /// The destination of a cross-shard transfer refused the credit (its class's credit limit,
+    /// or an overflow): the points went back to the source, and nothing moved. A retry with
+    /// the same key gets this answer again.
+    TransferRefunded = 32, "transfer_refunded";
 }
 
 impl fmt::Display for RejectCode {

@@ -168,6 +168,112 @@ fn cross_shard_transfers_complete_and_keep_every_shard_balanced() {
     assert_eq!(balance(&engine, &loyalty, bob), bob_balance);
 }
 
+/// A transfer from `from`'s points to `to`'s account of class `class` (same asset).
+fn transfer_to_class(
+    loyalty: &Loyalty,
+    class: ledger_engine::ClassId,
+    key: u128,
+    from: u64,
+    to: u64,
+    amount: u64,
+) -> ledger_engine::Command {
+    let mut command = loyalty.transfer(key, from, to, amount);
+    if let ledger_engine::Command::Write(request) = &mut command
+        && let ledger_engine::Operation::Transfer { destination, .. } = &mut request.operation
+    {
+        *destination = AccountId::new(class, to);
+    }
+    command
+}
+
+#[test]
+fn a_refunded_cross_shard_transfer_is_refused_to_every_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 2);
+    cfg.tuning.snapshot_on_shutdown = false;
+    let engine = Engine::open(cfg.clone()).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    // A customer class that may never be credited beyond its debits: every transfer into it
+    // is refused by the destination shard, after the source has committed its step.
+    let capped = engine
+        .define_class(
+            ledger_engine::Namespace::Customer,
+            "capped",
+            loyalty.pts,
+            ledger_engine::AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+        )
+        .unwrap();
+    let alice = customers_on(0, 2).next().unwrap();
+    let bob = customers_on(1, 2).next().unwrap();
+    engine.execute(loyalty.earn(1, alice, 1_000));
+    let refused = || Response::Rejected(RejectCode::TransferRefunded);
+
+    // The request and a retry of it in one submission: the retry finds the first step
+    // committed and waits for the same outcome instead of answering "duplicate" at once.
+    let transfer = transfer_to_class(&loyalty, capped, 7, alice, bob, 300);
+    let responses = execute_all(&engine, vec![transfer.clone(), transfer.clone()]);
+    assert_eq!(responses, vec![refused(), refused()]);
+    assert_eq!(balance(&engine, &loyalty, alice), 1_000, "the source was refunded");
+    let transit = engine.account_total(AccountId::transit(loyalty.pts)).unwrap();
+    assert_eq!(transit.balance_posted(), 0);
+    // Later retries get the refusal too; the same key with another payload is a conflict.
+    assert_eq!(engine.execute(transfer.clone()), refused());
+    let other = transfer_to_class(&loyalty, capped, 7, alice, bob, 301);
+    assert_eq!(engine.execute(other), Response::Rejected(RejectCode::IdempotencyConflict));
+    // A transfer that is accepted, retried in the same submission, is committed to both.
+    let accepted = loyalty.transfer(8, alice, bob, 100);
+    let responses = execute_all(&engine, vec![accepted.clone(), accepted.clone()]);
+    let first = responses[0].committed().expect("committed");
+    assert_eq!(responses, vec![Response::Committed(first), Response::Duplicate(first)]);
+    assert_eq!(balance(&engine, &loyalty, bob), 100);
+    engine.shutdown();
+
+    // Rebuilt from the WAL alone, then from a snapshot: the refund is still remembered.
+    for snapshot in [false, true] {
+        let engine = Engine::open(cfg.clone()).unwrap();
+        assert_eq!(engine.execute(transfer.clone()), refused(), "snapshot: {snapshot}");
+        assert_eq!(engine.execute(accepted.clone()), Response::Duplicate(first));
+        assert_eq!(balance(&engine, &loyalty, alice), 900);
+        if snapshot {
+            assert!(engine.recovery_reports().iter().all(|r| r.snapshot_lsn.0 > 0));
+        } else {
+            engine.snapshot_now().unwrap();
+        }
+        engine.shutdown();
+    }
+}
+
+#[test]
+fn a_key_used_again_after_the_retention_window_is_a_new_write_with_its_own_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(Timestamp(1_000 * SECOND)));
+    let mut cfg = config(dir.path(), 1);
+    cfg.clock = clock.clone();
+    cfg.tuning.snapshot_on_shutdown = false;
+    let engine = Engine::open(cfg.clone()).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let first = engine.execute(loyalty.earn(42, 1, 100)).committed().unwrap();
+    assert_eq!(engine.execute(loyalty.earn(42, 1, 100)), Response::Duplicate(first));
+    // A day later (the default window is 24 h) the key is free again, for another payload.
+    clock.advance(24 * 3600 * SECOND);
+    let second = engine.execute(loyalty.earn(42, 1, 250)).committed().unwrap();
+    assert_ne!(second.tx_id, first.tx_id);
+    // Its retries are duplicates of the second use, not new writes.
+    assert_eq!(engine.execute(loyalty.earn(42, 1, 250)), Response::Duplicate(second));
+    assert_eq!(
+        engine.execute(loyalty.earn(42, 1, 100)),
+        Response::Rejected(RejectCode::IdempotencyConflict)
+    );
+    assert_eq!(balance(&engine, &loyalty, 1), 350);
+    engine.snapshot_now().unwrap();
+    engine.shutdown();
+    // The snapshot holds both uses of the key and loads.
+    let engine = Engine::open(cfg).unwrap();
+    assert!(engine.recovery_reports()[0].snapshot_lsn.0 > 0);
+    assert_eq!(engine.execute(loyalty.earn(42, 1, 250)), Response::Duplicate(second));
+    assert_eq!(balance(&engine, &loyalty, 1), 350);
+}
+
 #[test]
 fn holds_expire_at_their_timeout_through_a_logged_record() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,12 +16,25 @@ use ledger_engine::ledger::record::{Body, RecordKind};
 use ledger_engine::recovery::ShardPaths;
 use ledger_engine::testing::loyalty::{Loyalty, execute_all};
 use ledger_engine::wal::reader::{self, ScanOptions};
-use ledger_engine::{Engine, EngineConfig, Limits, Lsn, Response, ShardId, Timestamp, TxId};
+use ledger_engine::{
+    AccountFlags, AccountId, ClassId, Command, CustomerId, Engine, EngineConfig, Limits, Lsn,
+    Namespace, Operation, RejectCode, Response, ShardId, Timestamp, TxId,
+};
 
 const SECOND: u64 = 1_000_000_000;
 
 fn fixture(version: u16) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}"))
+}
+
+/// Opens a copy of a fixture with a clock a little after the fixtures' own: their idempotency
+/// keys are still inside their window.
+fn open_at_fixture_time(dir: &Path) -> (Engine, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(Timestamp((1_767_225_600 + 3) * SECOND)));
+    let mut config = EngineConfig::new(dir);
+    config.limits = Limits::test_min();
+    config.clock = clock.clone();
+    (Engine::open(config).unwrap(), clock)
 }
 
 // The v1 fixture was written by the version 1 code with the history `write_fixture_v2` starts
@@ -73,15 +86,7 @@ fn version_1_files_still_decode_to_the_same_history() {
     let config = ledger_config(&meta, ShardId::new(0).unwrap(), &Limits::test_min());
     let replayed =
         replay_shard_offline(dir.path(), ShardId::new(0).unwrap(), config, None).unwrap();
-    // The fixture's clock, a little later: its idempotency keys are still inside their window.
-    let clock = Arc::new(ManualClock::new(Timestamp((1_767_225_600 + 3) * SECOND)));
-    let engine = Engine::open({
-        let mut config = EngineConfig::new(dir.path());
-        config.limits = Limits::test_min();
-        config.clock = clock.clone();
-        config
-    })
-    .unwrap();
+    let (engine, clock) = open_at_fixture_time(dir.path());
     assert_eq!(
         engine.recovery_reports()[0].snapshot_lsn,
         Lsn(9),
@@ -175,14 +180,7 @@ fn version_2_files_still_decode_to_the_same_history() {
             Transaction
         ]
     );
-    let clock = Arc::new(ManualClock::new(Timestamp((1_767_225_600 + 3) * SECOND)));
-    let engine = Engine::open({
-        let mut config = EngineConfig::new(dir.path());
-        config.limits = Limits::test_min();
-        config.clock = clock.clone();
-        config
-    })
-    .unwrap();
+    let (engine, _clock) = open_at_fixture_time(dir.path());
     assert_eq!(engine.recovery_reports()[0].snapshot_lsn, Lsn(11), "from the v2 snapshot");
     let loyalty = Loyalty::define(&engine);
     let Response::Account(view) = engine.execute(loyalty.balance_query(42)) else { panic!() };
@@ -197,4 +195,100 @@ fn version_2_files_still_decode_to_the_same_history() {
         engine.execute(loyalty.reverse(9, original.unwrap())).rejected(),
         Some(ledger_engine::RejectCode::AlreadyReversed)
     );
+}
+
+/// The history the v3 fixture holds, on two shards: definitions (with a customer class that
+/// refuses every credit beyond its debits), an earn, a cross-shard transfer the destination
+/// refuses (refunded: remembered under its key, new in version 3), one it accepts, a snapshot
+/// of both shards (version 3), one more earn.
+fn write_fixture_v3(dir: &Path) {
+    let clock = Arc::new(ManualClock::new(Timestamp(1_767_225_600 * SECOND)));
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(2);
+    config.limits = Limits::test_min();
+    config.clock = clock.clone();
+    config.tuning.snapshot_on_shutdown = false;
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let capped = capped_class(&engine, &loyalty);
+    engine.execute(loyalty.earn(1, V3_ALICE, 1_000));
+    clock.advance(SECOND);
+    let refused = engine.execute(transfer_to(&loyalty, capped, 2, 300));
+    assert_eq!(refused.rejected(), Some(RejectCode::TransferRefunded));
+    let accepted = engine.execute(transfer_to(&loyalty, loyalty.points, 3, 100));
+    assert!(matches!(accepted, Response::Committed(_)), "{accepted:?}");
+    engine.snapshot_now().unwrap();
+    clock.advance(SECOND);
+    engine.execute(loyalty.earn(4, V3_ALICE, 5));
+    engine.shutdown();
+}
+
+/// Customers 1 and 0 live on shards 0 and 1 of 2 (checked by the test).
+const V3_ALICE: u64 = 1;
+const V3_BOB: u64 = 0;
+
+fn capped_class(engine: &Engine, loyalty: &Loyalty) -> ClassId {
+    engine
+        .define_class(
+            Namespace::Customer,
+            "capped",
+            loyalty.pts,
+            AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+        )
+        .unwrap()
+}
+
+fn transfer_to(loyalty: &Loyalty, class: ClassId, key: u128, amount: u64) -> Command {
+    let mut command = loyalty.transfer(key, V3_ALICE, V3_BOB, amount);
+    if let Command::Write(request) = &mut command
+        && let Operation::Transfer { destination, .. } = &mut request.operation
+    {
+        *destination = AccountId::new(class, V3_BOB);
+    }
+    command
+}
+
+#[test]
+fn version_3_files_still_decode_to_the_same_history() {
+    for (customer, shard) in [(V3_ALICE, 0), (V3_BOB, 1)] {
+        assert_eq!(ledger_engine::ids::shard_for_customer(CustomerId(customer), 2).index(), shard);
+    }
+    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        write_fixture_v3(&dir);
+        eprintln!("fixture written to {}", dir.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ledger_engine::testing::copy_dir(&fixture(3), dir.path()).unwrap();
+    let kinds = |shard: u16| {
+        let mut kinds = Vec::new();
+        reader::scan(&ShardPaths::new(dir.path(), shard).wal, &ScanOptions::all(), |record| {
+            record.decode().unwrap();
+            kinds.push(record.kind);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        kinds
+    };
+    use RecordKind::*;
+    let definitions = [AssetDefine, ClassDefine, ClassDefine, ClassDefine, ClassDefine];
+    let source =
+        [Transaction, TransferOut, TransferSettle, TransferOut, TransferSettle, Transaction];
+    assert_eq!(kinds(0), [&definitions[..], &source[..]].concat());
+    assert_eq!(kinds(1), [&definitions[..], &[TransferIn, TransferIn][..]].concat());
+
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    assert_eq!(engine.recovery_reports()[0].snapshot_lsn, Lsn(10), "from the v3 snapshot");
+    let loyalty = Loyalty::define(&engine);
+    let capped = capped_class(&engine, &loyalty);
+    let balance = |customer| match engine.execute(loyalty.balance_query(customer)) {
+        Response::Account(view) => view.counters.balance_posted(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((balance(V3_ALICE), balance(V3_BOB)), (1_000 - 100 + 5, 100));
+    // The refund came back from the snapshot's idempotency table.
+    let retry = engine.execute(transfer_to(&loyalty, capped, 2, 300));
+    assert_eq!(retry.rejected(), Some(RejectCode::TransferRefunded));
+    let retry = engine.execute(transfer_to(&loyalty, loyalty.points, 3, 100));
+    assert!(matches!(retry, Response::Duplicate(_)), "{retry:?}");
 }

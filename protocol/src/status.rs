@@ -99,7 +99,8 @@ statuses! {
     DefinitionConflict = 25, "definition_conflict";
     /// The shard is busy: retry later with the same idempotency key.
     Busy = 26, "busy";
-    /// The server is shutting down.
+    /// The server is shutting down. A cross-shard transfer answered so may have been
+    /// committed and complete after the restart: retry it with the same key.
     ShuttingDown = 27, "shutting_down";
     /// The shard stopped after an I/O error; the outcome of writes in flight is unknown until
     /// restart: retry them with the same idempotency key.
@@ -110,6 +111,8 @@ statuses! {
     TransactionNotReversible = 30, "transaction_not_reversible";
     /// The transaction was reversed already.
     AlreadyReversed = 31, "already_reversed";
+    /// The destination customer could not be credited; the points went back to the source.
+    TransferRefunded = 32, "transfer_refunded";
     /// An operation's (or a frame's) bytes do not decode.
     Malformed = 100, "malformed";
     /// An operation code the server does not know.
@@ -187,7 +190,7 @@ mod tests {
         // The engine range is dense from 1, as the engine's own table is.
         let engine: Vec<u16> =
             Status::ALL.iter().map(|s| s.code()).filter(|c| (1..100).contains(c)).collect();
-        assert_eq!(engine, (1..=31).collect::<Vec<u16>>());
+        assert_eq!(engine, (1..=32).collect::<Vec<u16>>());
         assert_eq!(Status::from_code(99), None);
         assert_eq!(Status::from_code(u16::MAX), None);
     }

@@ -115,6 +115,20 @@ struct IdempotencyEntry {
     fingerprint: u64,
     /// The original result.
     committed: Committed,
+    /// Set when a later record undid the write's effect and its request was answered with
+    /// this refusal: a cross-shard transfer whose destination refused the credit (refunded by
+    /// `TransferSettle`). A retry gets the same refusal, not the committed step.
+    refused: Option<RejectCode>,
+}
+
+impl IdempotencyEntry {
+    /// The answer a retry with the same payload gets.
+    fn retry_answer(&self) -> Refusal {
+        match self.refused {
+            Some(code) => Refusal::Rejected(code),
+            None => Refusal::Duplicate(self.committed),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +157,10 @@ pub struct OutboundTransfer {
     pub asset: AssetId,
     /// The amount.
     pub amount: Amount,
+    /// The terminal and idempotency key of the request, so that a refund can be remembered
+    /// under that key. `None` only in state loaded from a snapshot of format 2 or older whose
+    /// idempotency table had forgotten the key already.
+    pub origin: Option<(TerminalId, IdempotencyKey)>,
 }
 
 /// Running sums of one asset's counters over all accounts of the shard.
@@ -466,9 +484,19 @@ impl Ledger {
     ) -> Result<Option<Committed>, RejectCode> {
         match self.idempotency.get(&(terminal, key), now) {
             None => Ok(None),
-            Some(entry) if entry.fingerprint == fingerprint => Ok(Some(entry.committed)),
+            Some(entry) if entry.fingerprint == fingerprint => match entry.retry_answer() {
+                Refusal::Duplicate(committed) => Ok(Some(committed)),
+                Refusal::Rejected(code) => Err(code),
+            },
             Some(_) => Err(RejectCode::IdempotencyConflict),
         }
+    }
+
+    /// The unsettled cross-shard transfer whose first step is `tx_id`, as its
+    /// `(destination, sequence)`. A linear search of the transfers in flight (at most
+    /// `transfers_in_flight_max`): only retries of transfers ask.
+    pub fn transfer_out_of(&self, tx_id: TxId) -> Option<(ShardId, u64)> {
+        self.transfers_out.iter().find(|(_, transfer)| transfer.tx_id == tx_id).map(|(key, _)| *key)
     }
 
     /// Touches the memory `request` will need (its accounts, its idempotency slot) without
@@ -637,9 +665,7 @@ impl Ledger {
         let key = header.idempotency.expect("checked first in apply");
         match self.idempotency.get(&(header.terminal, key), now) {
             None => Ok(()),
-            Some(entry) if entry.fingerprint == fingerprint => {
-                Err(Refusal::Duplicate(entry.committed))
-            }
+            Some(entry) if entry.fingerprint == fingerprint => Err(entry.retry_answer()),
             Some(_) => Err(Refusal::Rejected(RejectCode::IdempotencyConflict)),
         }
     }
@@ -674,7 +700,7 @@ impl Ledger {
             let committed = Committed { tx_id: header.id, lsn: record.lsn, timestamp: now };
             self.idempotency.insert(
                 (header.terminal, key),
-                IdempotencyEntry { fingerprint, committed },
+                IdempotencyEntry { fingerprint, committed, refused: None },
                 now,
             );
         }
@@ -891,6 +917,7 @@ impl Ledger {
                 destination: transfer.destination,
                 asset,
                 amount: transfer.amount,
+                origin: transfer.header.idempotency.map(|key| (transfer.header.terminal, key)),
             },
         );
         Ok(())
@@ -934,6 +961,14 @@ impl Ledger {
                 amount,
                 PostingContext::single(),
             )?;
+            // Nothing can fail from here on: the refund is remembered under the request's
+            // key (if the key is still remembered and still names this transfer).
+            if let Some(origin) = transfer.origin
+                && let Some(entry) = self.idempotency.get_mut(&origin)
+                && entry.committed.tx_id == transfer.tx_id
+            {
+                entry.refused = Some(RejectCode::TransferRefunded);
+            }
         }
         self.transfers_out.remove(&key);
         Ok(())

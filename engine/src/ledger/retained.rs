@@ -53,18 +53,26 @@ impl GenerationIndex {
         hash as usize & self.mask
     }
 
+    /// The ring offset of the newest entry of this generation whose key `matches`.
+    ///
+    /// A key can be in a generation more than once: used again after its window ended, it is
+    /// inserted anew while its expired entry is still indexed. Insertion appends to the end
+    /// of the probe chain (nothing is ever removed from a chain, only whole generations are
+    /// cleared), so the newest use is the last match before the empty slot. A lookup of an
+    /// absent key, the common case, reads to that empty slot anyway.
     fn find(&self, hash: u64, mut matches: impl FnMut(u32) -> bool) -> Option<u32> {
         let tag = hash & TAG_MASK;
         let mut index = self.home(hash);
+        let mut found = None;
         loop {
             let slot = self.slots[index];
             if slot == 0 {
-                return None;
+                return found;
             }
             if slot & TAG_MASK == tag {
                 let offset = u32::try_from((slot & !TAG_MASK) - 1).expect("offsets fit in u32");
                 if matches(offset) {
-                    return Some(offset);
+                    found = Some(offset);
                 }
             }
             index = (index + 1) & self.mask;
@@ -175,7 +183,17 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         self.live(slot.inserted, now).then_some(&slot.value)
     }
 
-    /// Inserts an entry at `now`. The key must not be remembered (callers look it up first).
+    /// The entry for `key`, if it is remembered (inside its window or not), to change in
+    /// place. Changing a value must be a function of the record being applied, like every
+    /// other change (see "Determinism" above).
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        let offset = self.find(key)?;
+        Some(&mut self.ring[offset as usize].value)
+    }
+
+    /// Inserts an entry at `now`. The key must not be remembered inside its window (callers
+    /// look it up first); an expired entry of the key stays until its generation is forgotten,
+    /// and lookups find the new one.
     pub(crate) fn insert(&mut self, key: K, value: V, now: Timestamp) {
         debug_assert!(
             self.ring.is_empty() || self.newest_inserted().is_some_and(|last| last <= now)
@@ -236,8 +254,8 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
 
     /// Rebuilds the table from a snapshot's entries: `previous` entries of the previous
     /// generation, then the current generation, each in insertion order. If the capacity was
-    /// lowered since, the oldest entries are dropped. Returns false for invalid input (a
-    /// duplicate key, timestamps out of order, a generation over its size).
+    /// lowered since, the oldest entries are dropped. Returns false for invalid input (a key
+    /// used twice within its window, timestamps out of order, a generation over its size).
     pub(crate) fn restore(
         &mut self,
         previous: usize,
@@ -253,7 +271,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         }
         let mut last = None;
         for (index, (inserted, key, value)) in entries.enumerate() {
-            if last.is_some_and(|last| last > inserted) || self.contains(&key) {
+            if last.is_some_and(|last| last > inserted) || self.get(&key, inserted).is_some() {
                 return false;
             }
             last = Some(inserted);
@@ -268,10 +286,6 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         }
         self.evicted_early = evicted_early;
         true
-    }
-
-    fn contains(&self, key: &K) -> bool {
-        self.find(key).is_some()
     }
 }
 
@@ -301,6 +315,36 @@ mod tests {
         // At exactly the end of the window the entry is gone for lookups.
         assert_eq!(retained.get(&1, Timestamp(100)), None);
         assert_eq!(retained.get(&2, Timestamp(100)), Some(&"b"));
+    }
+
+    #[test]
+    fn a_key_used_again_after_its_window_is_remembered_anew() {
+        let mut retained: Retained<u32, &str> = Retained::new(8, 100);
+        retained.insert(1, "first", Timestamp(0));
+        retained.insert(2, "other", Timestamp(10));
+        // Past its window the first use is forgotten for lookups, though still in the table.
+        assert_eq!(retained.get(&1, Timestamp(150)), None);
+        retained.insert(1, "second", Timestamp(150));
+        assert_eq!(retained.get(&1, Timestamp(150)), Some(&"second"));
+        assert_eq!(retained.get(&1, Timestamp(249)), Some(&"second"));
+        *retained.get_mut(&1).unwrap() = "changed";
+        assert_eq!(retained.get(&1, Timestamp(200)), Some(&"changed"));
+        // A third use, and a rotation that moves all of them to the previous generation.
+        retained.insert(1, "third", Timestamp(300));
+        retained.insert(3, "x", Timestamp(301));
+        retained.insert(4, "y", Timestamp(302));
+        assert_eq!(retained.get(&1, Timestamp(302)), Some(&"third"));
+        // A snapshot of it restores: the expired uses are not duplicates.
+        let (previous, entries) = retained.iter();
+        let entries: Vec<_> = entries.map(|(t, k, v)| (t, *k, *v)).collect();
+        let mut restored: Retained<u32, &str> = Retained::new(8, 100);
+        assert!(restored.restore(previous, entries.clone().into_iter(), retained.evicted_early()));
+        assert!(restored == retained);
+        assert_eq!(restored.get(&1, Timestamp(302)), Some(&"third"));
+        // But two uses inside one window are.
+        let mut live_twice = entries;
+        live_twice.push((Timestamp(303), 1, "again"));
+        assert!(!Retained::<u32, &str>::new(8, 100).restore(0, live_twice.into_iter(), 0));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::amount::Amount;
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::ids::{IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId, TxIdGenerator};
 use crate::limits::NAME_BYTES_MAX;
+use crate::reject::RejectCode;
 use crate::wal::payload::{
     POSTING_BYTES, decode_account_id, decode_posting, encode_account_id, encode_posting,
 };
@@ -118,7 +119,7 @@ impl StateCapture {
         );
         let key = IdempotencyKey::new(1).expect("non-zero");
         let committed = Committed { tx_id: TxId(0), lsn: Lsn::ZERO, timestamp: Timestamp(0) };
-        let entry = IdempotencyEntry { fingerprint: 0, committed };
+        let entry = IdempotencyEntry { fingerprint: 0, committed, refused: None };
         prefault(&mut capture.idempotency, keys, (Timestamp(0), (TerminalId(0), key), entry));
         let account = AccountId::new(super::account::ClassId(0), 0);
         let filler = HistoryEntry {
@@ -176,8 +177,9 @@ impl StateCapture {
         self.encode_version(out, crate::snapshot::SNAPSHOT_VERSION);
     }
 
-    /// The encoding of snapshot format `version` (1: without the history section), so that
-    /// tools can compare an old snapshot with a replayed state.
+    /// The encoding of snapshot format `version` (1: without the history section; 2: without
+    /// refunds in the idempotency entries and the origin of transfers), so that tools can
+    /// compare an old snapshot with a replayed state.
     pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
         self.holds.sort_unstable_by_key(|(id, _)| *id);
@@ -233,6 +235,9 @@ impl StateCapture {
             encoder.u64(entry.fingerprint);
             encoder.u64(entry.committed.tx_id.0);
             encoder.u64(entry.committed.lsn.0);
+            if version >= 3 {
+                encoder.u8(entry.refused.map_or(0, |code| code.code() as u8));
+            }
         }
         encoder.u64(self.idempotency_evicted);
 
@@ -246,6 +251,11 @@ impl StateCapture {
             encode_account_id(&mut encoder, transfer.destination);
             encoder.u16(transfer.asset.0);
             encoder.u64(transfer.amount.get());
+            if version >= 3 {
+                let (terminal, key) = transfer.origin.map_or((0, 0), |(t, k)| (t.0, k.get()));
+                encoder.u32(terminal);
+                encoder.u128(key);
+            }
         }
         for next in &self.transfers_out_next {
             encoder.u64(*next);
@@ -448,7 +458,8 @@ impl Ledger {
             return Err(invalid("closed hold entries", closed as u128));
         }
 
-        let keys = count(&mut decoder, "idempotency count", 52)?;
+        let v3 = usize::from(version >= 3);
+        let keys = count(&mut decoder, "idempotency count", 52 + v3)?;
         let previous =
             usize::try_from(decoder.u64("idempotency generation")?).unwrap_or(usize::MAX);
         let mut entries = Vec::with_capacity(keys);
@@ -461,7 +472,19 @@ impl Ledger {
             let tx_id = TxId(decoder.u64("idempotency tx id")?);
             let lsn = Lsn(decoder.u64("idempotency lsn")?);
             let committed = Committed { tx_id, lsn, timestamp: inserted };
-            entries.push((inserted, (terminal, key), IdempotencyEntry { fingerprint, committed }));
+            let refused = if version >= 3 {
+                match decoder.u8("idempotency refusal")? {
+                    0 => None,
+                    code => Some(
+                        RejectCode::from_code(u16::from(code))
+                            .ok_or(invalid("idempotency refusal", u128::from(code)))?,
+                    ),
+                }
+            } else {
+                None
+            };
+            let entry = IdempotencyEntry { fingerprint, committed, refused };
+            entries.push((inserted, (terminal, key), entry));
         }
         let evicted = decoder.u64("idempotency evicted")?;
         if !ledger.idempotency.restore(previous, entries.into_iter(), evicted) {
@@ -475,7 +498,8 @@ impl Ledger {
                 .filter(|shard| shard.index() < shard_count)
                 .ok_or(invalid("shard", u128::from(index)))
         };
-        let transfers = count(&mut decoder, "transfer count", 2 + 8 + 8 + 8 + 12 + 12 + 2 + 8)?;
+        let transfers =
+            count(&mut decoder, "transfer count", 2 + 8 + 8 + 8 + 12 + 12 + 2 + 8 + 20 * v3)?;
         for _ in 0..transfers {
             let shard = decode_shard(&mut decoder)?;
             let sequence = decoder.u64("transfer sequence")?;
@@ -486,8 +510,18 @@ impl Ledger {
             let asset = AssetId(decoder.u16("transfer asset")?);
             let amount = decoder.u64("transfer amount")?;
             let amount = Amount::new(amount).ok_or(invalid("transfer amount", 0))?;
-            let transfer = OutboundTransfer { tx_id, lsn, source, destination, asset, amount };
+            let origin = if version >= 3 {
+                let terminal = TerminalId(decoder.u32("transfer terminal")?);
+                IdempotencyKey::new(decoder.u128("transfer key")?).map(|key| (terminal, key))
+            } else {
+                None
+            };
+            let transfer =
+                OutboundTransfer { tx_id, lsn, source, destination, asset, amount, origin };
             ledger.transfers_out.insert((shard, sequence), transfer);
+        }
+        if version < 3 {
+            recover_transfer_origins(&mut ledger);
         }
         for next in &mut ledger.transfers_out_next {
             *next = decoder.u64("transfer next sequence")?;
@@ -507,6 +541,29 @@ impl Ledger {
         }
         decoder.finish()?;
         Ok(ledger)
+    }
+}
+
+/// Fills in the origin (terminal and key) of the unsettled transfers of a state read from a
+/// snapshot of format 2 or older, which did not record it, from the idempotency table: the
+/// entry whose transaction is the transfer's first step. A key the table forgot is left
+/// unknown (its retry would not be recognised anyway).
+fn recover_transfer_origins(ledger: &mut Ledger) {
+    if ledger.transfers_out.is_empty() {
+        return;
+    }
+    let wanted: std::collections::HashMap<TxId, (ShardId, u64)> =
+        ledger.transfers_out.iter().map(|(key, transfer)| (transfer.tx_id, *key)).collect();
+    let (_, entries) = ledger.idempotency.iter();
+    let found: Vec<((ShardId, u64), (TerminalId, IdempotencyKey))> = entries
+        .filter_map(|(_, origin, entry)| {
+            wanted.get(&entry.committed.tx_id).map(|transfer| (*transfer, *origin))
+        })
+        .collect();
+    for (transfer, origin) in found {
+        if let Some(transfer) = ledger.transfers_out.get_mut(&transfer) {
+            transfer.origin = Some(origin);
+        }
     }
 }
 

@@ -602,8 +602,38 @@ fn cross_shard_transfer_steps_balance_each_shard() {
         accepted: false,
     };
     let before = source.balance(source.customer(alice));
+    let second_key = 3; // keys 1 and 2: the earn and the first transfer
     source.apply(Body::TransferSettle(refund)).unwrap();
     assert_eq!(source.balance(source.customer(alice)), before + 1);
+    // The refund is remembered under the request's key: a retry is refused the same way.
+    let retry = TransferOut {
+        header: source.header_with_key(second_key),
+        sequence: source.ledger.transfer_out_next(destination_shard),
+        amount: amount(1),
+        ..transfer
+    };
+    source.assert_rejected(Body::TransferOut(retry), RejectCode::TransferRefunded);
+    let retry_first = TransferOut {
+        header: source.header_with_key(2),
+        sequence: source.ledger.transfer_out_next(destination_shard),
+        ..transfer
+    };
+    assert!(matches!(
+        source.apply(Body::TransferOut(retry_first)),
+        Err(Refusal::Duplicate(committed)) if committed.lsn.0 > 0
+    ));
+    // Refunds and the origin of unsettled transfers survive a snapshot; a state read from a
+    // version 2 snapshot (which has neither) finds the origins in the idempotency table.
+    let config = source.ledger.config().clone();
+    let mut bytes = Vec::new();
+    source.ledger.encode_state(&mut bytes);
+    let decoded = Ledger::decode_state(config.clone(), &bytes).unwrap();
+    assert!(decoded == source.ledger);
+    let mut v2 = Vec::new();
+    source.ledger.encode_state_version(&mut v2, 2);
+    let from_v2 = Ledger::decode_state_version(config, &v2, 2).unwrap();
+    assert!(from_v2.transfers_out().eq(source.ledger.transfers_out()));
+    assert!(source.ledger.transfers_out().all(|(_, _, transfer)| transfer.origin.is_some()));
     let global_transit = source.balance(AccountId::transit(source.pts))
         + destination.balance(AccountId::transit(destination.pts));
     let in_flight: i128 =

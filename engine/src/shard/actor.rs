@@ -57,11 +57,24 @@ pub(crate) struct ShardSetup {
     pub(crate) recovered: Sender<Result<(RecoveryReport, Registry), RecoveryError>>,
 }
 
-/// A cross-shard transfer waiting for its acknowledgement before its client is answered.
+/// A request for a cross-shard transfer waiting for the transfer's acknowledgement before it
+/// is answered: the request that made it, or a retry of it.
 struct TransferWaiter {
     sink: Arc<dyn ReplySink>,
     tag: u64,
     committed: Committed,
+    /// A retry: answered `Duplicate` rather than `Committed` if the transfer is accepted.
+    retry: bool,
+}
+
+impl TransferWaiter {
+    fn answer(&self, accepted: bool) -> Response {
+        match (accepted, self.retry) {
+            (true, false) => Response::Committed(self.committed),
+            (true, true) => Response::Duplicate(self.committed),
+            (false, _) => Response::Rejected(RejectCode::TransferRefunded),
+        }
+    }
 }
 
 pub(crate) struct ShardActor {
@@ -80,7 +93,8 @@ pub(crate) struct ShardActor {
     batch: Batch,
     /// The timestamp of records applied in this turn of the loop.
     now: Timestamp,
-    waiters: HashMap<(ShardId, u64), TransferWaiter>,
+    /// Requests waiting for unsettled transfers, by `(destination, sequence)`.
+    waiters: HashMap<(ShardId, u64), Vec<TransferWaiter>>,
     last_redrive: Instant,
     /// LSN of the last snapshot started (or recovered from).
     snapshot_lsn: Lsn,
@@ -282,10 +296,13 @@ impl ShardActor {
             drop(self.writer.take());
             let _ = reply_rx.recv();
         }
-        // Transfers still waiting for their acknowledgement are committed on this shard and will
-        // complete after restart (re-drive): answer them with their committed step 1.
-        for (_, waiter) in self.waiters.drain() {
-            waiter.sink.deliver(vec![(waiter.tag, Response::Committed(waiter.committed))]);
+        // Transfers still waiting for their acknowledgement are committed on this shard and
+        // complete after restart (re-drive), accepted or refunded: their outcome is not known
+        // yet, so they are answered `shutting_down`, whose retry with the same key after the
+        // restart gets the outcome.
+        for waiter in self.waiters.drain().flat_map(|(_, waiters)| waiters) {
+            let answer = Response::Rejected(RejectCode::ShuttingDown);
+            waiter.sink.deliver(vec![(waiter.tag, answer)]);
         }
         drop(self.writer.take());
         drop(self.snapshotter.take());
@@ -428,12 +445,24 @@ impl ShardActor {
                 self.batch
                     .peer_sends
                     .push((transfer.destination_shard, transfer_in_message(self.shard, &transfer)));
-                let waiter = TransferWaiter { sink: Arc::clone(sink), tag, committed };
-                self.waiters.insert(key, waiter);
+                let waiter =
+                    TransferWaiter { sink: Arc::clone(sink), tag, committed, retry: false };
+                self.waiters.entry(key).or_default().push(waiter);
                 None
             }
             Ok(committed) => Some(Response::Committed(committed)),
-            Err(Refusal::Duplicate(committed)) => Some(Response::Duplicate(committed)),
+            Err(Refusal::Duplicate(committed)) => {
+                match self.ledger.transfer_out_of(committed.tx_id) {
+                    // A retry of a transfer still in flight: answered with the transfer's outcome.
+                    Some(key) if is_transfer_out => {
+                        let waiter =
+                            TransferWaiter { sink: Arc::clone(sink), tag, committed, retry: true };
+                        self.waiters.entry(key).or_default().push(waiter);
+                        None
+                    }
+                    _ => Some(Response::Duplicate(committed)),
+                }
+            }
             Err(Refusal::Rejected(code)) => Some(Response::Rejected(code)),
         }
     }
@@ -586,13 +615,10 @@ impl ShardActor {
                 };
                 self.append(Body::TransferSettle(settle))
                     .expect("a settle of a sent transfer applies");
-                if let Some(waiter) = self.waiters.remove(&(destination_shard, sequence)) {
-                    let response = if accepted {
-                        Response::Committed(waiter.committed)
-                    } else {
-                        Response::Rejected(RejectCode::Overflow)
-                    };
-                    self.batch.reply(&waiter.sink, waiter.tag, response);
+                for waiter in
+                    self.waiters.remove(&(destination_shard, sequence)).unwrap_or_default()
+                {
+                    self.batch.reply(&waiter.sink, waiter.tag, waiter.answer(accepted));
                 }
             }
         }

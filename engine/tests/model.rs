@@ -33,8 +33,14 @@ fn scratch_dir() -> tempfile::TempDir {
 fn config(dir: &std::path::Path, clock: Arc<ManualClock>) -> EngineConfig {
     let mut config = EngineConfig::new(dir);
     config.shard_count = Some(2);
-    config.limits =
-        Limits { inbox_depth_max: 4096, idempotency_keys_max: 96, ..Limits::test_min() };
+    // The history is large enough that no transaction is forgotten (the model does not
+    // follow the ring; the scenario tests cover eviction).
+    config.limits = Limits {
+        inbox_depth_max: 4096,
+        idempotency_keys_max: 96,
+        history_entries_max: 1 << 16,
+        ..Limits::test_min()
+    };
     config.clock = clock;
     config.tuning = ShardTuning {
         tick: std::time::Duration::from_millis(1),
@@ -67,6 +73,7 @@ impl Driver {
             }
             ModelOp::Capture { hold, amount } => loyalty.capture(key, self.hold_id(hold), amount),
             ModelOp::Void { hold } => loyalty.void(key, self.hold_id(hold)),
+            ModelOp::Reverse { op } => loyalty.reverse(key, self.tx_id_of(op)),
             _ => unreachable!("not a write: {op:?}"),
         }
     }
@@ -79,27 +86,33 @@ impl Driver {
         }
     }
 
+    /// The transaction id a reversal of write `op` names: the id of the committed write it
+    /// stands for, or, for a refused one, an id that names nothing (shard 0, long ago).
+    fn tx_id_of(&self, op: usize) -> TxId {
+        match self.model.transaction_of(op) {
+            Some(write) => self.committed[write].expect("committed writes are answered").tx_id,
+            None => TxId(1),
+        }
+    }
+
     /// Whether `op` needs an answer the current chunk has not received yet.
     fn needs_flush(&self, op: &ModelOp) -> bool {
-        let unknown_hold = |hold: usize| {
-            hold != NO_HOLD
-                && self
-                    .model
-                    .hold_write(hold)
-                    .is_some_and(|write| self.committed.get(write).is_none_or(Option::is_none))
+        let unanswered = |write: usize| self.committed.get(write).is_none_or(Option::is_none);
+        let unknown_hold =
+            |hold: usize| hold != NO_HOLD && self.model.hold_write(hold).is_some_and(unanswered);
+        // A write made in this chunk has no outcome in the model's eyes until it is applied,
+        // which `apply` does at once; its transaction id comes with the chunk's answers.
+        let unknown_transaction = |op: usize| self.model.transaction_of(op).is_some_and(unanswered);
+        let needs = |op: &ModelOp| match op {
+            ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => unknown_hold(*hold),
+            ModelOp::Reverse { op } => unknown_transaction(*op),
+            _ => false,
         };
         match op {
-            ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => unknown_hold(*hold),
             ModelOp::Retry { op } | ModelOp::Conflict { op } => {
-                *op < self.model.write_count()
-                    && match self.model.write(*op) {
-                        ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => {
-                            unknown_hold(*hold)
-                        }
-                        _ => false,
-                    }
+                *op < self.model.write_count() && needs(self.model.write(*op))
             }
-            _ => false,
+            other => needs(other),
         }
     }
 
@@ -250,13 +263,16 @@ fn op_strategy() -> impl Strategy<Value = ModelOp> {
             .prop_map(|(customer, amount, timeout_nanos)| ModelOp::Hold { customer, amount, timeout_nanos }),
         8 => (any::<usize>(), proptest::option::of(1..600u64)).prop_map(|(hold, amount)| ModelOp::Capture { hold, amount }),
         5 => any::<usize>().prop_map(|hold| ModelOp::Void { hold }),
+        4 => any::<usize>().prop_map(|op| ModelOp::Reverse { op }),
         5 => any::<usize>().prop_map(|op| ModelOp::Retry { op }),
         3 => any::<usize>().prop_map(|op| ModelOp::Conflict { op }),
         3 => (0..30 * SECOND).prop_map(|nanos| ModelOp::Advance { nanos }),
     ]
 }
 
-fn run_case(ops: &[ModelOp]) {
+/// Runs `ops` through the engine and the model, checks they agree (also after a restart),
+/// and returns the model.
+fn run_case(ops: &[ModelOp]) -> Model {
     let dir = scratch_dir();
     let start = Timestamp(1_800_000_000 * SECOND);
     let clock = Arc::new(ManualClock::new(start));
@@ -298,6 +314,7 @@ fn run_case(ops: &[ModelOp]) {
     assert_eq!(Loyalty::define(&engine), loyalty, "definitions survive restart");
     let driver = Driver { engine, loyalty, model, clock, committed, chunk: Vec::new() };
     driver.check_balances();
+    driver.model
 }
 
 proptest! {
@@ -332,6 +349,39 @@ fn a_fixed_sequence_exercises_every_outcome() {
         ModelOp::Transfer { from: 1, to: 3, amount: 100 },
         ModelOp::Transfer { from: 2, to: 2, amount: 1 }, // same account
         ModelOp::Retry { op: 14 },
+        // Reversals (customers 1 and 2 live on shard 0, customer 3 on shard 1).
+        ModelOp::Reverse { op: 1 }, // 17: the earn of 1,000: insufficient funds now
+        ModelOp::Earn { customer: 4, amount: 50 }, // 18
+        ModelOp::Reverse { op: 18 }, // 19
+        ModelOp::Retry { op: 19 },  // 20: duplicate of the reversal
+        ModelOp::Reverse { op: 18 }, // 21: already reversed
+        ModelOp::Reverse { op: 19 }, // 22: a reversal is not reversible
+        ModelOp::Reverse { op: 3 }, // 23: nor is a hold
+        ModelOp::Reverse { op: 0 }, // 24: a refused write has no transaction
+        ModelOp::Reverse { op: 14 }, // 25: a cross-shard transfer is not reversible
+        ModelOp::Reverse { op: 13 }, // 26: a transfer within a shard is
+        ModelOp::Conflict { op: 26 }, // 27
+        ModelOp::Reverse { op: 16 }, // 28: the transfer a duplicate repeated
     ];
-    run_case(&ops);
+    let model = run_case(&ops);
+    use ModelOutcome::{Committed, Duplicate};
+    let rejected = ModelOutcome::Rejected;
+    let outcomes: Vec<ModelOutcome> = (17..=28).map(|write| model.outcome(write)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            rejected(RejectCode::InsufficientFunds),
+            Committed { write: 18 },
+            Committed { write: 19 },
+            Duplicate { write: 19 },
+            rejected(RejectCode::AlreadyReversed),
+            rejected(RejectCode::TransactionNotReversible),
+            rejected(RejectCode::TransactionNotReversible),
+            rejected(RejectCode::TransactionNotFound),
+            rejected(RejectCode::TransactionNotReversible),
+            Committed { write: 26 },
+            rejected(RejectCode::IdempotencyConflict),
+            rejected(RejectCode::TransactionNotReversible),
+        ]
+    );
 }

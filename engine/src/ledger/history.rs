@@ -113,7 +113,8 @@ impl History {
         History { ring: Vec::with_capacity(capacity), capacity, base: 0, next: 0 }
     }
 
-    fn oldest(&self) -> u64 {
+    /// The sequence of the oldest entry held.
+    pub(crate) fn oldest(&self) -> u64 {
         self.next - self.ring.len() as u64
     }
 

@@ -1115,6 +1115,7 @@ impl Ledger {
         if sequences.is_empty() {
             return Err(RejectCode::TransactionNotFound);
         }
+        let first_sequence = sequences.start;
         let first = self.history.get(sequences.start).ok_or(RejectCode::TransactionNotFound)?;
         assert_eq!(first.tx_id, original, "entries_of finds the transaction's entries");
         let mut postings: Vec<Option<Posting>> = vec![None; usize::from(first.postings)];
@@ -1140,10 +1141,14 @@ impl Ledger {
                 .ok_or(RejectCode::TransactionNotReversible)?;
             *slot = Some(Posting { debit, credit, asset, amount });
         }
-        postings
-            .into_iter()
-            .map(|posting| posting.ok_or(RejectCode::TransactionNotReversible))
-            .collect()
+        // A posting without an entry touched no customer (not reversible), unless the ring
+        // forgot the transaction's first entries: they were the oldest it held.
+        let missing = if first_sequence == self.history.oldest() {
+            RejectCode::TransactionNotFound
+        } else {
+            RejectCode::TransactionNotReversible
+        };
+        postings.into_iter().map(|posting| posting.ok_or(missing)).collect()
     }
 
     fn apply_reversal(&mut self, reversal: &Reversal) -> Result<(), RejectCode> {

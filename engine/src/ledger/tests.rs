@@ -714,6 +714,24 @@ fn the_history_forgets_the_oldest_entries_beyond_its_capacity() {
 }
 
 #[test]
+fn a_transaction_whose_first_entries_were_forgotten_is_not_found() {
+    let mut harness = Harness::new();
+    let capacity = Limits::test_min().history_entries_max;
+    let issuance = harness.house(harness.issuance);
+    let both = smallvec::smallvec![
+        harness.posting(issuance, harness.customer(1), 100),
+        harness.posting(issuance, harness.customer(2), 40),
+    ];
+    let original = harness.post(both).unwrap().tx_id;
+    // Two entries; push out the first only.
+    for _ in 0..capacity - 1 {
+        harness.earn(3, 1);
+    }
+    assert_eq!(harness.ledger.history_of(harness.customer(2), 10).len(), 1);
+    assert_eq!(harness.reversal(original), Err(RejectCode::TransactionNotFound));
+}
+
+#[test]
 fn a_reversal_posts_the_original_the_other_way_round_once() {
     let mut harness = Harness::new();
     let issuance = harness.house(harness.issuance);

@@ -28,10 +28,13 @@ pub enum ModelOp {
     Capture { hold: usize, amount: Option<u64> },
     /// Void of the `hold`-th hold created (modulo the count).
     Void { hold: usize },
+    /// Reversal of the transaction of the `op`-th write so far (modulo the count): of the
+    /// write it repeated for a duplicate, of no transaction for a refused write.
+    Reverse { op: usize },
     /// The same request as the `op`-th write so far (modulo the count), with the same key.
     Retry { op: usize },
     /// A different request to the same shard under the key of the `op`-th write: the amount
-    /// plus one, or a capture for a void and a void for a capture.
+    /// plus one, a capture for a void and a void for a capture, an earn for a reversal.
     Conflict { op: usize },
     /// Let time pass.
     Advance { nanos: u64 },
@@ -125,6 +128,8 @@ pub struct Model {
     key_generations: Vec<Generations<u128>>,
     /// Closed holds per shard, in generations of `holds_open_max / 2`.
     closed_generations: Vec<Generations<usize>>,
+    /// Committed writes that a reversal has undone.
+    reversed: std::collections::BTreeSet<usize>,
     next_key: u128,
 }
 
@@ -158,6 +163,7 @@ impl Model {
                 Generations::new(holds_open_max / 2);
                 usize::from(shard_count)
             ],
+            reversed: std::collections::BTreeSet::new(),
             next_key: 1,
         }
     }
@@ -216,6 +222,20 @@ impl Model {
         self.holds.get(hold).map(|hold| hold.write)
     }
 
+    /// The committed write whose transaction a (prepared) `Reverse` of write `op` names:
+    /// `op` itself, the write a duplicate repeated, or none for a refused write.
+    pub fn transaction_of(&self, op: usize) -> Option<usize> {
+        match self.write_outcomes.get(op)? {
+            ModelOutcome::Committed { write } | ModelOutcome::Duplicate { write } => Some(*write),
+            ModelOutcome::Rejected(_) | ModelOutcome::None => None,
+        }
+    }
+
+    /// The outcome write number `write` had when it was made.
+    pub fn outcome(&self, write: usize) -> ModelOutcome {
+        self.write_outcomes[write]
+    }
+
     /// The key the next new write gets.
     pub fn next_key(&self) -> u128 {
         self.next_key
@@ -236,6 +256,7 @@ impl Model {
             ModelOp::Void { hold } => ModelOp::Void { hold: hold_index(hold) },
             ModelOp::Retry { op } => ModelOp::Retry { op: write_index(op) },
             ModelOp::Conflict { op } => ModelOp::Conflict { op: write_index(op) },
+            ModelOp::Reverse { op } => ModelOp::Reverse { op: write_index(op) },
             ref other => other.clone(),
         }
     }
@@ -255,6 +276,11 @@ impl Model {
             }
             ModelOp::Capture { hold, .. } => ModelOp::Void { hold },
             ModelOp::Void { hold } => ModelOp::Capture { hold, amount: None },
+            ModelOp::Reverse { op } => {
+                let shard = self.key_shard(&ModelOp::Reverse { op });
+                let customer = (0..).find(|c| self.shard(*c) == shard).expect("a customer");
+                ModelOp::Earn { customer, amount: 1 }
+            }
             ref other => unreachable!("{other:?} is not stored as a write"),
         }
     }
@@ -323,6 +349,11 @@ impl Model {
             ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => {
                 self.shard(self.holds[*hold].customer)
             }
+            // The shard of the transaction; a reversal that names none goes to shard 0.
+            ModelOp::Reverse { op } => match self.transaction_of(*op) {
+                Some(write) => self.key_shard(&self.writes[write].0.clone()),
+                None => ShardId::new(0).expect("shard 0"),
+            },
             _ => unreachable!("not a write"),
         }
     }
@@ -433,6 +464,47 @@ impl Model {
             ModelOp::Void { hold } => {
                 let index = self.find_hold(hold)?;
                 self.close_hold(index, HoldState::Voided);
+                Ok(())
+            }
+            ModelOp::Reverse { op } => {
+                let original = self.transaction_of(op).ok_or(RejectCode::TransactionNotFound)?;
+                // Plain transactions that touch customers only: earns, redemptions and
+                // transfers within a shard; not holds, captures, voids, cross-shard transfers
+                // or reversals.
+                let postings = match self.writes[original].0 {
+                    ModelOp::Earn { customer, amount } => vec![(Some(customer), None, amount)],
+                    ModelOp::Redeem { customer, amount } => vec![(None, Some(customer), amount)],
+                    ModelOp::Transfer { from, to, amount }
+                        if self.shard(from) == self.shard(to) =>
+                    {
+                        vec![(Some(to), Some(from), amount)]
+                    }
+                    _ => return Err(RejectCode::TransactionNotReversible),
+                };
+                if self.reversed.contains(&original) {
+                    return Err(RejectCode::AlreadyReversed);
+                }
+                // The original turned round: (debit, credit, amount); `None` is the house.
+                for (debit, _, amount) in &postings {
+                    if let Some(customer) = debit {
+                        self.debit_check(*customer, *amount)?;
+                    }
+                }
+                for (debit, credit, amount) in postings {
+                    match debit {
+                        Some(customer) => {
+                            *self.balances.entry(customer).or_default() -= i128::from(amount)
+                        }
+                        None => self.redemption -= i128::from(amount),
+                    }
+                    match credit {
+                        Some(customer) => {
+                            *self.balances.entry(customer).or_default() += i128::from(amount)
+                        }
+                        None => self.issuance += i128::from(amount),
+                    }
+                }
+                self.reversed.insert(original);
                 Ok(())
             }
             ModelOp::Retry { .. } | ModelOp::Conflict { .. } | ModelOp::Advance { .. } => {

@@ -1,7 +1,8 @@
 //! Cache prefetch hints, used to overlap the cache misses of a batch (see `ledger::table`).
 //!
-//! The only `unsafe` in the engine: the prefetch intrinsic takes a raw pointer. A prefetch is a
-//! hint; it never faults and never changes program state, whatever the address.
+//! One of the engine's two `unsafe` blocks (the other is the `sync_file_range` call of
+//! `snapshot::write`): the prefetch intrinsic takes a raw pointer. A prefetch is a hint; it
+//! never faults and never changes program state, whatever the address.
 
 /// Starts loading the cache lines that hold `value`.
 #[inline]

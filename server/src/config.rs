@@ -99,6 +99,14 @@ struct PosFile {
     io_threads: Option<u16>,
 }
 
+/// The `[snapshots]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotsFile {
+    every_records: Option<u64>,
+    every_secs: Option<u64>,
+}
+
 /// The configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +116,8 @@ struct File {
     log_format: Option<LogFormat>,
     #[serde(default)]
     pos: PosFile,
+    #[serde(default)]
+    snapshots: SnapshotsFile,
 }
 
 /// Largest configuration file read.
@@ -149,6 +159,16 @@ pub struct PosConfig {
     pub io_threads: usize,
 }
 
+/// When shards take snapshots: after this many records or this much time since the last one,
+/// whichever comes first (and at shutdown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    /// Records between snapshots.
+    pub every_records: u64,
+    /// Time between snapshots.
+    pub every: Duration,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -160,6 +180,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The POS protocol.
     pub pos: PosConfig,
+    /// Snapshots.
+    pub snapshots: SnapshotConfig,
 }
 
 impl Config {
@@ -208,6 +230,10 @@ impl Config {
                 earn_per_minor_units: pos.earn_per_minor_units.unwrap_or(100),
                 io_threads: usize::from(args.io_threads.or(pos.io_threads).unwrap_or(1)),
             },
+            snapshots: SnapshotConfig {
+                every_records: file.snapshots.every_records.unwrap_or(5_000_000),
+                every: Duration::from_secs(file.snapshots.every_secs.unwrap_or(600)),
+            },
             data_dir,
         };
         config.validate()?;
@@ -228,6 +254,8 @@ impl Config {
             ("pos.rate_per_terminal", u64::from(pos.rate_per_terminal)),
             ("pos.earn_per_minor_units", pos.earn_per_minor_units),
             ("pos.io_threads", pos.io_threads as u64),
+            ("snapshots.every_records", self.snapshots.every_records),
+            ("snapshots.every_secs", self.snapshots.every.as_secs()),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -272,7 +300,8 @@ impl Config {
              credentials = {:?}\nframe_bytes_max = {}\nbatch_ops_max = {}\nin_flight_max = {}\n\
              ops_in_flight_max = {}\nops_in_flight_total_max = {}\n\
              connections_max = {}\nrate_per_terminal = {}\nhandshake_timeout_ms = {}\n\
-             drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n",
+             drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n\n\
+             [snapshots]\nevery_records = {}\nevery_secs = {}\n",
             self.data_dir.display().to_string(),
             self.shards.unwrap_or_else(default_shards),
             match self.log_format {
@@ -293,6 +322,8 @@ impl Config {
             pos.earn_points,
             pos.earn_per_minor_units,
             pos.io_threads,
+            self.snapshots.every_records,
+            self.snapshots.every.as_secs(),
         )
     }
 }
@@ -332,7 +363,7 @@ mod tests {
         std::fs::write(
             &file,
             "data_dir = \"/srv/ledger\"\nshards = 3\n[pos]\naddr = \"127.0.0.1:9000\"\n\
-             in_flight_max = 8\nearn_points = 2\n",
+             in_flight_max = 8\nearn_points = 2\n[snapshots]\nevery_records = 1000\n",
         )
         .unwrap();
         let path = file.to_str().unwrap();
@@ -342,6 +373,8 @@ mod tests {
         assert_eq!(config.pos.addr.port(), 9000);
         assert_eq!(config.pos.in_flight_max, 8);
         assert_eq!(config.pos.earn_points, 2);
+        assert_eq!(config.snapshots.every_records, 1000);
+        assert_eq!(config.snapshots.every, Duration::from_secs(600));
         assert_eq!(config.pos.credentials, PathBuf::from("/srv/ledger/credentials.toml"));
         let config =
             Config::resolve(&args(&["--config", path, "--pos-addr", "127.0.0.1:9001"])).unwrap();
@@ -354,6 +387,7 @@ mod tests {
         std::fs::write(&printed, config.to_toml()).unwrap();
         let again = Config::resolve(&args(&["--config", printed.to_str().unwrap()])).unwrap();
         assert_eq!(again.pos, config.pos);
+        assert_eq!(again.snapshots, config.snapshots);
     }
 
     #[test]
@@ -366,6 +400,7 @@ mod tests {
             ("[pos]\nearn_per_minor_units = 0\n", "pos.earn_per_minor_units"),
             ("[pos]\nsurprise = 1\n", "surprise"),
             ("shards = 0\n", "shards"),
+            ("[snapshots]\nevery_secs = 0\n", "snapshots.every_secs"),
             ("[pos]\naddr = \"nowhere\"\n", "invalid configuration"),
         ];
         for (text, expected) in cases {

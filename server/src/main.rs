@@ -44,6 +44,8 @@ fn main() -> anyhow::Result<()> {
     }
     init_logging(config.log_format);
     let mut engine_config = EngineConfig::new(&config.data_dir);
+    engine_config.tuning.snapshot_every_records = config.snapshots.every_records;
+    engine_config.tuning.snapshot_every = config.snapshots.every;
     // An existing directory keeps its count; a new one gets the configured or default count.
     let exists = ledger_engine::datadir::read_meta(&config.data_dir).is_ok();
     engine_config.shard_count = match config.shards {
@@ -126,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             fdatasync_mean_us = stats.sync_nanos_total / stats.syncs.max(1) / 1000,
             rejected = stats.rejected,
             busy = stats.busy,
+            snapshot_pause_last_us = stats.snapshot_pause_nanos_last / 1000,
             "shard totals"
         );
     }

@@ -1253,9 +1253,41 @@ impl Ledger {
                 ));
             }
         }
-        let pending_held: usize = self.holds.len();
-        if pending_held != self.hold_deadlines.len() {
+        if self.holds.len() != self.hold_deadlines.len()
+            || self
+                .holds
+                .iter()
+                .any(|(id, hold)| !self.hold_deadlines.contains(&(hold.expires_at, *id)))
+        {
             return fail("holds and their deadlines disagree".to_string());
+        }
+        // Pending counters are exactly the open holds: each hold reserves its amount on its
+        // debit and credit account, and nothing else is pending.
+        let mut held: HashMap<AccountId, (u128, u128), Hasher> =
+            HashMap::with_hasher(Hasher::default());
+        for (id, hold) in &self.holds {
+            let amount = hold.posting.amount.wide();
+            let sides = [(hold.posting.debit, (amount, 0)), (hold.posting.credit, (0, amount))];
+            for (account, (debit, credit)) in sides {
+                let entry = held.entry(account).or_default();
+                match (entry.0.checked_add(debit), entry.1.checked_add(credit)) {
+                    (Some(debits), Some(credits)) => *entry = (debits, credits),
+                    _ => return fail(format!("holds on account {account:?} overflow ({id:?})")),
+                }
+            }
+        }
+        for (id, account) in self.accounts.iter() {
+            let expected =
+                if held.is_empty() { (0, 0) } else { held.remove(id).unwrap_or_default() };
+            if (account.debits_pending, account.credits_pending) != expected {
+                return fail(format!(
+                    "account {id:?}: pending {}/{} but its open holds reserve {}/{}",
+                    account.debits_pending, account.credits_pending, expected.0, expected.1
+                ));
+            }
+        }
+        if let Some((account, _)) = held.into_iter().next() {
+            return fail(format!("an open hold names account {account:?}, which does not exist"));
         }
         Ok(())
     }

@@ -787,6 +787,25 @@ fn refused_reversals_change_nothing() {
 }
 
 #[test]
+fn pending_counters_must_be_the_open_holds() {
+    let mut harness = Harness::new();
+    harness.earn(1, 100);
+    let hold = harness.hold(1, 30, 60 * SECOND).unwrap().tx_id;
+    harness.ledger.check_invariants().unwrap();
+    // A hold that vanished while its reservation stayed (as a crafted snapshot could say).
+    let mut forgotten = harness.ledger.clone();
+    let expires_at = forgotten.holds.remove(&hold).unwrap().expires_at;
+    assert!(forgotten.hold_deadlines.remove(&(expires_at, hold)));
+    let error = forgotten.check_invariants().unwrap_err().to_string();
+    assert!(error.contains("open holds reserve 0/0"), "{error}");
+    // A hold whose deadline entry is another's.
+    let mut moved = harness.ledger.clone();
+    moved.hold_deadlines.remove(&(expires_at, hold));
+    moved.hold_deadlines.insert((expires_at.plus_nanos(1), hold));
+    assert!(moved.check_invariants().unwrap_err().to_string().contains("deadlines"));
+}
+
+#[test]
 fn state_encoding_round_trips() {
     let mut harness = Harness::new();
     harness.earn(1, 1_000);

@@ -208,4 +208,3 @@ fn the_unmutated_corpus_decodes() {
     ledger.check_invariants().unwrap();
     assert_eq!(ledger.lsn(), header.lsn);
 }
-

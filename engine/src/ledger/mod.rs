@@ -135,11 +135,14 @@ impl IdempotencyEntry {
 #[test]
 fn idempotency_memory_per_key() {
     // docs/design-decisions.md and `Limits::idempotency_keys_max` quote this figure: a ring slot
-    // per key, and per key of capacity 16 bytes of index (two generations of half the keys,
-    // each with twice as many 8-byte slots as keys).
+    // per key, and the index (two generations of half the keys, each with twice as many 8-byte
+    // slots as keys, in shared 64-byte buckets).
     let ring_slot =
         std::mem::size_of::<(Timestamp, (TerminalId, IdempotencyKey), IdempotencyEntry)>();
-    assert_eq!(ring_slot + 16, 96, "update the documented memory per idempotency key");
+    let keys = Limits::default().idempotency_keys_max;
+    let table: Retained<(TerminalId, IdempotencyKey), IdempotencyEntry> = Retained::new(keys, 1);
+    let index_per_key = table.index_bytes() / keys;
+    assert_eq!(ring_slot + index_per_key, 96, "update the documented memory per idempotency key");
 }
 
 /// A cross-shard transfer sent by this shard and not yet settled.

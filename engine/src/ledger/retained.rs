@@ -1,7 +1,7 @@
 //! `Retained`: a bounded, time-windowed memory of keys (idempotency keys, closed holds).
 //!
 //! Entries are kept in a ring, in insertion order (which is timestamp order: a shard's record
-//! timestamps never decrease), and found through two generations of hash index holding ring
+//! timestamps never decrease), and found through a hash index of two generations holding ring
 //! positions. New entries go into the current generation; when it holds `capacity / 2`
 //! entries, the previous generation is forgotten all at once and the current one becomes the
 //! previous. So an entry is remembered for at least `capacity / 2` and at most `capacity`
@@ -10,8 +10,9 @@
 //!
 //! Why this shape: the table is large (millions of keys) and touched by every write, so each
 //! random memory access costs. Forgetting a whole generation at once replaces a random-access
-//! removal per insertion by one sequential clear; the ring makes insertion and the snapshot's
-//! ordered walk sequential; both are allocated once, so the table never rehashes or grows.
+//! removal per insertion; both generations share each cache line of the index, so a lookup
+//! costs one miss (see `Index`); the ring makes insertion and the snapshot's ordered walk
+//! sequential; all of it is allocated once, so the table never rehashes or grows.
 //!
 //! Determinism: the structure changes only when a record is applied, as a function of that
 //! record, so a state rebuilt from the WAL holds exactly the same entries and generations.
@@ -29,78 +30,166 @@ struct Slot<K, V> {
     value: V,
 }
 
-/// The hash index of one generation: open addressing with linear probing over `u64` slots
-/// holding a 32-bit tag of the key's hash and the key's ring offset plus one (zero: empty).
-/// At most half full, so a lookup of an absent key ends after two or three slots; cleared all
-/// at once. A key itself is compared (in the ring) only when its tag matches.
+/// Slots per half of a bucket: a bucket is one cache line of 8 `u64` slots, 4 for each of the
+/// two live generations.
+const HALF_SLOTS: usize = 4;
+
+/// One cache line of the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, align(64))]
+struct Bucket([u64; 2 * HALF_SLOTS]);
+
+/// Distinct generation stamps (1..=65,535; 0 marks a slot never used).
+const EPOCHS: u64 = 65_535;
+
+/// The hash index of both live generations, in one array of cache-line buckets.
+///
+/// Generation `g` uses half `g % 2` of every bucket, and its slots carry its stamp
+/// `g % 65,535 + 1`. A slot holds `tag (16 bits) | stamp (16) | ring offset (32)`. To a
+/// generation, a slot with another stamp is empty: so when the previous generation is
+/// forgotten, nothing is cleared: the next generation takes over that half and reads the old
+/// stamps as empty. A key's home bucket is where both generations keep it, so a lookup of a
+/// fresh key, the common case, costs one cache miss instead of one per generation, and one
+/// prefetch covers it.
+///
+/// Each half is open addressing with linear probing over buckets, at most half full, so a
+/// chain almost always ends in its home bucket. A stamp comes back after 65,535 generations;
+/// before that, a slow sweep (`scrub`, a few buckets per rotation) has zeroed every slot of a
+/// dead generation, so an old slot can never pass for a live one.
 #[derive(Debug, Clone)]
-struct GenerationIndex {
-    slots: Vec<u64>,
-    /// `slots.len() - 1`; `slots.len()` is a power of two.
+struct Index {
+    buckets: Vec<Bucket>,
+    /// `buckets.len() - 1`; `buckets.len()` is a power of two.
     mask: usize,
-    len: usize,
+    /// The current generation's number (from 0); the previous one is `generation - 1`.
+    generation: u64,
+    current_len: usize,
+    previous_len: usize,
+    /// The next bucket the sweep zeroes dead slots of, and how many it does per rotation.
+    scrub_next: usize,
+    scrub_per_rotation: usize,
 }
 
-const TAG_MASK: u64 = 0xFFFF_FFFF_0000_0000;
+const TAG_SHIFT: u32 = 48;
+const STAMP_SHIFT: u32 = 32;
+const STAMP_MASK: u64 = 0xFFFF;
 
-impl GenerationIndex {
-    fn new(entries_max: usize) -> GenerationIndex {
-        let slots = (entries_max.max(1) * 2).next_power_of_two().max(8);
-        GenerationIndex { slots: vec![0; slots], mask: slots - 1, len: 0 }
+impl Index {
+    /// An index for generations of up to `entries_max` entries each.
+    fn new(entries_max: usize) -> Index {
+        // Each half at most half full: 2 × entries_max slots per half, 4 slots per bucket.
+        let buckets = (entries_max.max(1) * 2).div_ceil(HALF_SLOTS).next_power_of_two();
+        Index {
+            buckets: vec![Bucket([0; 2 * HALF_SLOTS]); buckets],
+            mask: buckets - 1,
+            generation: 0,
+            current_len: 0,
+            previous_len: 0,
+            scrub_next: 0,
+            // Every bucket is swept within 16,384 rotations, well before a stamp comes back.
+            scrub_per_rotation: buckets.div_ceil(16_384),
+        }
+    }
+
+    fn stamp(generation: u64) -> u64 {
+        generation % EPOCHS + 1
+    }
+
+    fn half(generation: u64) -> usize {
+        usize::from(generation % 2 == 1) * HALF_SLOTS
     }
 
     fn home(&self, hash: u64) -> usize {
         hash as usize & self.mask
     }
 
-    /// The ring offset of the newest entry of this generation whose key `matches`.
+    /// The ring offset of the newest entry of `generation` whose key `matches`.
     ///
     /// A key can be in a generation more than once: used again after its window ended, it is
-    /// inserted anew while its expired entry is still indexed. Insertion appends to the end
-    /// of the probe chain (nothing is ever removed from a chain, only whole generations are
-    /// cleared), so the newest use is the last match before the empty slot. A lookup of an
-    /// absent key, the common case, reads to that empty slot anyway.
-    fn find(&self, hash: u64, mut matches: impl FnMut(u32) -> bool) -> Option<u32> {
-        let tag = hash & TAG_MASK;
-        let mut index = self.home(hash);
+    /// inserted anew while its expired entry is still indexed. Insertion appends to the end of
+    /// the probe chain (nothing is removed from a chain; generations are dropped whole), so
+    /// the newest use is the last match before the chain ends. A lookup of an absent key, the
+    /// common case, reads to that end anyway.
+    fn find_in(
+        &self,
+        generation: u64,
+        hash: u64,
+        mut matches: impl FnMut(u32) -> bool,
+    ) -> Option<u32> {
+        let (stamp, half, tag) =
+            (Self::stamp(generation), Self::half(generation), hash >> TAG_SHIFT);
+        let mut bucket = self.home(hash);
         let mut found = None;
         loop {
-            let slot = self.slots[index];
-            if slot == 0 {
-                return found;
-            }
-            if slot & TAG_MASK == tag {
-                let offset = u32::try_from((slot & !TAG_MASK) - 1).expect("offsets fit in u32");
-                if matches(offset) {
-                    found = Some(offset);
+            for slot in &self.buckets[bucket].0[half..half + HALF_SLOTS] {
+                if (slot >> STAMP_SHIFT) & STAMP_MASK != stamp {
+                    return found;
+                }
+                if slot >> TAG_SHIFT == tag {
+                    let offset = u32::try_from(slot & 0xFFFF_FFFF).expect("masked to 32 bits");
+                    if matches(offset) {
+                        found = Some(offset);
+                    }
                 }
             }
-            index = (index + 1) & self.mask;
+            bucket = (bucket + 1) & self.mask;
         }
+    }
+
+    /// The newest entry whose key `matches`: in the current generation, else the previous.
+    fn find(&self, hash: u64, mut matches: impl FnMut(u32) -> bool) -> Option<u32> {
+        let current = self.find_in(self.generation, hash, &mut matches);
+        if current.is_some() || self.generation == 0 {
+            return current;
+        }
+        self.find_in(self.generation - 1, hash, matches)
     }
 
     fn insert(&mut self, hash: u64, offset: u32) {
-        assert!(self.len * 2 < self.slots.len(), "a generation is at most half its slots");
-        let entry = (hash & TAG_MASK) | (u64::from(offset) + 1);
-        let mut index = self.home(hash);
-        while self.slots[index] != 0 {
-            index = (index + 1) & self.mask;
+        let half_slots = self.buckets.len() * HALF_SLOTS;
+        assert!(self.current_len * 2 < half_slots + 1, "a generation is at most half its slots");
+        let (stamp, half) = (Self::stamp(self.generation), Self::half(self.generation));
+        let entry = (hash >> TAG_SHIFT) << TAG_SHIFT | stamp << STAMP_SHIFT | u64::from(offset);
+        let mut bucket = self.home(hash);
+        loop {
+            for slot in &mut self.buckets[bucket].0[half..half + HALF_SLOTS] {
+                if (*slot >> STAMP_SHIFT) & STAMP_MASK != stamp {
+                    *slot = entry;
+                    self.current_len += 1;
+                    return;
+                }
+            }
+            bucket = (bucket + 1) & self.mask;
         }
-        self.slots[index] = entry;
-        self.len += 1;
     }
 
-    fn clear(&mut self) {
-        self.slots.fill(0);
-        self.len = 0;
+    /// Drops the previous generation; the current one becomes the previous.
+    fn rotate(&mut self) {
+        self.generation += 1;
+        self.previous_len = self.current_len;
+        self.current_len = 0;
+        self.scrub();
+    }
+
+    /// Zeroes the slots of dead generations in the next few buckets.
+    fn scrub(&mut self) {
+        let live = [Self::stamp(self.generation), Self::stamp(self.generation.saturating_sub(1))];
+        for _ in 0..self.scrub_per_rotation {
+            for slot in &mut self.buckets[self.scrub_next].0 {
+                if !live.contains(&((*slot >> STAMP_SHIFT) & STAMP_MASK)) {
+                    *slot = 0;
+                }
+            }
+            self.scrub_next = (self.scrub_next + 1) & self.mask;
+        }
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.previous_len + self.current_len
     }
 
     fn prefetch(&self, hash: u64) {
-        crate::prefetch::prefetch_read(&self.slots[self.home(hash)]);
+        crate::prefetch::prefetch_read(&self.buckets[self.home(hash)]);
     }
 }
 
@@ -117,8 +206,7 @@ pub(crate) struct Retained<K, V> {
     next: u64,
     /// Ring positions (as `u32` offsets modulo capacity) of the previous and current
     /// generation, indexed by the hash of their key.
-    previous: GenerationIndex,
-    current: GenerationIndex,
+    index: Index,
     /// Entries kept at most.
     capacity: usize,
     /// How long an entry is remembered, in nanoseconds.
@@ -140,8 +228,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
             oldest: 0,
             current_start: 0,
             next: 0,
-            previous: GenerationIndex::new(generation),
-            current: GenerationIndex::new(generation),
+            index: Index::new(generation),
             capacity,
             retention_nanos,
             evicted_early: 0,
@@ -149,6 +236,12 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
             // two replicas of a state byte-for-byte alike in memory too.
             hasher: Hasher::with_seed(0x6c65_6467_6572_6421),
         }
+    }
+
+    /// Bytes of the hash index (the ring is `capacity` entries on top).
+    #[cfg(test)]
+    pub(crate) fn index_bytes(&self) -> usize {
+        self.index.buckets.len() * std::mem::size_of::<Bucket>()
     }
 
     fn generation_max(&self) -> usize {
@@ -163,14 +256,13 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
     /// follows hits the cache. Changes nothing.
     pub(crate) fn prefetch(&self, key: &K) {
         let hash = self.hasher.hash_one(key);
-        self.current.prefetch(hash);
-        self.previous.prefetch(hash);
+        self.index.prefetch(hash);
     }
 
     fn find(&self, key: &K) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
         let matches = |offset: u32| self.slot(offset).key == *key;
-        self.current.find(hash, matches).or_else(|| self.previous.find(hash, matches))
+        self.index.find(hash, matches)
     }
 
     fn live(&self, inserted: Timestamp, now: Timestamp) -> bool {
@@ -198,7 +290,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         debug_assert!(
             self.ring.is_empty() || self.newest_inserted().is_some_and(|last| last <= now)
         );
-        if self.current.len() >= self.generation_max() {
+        if self.index.current_len >= self.generation_max() {
             self.rotate(now);
         }
         let offset = u32::try_from(self.next % self.capacity as u64).expect("capacity fits in u32");
@@ -210,7 +302,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
             self.ring[offset as usize] = slot;
         }
         let hash = self.hasher.hash_one(key);
-        self.current.insert(hash, offset);
+        self.index.insert(hash, offset);
         self.next += 1;
     }
 
@@ -222,8 +314,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
                 self.evicted_early += 1;
             }
         }
-        self.previous.clear();
-        std::mem::swap(&mut self.previous, &mut self.current);
+        self.index.rotate();
         self.oldest = self.current_start;
         self.current_start = self.next;
     }
@@ -235,7 +326,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
 
     /// Entries remembered (in both generations, including those past their window).
     pub(crate) fn len(&self) -> usize {
-        self.previous.len() + self.current.len()
+        self.index.len()
     }
 
     pub(crate) fn evicted_early(&self) -> u64 {
@@ -249,7 +340,7 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
             let slot = &self.ring[(position % self.capacity as u64) as usize];
             (slot.inserted, &slot.key, &slot.value)
         });
-        (self.previous.len(), slots)
+        (self.index.previous_len, slots)
     }
 
     /// Rebuilds the table from a snapshot's entries: `previous` entries of the previous
@@ -345,6 +436,64 @@ mod tests {
         let mut live_twice = entries;
         live_twice.push((Timestamp(303), 1, "again"));
         assert!(!Retained::<u32, &str>::new(8, 100).restore(0, live_twice.into_iter(), 0));
+    }
+
+    /// Slots of each live generation, counted by their stamp and half: they must be exactly
+    /// the generation's entries (a dead slot passing for a live one would add to them).
+    fn live_slots(index: &Index) -> (usize, usize) {
+        let count = |generation: u64| {
+            let (stamp, half) = (Index::stamp(generation), Index::half(generation));
+            index
+                .buckets
+                .iter()
+                .flat_map(|bucket| &bucket.0[half..half + HALF_SLOTS])
+                .filter(|slot| (**slot >> STAMP_SHIFT) & STAMP_MASK == stamp)
+                .count()
+        };
+        let previous = if index.generation == 0 { 0 } else { count(index.generation - 1) };
+        (count(index.generation), previous)
+    }
+
+    #[test]
+    fn stamps_survive_wrapping_around_many_times() {
+        // Generations of 4 keys in 2 buckets: 140,000 generations wrap the 65,535 stamps twice.
+        let mut retained: Retained<u64, u64> = Retained::new(8, u64::MAX);
+        let mut key = 0u64;
+        for generation in 0..140_000u64 {
+            for _ in 0..4 {
+                retained.insert(key, key, Timestamp(key));
+                key += 1;
+            }
+            if generation % 997 == 0 || generation > 139_990 {
+                let index = &retained.index;
+                assert_eq!(live_slots(index), (index.current_len, index.previous_len));
+                // The newest keys are found; one from before the previous generation is not.
+                for recent in key.saturating_sub(8)..key {
+                    assert_eq!(retained.get(&recent, Timestamp(key)), Some(&recent));
+                }
+                if let Some(old) = key.checked_sub(9) {
+                    assert_eq!(retained.get(&old, Timestamp(key)), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_lookup_reads_one_bucket_per_generation_when_chains_are_short() {
+        // A generation of 1,024 keys in 512 buckets: most chains end in their home bucket.
+        let mut retained: Retained<u64, u64> = Retained::new(2_048, u64::MAX);
+        for key in 0..1_024u64 {
+            retained.insert(key, key, Timestamp(key));
+        }
+        let index = &retained.index;
+        assert_eq!(index.buckets.len(), 512);
+        let full_halves = index
+            .buckets
+            .iter()
+            .filter(|bucket| bucket.0[..HALF_SLOTS].iter().all(|slot| *slot != 0))
+            .count();
+        assert!(full_halves < 512 / 5, "{full_halves} of 512 home halves are full");
+        assert_eq!(std::mem::align_of::<Bucket>(), 64, "a bucket is one cache line");
     }
 
     #[test]

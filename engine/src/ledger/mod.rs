@@ -277,6 +277,9 @@ pub struct Ledger {
     timestamp: Timestamp,
     /// Transfers sent and not settled, by `(destination shard, sequence)`.
     transfers_out: BTreeMap<(ShardId, u64), OutboundTransfer>,
+    /// `transfers_out` by the id of each transfer's first step (for retries); derived, kept in
+    /// step with it, rebuilt when a state is decoded.
+    transfers_out_by_tx: HashMap<TxId, (ShardId, u64), Hasher>,
     /// `transfers_out_next[d]`: sequence the next transfer to shard `d` gets (from 1).
     transfers_out_next: Vec<u64>,
     /// `transfers_in_last[s]`: last sequence applied from shard `s` (0 = none).
@@ -336,6 +339,7 @@ impl PartialEq for Ledger {
             && self.lsn == other.lsn
             && self.timestamp == other.timestamp
             && self.transfers_out == other.transfers_out
+            && self.transfers_out_by_tx == other.transfers_out_by_tx
             && self.transfers_out_next == other.transfers_out_next
             && self.transfers_in_last == other.transfers_in_last
             && self.transfers_in_refused == other.transfers_in_refused
@@ -362,6 +366,7 @@ impl Ledger {
             lsn: Lsn::ZERO,
             timestamp: Timestamp(0),
             transfers_out: BTreeMap::new(),
+            transfers_out_by_tx: HashMap::with_hasher(Hasher::default()),
             transfers_out_next: vec![1; shards],
             transfers_in_last: vec![0; shards],
             transfers_in_refused: BTreeSet::new(),
@@ -496,10 +501,9 @@ impl Ledger {
     }
 
     /// The unsettled cross-shard transfer whose first step is `tx_id`, as its
-    /// `(destination, sequence)`. A linear search of the transfers in flight (at most
-    /// `transfers_in_flight_max`): only retries of transfers ask.
+    /// `(destination, sequence)`.
     pub fn transfer_out_of(&self, tx_id: TxId) -> Option<(ShardId, u64)> {
-        self.transfers_out.iter().find(|(_, transfer)| transfer.tx_id == tx_id).map(|(key, _)| *key)
+        self.transfers_out_by_tx.get(&tx_id).copied()
     }
 
     /// Touches the memory `request` will need (its accounts, its idempotency slot) without
@@ -911,8 +915,10 @@ impl Ledger {
             PostingContext::single(),
         )?;
         self.transfers_out_next[transfer.destination_shard.as_usize()] += 1;
+        let key = (transfer.destination_shard, transfer.sequence);
+        self.transfers_out_by_tx.insert(transfer.header.id, key);
         self.transfers_out.insert(
-            (transfer.destination_shard, transfer.sequence),
+            key,
             OutboundTransfer {
                 tx_id: transfer.header.id,
                 lsn,
@@ -974,6 +980,7 @@ impl Ledger {
             }
         }
         self.transfers_out.remove(&key);
+        self.transfers_out_by_tx.remove(&transfer.tx_id);
         Ok(())
     }
 
@@ -1263,6 +1270,13 @@ impl Ledger {
                 .any(|(id, hold)| !self.hold_deadlines.contains(&(hold.expires_at, *id)))
         {
             return fail("holds and their deadlines disagree".to_string());
+        }
+        let indexed = self
+            .transfers_out
+            .iter()
+            .all(|(key, transfer)| self.transfers_out_by_tx.get(&transfer.tx_id) == Some(key));
+        if !indexed || self.transfers_out_by_tx.len() != self.transfers_out.len() {
+            return fail("unsettled transfers and their index by id disagree".to_string());
         }
         // Pending counters are exactly the open holds: each hold reserves its amount on its
         // debit and credit account, and nothing else is pending.

@@ -518,6 +518,7 @@ impl Ledger {
             };
             let transfer =
                 OutboundTransfer { tx_id, lsn, source, destination, asset, amount, origin };
+            ledger.transfers_out_by_tx.insert(tx_id, (shard, sequence));
             ledger.transfers_out.insert((shard, sequence), transfer);
         }
         if version < 3 {

@@ -452,9 +452,14 @@ impl ShardActor {
             }
             Ok(committed) => Some(Response::Committed(committed)),
             Err(Refusal::Duplicate(committed)) => {
-                match self.ledger.transfer_out_of(committed.tx_id) {
+                let in_flight = if is_transfer_out {
+                    self.ledger.transfer_out_of(committed.tx_id)
+                } else {
+                    None
+                };
+                match in_flight {
                     // A retry of a transfer still in flight: answered with the transfer's outcome.
-                    Some(key) if is_transfer_out => {
+                    Some(key) => {
                         let waiter =
                             TransferWaiter { sink: Arc::clone(sink), tag, committed, retry: true };
                         self.waiters.entry(key).or_default().push(waiter);

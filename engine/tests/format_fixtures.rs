@@ -37,6 +37,18 @@ fn open_at_fixture_time(dir: &Path) -> (Engine, Arc<ManualClock>) {
     (Engine::open(config).unwrap(), clock)
 }
 
+/// A fresh engine on `dir` as the fixture writers use it: the fixtures' clock, the smallest
+/// limits, no snapshot at shutdown (each fixture takes its own).
+fn new_fixture_engine(dir: &Path, shards: u16) -> (Engine, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(Timestamp(1_767_225_600 * SECOND)));
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(shards);
+    config.limits = Limits::test_min();
+    config.clock = clock.clone();
+    config.tuning.snapshot_on_shutdown = false;
+    (Engine::open(config).unwrap(), clock)
+}
+
 // The v1 fixture was written by the version 1 code with the history `write_fixture_v2` starts
 // with: definitions, earns, a redemption, a hold captured in part, a snapshot (at LSN 9), then
 // one more earn.
@@ -115,13 +127,7 @@ fn version_1_files_still_decode_to_the_same_history() {
 /// The history the v2 fixture holds: the v1 history, then an earn that is reversed (record
 /// kind 9, new in version 2), a snapshot (version 2, with its history section), one more earn.
 fn write_fixture_v2(dir: &Path) {
-    let clock = Arc::new(ManualClock::new(Timestamp(1_767_225_600 * SECOND)));
-    let mut config = EngineConfig::new(dir);
-    config.shard_count = Some(1);
-    config.limits = Limits::test_min();
-    config.clock = clock.clone();
-    config.tuning.snapshot_on_shutdown = false;
-    let engine = Engine::open(config).unwrap();
+    let (engine, clock) = new_fixture_engine(dir, 1);
     let loyalty = Loyalty::define(&engine);
     let responses = execute_all(
         &engine,
@@ -202,13 +208,7 @@ fn version_2_files_still_decode_to_the_same_history() {
 /// refuses (refunded: remembered under its key, new in version 3), one it accepts, a snapshot
 /// of both shards (version 3), one more earn.
 fn write_fixture_v3(dir: &Path) {
-    let clock = Arc::new(ManualClock::new(Timestamp(1_767_225_600 * SECOND)));
-    let mut config = EngineConfig::new(dir);
-    config.shard_count = Some(2);
-    config.limits = Limits::test_min();
-    config.clock = clock.clone();
-    config.tuning.snapshot_on_shutdown = false;
-    let engine = Engine::open(config).unwrap();
+    let (engine, clock) = new_fixture_engine(dir, 2);
     let loyalty = Loyalty::define(&engine);
     let capped = capped_class(&engine, &loyalty);
     engine.execute(loyalty.earn(1, V3_ALICE, 1_000));
@@ -291,4 +291,67 @@ fn version_3_files_still_decode_to_the_same_history() {
     assert_eq!(retry.rejected(), Some(RejectCode::TransferRefunded));
     let retry = engine.execute(transfer_to(&loyalty, loyalty.points, 3, 100));
     assert!(matches!(retry, Response::Duplicate(_)), "{retry:?}");
+}
+
+/// The history the v4 fixture holds, on one shard: definitions, an earn, a hold captured
+/// whole, a hold voided, an earn reversed (each remembering what it moved, new in version 4),
+/// a snapshot (version 4), one more earn.
+fn write_fixture_v4(dir: &Path) {
+    let (engine, clock) = new_fixture_engine(dir, 1);
+    let loyalty = Loyalty::define(&engine);
+    let writes = v4_writes(&engine, &loyalty);
+    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    engine.snapshot_now().unwrap();
+    clock.advance(SECOND);
+    engine.execute(loyalty.earn(9, 42, 5));
+    engine.shutdown();
+}
+
+/// What each write of `v4_writes` moved.
+const V4_AMOUNTS: [u64; 6] = [1_000, 300, 300, 200, 200, 77];
+
+/// The writes of the v4 fixture (keys 1..=7), or their retries: the committed results.
+fn v4_writes(engine: &Engine, loyalty: &Loyalty) -> Vec<ledger_engine::Committed> {
+    let committed = |command| engine.execute(command).committed().expect("committed");
+    let earn = committed(loyalty.earn(1, 42, 1_000));
+    let hold = committed(loyalty.hold(2, 42, 300, 60 * SECOND));
+    let capture = committed(loyalty.capture(3, hold.tx_id, None));
+    let other = committed(loyalty.hold(4, 42, 200, 60 * SECOND));
+    let void = committed(loyalty.void(5, other.tx_id));
+    let bonus = committed(loyalty.earn(6, 42, 77));
+    let reversal = committed(loyalty.reverse(7, bonus.tx_id));
+    vec![earn, hold, capture, other, void, reversal]
+}
+
+#[test]
+fn version_4_files_still_decode_to_the_same_history() {
+    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        write_fixture_v4(&dir);
+        eprintln!("fixture written to {}", dir.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ledger_engine::testing::copy_dir(&fixture(4), dir.path()).unwrap();
+    let mut kinds = Vec::new();
+    reader::scan(&ShardPaths::new(dir.path(), 0).wal, &ScanOptions::all(), |record| {
+        record.decode().unwrap();
+        kinds.push(record.kind);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    use RecordKind::*;
+    let definitions = [AssetDefine, ClassDefine, ClassDefine, ClassDefine];
+    let writes =
+        [Transaction, HoldCreate, HoldCapture, HoldCreate, HoldVoid, Transaction, Reversal];
+    assert_eq!(kinds, [&definitions[..], &writes[..], &[Transaction][..]].concat());
+
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    assert_eq!(engine.recovery_reports()[0].snapshot_lsn, Lsn(11), "from the v4 snapshot");
+    let loyalty = Loyalty::define(&engine);
+    // Every write again, with its key: each is a duplicate (the balance does not move) that
+    // reports what its write moved, from the snapshot's idempotency table.
+    let retried = v4_writes(&engine, &loyalty);
+    assert_eq!(retried.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    let Response::Account(view) = engine.execute(loyalty.balance_query(42)) else { panic!() };
+    assert_eq!(view.counters.balance_posted(), 1_000 - 300 + 77 - 77 + 5);
 }

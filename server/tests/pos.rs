@@ -63,7 +63,8 @@ async fn every_operation_end_to_end() {
     // Authorize and void: nothing changes.
     let hold = Op::Hold { meta: meta(6), customer: 42, points: 10, timeout_ms: 60_000 };
     let hold = committed(&client.call_one(hold).await.unwrap()).tx_id;
-    client.call_one(Op::Void { meta: meta(7), hold }).await.unwrap().committed().unwrap();
+    let void = client.call_one(Op::Void { meta: meta(7), hold }).await.unwrap();
+    assert_eq!(committed(&void).points, 10, "a void reports the points it released");
     assert_eq!(balance(&client, 42).await, 60);
 
     // Reverse the purchase: the customer had 123 earned, spent 63; reversing takes back 123
@@ -75,7 +76,7 @@ async fn every_operation_end_to_end() {
     )
     .tx_id;
     let reversed = client.call_one(Op::Reverse { meta: meta(10), tx: redeem_tx }).await.unwrap();
-    committed(&reversed);
+    assert_eq!(committed(&reversed).points, 5, "a reversal reports the points it turned round");
     assert_eq!(balance(&client, 42).await, 60);
     let twice = client.call_one(Op::Reverse { meta: meta(11), tx: redeem_tx }).await.unwrap();
     assert_eq!(twice, OpResult::Refused(Status::AlreadyReversed));
@@ -112,6 +113,16 @@ async fn every_operation_end_to_end() {
     );
     let void = client.call_one(Op::Void { meta: meta(14), hold: 12345 }).await.unwrap();
     assert_eq!(void, OpResult::Refused(Status::HoldNotFound));
+
+    // A whole capture (points 0) reports the points it captured, and so does its retry.
+    let hold = Op::Hold { meta: meta(15), customer: 42, points: 7, timeout_ms: 60_000 };
+    let hold = committed(&client.call_one(hold).await.unwrap()).tx_id;
+    let whole = Op::Capture { meta: meta(16), hold, points: 0 };
+    let first = committed(&client.call_one(whole).await.unwrap());
+    let retry = committed(&client.call_one(whole).await.unwrap());
+    assert_eq!((first.points, first.duplicate), (7, false));
+    assert_eq!((retry.points, retry.duplicate, retry.tx_id), (7, true, first.tx_id));
+    assert_eq!(balance(&client, 42).await, 33);
     server.stop().await;
 }
 

@@ -226,7 +226,7 @@ fn a_directory_with_deleted_segments_verifies_from_its_snapshot() {
 /// compared with the replayed state in their own version's encoding.
 #[test]
 fn the_format_fixtures_of_every_version_verify() {
-    for version in [1, 2, 3] {
+    for version in [1, 2, 3, 4] {
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("../engine/tests/fixtures/v{version}"));
         let dir = tempfile::tempdir().unwrap();

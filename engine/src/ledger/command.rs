@@ -109,6 +109,10 @@ pub struct Committed {
     pub lsn: Lsn,
     /// When its shard decided it.
     pub timestamp: Timestamp,
+    /// What it moved: the sum of its postings' amounts (saturating at `u64::MAX`); for a hold
+    /// the amount reserved, for a capture the amount captured, for a void the amount
+    /// released, for a cross-shard transfer the amount sent. A retry gets the same figure.
+    pub amount: u64,
 }
 
 /// An open hold as a query sees it.

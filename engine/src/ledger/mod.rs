@@ -108,13 +108,16 @@ impl HoldClosure {
     }
 }
 
-/// What the idempotency table remembers of a committed write.
+/// What the idempotency table remembers of a committed write: its original result, whose
+/// timestamp is the entry's own insertion time (not stored twice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct IdempotencyEntry {
     /// Hash of the request's payload; a retry must match it (`wal::payload::fingerprint`).
     fingerprint: u64,
-    /// The original result.
-    committed: Committed,
+    /// The original result's transaction id, position and amount (`Committed`).
+    tx_id: TxId,
+    lsn: Lsn,
+    amount: u64,
     /// Set when a later record undid the write's effect and its request was answered with
     /// this refusal: a cross-shard transfer whose destination refused the credit (refunded by
     /// `TransferSettle`). A retry gets the same refusal, not the committed step.
@@ -122,11 +125,26 @@ struct IdempotencyEntry {
 }
 
 impl IdempotencyEntry {
+    fn new(fingerprint: u64, committed: Committed) -> IdempotencyEntry {
+        IdempotencyEntry {
+            fingerprint,
+            tx_id: committed.tx_id,
+            lsn: committed.lsn,
+            amount: committed.amount,
+            refused: None,
+        }
+    }
+
+    /// The original result of the write remembered at `inserted`.
+    fn committed(&self, inserted: Timestamp) -> Committed {
+        Committed { tx_id: self.tx_id, lsn: self.lsn, timestamp: inserted, amount: self.amount }
+    }
+
     /// The answer a retry with the same payload gets.
-    fn retry_answer(&self) -> Refusal {
+    fn retry_answer(&self, inserted: Timestamp) -> Refusal {
         match self.refused {
             Some(code) => Refusal::Rejected(code),
-            None => Refusal::Duplicate(self.committed),
+            None => Refusal::Duplicate(self.committed(inserted)),
         }
     }
 }
@@ -292,6 +310,8 @@ pub struct Ledger {
     undo: Vec<Undo>,
     /// Scratch: history entries of the record being applied, appended when it commits.
     history_pending: Vec<PendingEntry>,
+    /// Scratch: what the record being applied moved so far (`Committed::amount`).
+    moved: u64,
 }
 
 /// A history entry waiting for its record to commit.
@@ -373,6 +393,7 @@ impl Ledger {
             history: History::new(config.limits.history_entries_max),
             undo: Vec::new(),
             history_pending: Vec::new(),
+            moved: 0,
             config,
         }
     }
@@ -490,12 +511,14 @@ impl Ledger {
         fingerprint: u64,
         now: Timestamp,
     ) -> Result<Option<Committed>, RejectCode> {
-        match self.idempotency.get(&(terminal, key), now) {
+        match self.idempotency.get_with_time(&(terminal, key), now) {
             None => Ok(None),
-            Some(entry) if entry.fingerprint == fingerprint => match entry.retry_answer() {
-                Refusal::Duplicate(committed) => Ok(Some(committed)),
-                Refusal::Rejected(code) => Err(code),
-            },
+            Some((inserted, entry)) if entry.fingerprint == fingerprint => {
+                match entry.retry_answer(inserted) {
+                    Refusal::Duplicate(committed) => Ok(Some(committed)),
+                    Refusal::Rejected(code) => Err(code),
+                }
+            }
             Some(_) => Err(RejectCode::IdempotencyConflict),
         }
     }
@@ -565,7 +588,7 @@ impl Ledger {
     /// `fingerprint` is the hash of the record's payload (`wal::payload::fingerprint`), checked
     /// against the idempotency table. Live, a refusal means the request is answered without
     /// logging anything; at replay, any refusal means the WAL and the code disagree.
-    pub fn apply(&mut self, record: &Record, fingerprint: u64) -> Result<(), Refusal> {
+    pub fn apply(&mut self, record: &Record, fingerprint: u64) -> Result<Committed, Refusal> {
         assert_eq!(record.lsn, self.lsn.next(), "records apply in lsn order");
         assert!(record.timestamp >= self.timestamp, "record timestamps never decrease");
         assert!(self.undo.is_empty());
@@ -613,8 +636,7 @@ impl Ledger {
             self.rollback();
             return Err(Refusal::Rejected(code));
         }
-        self.commit(record, fingerprint);
-        Ok(())
+        Ok(self.commit(record, fingerprint))
     }
 
     /// Checks that depend only on the request and the registry (precedence codes 2..=12).
@@ -670,14 +692,16 @@ impl Ledger {
         fingerprint: u64,
     ) -> Result<(), Refusal> {
         let key = header.idempotency.expect("checked first in apply");
-        match self.idempotency.get(&(header.terminal, key), now) {
+        match self.idempotency.get_with_time(&(header.terminal, key), now) {
             None => Ok(()),
-            Some(entry) if entry.fingerprint == fingerprint => Err(entry.retry_answer()),
+            Some((inserted, entry)) if entry.fingerprint == fingerprint => {
+                Err(entry.retry_answer(inserted))
+            }
             Some(_) => Err(Refusal::Rejected(RejectCode::IdempotencyConflict)),
         }
     }
 
-    fn commit(&mut self, record: &Record, fingerprint: u64) {
+    fn commit(&mut self, record: &Record, fingerprint: u64) -> Committed {
         // Pair assertion: every posting keeps debits = credits for its asset.
         for undo in &self.undo {
             if let Undo::Totals { asset, .. } = undo {
@@ -702,21 +726,25 @@ impl Ledger {
         if let Some(id) = record.body.tx_id() {
             self.tx_ids.observe(id);
         }
+        let committed = Committed {
+            tx_id: record.body.tx_id().unwrap_or(TxId(0)),
+            lsn: record.lsn,
+            timestamp: now,
+            amount: std::mem::take(&mut self.moved),
+        };
         if let Some(header) = record.body.header() {
             let key = header.idempotency.expect("checked by check_header");
-            let committed = Committed { tx_id: header.id, lsn: record.lsn, timestamp: now };
-            self.idempotency.insert(
-                (header.terminal, key),
-                IdempotencyEntry { fingerprint, committed, refused: None },
-                now,
-            );
+            let entry = IdempotencyEntry::new(fingerprint, committed);
+            self.idempotency.insert((header.terminal, key), entry, now);
         }
         self.lsn = record.lsn;
         self.timestamp = now;
+        committed
     }
 
     fn rollback(&mut self) {
         self.history_pending.clear();
+        self.moved = 0;
         while let Some(undo) = self.undo.pop() {
             match undo {
                 Undo::Account { id, before: Some(account) } => {
@@ -974,7 +1002,7 @@ impl Ledger {
             // key (if the key is still remembered and still names this transfer).
             if let Some(origin) = transfer.origin
                 && let Some(entry) = self.idempotency.get_mut(&origin)
-                && entry.committed.tx_id == transfer.tx_id
+                && entry.tx_id == transfer.tx_id
             {
                 entry.refused = Some(RejectCode::TransferRefunded);
             }
@@ -1032,6 +1060,7 @@ impl Ledger {
             Leg::Release(held) => (held, HistoryEntry::RELEASE),
         };
         let amount = u64::try_from(amount).expect("amounts of postings fit in u64");
+        self.moved = self.moved.saturating_add(amount);
         let reversible = if context.reversible { HistoryEntry::REVERSIBLE } else { 0 };
         for (account, counterparty, side, customer) in
             [(debit, credit, 0, customers[0]), (credit, debit, HistoryEntry::CREDIT, customers[1])]

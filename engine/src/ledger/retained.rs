@@ -271,8 +271,13 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
 
     /// The entry for `key`, if it is remembered and still inside its window at `now`.
     pub(crate) fn get(&self, key: &K, now: Timestamp) -> Option<&V> {
+        self.get_with_time(key, now).map(|(_, value)| value)
+    }
+
+    /// `get`, with the time the entry was inserted.
+    pub(crate) fn get_with_time(&self, key: &K, now: Timestamp) -> Option<(Timestamp, &V)> {
         let slot = self.slot(self.find(key)?);
-        self.live(slot.inserted, now).then_some(&slot.value)
+        self.live(slot.inserted, now).then_some((slot.inserted, &slot.value))
     }
 
     /// The entry for `key`, if it is remembered (inside its window or not), to change in

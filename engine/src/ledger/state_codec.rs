@@ -118,8 +118,9 @@ impl StateCapture {
             (AccountId::new(super::account::ClassId(0), 0), Account::ZERO),
         );
         let key = IdempotencyKey::new(1).expect("non-zero");
-        let committed = Committed { tx_id: TxId(0), lsn: Lsn::ZERO, timestamp: Timestamp(0) };
-        let entry = IdempotencyEntry { fingerprint: 0, committed, refused: None };
+        let committed =
+            Committed { tx_id: TxId(0), lsn: Lsn::ZERO, timestamp: Timestamp(0), amount: 0 };
+        let entry = IdempotencyEntry::new(0, committed);
         prefault(&mut capture.idempotency, keys, (Timestamp(0), (TerminalId(0), key), entry));
         let account = AccountId::new(super::account::ClassId(0), 0);
         let filler = HistoryEntry {
@@ -178,8 +179,8 @@ impl StateCapture {
     }
 
     /// The encoding of snapshot format `version` (1: without the history section; 2: without
-    /// refunds in the idempotency entries and the origin of transfers), so that tools can
-    /// compare an old snapshot with a replayed state.
+    /// refunds in the idempotency entries and the origin of transfers; 3: without the amount of
+    /// each remembered write), so that tools can compare an old snapshot with a replayed state.
     pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
         self.holds.sort_unstable_by_key(|(id, _)| *id);
@@ -233,8 +234,11 @@ impl StateCapture {
             encoder.u32(terminal.0);
             encoder.u128(key.get());
             encoder.u64(entry.fingerprint);
-            encoder.u64(entry.committed.tx_id.0);
-            encoder.u64(entry.committed.lsn.0);
+            encoder.u64(entry.tx_id.0);
+            encoder.u64(entry.lsn.0);
+            if version >= 4 {
+                encoder.u64(entry.amount);
+            }
             if version >= 3 {
                 encoder.u8(entry.refused.map_or(0, |code| code.code() as u8));
             }
@@ -459,7 +463,8 @@ impl Ledger {
         }
 
         let v3 = usize::from(version >= 3);
-        let keys = count(&mut decoder, "idempotency count", 52 + v3)?;
+        let v4 = usize::from(version >= 4);
+        let keys = count(&mut decoder, "idempotency count", 52 + v3 + 8 * v4)?;
         let previous =
             usize::try_from(decoder.u64("idempotency generation")?).unwrap_or(usize::MAX);
         let mut entries = Vec::with_capacity(keys);
@@ -471,7 +476,9 @@ impl Ledger {
             let fingerprint = decoder.u64("idempotency fingerprint")?;
             let tx_id = TxId(decoder.u64("idempotency tx id")?);
             let lsn = Lsn(decoder.u64("idempotency lsn")?);
-            let committed = Committed { tx_id, lsn, timestamp: inserted };
+            // Version 3 and older did not record what a write moved: its retries report 0.
+            let amount = if version >= 4 { decoder.u64("idempotency amount")? } else { 0 };
+            let committed = Committed { tx_id, lsn, timestamp: inserted, amount };
             let refused = if version >= 3 {
                 match decoder.u8("idempotency refusal")? {
                     0 => None,
@@ -483,7 +490,8 @@ impl Ledger {
             } else {
                 None
             };
-            let entry = IdempotencyEntry { fingerprint, committed, refused };
+            let entry =
+                IdempotencyEntry { refused, ..IdempotencyEntry::new(fingerprint, committed) };
             entries.push((inserted, (terminal, key), entry));
         }
         let evicted = decoder.u64("idempotency evicted")?;
@@ -558,7 +566,7 @@ fn recover_transfer_origins(ledger: &mut Ledger) {
     let (_, entries) = ledger.idempotency.iter();
     let found: Vec<((ShardId, u64), (TerminalId, IdempotencyKey))> = entries
         .filter_map(|(_, origin, entry)| {
-            wanted.get(&entry.committed.tx_id).map(|transfer| (*transfer, *origin))
+            wanted.get(&entry.tx_id).map(|transfer| (*transfer, *origin))
         })
         .collect();
     for (transfer, origin) in found {

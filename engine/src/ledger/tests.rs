@@ -126,9 +126,10 @@ impl Harness {
         let lsn = self.ledger.lsn().next();
         let tx_id = body.tx_id().unwrap_or(TxId(0));
         let record = Record { lsn, timestamp: self.now, body };
-        self.ledger.apply(&record, fingerprint)?;
+        let committed = self.ledger.apply(&record, fingerprint)?;
+        assert_eq!((committed.tx_id, committed.lsn, committed.timestamp), (tx_id, lsn, self.now));
         self.ledger.check_invariants().unwrap();
-        Ok(Committed { tx_id, lsn, timestamp: self.now })
+        Ok(committed)
     }
 
     fn post(&mut self, postings: super::record::Postings) -> Result<Committed, Refusal> {

@@ -544,10 +544,9 @@ impl ShardActor {
         let start = payload::encode_record(bytes, &record);
         let fingerprint = payload::fingerprint(kind, &bytes[start + format::RECORD_HEADER_BYTES..]);
         match self.ledger.apply(&record, fingerprint) {
-            Ok(()) => {
+            Ok(committed) => {
                 self.batch.last_lsn = lsn;
-                let tx_id = record.body.tx_id().unwrap_or(crate::ids::TxId(0));
-                Ok(Committed { tx_id, lsn, timestamp: self.now })
+                Ok(committed)
             }
             Err(refusal) => {
                 self.batch.bytes.truncate(start);

@@ -114,7 +114,6 @@ enum Phase {
 /// One operation of a request waiting for its answer.
 struct OpSlot {
     opcode: u8,
-    points: u64,
     result: Option<OpResult>,
 }
 
@@ -448,19 +447,19 @@ impl Connection {
         let mut ops = SmallVec::with_capacity(view.len());
         let mut remaining = 0;
         for (index, raw) in view.ops().enumerate() {
-            let (points, result) = match Op::decode(raw) {
+            let result = match Op::decode(raw) {
                 Ok(op) => match self.shared.book.plan(terminal, &op) {
-                    Plan::Answer(result) => (0, Some(result)),
-                    Plan::Submit { command, points } => {
+                    Plan::Answer(result) => Some(result),
+                    Plan::Submit { command } => {
                         let tag = ((slot as u64) << TAG_INDEX_BITS) | index as u64;
                         self.commands.push((tag, command));
                         remaining += 1;
-                        (points, None)
+                        None
                     }
                 },
-                Err(status) => (0, Some(OpResult::Refused(status))),
+                Err(status) => Some(OpResult::Refused(status)),
             };
-            ops.push(OpSlot { opcode: raw.opcode, points, result });
+            ops.push(OpSlot { opcode: raw.opcode, result });
         }
         self.in_flight += 1;
         let waiting = Waiting { request_id, remaining, ops };
@@ -489,7 +488,7 @@ impl Connection {
             };
             let op = &mut waiting.ops[index];
             assert!(op.result.is_none(), "one answer per operation");
-            op.result = Some(handler::answer(op.opcode, op.points, response));
+            op.result = Some(handler::answer(op.opcode, response));
             waiting.remaining -= 1;
             if waiting.remaining == 0 {
                 let waiting = self.waiting[slot].take().expect("checked above");

@@ -41,12 +41,10 @@ pub struct Book {
 pub enum Plan {
     /// Answer this without the engine.
     Answer(OpResult),
-    /// Submit this command; `points` goes into the answer.
+    /// Submit this command; the answer reports what the engine says it moved.
     Submit {
         /// The command.
         command: Command,
-        /// Points the answer reports.
-        points: u64,
     },
 }
 
@@ -113,13 +111,11 @@ impl Book {
         let house = |class: ClassId| AccountId::new(class, 0);
         Ok(match *op {
             Op::Ping => Plan::Answer(OpResult::Ok(Reply::Pong)),
-            Op::Balance { customer } => Plan::Submit {
-                command: Command::Read(Query::Account(self.customer(customer))),
-                points: 0,
-            },
+            Op::Balance { customer } => {
+                Plan::Submit { command: Command::Read(Query::Account(self.customer(customer))) }
+            }
             Op::History { customer, limit } => Plan::Submit {
                 command: Command::Read(Query::History { account: self.customer(customer), limit }),
-                points: 0,
             },
             Op::Purchase { ref meta, customer, amount } => {
                 let points = self.earned(amount)?;
@@ -134,32 +130,32 @@ impl Book {
                 }
                 let posting =
                     self.posting(house(self.issuance), self.customer(customer), points)?;
-                Plan::Submit { command: write(meta, TxKind::PURCHASE, post(posting))?, points }
+                Plan::Submit { command: write(meta, TxKind::PURCHASE, post(posting))? }
             }
             Op::Redeem { ref meta, customer, points } => {
                 let posting =
                     self.posting(self.customer(customer), house(self.redemption), points)?;
-                Plan::Submit { command: write(meta, TxKind::REDEEM, post(posting))?, points }
+                Plan::Submit { command: write(meta, TxKind::REDEEM, post(posting))? }
             }
             Op::Hold { ref meta, customer, points, timeout_ms } => {
                 let posting =
                     self.posting(self.customer(customer), house(self.redemption), points)?;
                 let timeout_nanos = u64::from(timeout_ms) * 1_000_000;
                 let operation = Operation::Hold { posting, timeout_nanos };
-                Plan::Submit { command: write(meta, TxKind::REDEEM, operation)?, points }
+                Plan::Submit { command: write(meta, TxKind::REDEEM, operation)? }
             }
             Op::Capture { ref meta, hold, points } => {
                 let operation =
                     Operation::Capture { hold: TxId(hold), amount: Amount::new(points) };
-                Plan::Submit { command: write(meta, TxKind::REDEEM, operation)?, points }
+                Plan::Submit { command: write(meta, TxKind::REDEEM, operation)? }
             }
             Op::Void { ref meta, hold } => {
                 let operation = Operation::Void { hold: TxId(hold) };
-                Plan::Submit { command: write(meta, TxKind::REDEEM, operation)?, points: 0 }
+                Plan::Submit { command: write(meta, TxKind::REDEEM, operation)? }
             }
             Op::Reverse { ref meta, tx } => {
                 let operation = Operation::Reverse { original: TxId(tx) };
-                Plan::Submit { command: write(meta, TxKind::REVERSAL, operation)?, points: 0 }
+                Plan::Submit { command: write(meta, TxKind::REVERSAL, operation)? }
             }
             Op::Transfer { ref meta, source, destination, points } => {
                 let operation = Operation::Transfer {
@@ -167,7 +163,7 @@ impl Book {
                     destination: self.customer(destination),
                     amount: Amount::new(points).ok_or(Status::AmountZero)?,
                 };
-                Plan::Submit { command: write(meta, TxKind::TRANSFER, operation)?, points }
+                Plan::Submit { command: write(meta, TxKind::TRANSFER, operation)? }
             }
         })
     }
@@ -178,14 +174,16 @@ pub fn status_of(code: ledger_engine::RejectCode) -> Status {
     Status::from_code(code.code()).unwrap_or(Status::InternalError)
 }
 
-/// The result of an operation from the engine's response.
-pub fn answer(opcode: u8, points: u64, response: Response) -> OpResult {
+/// The result of an operation from the engine's response. A committed write reports the
+/// points the engine says it moved (`Committed::amount`): for a whole capture the points
+/// captured, for a void the points released, for a reversal the points turned round.
+pub fn answer(opcode: u8, response: Response) -> OpResult {
     let committed = |c: ledger_engine::Committed, duplicate| {
         OpResult::Ok(Reply::Committed(Committed {
             tx_id: c.tx_id.0,
             timestamp: c.timestamp.0,
             lsn: c.lsn.0,
-            points,
+            points: c.amount,
             duplicate,
         }))
     };

@@ -6,7 +6,7 @@
 //!   fdatasync/s and the latency of one group (write + fdatasync), p50/p99/max;
 //! - `recovery`: replay speed of a WAL of `STORAGE_RECORDS` records (default 2,000,000);
 //! - `snapshot`: clone (the shard's pause), encode + write + fsync, and load, for 1M and 10M
-//!   customer accounts;
+//!   customer accounts (`SNAPSHOT_ACCOUNTS=1000000` for one size);
 //! - `memory`: bytes of heap per customer account, counted by a wrapping allocator.
 //!
 //! Run: `cargo bench -p ledger-benches --bench storage [wal|recovery|snapshot|memory]`
@@ -235,7 +235,12 @@ fn snapshot() {
         "| customer accounts | prepare (background) ms | pause: capture ms | baseline: clone ms | encode ms | write+fsync ms | load ms | file MiB |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for accounts in [1_000_000u64, 10_000_000] {
+    // `SNAPSHOT_ACCOUNTS=1000000` measures one size only.
+    let sizes: Vec<u64> = match std::env::var("SNAPSHOT_ACCOUNTS") {
+        Ok(list) => list.split(',').filter_map(|size| size.trim().parse().ok()).collect(),
+        Err(_) => vec![1_000_000, 10_000_000],
+    };
+    for accounts in sizes {
         let ledger = ledger_with_accounts(accounts);
         // What the snapshotter does before the shard pauses.
         let started = Instant::now();

@@ -110,13 +110,26 @@ pub struct Parsed {
 pub fn parse(path: &Path) -> anyhow::Result<Parsed> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut parsed = Parsed::default();
-    for (number, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        let at = || format!("{}:{}", path.display(), number + 1);
-        if line.len() > LINE_BYTES_MAX {
+    let mut reader = BufReader::new(file);
+    let mut bytes = Vec::with_capacity(LINE_BYTES_MAX + 1);
+    for number in 1.. {
+        // A line is read up to its bound, never whole: the file may be anything.
+        bytes.clear();
+        let limit = u64::try_from(LINE_BYTES_MAX + 1).expect("a small bound");
+        let read = std::io::Read::take(&mut reader, limit)
+            .read_until(b'\n', &mut bytes)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        let at = || format!("{}:{number}", path.display());
+        if bytes.last() == Some(&b'\n') {
+            bytes.pop();
+        }
+        if bytes.len() > LINE_BYTES_MAX {
             bail!("{}: line longer than {LINE_BYTES_MAX} bytes", at());
         }
-        let line = std::str::from_utf8(&line).with_context(|| format!("{}: not UTF-8", at()))?;
+        let line = std::str::from_utf8(&bytes).with_context(|| format!("{}: not UTF-8", at()))?;
         let fields: Vec<&str> = line.split_ascii_whitespace().collect();
         match fields.as_slice() {
             [] => {}
@@ -125,7 +138,10 @@ pub fn parse(path: &Path) -> anyhow::Result<Parsed> {
                 let customer: u64 =
                     customer.parse().with_context(|| format!("{}: customer", at()))?;
                 let delta: i128 = delta.parse().with_context(|| format!("{}: delta", at()))?;
-                *parsed.expected.entry(customer).or_default() += delta;
+                let sum = parsed.expected.entry(customer).or_default();
+                *sum = sum
+                    .checked_add(delta)
+                    .with_context(|| format!("{}: the sum of deltas overflows", at()))?;
                 parsed.acknowledged += 1;
             }
             ["U", customer, hex] => {
@@ -265,5 +281,17 @@ mod tests {
         assert!(parse(&path).unwrap_err().to_string().contains(":1"));
         std::fs::write(&path, "Z\n").unwrap();
         assert!(parse(&path).is_err());
+        // A line at its bound is read; one byte more, with or without a newline, is refused.
+        let padded = |len: usize| format!("A 1 7 1{}", " ".repeat(len - 7));
+        std::fs::write(&path, format!("{}\n", padded(LINE_BYTES_MAX))).unwrap();
+        assert_eq!(parse(&path).unwrap().expected.get(&7), Some(&1));
+        for ending in ["\n", ""] {
+            std::fs::write(&path, format!("{}{ending}", padded(LINE_BYTES_MAX + 1))).unwrap();
+            let error = parse(&path).unwrap_err().to_string();
+            assert!(error.contains("line longer than"), "{error}");
+        }
+        let huge = format!("A 1 7 {}\nA 2 7 {}\n", i128::MAX, 1);
+        std::fs::write(&path, huge).unwrap();
+        assert!(parse(&path).unwrap_err().to_string().contains("overflows"));
     }
 }

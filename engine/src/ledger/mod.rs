@@ -511,16 +511,29 @@ impl Ledger {
         fingerprint: u64,
         now: Timestamp,
     ) -> Result<Option<Committed>, RejectCode> {
-        match self.idempotency.get_with_time(&(terminal, key), now) {
+        match self.remembered_answer(terminal, key, fingerprint, now) {
             None => Ok(None),
-            Some((inserted, entry)) if entry.fingerprint == fingerprint => {
-                match entry.retry_answer(inserted) {
-                    Refusal::Duplicate(committed) => Ok(Some(committed)),
-                    Refusal::Rejected(code) => Err(code),
-                }
-            }
-            Some(_) => Err(RejectCode::IdempotencyConflict),
+            Some(Refusal::Duplicate(committed)) => Ok(Some(committed)),
+            Some(Refusal::Rejected(code)) => Err(code),
         }
+    }
+
+    /// How a write with this key and fingerprint is answered if `(terminal, key)` is
+    /// remembered at `now`: as a duplicate of the original, with the refusal a later record
+    /// put in its place, or as a conflict if the payload differs. `None` for a fresh key.
+    fn remembered_answer(
+        &self,
+        terminal: TerminalId,
+        key: IdempotencyKey,
+        fingerprint: u64,
+        now: Timestamp,
+    ) -> Option<Refusal> {
+        let (inserted, entry) = self.idempotency.get_with_time(&(terminal, key), now)?;
+        Some(if entry.fingerprint == fingerprint {
+            entry.retry_answer(inserted)
+        } else {
+            Refusal::Rejected(RejectCode::IdempotencyConflict)
+        })
     }
 
     /// The unsettled cross-shard transfer whose first step is `tx_id`, as its
@@ -583,7 +596,8 @@ impl Ledger {
         self.idempotency.prefetch(&(terminal, key));
     }
 
-    /// Applies one record: all of it, or nothing.
+    /// Applies one record: all of it, or nothing, and returns what it committed (its id,
+    /// position, time and the amount it moved).
     ///
     /// `fingerprint` is the hash of the record's payload (`wal::payload::fingerprint`), checked
     /// against the idempotency table. Live, a refusal means the request is answered without
@@ -642,15 +656,7 @@ impl Ledger {
     /// Checks that depend only on the request and the registry (precedence codes 2..=12).
     fn check_static(&self, body: &Body) -> Result<(), RejectCode> {
         match body {
-            Body::Transaction(tx) => {
-                if tx.postings.is_empty() {
-                    return Err(RejectCode::PostingsEmpty);
-                }
-                if tx.postings.len() > self.config.limits.transaction_postings_max {
-                    return Err(RejectCode::PostingsTooMany);
-                }
-                tx.postings.iter().try_for_each(|posting| self.check_posting(posting))
-            }
+            Body::Transaction(tx) => self.check_postings(&tx.postings),
             Body::HoldCreate(hold) => {
                 self.check_posting(&hold.posting)?;
                 if hold.timeout_nanos == 0
@@ -660,15 +666,7 @@ impl Ledger {
                 }
                 Ok(())
             }
-            Body::Reversal(reversal) => {
-                if reversal.postings.is_empty() {
-                    return Err(RejectCode::PostingsEmpty);
-                }
-                if reversal.postings.len() > self.config.limits.transaction_postings_max {
-                    return Err(RejectCode::PostingsTooMany);
-                }
-                reversal.postings.iter().try_for_each(|posting| self.check_posting(posting))
-            }
+            Body::Reversal(reversal) => self.check_postings(&reversal.postings),
             Body::TransferOut(transfer) => {
                 let asset = self.check_transfer(
                     transfer.source,
@@ -692,12 +690,9 @@ impl Ledger {
         fingerprint: u64,
     ) -> Result<(), Refusal> {
         let key = header.idempotency.expect("checked first in apply");
-        match self.idempotency.get_with_time(&(header.terminal, key), now) {
+        match self.remembered_answer(header.terminal, key, fingerprint, now) {
             None => Ok(()),
-            Some((inserted, entry)) if entry.fingerprint == fingerprint => {
-                Err(entry.retry_answer(inserted))
-            }
-            Some(_) => Err(Refusal::Rejected(RejectCode::IdempotencyConflict)),
+            Some(refusal) => Err(refusal),
         }
     }
 
@@ -756,6 +751,17 @@ impl Ledger {
                 Undo::Totals { asset, before } => self.totals[usize::from(asset.0)] = before,
             }
         }
+    }
+
+    /// Static checks of a transaction's postings: some, not too many, each sound.
+    fn check_postings(&self, postings: &[Posting]) -> Result<(), RejectCode> {
+        if postings.is_empty() {
+            return Err(RejectCode::PostingsEmpty);
+        }
+        if postings.len() > self.config.limits.transaction_postings_max {
+            return Err(RejectCode::PostingsTooMany);
+        }
+        postings.iter().try_for_each(|posting| self.check_posting(posting))
     }
 
     /// Static checks of a posting (precedence codes 6..=11).

@@ -147,7 +147,7 @@ impl Index {
 
     fn insert(&mut self, hash: u64, offset: u32) {
         let half_slots = self.buckets.len() * HALF_SLOTS;
-        assert!(self.current_len * 2 < half_slots + 1, "a generation is at most half its slots");
+        assert!(self.current_len * 2 <= half_slots, "a generation is at most half its slots");
         let (stamp, half) = (Self::stamp(self.generation), Self::half(self.generation));
         let entry = (hash >> TAG_SHIFT) << TAG_SHIFT | stamp << STAMP_SHIFT | u64::from(offset);
         let mut bucket = self.home(hash);

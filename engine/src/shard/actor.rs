@@ -433,43 +433,46 @@ impl ShardActor {
                 }
             }
         };
-        let is_transfer_out = matches!(body, Body::TransferOut(_));
         let outbound = match &body {
             Body::TransferOut(transfer) => Some(*transfer),
             _ => None,
         };
-        match self.append(body) {
-            Ok(committed) if is_transfer_out => {
-                let transfer = outbound.expect("matched above");
+        match (self.append(body), outbound) {
+            (Ok(committed), Some(transfer)) => {
                 let key = (transfer.destination_shard, transfer.sequence);
                 self.batch
                     .peer_sends
                     .push((transfer.destination_shard, transfer_in_message(self.shard, &transfer)));
-                let waiter =
-                    TransferWaiter { sink: Arc::clone(sink), tag, committed, retry: false };
-                self.waiters.entry(key).or_default().push(waiter);
+                self.wait_for_transfer(key, sink, tag, committed, false);
                 None
             }
-            Ok(committed) => Some(Response::Committed(committed)),
-            Err(Refusal::Duplicate(committed)) => {
-                let in_flight = if is_transfer_out {
-                    self.ledger.transfer_out_of(committed.tx_id)
-                } else {
-                    None
-                };
-                match in_flight {
-                    // A retry of a transfer still in flight: answered with the transfer's outcome.
+            (Ok(committed), None) => Some(Response::Committed(committed)),
+            (Err(Refusal::Duplicate(committed)), outbound) => {
+                // A retry of a cross-shard transfer still in flight is answered with the
+                // transfer's outcome.
+                match outbound.and_then(|_| self.ledger.transfer_out_of(committed.tx_id)) {
                     Some(key) => {
-                        let waiter =
-                            TransferWaiter { sink: Arc::clone(sink), tag, committed, retry: true };
-                        self.waiters.entry(key).or_default().push(waiter);
+                        self.wait_for_transfer(key, sink, tag, committed, true);
                         None
                     }
-                    _ => Some(Response::Duplicate(committed)),
+                    None => Some(Response::Duplicate(committed)),
                 }
             }
-            Err(Refusal::Rejected(code)) => Some(Response::Rejected(code)),
+            (Err(Refusal::Rejected(code)), _) => Some(Response::Rejected(code)),
         }
+    }
+
+    /// Queues a request to be answered when transfer `key` is acknowledged.
+    fn wait_for_transfer(
+        &mut self,
+        key: (ShardId, u64),
+        sink: &Arc<dyn ReplySink>,
+        tag: u64,
+        committed: Committed,
+        retry: bool,
+    ) {
+        let waiter = TransferWaiter { sink: Arc::clone(sink), tag, committed, retry };
+        self.waiters.entry(key).or_default().push(waiter);
     }
 
     /// The answer to a reversal that cannot be built. A retry of a reversal that committed

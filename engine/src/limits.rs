@@ -93,8 +93,9 @@ impl Limits {
             inbox_depth_max: 64,
             batch_records_max: 8,
             write_queue_depth_max: 1,
-            segment_bytes: crate::wal::format::SEGMENT_HEADER_BYTES
-                + 8 * u64::from(RECORD_BYTES_MAX),
+            segment_bytes: crate::wal::format::RECORDS_OFFSET_GROUPS
+                + 8 * u64::from(RECORD_BYTES_MAX)
+                + crate::wal::format::SECTOR_BYTES,
             idempotency_keys_max: 64,
             holds_open_max: 16,
             history_entries_max: 64,
@@ -130,11 +131,11 @@ impl Limits {
         // A whole batch must fit in one segment: the writer never splits a group commit across
         // segments, which is what lets recovery look for a torn tail in the newest one only.
         let batch_bytes_max = self.batch_bytes_max();
-        let segment_payload =
-            self.segment_bytes.saturating_sub(crate::wal::format::SEGMENT_HEADER_BYTES);
-        if batch_bytes_max > segment_payload {
+        let segment_needed = self.segment_bytes_min();
+        if self.segment_bytes < segment_needed {
             return fail(format!(
-                "segment_bytes ({}) must hold a full batch ({batch_bytes_max} bytes) after the header",
+                "segment_bytes ({}) must be at least {segment_needed}: a full batch \
+                 ({batch_bytes_max} bytes) with its commit trailer after the header page",
                 self.segment_bytes
             ));
         }
@@ -142,6 +143,13 @@ impl Limits {
             return fail("segment_bytes must be at most 1 TiB".to_string());
         }
         Ok(())
+    }
+
+    /// The smallest segment that holds a full batch: the header page, the batch, and the
+    /// padding and trailer that close its commit group.
+    pub fn segment_bytes_min(&self) -> u64 {
+        use crate::wal::format::{FORMAT_VERSION, group_end, records_offset};
+        group_end(records_offset(FORMAT_VERSION).saturating_add(self.batch_bytes_max()))
     }
 
     /// The largest number of WAL bytes one batch can produce.

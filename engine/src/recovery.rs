@@ -13,10 +13,10 @@ use crate::ids::Lsn;
 use crate::ledger::{InvariantViolation, Ledger, LedgerConfig};
 use crate::snapshot::{self, SnapshotError};
 use crate::wal::format::HASH_ZERO;
-use crate::wal::payload;
 use crate::wal::reader::{self, ScanOptions, Tail, WalError};
 use crate::wal::segment;
 use crate::wal::writer::WalPosition;
+use crate::wal::{mark, payload};
 
 /// The directories of one shard inside the data directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +248,7 @@ pub fn recover_shard(
                 visit_after: header.lsn,
                 hash_at_visit_after: (header.lsn > Lsn::ZERO).then_some(header.last_hash),
                 visit_until: None,
+                durable_mark: None,
             };
             (ledger, options)
         }
@@ -261,6 +262,8 @@ pub fn recover_shard(
         }
     };
 
+    let mut options = options;
+    options.durable_mark = mark::read(&paths.wal).map_err(io_error(&paths.wal))?;
     let (end, replayed) = replay_wal(&paths.wal, &mut ledger, &options)?;
     report.records_replayed = replayed;
 
@@ -276,38 +279,43 @@ pub fn recover_shard(
         None => None,
         Some(newest) => {
             let segment_bytes = newest.header.segment_bytes;
-            let repair_from = match newest.tail {
-                Tail::Clean => newest.end_offset,
-                Tail::Torn { offset, dirty_end } => {
+            let (repair_from, repair_to, trailer) = match newest.tail {
+                Tail::Clean => (newest.end_offset, newest.end_offset, None),
+                Tail::Torn { offset, dirty_end, trailer } => {
                     tracing::warn!(
                         path = %newest.path.display(),
                         offset,
                         bytes = dirty_end - offset,
+                        closed = trailer.is_some(),
                         "zeroing the torn tail of the wal"
                     );
                     report.torn_tail = Some((newest.path.clone(), offset, dirty_end - offset));
-                    offset
+                    (offset, dirty_end, trailer)
                 }
             };
-            let repair_to = match newest.tail {
-                Tail::Torn { dirty_end, .. } => dirty_end,
-                Tail::Clean => repair_from,
-            };
             // A torn tail is zeroed, and a file cut short (by damage) is zero-filled back to its
-            // full size, so appends land in zero-filled blocks again.
+            // full size, so appends land in zero-filled blocks again. Then the records kept of
+            // a torn group get the trailer that closes their group (format version 3).
             let zero_to = if newest.file_bytes < segment_bytes { segment_bytes } else { repair_to };
-            if zero_to > repair_from {
+            if zero_to > repair_from || trailer.is_some() {
                 let mut file = OpenOptions::new()
                     .write(true)
                     .open(&newest.path)
                     .map_err(io_error(&newest.path))?;
                 segment::zero_fill(&mut file, repair_from, zero_to)
                     .map_err(io_error(&newest.path))?;
+                if let Some((at, trailer)) = trailer {
+                    use std::os::unix::fs::FileExt;
+                    file.write_all_at(&trailer.encode(), at)
+                        .and_then(|()| file.sync_data())
+                        .map_err(io_error(&newest.path))?;
+                }
             }
             Some(WalPosition {
                 segment_sequence: newest.sequence,
+                segment_version: newest.header.version,
                 segment_bytes,
-                offset: newest.end_offset,
+                offset: newest.resume_offset,
                 next_lsn: end.last_lsn.next(),
                 last_hash: if end.last_lsn == Lsn::ZERO { HASH_ZERO } else { end.last_hash },
             })

@@ -14,7 +14,7 @@ use ledger_engine::wal::format;
 use ledger_engine::wal::reader::{self, ScanOptions, WalError};
 use ledger_engine::{Engine, EngineConfig, Limits, Lsn, OpenError, Response, ShardId};
 
-const SEGMENT_BYTES: u64 = 6 * 1024;
+const SEGMENT_BYTES: u64 = 9 * 1024;
 
 /// Where one record sits.
 #[derive(Debug, Clone)]
@@ -75,6 +75,13 @@ fn recover(dir: &Path) -> Result<ledger_engine::recovery::Recovered, RecoveryErr
     recover_shard(&ShardPaths::new(dir, 0), ledger_config(&config), meta.cluster_id)
 }
 
+/// What a crash leaves: the durable mark behind the newest records (here: none at all), so a
+/// cut-off tail is the unacknowledged end of the WAL, not missing acknowledged records.
+fn forget_mark(dir: &Path) {
+    let mark = ShardPaths::new(dir, 0).wal.join(ledger_engine::wal::mark::MARK_FILE);
+    std::fs::remove_file(mark).unwrap();
+}
+
 fn flip(path: &Path, offset: u64) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[offset as usize] ^= 0x01;
@@ -104,12 +111,16 @@ fn truncating_the_newest_segment_anywhere_in_its_last_records_recovers_the_whole
         ledger_engine::testing::copy_dir(template.path(), &dir).unwrap();
         let segment = dir.join(newest.strip_prefix(template.path()).unwrap());
         std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(cut).unwrap();
+        forget_mark(&dir);
 
         let recovered = recover(&dir).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         let whole =
             placed.iter().filter(|p| p.segment != newest || p.offset + p.len <= cut).count();
         assert_eq!(recovered.ledger.lsn(), Lsn(whole as u64), "cut at {cut}");
-        let at_boundary = in_newest.iter().any(|p| p.offset == cut || p.offset + p.len == cut);
+        // Each record is its own commit group here: a cut where a group starts leaves a clean
+        // tail; anywhere else something is repaired (a torn record zeroed, or a trailer
+        // written to close the whole records of the cut group).
+        let at_boundary = in_newest.iter().any(|p| p.offset == cut);
         assert_eq!(recovered.report.torn_tail.is_some(), !at_boundary, "cut at {cut}");
         // The repair is durable: the next start finds a clean tail and a full-size segment.
         let again = recover(&dir).unwrap();
@@ -133,6 +144,7 @@ fn writing_resumes_after_a_torn_tail_and_survives_another_restart() {
         .unwrap()
         .set_len(last.offset + 7)
         .unwrap();
+    forget_mark(dir.path());
 
     let engine = Engine::open(engine_config(dir.path())).unwrap();
     assert!(engine.recovery_reports()[0].torn_tail.is_some());
@@ -186,7 +198,8 @@ fn a_flipped_byte_in_the_last_record_is_damage_not_a_torn_write() {
     let error = recover(dir.path()).map(|_| ()).unwrap_err();
     let (lsn, message) = corrupt_lsn(&error).unwrap();
     assert_eq!(lsn, last.lsn);
-    assert!(message.contains("not torn"), "{message}");
+    // The group's trailer, after the record, proves the group was written whole.
+    assert!(message.contains("written whole"), "{message}");
     // Engine start-up refuses too, with the same error.
     let error = Engine::open(engine_config(dir.path())).unwrap_err();
     assert!(matches!(error, OpenError::Recovery { shard: 0, .. }), "{error}");
@@ -211,9 +224,10 @@ fn a_rewritten_record_with_a_fixed_checksum_breaks_the_hash_chain() {
     assert!(matches!(format::check_frame(record), format::Frame::Valid(_)));
     std::fs::write(&segment, &bytes).unwrap();
 
+    // The record's own commit trailer holds its true hash: the forgery is found at the record.
     let error = recover(dir.path()).map(|_| ()).unwrap_err();
     let (lsn, message) = corrupt_lsn(&error).unwrap();
-    assert_eq!(lsn, target.lsn + 1, "{message}");
+    assert_eq!(lsn, target.lsn, "{message}");
     assert!(message.contains("hash chain"), "{message}");
 }
 
@@ -257,9 +271,9 @@ fn a_damaged_header_of_an_older_segment_stops_start_up() {
     assert!(matches!(error, RecoveryError::Wal(WalError::BadHeader { .. })), "{error}");
 }
 
-/// A commit group of many records, torn by a sector that never reached the disk.
+/// A commit group of many records, with a sector that never reached the disk.
 #[test]
-fn a_zero_sector_inside_the_last_group_is_a_torn_write_but_not_before_a_later_group() {
+fn a_zero_sector_inside_the_last_group_is_torn_only_if_its_trailer_is_missing_too() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = engine_config(dir.path());
     config.limits = Limits { segment_bytes: 1 << 20, batch_records_max: 64, ..Limits::test_min() };
@@ -278,25 +292,54 @@ fn a_zero_sector_inside_the_last_group_is_a_torn_write_but_not_before_a_later_gr
 
     let template = tempfile::tempdir().unwrap();
     ledger_engine::testing::copy_dir(dir.path(), template.path()).unwrap();
-    let zero_sector = |root: &Path| {
-        let segment = root.join(placed[5].segment.strip_prefix(dir.path()).unwrap());
+    let segment_of = |root: &Path| root.join(placed[5].segment.strip_prefix(dir.path()).unwrap());
+    let zero = |root: &Path, from: u64, to: u64| {
+        let segment = segment_of(root);
         let mut bytes = std::fs::read(&segment).unwrap();
-        bytes[sector as usize..sector as usize + 512].fill(0);
+        bytes[from as usize..to as usize].fill(0);
         std::fs::write(&segment, bytes).unwrap();
     };
-    zero_sector(dir.path());
-    let recovered = recover(dir.path()).unwrap();
-    assert_eq!(recovered.ledger.lsn(), Lsn(first_hit - 1));
-    assert!(recovered.report.torn_tail.is_some());
+    let scratch = tempfile::tempdir().unwrap();
+    let copy = |name: &str| {
+        let path = scratch.path().join(name);
+        ledger_engine::testing::copy_dir(template.path(), &path).unwrap();
+        path
+    };
 
-    // The same hole followed by a later, durable group: the damaged records were acknowledged.
-    let later = template.path();
-    let engine = Engine::open(EngineConfig { data_dir: later.to_path_buf(), ..config }).unwrap();
-    engine.execute(loyalty.earn(1_000, 1, 1));
-    engine.shutdown();
-    zero_sector(later);
-    let error = recover(later).map(|_| ()).unwrap_err();
+    // A hole alone, with the group's trailer in place: the group was written whole, so the
+    // zeros are damage to acknowledged records, not a torn write.
+    let hole = copy("hole");
+    zero(&hole, sector, sector + 512);
+    let error = recover(&hole).map(|_| ()).unwrap_err();
     let (lsn, message) = corrupt_lsn(&error).unwrap_or_else(|| panic!("{error}"));
     assert_eq!(lsn, first_hit);
-    assert!(message.contains("written after"), "{message}");
+    assert!(message.contains("written whole"), "{message}");
+
+    // The hole and every sector from a later one on missing, trailer included: a write cut
+    // short, whose sectors reached the disk out of order. The whole records before the hole
+    // are kept and their group closed; the rest is zeroed.
+    let torn = copy("torn");
+    forget_mark(&torn);
+    zero(&torn, sector, sector + 512);
+    zero(&torn, sector + 1024, format::group_end(group_end));
+    let recovered = recover(&torn).unwrap();
+    assert_eq!(recovered.ledger.lsn(), Lsn(first_hit - 1));
+    assert!(recovered.report.torn_tail.is_some());
+    let again = recover(&torn).unwrap();
+    assert!(again.report.torn_tail.is_none());
+    assert_eq!(again.ledger.lsn(), Lsn(first_hit - 1));
+
+    // The same torn group followed by a later, durable group: the damaged records were
+    // acknowledged.
+    let later = copy("later");
+    let engine = Engine::open(EngineConfig { data_dir: later.clone(), ..config }).unwrap();
+    engine.execute(loyalty.earn(1_000, 1, 1));
+    engine.shutdown();
+    forget_mark(&later);
+    zero(&later, sector, sector + 512);
+    zero(&later, sector + 1024, format::group_end(group_end));
+    let error = recover(&later).map(|_| ()).unwrap_err();
+    let (lsn, message) = corrupt_lsn(&error).unwrap_or_else(|| panic!("{error}"));
+    assert_eq!(lsn, first_hit);
+    assert!(message.contains("written whole") || message.contains("written after"), "{message}");
 }

@@ -354,4 +354,22 @@ fn version_4_files_still_decode_to_the_same_history() {
     assert_eq!(retried.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
     let Response::Account(view) = engine.execute(loyalty.balance_query(42)) else { panic!() };
     assert_eq!(view.counters.balance_posted(), 1_000 - 300 + 77 - 77 + 5);
+
+    // Writing on: the version 2 segment is left as it is (its tail stays clean), and new records
+    // go into a new segment of the current format, which a restart reads after it.
+    assert!(matches!(engine.execute(loyalty.earn(900, 42, 1)), Response::Committed(_)));
+    engine.shutdown();
+    let wal = ShardPaths::new(dir.path(), 0).wal;
+    let versions: Vec<u16> = ledger_engine::wal::segment::list_segments(&wal)
+        .unwrap()
+        .iter()
+        .map(|(_, path)| {
+            let head = std::fs::read(path).unwrap();
+            ledger_engine::wal::format::SegmentHeader::decode(&head).unwrap().version
+        })
+        .collect();
+    assert_eq!(versions, [2, ledger_engine::wal::format::FORMAT_VERSION]);
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    assert!(engine.recovery_reports()[0].torn_tail.is_none());
+    assert!(matches!(engine.execute(loyalty.earn(900, 42, 1)), Response::Duplicate(_)));
 }

@@ -62,15 +62,6 @@ fn main() -> anyhow::Result<()> {
     let credentials = credentials::load_or_create(&config)?;
     let book = pos::handler::Book::new(&engine, &config.pos)?;
     let rates = pos::rate::RateLimits::new(&credentials, config.pos.rate_per_terminal);
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        shards = engine.shard_count(),
-        assets = definitions.assets,
-        classes = definitions.classes,
-        terminals = credentials.terminals().len(),
-        "ledgerd ready"
-    );
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.pos.io_threads)
         .thread_name("ledgerd-io")
@@ -87,6 +78,15 @@ fn main() -> anyhow::Result<()> {
         ops_in_flight: Arc::default(),
     });
     let mut signals = runtime.block_on(async { ShutdownSignals::new() })?;
+    // Ready only once a signal can no longer kill the process before a clean shutdown.
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        shards = engine.shard_count(),
+        assets = definitions.assets,
+        classes = definitions.classes,
+        terminals = shared.credentials.terminals().len(),
+        "ledgerd ready"
+    );
     let drained = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.pos.addr)
             .await

@@ -202,7 +202,9 @@ fn a_different_shard_count_for_an_existing_directory_is_an_error() {
     let (mut child, lines) = start(dir.path());
     wait_for(&lines, "ledgerd ready");
     signal(&child, "TERM");
-    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    let status = wait_exit(&mut child);
+    let said: Vec<String> = lines.try_iter().collect();
+    assert_eq!(status.code(), Some(0), "{status:?}: {said:#?}");
     let output = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
         .arg("--data-dir")
         .arg(dir.path())

@@ -79,11 +79,20 @@ fn a_damaged_record_is_reported_with_its_lsn_and_exit_code_1() {
     build(dir.path());
     let segment = dir.path().join("shard-000/wal/00000000000000000001.wal");
     let mut bytes = std::fs::read(&segment).unwrap();
-    // The 6th record of shard 0 (after the 4 definitions and one earn): find it by walking.
-    let mut offset = 128usize;
-    for _ in 0..5 {
-        offset += u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
-    }
+    // The 6th record of shard 0 (after the 4 definitions and one earn), found by the reader.
+    let mut offset = 0usize;
+    ledger_engine::wal::reader::scan(
+        &dir.path().join("shard-000/wal"),
+        &ledger_engine::wal::reader::ScanOptions::all(),
+        |record| {
+            if record.header.lsn == ledger_engine::Lsn(6) {
+                offset = record.offset as usize;
+            }
+            Ok::<(), ()>(())
+        },
+    )
+    .unwrap();
+    assert!(offset > 0);
     bytes[offset + 70] ^= 0xff;
     std::fs::write(&segment, bytes).unwrap();
     let output = ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
@@ -184,14 +193,14 @@ fn the_spec_alone_is_enough_to_read_the_wal() {
     // Damage in an earlier record: the checker finds it too.
     let segment = dir.path().join("shard-000/wal/00000000000000000001.wal");
     let mut bytes = std::fs::read(&segment).unwrap();
-    bytes[128 + 40] ^= 0x01;
+    bytes[4096 + 40] ^= 0x01;
     std::fs::write(&segment, bytes).unwrap();
     let output = check(&dir.path().join("shard-001/wal"));
     assert_eq!(output.status.code(), Some(0));
     let output = check(segment.parent().unwrap());
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(text.contains("bad record at offset 128, lsn 1"), "{text}");
+    assert!(text.contains("bad record at offset 4096, lsn 1"), "{text}");
 }
 
 /// After retention deleted old segments, verify starts from the oldest snapshot that covers

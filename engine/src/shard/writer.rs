@@ -24,6 +24,7 @@ use crate::ledger::StateCapture;
 use crate::ledger::command::Response;
 use crate::reject::RejectCode;
 use crate::wal::format::Hash;
+use crate::wal::mark::MARK_INTERVAL;
 use crate::wal::writer::WalWriter;
 
 /// Jobs the writer takes per commit group at most: bounds the latency one group adds.
@@ -98,6 +99,7 @@ pub(crate) struct WriterThread {
 impl WriterThread {
     pub(crate) fn run(mut self) {
         let mut group: Vec<WriterJob> = Vec::with_capacity(GROUP_JOBS_MAX);
+        let mut last_mark = Instant::now();
         while let Ok(first) = self.jobs.recv() {
             group.push(first);
             while group.len() < GROUP_JOBS_MAX {
@@ -110,6 +112,14 @@ impl WriterThread {
             for job in group.drain(..) {
                 self.release(job, failed);
             }
+            // After the answers: the mark delays no acknowledgement, only the next group.
+            if !failed && last_mark.elapsed() >= MARK_INTERVAL {
+                self.wal.mark_durable(self.clock.now());
+                last_mark = Instant::now();
+            }
+        }
+        if !self.shared.poisoned.load(Ordering::Acquire) {
+            self.wal.mark_durable(self.clock.now());
         }
     }
 

@@ -11,11 +11,29 @@ use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::limits::RECORD_BYTES_MAX;
 
 /// Version of the segment and record format. Version history: docs/wal-format.md.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 
 /// The oldest format version readers still accept. Version 2 only added a record kind
-/// (`Reversal`), so a version 1 segment reads as it always did.
+/// (`Reversal`), so a version 1 segment reads as it always did; version 3 added commit-group
+/// alignment and trailers, and readers keep the version 1 and 2 rules for older segments.
 pub const FORMAT_VERSION_MIN: u16 = 1;
+
+/// The first version whose commit groups start on a sector boundary and end with a trailer.
+pub const FORMAT_VERSION_GROUPS: u16 = 3;
+
+/// Sector size the format is laid out for: a device persists whole 512-byte sectors (counted
+/// from the start of the file) or nothing.
+pub const SECTOR_BYTES: u64 = 512;
+
+/// Where the first record of a segment of format `version` starts. Version 3 leaves the rest
+/// of the header's 4 KiB page empty, so that writing records never rewrites the page that
+/// holds the header.
+pub fn records_offset(version: u16) -> u64 {
+    if version >= FORMAT_VERSION_GROUPS { RECORDS_OFFSET_GROUPS } else { SEGMENT_HEADER_BYTES }
+}
+
+/// `records_offset` of version 3 and later.
+pub const RECORDS_OFFSET_GROUPS: u64 = 4096;
 
 /// A SHA-256 digest: the link of the hash chain.
 pub type Hash = [u8; 32];
@@ -51,6 +69,8 @@ const _: () = assert!(SEGMENT_CRC_OFFSET + 4 == SEGMENT_HEADER_BYTES as usize);
 /// The fields of a segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// The format version of the segment's records (`FORMAT_VERSION` for segments written now).
+    pub version: u16,
     /// The shard whose WAL this is.
     pub shard: ShardId,
     /// Shards of the data directory.
@@ -98,7 +118,7 @@ impl SegmentHeader {
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES as usize] {
         let mut bytes = [0u8; SEGMENT_HEADER_BYTES as usize];
         put(&mut bytes, SEGMENT_MAGIC_OFFSET, &SEGMENT_MAGIC);
-        put(&mut bytes, SEGMENT_VERSION_OFFSET, &FORMAT_VERSION.to_le_bytes());
+        put(&mut bytes, SEGMENT_VERSION_OFFSET, &self.version.to_le_bytes());
         put(&mut bytes, SEGMENT_SHARD_OFFSET, &self.shard.index().to_le_bytes());
         put(&mut bytes, SEGMENT_SHARD_COUNT_OFFSET, &self.shard_count.to_le_bytes());
         put(&mut bytes, SEGMENT_CLUSTER_OFFSET, &self.cluster_id.to_le_bytes());
@@ -152,6 +172,7 @@ impl SegmentHeader {
             return Err(HeaderError::Field("segment_bytes"));
         }
         Ok(SegmentHeader {
+            version,
             shard,
             shard_count,
             cluster_id: u64::from_le_bytes(field(bytes, SEGMENT_CLUSTER_OFFSET)),
@@ -309,6 +330,114 @@ pub fn flags_are_zero(record: &[u8]) -> bool {
     u16::from_le_bytes(field(record, RECORD_FLAGS_OFFSET)) == 0
 }
 
+// ---- Commit-group trailer (version 3) -----------------------------------------------------
+
+/// First bytes of a commit-group trailer. As a little-endian `u32` it is far above
+/// `RECORD_BYTES_MAX`, so a reader can never take it for a record's length.
+pub const TRAILER_MAGIC: [u8; 4] = *b"LDGC";
+const TRAILER_MAGIC_OFFSET: usize = 0;
+const TRAILER_CRC_OFFSET: usize = TRAILER_MAGIC_OFFSET + 4;
+const TRAILER_FIRST_LSN_OFFSET: usize = TRAILER_CRC_OFFSET + 4;
+const TRAILER_LAST_LSN_OFFSET: usize = TRAILER_FIRST_LSN_OFFSET + 8;
+const TRAILER_GROUP_START_OFFSET: usize = TRAILER_LAST_LSN_OFFSET + 8;
+const TRAILER_LAST_HASH_OFFSET: usize = TRAILER_GROUP_START_OFFSET + 8;
+/// Bytes of a commit-group trailer.
+pub const TRAILER_BYTES: usize = TRAILER_LAST_HASH_OFFSET + 32;
+
+const _: () = assert!(TRAILER_BYTES == 64);
+const _: () = assert!(u32::from_le_bytes(TRAILER_MAGIC) > RECORD_BYTES_MAX);
+const _: () = assert!(RECORDS_OFFSET_GROUPS.is_multiple_of(SECTOR_BYTES));
+
+/// The trailer that closes a commit group of format version 3: the bytes one fdatasync made
+/// durable. It sits in the last 64 bytes of the group's last sector, after zero padding, so
+/// that a group always ends on a sector boundary and the next one starts on a fresh sector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupTrailer {
+    /// LSN of the group's first record.
+    pub first_lsn: Lsn,
+    /// LSN of the group's last record.
+    pub last_lsn: Lsn,
+    /// Offset in the segment file of the group's first record (a multiple of 512).
+    pub group_start: u64,
+    /// Hash of the group's last record (the next record's `prev_hash`).
+    pub last_hash: Hash,
+}
+
+impl GroupTrailer {
+    /// The trailer's bytes, checksum included.
+    pub fn encode(&self) -> [u8; TRAILER_BYTES] {
+        let mut bytes = [0u8; TRAILER_BYTES];
+        put(&mut bytes, TRAILER_MAGIC_OFFSET, &TRAILER_MAGIC);
+        put(&mut bytes, TRAILER_FIRST_LSN_OFFSET, &self.first_lsn.0.to_le_bytes());
+        put(&mut bytes, TRAILER_LAST_LSN_OFFSET, &self.last_lsn.0.to_le_bytes());
+        put(&mut bytes, TRAILER_GROUP_START_OFFSET, &self.group_start.to_le_bytes());
+        put(&mut bytes, TRAILER_LAST_HASH_OFFSET, &self.last_hash);
+        let crc = trailer_crc(&bytes);
+        put(&mut bytes, TRAILER_CRC_OFFSET, &crc.to_le_bytes());
+        bytes
+    }
+
+    /// The trailer at the start of `bytes`, if its magic and checksum are right.
+    pub fn decode(bytes: &[u8]) -> Option<GroupTrailer> {
+        let bytes = bytes.get(..TRAILER_BYTES)?;
+        if bytes[..4] != TRAILER_MAGIC
+            || trailer_crc(bytes) != u32::from_le_bytes(field(bytes, TRAILER_CRC_OFFSET))
+        {
+            return None;
+        }
+        Some(GroupTrailer {
+            first_lsn: Lsn(u64::from_le_bytes(field(bytes, TRAILER_FIRST_LSN_OFFSET))),
+            last_lsn: Lsn(u64::from_le_bytes(field(bytes, TRAILER_LAST_LSN_OFFSET))),
+            group_start: u64::from_le_bytes(field(bytes, TRAILER_GROUP_START_OFFSET)),
+            last_hash: field(bytes, TRAILER_LAST_HASH_OFFSET),
+        })
+    }
+}
+
+fn trailer_crc(bytes: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[..TRAILER_CRC_OFFSET]);
+    hasher.update(&bytes[TRAILER_FIRST_LSN_OFFSET..TRAILER_BYTES]);
+    hasher.finalize()
+}
+
+/// Where the trailer of a group whose last record ends at `records_end` goes: the last 64
+/// bytes of the sector that has room for it.
+pub fn trailer_offset(records_end: u64) -> u64 {
+    (records_end + TRAILER_BYTES as u64).next_multiple_of(SECTOR_BYTES) - TRAILER_BYTES as u64
+}
+
+/// Where the group after one whose last record ends at `records_end` starts.
+pub fn group_end(records_end: u64) -> u64 {
+    trailer_offset(records_end) + TRAILER_BYTES as u64
+}
+
+/// Fixed fields of the record header at the start of `bytes` (which must hold 64 bytes):
+/// the raw length, LSN, timestamp, kind, flags, commit index and previous hash, unchecked.
+pub fn raw_header(bytes: &[u8]) -> (u32, Lsn, Timestamp, u16, u16, u32, Hash) {
+    (
+        u32::from_le_bytes(field(bytes, RECORD_LEN_OFFSET)),
+        Lsn(u64::from_le_bytes(field(bytes, RECORD_LSN_OFFSET))),
+        Timestamp(u64::from_le_bytes(field(bytes, RECORD_TIMESTAMP_OFFSET))),
+        u16::from_le_bytes(field(bytes, RECORD_KIND_OFFSET)),
+        u16::from_le_bytes(field(bytes, RECORD_FLAGS_OFFSET)),
+        u32::from_le_bytes(field(bytes, RECORD_COMMIT_INDEX_OFFSET)),
+        field(bytes, RECORD_PREV_HASH_OFFSET),
+    )
+}
+
+/// Byte ranges of the record header's fields, for checks of a header that is partly missing:
+/// (length, lsn, timestamp, kind, flags, commit index, previous hash).
+pub const RECORD_FIELD_RANGES: [(usize, usize); 7] = [
+    (RECORD_LEN_OFFSET, RECORD_CRC_OFFSET),
+    (RECORD_LSN_OFFSET, RECORD_TIMESTAMP_OFFSET),
+    (RECORD_TIMESTAMP_OFFSET, RECORD_KIND_OFFSET),
+    (RECORD_KIND_OFFSET, RECORD_FLAGS_OFFSET),
+    (RECORD_FLAGS_OFFSET, RECORD_COMMIT_INDEX_OFFSET),
+    (RECORD_COMMIT_INDEX_OFFSET, RECORD_PREV_HASH_OFFSET),
+    (RECORD_PREV_HASH_OFFSET, RECORD_HEADER_BYTES),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +474,7 @@ mod tests {
     #[test]
     fn segment_header_round_trips_and_rejects_damage() {
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             shard: ShardId::new(1).unwrap(),
             shard_count: 2,
             cluster_id: 0xfeed,
@@ -361,5 +491,29 @@ mod tests {
         assert_eq!(SegmentHeader::decode(&damaged), Err(HeaderError::Checksum));
         assert_eq!(SegmentHeader::decode(&[0; 128]), Err(HeaderError::Zero));
         assert_eq!(SegmentHeader::decode(&bytes[..100]), Err(HeaderError::Truncated));
+    }
+
+    #[test]
+    fn trailers_round_trip_and_sit_at_the_end_of_a_sector() {
+        let trailer = GroupTrailer {
+            first_lsn: Lsn(5),
+            last_lsn: Lsn(9),
+            group_start: 4096,
+            last_hash: [7; 32],
+        };
+        let bytes = trailer.encode();
+        assert_eq!(GroupTrailer::decode(&bytes), Some(trailer));
+        for index in 0..TRAILER_BYTES {
+            for bit in 0..8 {
+                let mut damaged = bytes;
+                damaged[index] ^= 1 << bit;
+                assert_eq!(GroupTrailer::decode(&damaged), None, "byte {index} bit {bit}");
+            }
+        }
+        assert_eq!(trailer_offset(4096 + 100), 4096 + 512 - 64);
+        assert_eq!(trailer_offset(4096 + 448), 4096 + 448);
+        assert_eq!(trailer_offset(4096 + 449), 4096 + 1024 - 64);
+        assert_eq!(group_end(4096 + 1), 4096 + 512);
+        assert_eq!(group_end(4096 + 512), 4096 + 1024);
     }
 }

@@ -10,15 +10,16 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::format::{self, FrameHeader, Hash, HeaderError, SEGMENT_HEADER_BYTES, SegmentHeader};
+use super::format::{
+    self, FORMAT_VERSION_GROUPS, FrameHeader, GroupTrailer, Hash, HeaderError, SECTOR_BYTES,
+    SEGMENT_HEADER_BYTES, SegmentHeader,
+};
+use super::mark::DurableMark;
 use super::segment;
 use crate::codec::DecodeError;
 use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::ledger::record::{Record, RecordKind};
 use crate::limits::RECORD_BYTES_MAX;
-
-/// Sector size assumed for torn writes: a device persists whole 512-byte sectors or nothing.
-pub const SECTOR_BYTES: u64 = 512;
 
 /// Why a WAL cannot be read to its end.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,9 @@ pub struct ScanOptions {
     pub hash_at_visit_after: Option<Hash>,
     /// Records after this LSN are checked but not visited (`None`: visit to the end).
     pub visit_until: Option<Lsn>,
+    /// The durable mark (`wal::mark`): the WAL must reach its LSN, and the record there must
+    /// have its hash.
+    pub durable_mark: Option<DurableMark>,
 }
 
 impl ScanOptions {
@@ -128,6 +132,7 @@ impl ScanOptions {
             visit_after: Lsn::ZERO,
             hash_at_visit_after: None,
             visit_until: None,
+            durable_mark: None,
         }
     }
 }
@@ -144,6 +149,9 @@ pub enum Tail {
         offset: u64,
         /// End of the last non-zero byte of the segment.
         dirty_end: u64,
+        /// Version 3: the trailer that closes the whole records kept before `offset`, and
+        /// where it goes (after the zeroing). `None` when the group kept no record.
+        trailer: Option<(u64, GroupTrailer)>,
     },
 }
 
@@ -160,6 +168,9 @@ pub struct NewestSegment {
     pub file_bytes: u64,
     /// Offset of the first byte after the last whole record.
     pub end_offset: u64,
+    /// Where writing resumes once the tail is repaired: `end_offset`, or (version 3) the end
+    /// of the group that the repair closes with a trailer.
+    pub resume_offset: u64,
     /// How it ends.
     pub tail: Tail,
 }
@@ -369,15 +380,51 @@ pub fn scan<E>(
             .map_err(io_error(&segment.path))
             .map_err(Err)?;
         let bytes = bytes.as_slice();
-        let mut offset = SEGMENT_HEADER_BYTES;
+        let groups = header.version >= FORMAT_VERSION_GROUPS;
+        let mut offset = format::records_offset(header.version);
+        // Version 3: the commit group being read (its start offset and first LSN); `None`
+        // between groups.
+        let mut group: Option<(u64, Lsn)> = None;
         end.segments += 1;
         let tail = loop {
+            if let Some((group_start, group_first)) = group {
+                // After a record: the group ends here if its trailer closes it.
+                let expected = GroupTrailer {
+                    first_lsn: group_first,
+                    last_lsn: Lsn(expected_lsn.0 - 1),
+                    group_start,
+                    last_hash: running_hash,
+                };
+                let trailer_at = format::trailer_offset(offset);
+                let at = usize::try_from(trailer_at).expect("fits");
+                let found = bytes.get(at..).and_then(GroupTrailer::decode);
+                if found == Some(expected) {
+                    offset = format::group_end(offset);
+                    group = None;
+                    continue;
+                }
+                // The same trailer with another hash: the group's last record was changed
+                // after it was written (the trailer of a group that goes on may sit in the same
+                // place, but then it names another last record).
+                if found.is_some_and(|trailer| {
+                    trailer.last_hash != expected.last_hash
+                        && trailer == (GroupTrailer { last_hash: trailer.last_hash, ..expected })
+                }) {
+                    return Err(Err(corrupt(
+                        trailer_at,
+                        expected.last_lsn,
+                        "hash chain broken: the commit trailer holds another hash for the \
+                         group's last record"
+                            .to_string(),
+                    )));
+                }
+            }
             let at = usize::try_from(offset).expect("segment offsets fit in usize");
             let rest = bytes.get(at..).unwrap_or(&[]);
             let frame = format::check_frame(rest);
             let frame_header = match frame {
                 format::Frame::Valid(frame_header) => frame_header,
-                format::Frame::End if !is_newest => {
+                format::Frame::End if !is_newest && group.is_none() => {
                     if let Some(position) = rest.iter().position(|b| *b != 0) {
                         return Err(Err(corrupt(
                             offset + position as u64,
@@ -388,13 +435,47 @@ pub fn scan<E>(
                     break Tail::Clean;
                 }
                 _ if !is_newest => {
-                    return Err(Err(corrupt(offset, expected_lsn, describe(frame))));
+                    let reason = if group.is_some() && frame == format::Frame::End {
+                        "a commit group ends without its trailer".to_string()
+                    } else {
+                        describe(frame)
+                    };
+                    return Err(Err(corrupt(offset, expected_lsn, reason)));
                 }
-                _ => match classify_tail(bytes, offset, expected_lsn, frame) {
-                    Ok(tail) => break tail,
-                    Err(reason) => return Err(Err(corrupt(offset, expected_lsn, reason))),
-                },
+                _ => {
+                    let classified = if groups {
+                        let open = OpenGroup {
+                            start: group.map_or(offset, |(start, _)| start),
+                            first_lsn: group.map_or(expected_lsn, |(_, first)| first),
+                            prev_hash: running_hash,
+                            last_timestamp,
+                        };
+                        classify_group_tail(bytes, offset, expected_lsn, &open)
+                    } else {
+                        classify_tail(bytes, offset, expected_lsn, frame)
+                    };
+                    match classified {
+                        Ok(tail) => break tail,
+                        Err(reason) => return Err(Err(corrupt(offset, expected_lsn, reason))),
+                    }
+                }
             };
+            if groups {
+                let first_lsn = group.map_or(frame_header.lsn, |(_, first)| first);
+                if frame_header.lsn >= first_lsn
+                    && u64::from(frame_header.commit_index) != frame_header.lsn.0 - first_lsn.0
+                {
+                    return Err(Err(corrupt(
+                        offset,
+                        expected_lsn,
+                        format!(
+                            "commit index {} does not match the record's place in its group",
+                            frame_header.commit_index
+                        ),
+                    )));
+                }
+                group.get_or_insert((offset, frame_header.lsn));
+            }
             let record = &rest[..frame_header.len as usize];
             let kind = RecordKind::from_u16(frame_header.kind);
             let problem = if frame_header.lsn != expected_lsn {
@@ -420,6 +501,18 @@ pub fn scan<E>(
             }
             let kind = kind.expect("checked above");
             let hash = format::record_hash(record);
+            if let Some(mark) = options.durable_mark
+                && mark.lsn == frame_header.lsn
+                && mark.hash != hash
+            {
+                return Err(Err(corrupt(
+                    offset,
+                    frame_header.lsn,
+                    "the durable mark holds another hash for this record: it was changed after \
+                     it was made durable"
+                        .to_string(),
+                )));
+            }
             if frame_header.lsn == options.visit_after
                 && let Some(expected) = options.hash_at_visit_after
                 && expected != hash
@@ -458,11 +551,28 @@ pub fn scan<E>(
                 header: *header,
                 file_bytes,
                 end_offset: offset,
+                resume_offset: match tail {
+                    Tail::Torn { trailer: Some(_), .. } => format::group_end(offset),
+                    _ => offset,
+                },
                 tail,
             });
         }
     }
     end.last_hash = running_hash;
+    if let Some(mark) = options.durable_mark
+        && end.last_lsn < mark.lsn
+    {
+        return Err(Err(WalError::Gap {
+            dir: dir.to_path_buf(),
+            lsn: end.last_lsn.next(),
+            reason: format!(
+                "the durable mark says lsn {} was durable, but the wal ends at lsn {}: its newest \
+                 records were cut off or zeroed",
+                mark.lsn, end.last_lsn
+            ),
+        }));
+    }
     if end.last_lsn < options.visit_after {
         return Err(Err(WalError::Gap {
             dir: dir.to_path_buf(),
@@ -485,8 +595,8 @@ fn describe(frame: format::Frame) -> String {
     }
 }
 
-/// Decides whether the damaged or missing record at `offset` of the newest segment is a torn
-/// tail (docs/wal-format.md, "Torn tails"):
+/// Decides whether the damaged or missing record at `offset` of a version 1 or 2 newest segment
+/// is a torn tail (docs/wal-format.md, "Torn tails in versions 1 and 2"):
 /// 1. no record written after the damaged one's commit group became durable may follow it,
 ///    since that would make the damaged record an acknowledged one;
 /// 2. the damage must look like a write that stopped: a zero length, a record running past the
@@ -542,7 +652,7 @@ fn classify_tail(
     if frame == format::Frame::End && dirty_end <= offset {
         return Ok(Tail::Clean);
     }
-    Ok(Tail::Torn { offset, dirty_end: dirty_end.max(offset + 1) })
+    Ok(Tail::Torn { offset, dirty_end: dirty_end.max(offset + 1), trailer: None })
 }
 
 /// Whether a whole 512-byte sector overlapping `[from, to)` reads as zeros (bytes past the end
@@ -556,5 +666,210 @@ fn has_zero_sector(bytes: &[u8], from: u64, to: u64) -> bool {
         bytes
             .get(begin.min(bytes.len())..end.min(bytes.len()))
             .is_some_and(|s| s.iter().all(|b| *b == 0))
+    })
+}
+
+/// The commit group a version 3 scan stopped in.
+struct OpenGroup {
+    /// Offset of its first record (where a group that kept nothing is truncated).
+    start: u64,
+    /// LSN of its first record.
+    first_lsn: Lsn,
+    /// Hash of the last whole record before the failure.
+    prev_hash: Hash,
+    /// Timestamp of that record.
+    last_timestamp: Timestamp,
+}
+
+/// Decides whether the newest segment of format version 3 ends in a torn write at `offset`
+/// (docs/wal-format.md, "Torn tails"): the first record (or trailer) that is not whole there.
+///
+/// A group is written with one `pwrite` per batch and closed by its trailer just before its
+/// fdatasync; a device persists whole sectors or nothing. So a write that a crash cut short
+/// leaves the group's sectors either as written or zero, and never its trailer without the
+/// records before it. The damage at `offset` is a torn write when:
+/// 1. no valid trailer at the end of a later sector covers `lsn` or a later record, and no
+///    valid record of a later group follows (either would prove the group was written whole,
+///    so it was acknowledged);
+/// 2. and either the group's records end here and only its trailer is missing or damaged
+///    (the bytes before the trailer's place are zero), or the record here is as a torn write
+///    leaves it: every field of its header that lies in bytes still present holds what the
+///    writer wrote (length in range, this LSN, its commit index, the previous hash…), and at
+///    least one of its sectors is missing (all zero, or past the end of the file).
+///
+/// Anything else (a record whose sectors are all present but whose checksum fails, a header
+/// whose present bytes are not what the writer wrote, non-zero garbage where a header must be)
+/// is damage, and is reported rather than truncated: it may hold an acknowledged record.
+fn classify_group_tail(
+    bytes: &[u8],
+    offset: u64,
+    lsn: Lsn,
+    group: &OpenGroup,
+) -> Result<Tail, String> {
+    let start = usize::try_from(offset).expect("offsets fit in usize");
+    let rest = bytes.get(start..).unwrap_or(&[]);
+    let dirty_end = rest.iter().rposition(|b| *b != 0).map_or(offset, |p| offset + p as u64 + 1);
+    // 1. Proof that the group (or a later one) was written whole.
+    let mut sector_end = (offset + 1).next_multiple_of(SECTOR_BYTES);
+    while sector_end <= dirty_end.next_multiple_of(SECTOR_BYTES) {
+        let at = usize::try_from(sector_end - format::TRAILER_BYTES as u64).expect("fits");
+        if sector_end - format::TRAILER_BYTES as u64 >= offset
+            && let Some(trailer) = bytes.get(at..).and_then(GroupTrailer::decode)
+            && trailer.last_lsn >= lsn
+        {
+            return Err(format!(
+                "a commit trailer at offset {at} shows that lsn {lsn} to {} were written whole",
+                trailer.last_lsn
+            ));
+        }
+        sector_end += SECTOR_BYTES;
+    }
+    later_group_record(bytes, offset, dirty_end, group.first_lsn)?;
+    let trailer_at = format::trailer_offset(offset);
+    let kept = offset > group.start;
+    let closing = GroupTrailer {
+        first_lsn: group.first_lsn,
+        last_lsn: Lsn(lsn.0 - 1),
+        group_start: group.start,
+        last_hash: group.prev_hash,
+    };
+    let torn = |trailer: bool| {
+        if !trailer && dirty_end <= offset {
+            return Tail::Clean;
+        }
+        Tail::Torn {
+            offset,
+            dirty_end: dirty_end.max(offset),
+            trailer: trailer.then_some((trailer_at, closing)),
+        }
+    };
+    // 2a. The group's records end here; its trailer is missing or damaged.
+    let padding_zero = (offset..trailer_at).all(|index| byte_at(bytes, index) == 0);
+    let trailer_like = byte_range(bytes, trailer_at, 4) == format::TRAILER_MAGIC
+        || !header_as_written(bytes, dirty_end, offset, lsn, group);
+    if kept && padding_zero && (trailer_at > offset || trailer_like) {
+        if let Some(found) = GroupTrailer::decode(&byte_range(bytes, trailer_at, 64))
+            && found != closing
+        {
+            return Err(format!("the trailer at offset {trailer_at} does not match its group"));
+        }
+        return Ok(torn(true));
+    }
+    // 2b. A record cut short by the crash.
+    if !header_as_written(bytes, dirty_end, offset, lsn, group) {
+        return Err(format!(
+            "{}: the bytes where lsn {lsn} must start are not what a torn write leaves",
+            describe(format::check_frame(rest))
+        ));
+    }
+    let len = if any_missing(bytes, dirty_end, offset, offset + 4) {
+        format::RECORD_HEADER_BYTES as u64
+    } else {
+        u64::from(format::record_len(&byte_range(bytes, offset, 4)))
+    };
+    if !any_missing(bytes, dirty_end, offset, offset + len) {
+        return Err(format!(
+            "{}, and every sector of the record is present: damaged in place",
+            describe(format::check_frame(rest))
+        ));
+    }
+    Ok(torn(kept))
+}
+
+/// Fails if a valid record of a group after the one starting at `group_first` lies in
+/// `(offset, dirty_end)`: a later group is written only after the earlier one is durable.
+fn later_group_record(
+    bytes: &[u8],
+    offset: u64,
+    dirty_end: u64,
+    group_first: Lsn,
+) -> Result<(), String> {
+    let start = usize::try_from(offset).expect("fits");
+    let scan_end = usize::try_from(dirty_end).expect("fits");
+    for candidate in start + 1..scan_end {
+        let Some(head) = bytes.get(candidate..candidate + 16) else { break };
+        let len = format::record_len(head);
+        if len < format::RECORD_HEADER_BYTES as u32
+            || len > RECORD_BYTES_MAX
+            || format::record_lsn(head) <= group_first
+        {
+            continue;
+        }
+        if let format::Frame::Valid(header) = format::check_frame(&bytes[candidate..])
+            && header.commit_first_lsn() > group_first
+        {
+            return Err(format!(
+                "damaged record is followed by lsn {} at offset {candidate}, written after \
+                 lsn {group_first}'s group was durable",
+                header.lsn
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the byte at `index` is missing: past the end of the file, at or after
+/// `dirty_end` (the zeros after the last byte a write reached, which need not be
+/// sector-aligned for a write torn inside a sector), or in a 512-byte sector (counted from the
+/// start of the file) that reads as all zeros.
+fn is_missing(bytes: &[u8], dirty_end: u64, index: u64) -> bool {
+    let Ok(at) = usize::try_from(index) else { return true };
+    if at >= bytes.len() || index >= dirty_end {
+        return true;
+    }
+    let sector = index / SECTOR_BYTES * SECTOR_BYTES;
+    let begin = usize::try_from(sector).expect("fits");
+    let end = usize::try_from(sector + SECTOR_BYTES).expect("fits").min(bytes.len());
+    bytes[begin..end].iter().all(|b| *b == 0)
+}
+
+/// Whether any byte of `[from, to)` is missing (see `is_missing`), sector by sector.
+fn any_missing(bytes: &[u8], dirty_end: u64, from: u64, to: u64) -> bool {
+    if from < to && (to > bytes.len() as u64 || to > dirty_end) {
+        return true;
+    }
+    let mut sector = from / SECTOR_BYTES * SECTOR_BYTES;
+    while sector < to {
+        if is_missing(bytes, dirty_end, sector.max(from)) {
+            return true;
+        }
+        sector += SECTOR_BYTES;
+    }
+    false
+}
+
+fn byte_at(bytes: &[u8], index: u64) -> u8 {
+    usize::try_from(index).ok().and_then(|at| bytes.get(at)).copied().unwrap_or(0)
+}
+
+/// `len` bytes from `offset`, reading zeros past the end of the file.
+fn byte_range(bytes: &[u8], offset: u64, len: usize) -> Vec<u8> {
+    (0..len as u64).map(|index| byte_at(bytes, offset + index)).collect()
+}
+
+/// Whether every field of the record header at `offset` whose bytes are all present holds what
+/// the writer would have written there for record `lsn` of `group`.
+fn header_as_written(
+    bytes: &[u8],
+    dirty_end: u64,
+    offset: u64,
+    lsn: Lsn,
+    group: &OpenGroup,
+) -> bool {
+    let header = byte_range(bytes, offset, format::RECORD_HEADER_BYTES);
+    let (len, header_lsn, timestamp, kind, flags, commit_index, prev_hash) =
+        format::raw_header(&header);
+    let checks = [
+        (format::RECORD_HEADER_BYTES as u32..=RECORD_BYTES_MAX).contains(&len),
+        header_lsn == lsn,
+        timestamp >= group.last_timestamp,
+        RecordKind::from_u16(kind).is_some(),
+        flags == 0,
+        u64::from(commit_index) == lsn.0 - group.first_lsn.0,
+        prev_hash == group.prev_hash,
+    ];
+    format::RECORD_FIELD_RANGES.iter().zip(checks).all(|((from, to), holds)| {
+        holds
+            || (*from as u64..*to as u64).any(|index| is_missing(bytes, dirty_end, offset + index))
     })
 }

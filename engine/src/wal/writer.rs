@@ -2,10 +2,14 @@
 //!
 //! The shard encodes records (length, LSN, timestamp, kind, payload) into a batch buffer; the
 //! writer seals them (commit index, previous hash, CRC), writes each batch with one `pwrite`,
-//! and makes a whole commit group durable with one `fdatasync`. A group never spans segments:
-//! when a batch does not fit in the current segment, the writer first makes what it has written
-//! durable, then rolls to the next segment. Recovery relies on this to look for a torn tail in
-//! the newest segment only.
+//! and makes a whole commit group durable with one `fdatasync`. A group starts on a sector
+//! boundary and ends with a trailer in the last 64 bytes of its last sector (format version 3,
+//! docs/wal-format.md), written just before the group's fdatasync: so a later group never
+//! shares a sector with an acknowledged one, and recovery can tell a group that was written
+//! whole (and then damaged) from one whose write a crash cut short. A group never spans
+//! segments: when a batch does not fit in the current segment, the writer first closes and
+//! makes durable what it has written, then rolls to the next segment. Recovery relies on this
+//! to look for a torn tail in the newest segment only.
 //!
 //! **Invariant:** a write or fdatasync error is final. The writer returns it and its owner
 //! stops the shard (fail-stop); nothing retries an fsync, because after a failed fsync the
@@ -17,7 +21,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::format::{self, HASH_ZERO, Hash, SEGMENT_HEADER_BYTES, SegmentHeader};
+use super::format::{self, FORMAT_VERSION, GroupTrailer, HASH_ZERO, Hash, SegmentHeader};
+use super::mark::MarkWriter;
 use super::segment;
 use crate::ids::{Lsn, ShardId, Timestamp};
 
@@ -37,6 +42,9 @@ pub struct WalIdentity {
 pub struct WalPosition {
     /// Sequence of the newest segment.
     pub segment_sequence: u64,
+    /// Format version of the newest segment. Writing continues in it only if it is the
+    /// current version; an older one is left as it is and a new segment is started.
+    pub segment_version: u16,
     /// Size of that segment's file.
     pub segment_bytes: u64,
     /// Offset of the first unwritten byte in it.
@@ -81,13 +89,15 @@ pub struct WalWriter {
     offset: u64,
     next_lsn: Lsn,
     last_hash: Hash,
-    /// First LSN of the commit group being written (not yet durable); `None` when all written
-    /// records are durable.
-    group_first: Option<Lsn>,
+    /// First LSN and start offset of the commit group being written (not yet closed and
+    /// durable); `None` when all written records are durable.
+    group: Option<(Lsn, u64)>,
     faults: Option<Arc<dyn IoFaults>>,
     counters: WriterCounters,
     /// Keeps the next segment zero-filled ahead of time.
     spare: segment::SpareMaker,
+    /// The durable mark; `None` after it failed once (it is redundancy: the WAL goes on).
+    mark: Option<MarkWriter>,
 }
 
 impl WalWriter {
@@ -102,11 +112,12 @@ impl WalWriter {
         faults: Option<Arc<dyn IoFaults>>,
     ) -> io::Result<WalWriter> {
         let spare_name = format!("ledger-spare-{}", identity.shard.index());
+        let mark = Some(MarkWriter::open(dir, identity.shard, identity.cluster_id)?);
         match position {
             Some(position) => {
                 let path = dir.join(segment::segment_file_name(position.segment_sequence));
                 let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-                Ok(WalWriter {
+                let mut writer = WalWriter {
                     dir: dir.to_path_buf(),
                     identity,
                     segment_bytes,
@@ -116,11 +127,17 @@ impl WalWriter {
                     offset: position.offset,
                     next_lsn: position.next_lsn,
                     last_hash: position.last_hash,
-                    group_first: None,
+                    group: None,
                     faults,
                     counters: WriterCounters::default(),
                     spare: segment::SpareMaker::start(dir, segment_bytes, spare_name)?,
-                })
+                    mark,
+                };
+                if position.segment_version != FORMAT_VERSION {
+                    // A segment of an older format keeps its own rules to its end.
+                    writer.roll(now)?;
+                }
+                Ok(writer)
             }
             None => {
                 let (file, file_bytes) =
@@ -132,13 +149,14 @@ impl WalWriter {
                     file,
                     sequence: 1,
                     file_bytes,
-                    offset: SEGMENT_HEADER_BYTES,
+                    offset: format::records_offset(FORMAT_VERSION),
                     next_lsn: Lsn(1),
                     last_hash: HASH_ZERO,
-                    group_first: None,
+                    group: None,
                     faults,
                     counters: WriterCounters { rolls: 1, ..WriterCounters::default() },
                     spare: segment::SpareMaker::start(dir, segment_bytes, spare_name)?,
+                    mark,
                 })
             }
         }
@@ -157,6 +175,7 @@ impl WalWriter {
     ) -> io::Result<(File, u64)> {
         let file = segment::install_segment(dir, sequence, segment_bytes)?;
         let header = SegmentHeader {
+            version: FORMAT_VERSION,
             shard: identity.shard,
             shard_count: identity.shard_count,
             cluster_id: identity.cluster_id,
@@ -199,14 +218,14 @@ impl WalWriter {
         }
         let len = u64::try_from(batch.len()).expect("batch fits in u64");
         assert!(
-            SEGMENT_HEADER_BYTES + len <= self.segment_bytes,
+            format::group_end(format::records_offset(FORMAT_VERSION) + len) <= self.segment_bytes,
             "a batch must fit in an empty segment (Limits::validate)"
         );
-        if self.offset + len > self.file_bytes {
+        if format::group_end(self.offset + len) > self.file_bytes {
             self.sync()?;
             self.roll(now)?;
         }
-        let group_first = *self.group_first.get_or_insert(self.next_lsn);
+        let (group_first, _) = *self.group.get_or_insert((self.next_lsn, self.offset));
         let mut position = 0;
         while position < batch.len() {
             let record_len = format::record_len(&batch[position..]) as usize;
@@ -227,22 +246,51 @@ impl WalWriter {
         Ok(())
     }
 
-    /// Makes every record written so far durable (one fdatasync), if any is not yet.
+    /// Closes the commit group with its trailer and makes every record written so far durable
+    /// (one fdatasync), if any is not yet.
     pub fn sync(&mut self) -> io::Result<()> {
-        if self.group_first.is_none() {
+        let Some((first_lsn, group_start)) = self.group else {
             return Ok(());
+        };
+        let trailer = GroupTrailer {
+            first_lsn,
+            last_lsn: Lsn(self.next_lsn.0 - 1),
+            group_start,
+            last_hash: self.last_hash,
+        };
+        // The padding before the trailer is already zero: segments are zero-filled.
+        if let Some(faults) = &self.faults {
+            faults.before_write()?;
         }
+        self.file.write_all_at(&trailer.encode(), format::trailer_offset(self.offset))?;
+        self.offset = format::group_end(self.offset);
         if let Some(faults) = &self.faults {
             faults.before_sync()?;
         }
         self.file.sync_data()?;
-        self.group_first = None;
+        self.group = None;
         self.counters.syncs += 1;
         Ok(())
     }
 
+    /// Writes the durable mark for the last record, which must be durable (no group open).
+    /// A failure is logged and ends marking; the WAL itself is not affected.
+    pub fn mark_durable(&mut self, now: Timestamp) {
+        assert!(self.group.is_none(), "mark only what is durable");
+        let Some(mark) = &mut self.mark else { return };
+        let last = Lsn(self.next_lsn.0 - 1);
+        if let Err(error) = mark.write(last, self.last_hash, now) {
+            tracing::error!(
+                %error,
+                path = %mark.path().display(),
+                "cannot write the durable mark; continuing without it"
+            );
+            self.mark = None;
+        }
+    }
+
     fn roll(&mut self, now: Timestamp) -> io::Result<()> {
-        debug_assert!(self.group_first.is_none(), "roll only with everything durable");
+        debug_assert!(self.group.is_none(), "roll only with everything durable");
         let sequence = self.sequence + 1;
         let (file, file_bytes) = Self::start_segment(
             &self.dir,
@@ -256,7 +304,7 @@ impl WalWriter {
         self.file = file;
         self.file_bytes = file_bytes;
         self.sequence = sequence;
-        self.offset = SEGMENT_HEADER_BYTES;
+        self.offset = format::records_offset(FORMAT_VERSION);
         self.counters.rolls += 1;
         self.spare.request();
         Ok(())

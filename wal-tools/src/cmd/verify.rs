@@ -162,6 +162,10 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
             }
         }
     }
+    match ledger_engine::wal::mark::read(&paths.wal) {
+        Ok(mark) => options.durable_mark = mark,
+        Err(error) => report.problems.push(format!("cannot read the durable mark: {error}")),
+    }
     let mut pending =
         snapshots.into_iter().filter(|(lsn, _)| *lsn > options.visit_after).peekable();
     let mut problems = Vec::new();
@@ -218,7 +222,7 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
             report.last_lsn = end.last_lsn.0;
             report.last_timestamp = end.last_timestamp.0;
             if let Some(newest) = &end.newest
-                && let Tail::Torn { offset, dirty_end } = newest.tail
+                && let Tail::Torn { offset, dirty_end, .. } = newest.tail
             {
                 report.notes.push(format!(
                         "{} ends in a torn write at offset {offset} ({} bytes): an unacknowledged write cut by a crash; the server zeroes it at start-up",

@@ -91,6 +91,7 @@ struct PosFile {
     ops_in_flight_max: Option<u32>,
     ops_in_flight_total_max: Option<u32>,
     connections_max: Option<u32>,
+    handshakes_max: Option<u32>,
     rate_per_terminal: Option<u32>,
     handshake_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
@@ -144,6 +145,10 @@ pub struct PosConfig {
     pub ops_in_flight_total_max: usize,
     /// Most open connections; one more is answered `busy` and closed.
     pub connections_max: usize,
+    /// Most connections that have not completed the handshake (at most `connections_max`):
+    /// one more is answered `busy` and closed, so that peers that never authenticate cannot
+    /// take every connection from the terminals that do.
+    pub handshakes_max: usize,
     /// Default operations per second per terminal (its burst is one second's worth).
     pub rate_per_terminal: u32,
     /// Time a new connection has to authenticate.
@@ -218,6 +223,11 @@ impl Config {
                     .ops_in_flight_total_max
                     .map_or(1 << 20, |v| v as usize),
                 connections_max: pos.connections_max.map_or(4096, |v| v as usize),
+                // At most connections_max: a smaller connections_max lowers the default too.
+                handshakes_max: pos.handshakes_max.map_or_else(
+                    || pos.connections_max.map_or(4096, |v| v as usize).min(1024),
+                    |v| v as usize,
+                ),
                 rate_per_terminal: args
                     .rate_per_terminal
                     .or(pos.rate_per_terminal)
@@ -251,6 +261,7 @@ impl Config {
             ("pos.batch_ops_max", pos.batch_ops_max as u64),
             ("pos.in_flight_max", pos.in_flight_max as u64),
             ("pos.connections_max", pos.connections_max as u64),
+            ("pos.handshakes_max", pos.handshakes_max as u64),
             ("pos.rate_per_terminal", u64::from(pos.rate_per_terminal)),
             ("pos.earn_per_minor_units", pos.earn_per_minor_units),
             ("pos.io_threads", pos.io_threads as u64),
@@ -269,6 +280,9 @@ impl Config {
                 "pos.ops_in_flight_max must hold a full batch (pos.batch_ops_max) and \
                  pos.ops_in_flight_total_max one connection's worth"
             );
+        }
+        if pos.handshakes_max > pos.connections_max {
+            bail!("pos.handshakes_max must be at most pos.connections_max");
         }
         if pos.io_threads > 64 {
             bail!("pos.io_threads must be at most 64");
@@ -299,7 +313,8 @@ impl Config {
             "data_dir = {:?}\nshards = {}\nlog_format = \"{}\"\n\n[pos]\naddr = \"{}\"\n\
              credentials = {:?}\nframe_bytes_max = {}\nbatch_ops_max = {}\nin_flight_max = {}\n\
              ops_in_flight_max = {}\nops_in_flight_total_max = {}\n\
-             connections_max = {}\nrate_per_terminal = {}\nhandshake_timeout_ms = {}\n\
+             connections_max = {}\nhandshakes_max = {}\nrate_per_terminal = {}\n\
+             handshake_timeout_ms = {}\n\
              drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n\n\
              [snapshots]\nevery_records = {}\nevery_secs = {}\n",
             self.data_dir.display().to_string(),
@@ -316,6 +331,7 @@ impl Config {
             pos.ops_in_flight_max,
             pos.ops_in_flight_total_max,
             pos.connections_max,
+            pos.handshakes_max,
             pos.rate_per_terminal,
             pos.handshake_timeout.as_millis(),
             pos.drain_timeout.as_millis(),
@@ -382,6 +398,11 @@ mod tests {
         let defaults = Config::resolve(&args(&[])).unwrap();
         assert_eq!(defaults.pos.addr, SocketAddr::from(([127, 0, 0, 1], 7400)));
         assert_eq!(defaults.data_dir, PathBuf::from("./data"));
+        assert_eq!((defaults.pos.connections_max, defaults.pos.handshakes_max), (4096, 1024));
+        let few = dir.path().join("few.toml");
+        std::fs::write(&few, "[pos]\nconnections_max = 100\n").unwrap();
+        let few = Config::resolve(&args(&["--config", few.to_str().unwrap()])).unwrap();
+        assert_eq!(few.pos.handshakes_max, 100, "never more than connections_max by default");
         // The printed configuration reads back as the same configuration.
         let printed = dir.path().join("printed.toml");
         std::fs::write(&printed, config.to_toml()).unwrap();
@@ -396,6 +417,7 @@ mod tests {
         let cases = [
             ("[pos]\nbatch_ops_max = 0\n", "pos.batch_ops_max"),
             ("[pos]\nops_in_flight_max = 100\n", "pos.ops_in_flight_max"),
+            ("[pos]\nconnections_max = 10\nhandshakes_max = 11\n", "pos.handshakes_max"),
             ("[pos]\nframe_bytes_max = 1000\n", "pos.frame_bytes_max"),
             ("[pos]\nearn_per_minor_units = 0\n", "pos.earn_per_minor_units"),
             ("[pos]\nsurprise = 1\n", "surprise"),

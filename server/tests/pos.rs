@@ -294,9 +294,10 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
     let probe = server.client().await;
     committed(&probe.call_one(purchase(1, 1, 1_000)).await.unwrap());
 
-    // Not authenticated: a request, a wrong MAC, an unknown terminal.
+    // Not authenticated: a request (short enough to pass the handshake's frame limit), a wrong
+    // MAC, an unknown terminal.
     closed_with(
-        &answers_to(&server, false, &request(1, &[purchase(2, 1, 100)])).await,
+        &answers_to(&server, false, &request(1, &[Op::Ping])).await,
         Status::NotAuthenticated,
     );
     let bad_mac = async {
@@ -430,6 +431,94 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         assert!(stats.outcomes(status) > 0, "{status} was counted");
     }
     assert!(stats.auth_failures.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    server.stop().await;
+}
+
+/// Before the `Welcome`, a connection may make the server hold one handshake frame (48 bytes):
+/// a longer frame is refused from its header alone, before its body is sent; handshake frames
+/// carry request id 0; and at most `handshakes_max` connections may be unauthenticated at
+/// once, each for at most the handshake time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_hold_at_most_a_handshake_frame() {
+    let config = ledger_server::config::PosConfig {
+        connections_max: 8,
+        handshakes_max: 2,
+        handshake_timeout: Duration::from_millis(500),
+        ..common::pos_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let handshake_max = ledger_protocol::session::HANDSHAKE_FRAME_BYTES_MAX;
+    assert_eq!(handshake_max, 48);
+
+    // A Hello announcing a 1 MiB body, and a Request announcing one: only headers are sent, and
+    // the refusal comes at once.
+    let mut hello = 0u32.to_le_bytes().to_vec();
+    hello.extend([1, FrameType::Hello as u8, 0, 0]);
+    hello.extend(0u64.to_le_bytes());
+    hello[..4].copy_from_slice(&((1u32 << 20) - 4).to_le_bytes());
+    closed_with(&answers_to(&server, false, &hello).await, Status::FrameTooLarge);
+    closed_with(
+        &answers_to(&server, false, &header_only(16, 1, 1 << 20)).await,
+        Status::FrameTooLarge,
+    );
+    // One byte over the limit is too large; a request that would fit a session is too large
+    // before the handshake.
+    let mut long_hello = Vec::new();
+    put_header(&mut long_hello, FrameType::Hello, 0, handshake_max - 16 + 1);
+    long_hello.resize(handshake_max + 1, 0);
+    closed_with(&answers_to(&server, false, &long_hello).await, Status::FrameTooLarge);
+    let purchase_request = request(1, &[purchase(2, 1, 100)]);
+    assert!(purchase_request.len() > handshake_max);
+    closed_with(&answers_to(&server, false, &purchase_request).await, Status::FrameTooLarge);
+
+    // Handshake frames carry request id 0.
+    let mut hello = Vec::new();
+    ledger_protocol::session::encode_hello(&mut hello, 1);
+    hello[8] = 7;
+    closed_with(&answers_to(&server, false, &hello).await, Status::UnexpectedFrame);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut hello = Vec::new();
+    ledger_protocol::session::encode_hello(&mut hello, 1);
+    stream.write_all(&hello).await.unwrap();
+    let mut reader = ledger_protocol::client::FrameReader::new(1024);
+    let nonce = loop {
+        if let Some((header, body)) = reader.next_frame().unwrap() {
+            assert_eq!(header.frame_type, FrameType::Challenge);
+            break ledger_protocol::session::decode_challenge(body).unwrap();
+        }
+        assert!(reader.fill(&mut stream).await.unwrap());
+    };
+    let mut auth = Vec::new();
+    let mac = ledger_protocol::session::auth_mac(&common::SECRET, 1, &nonce);
+    ledger_protocol::session::encode_auth(&mut auth, &mac);
+    auth[8] = 7;
+    stream.write_all(&auth).await.unwrap();
+    let mut raw_reader = RawReader::default();
+    assert!(matches!(
+        raw_reader.next(&mut stream).await,
+        Received::Error(0, Status::UnexpectedFrame, _)
+    ));
+    assert!(matches!(raw_reader.next(&mut stream).await, Received::Closed));
+
+    // Two connections may be unauthenticated at once. A terminal that authenticates gives its
+    // place back, so it does not count; a third silent connection is refused `busy`.
+    let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let client = server.client().await;
+    let other = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    closed_with(&answers_to_unauthenticated_connect(&server).await, Status::Busy);
+    let refused =
+        server.shared.stats.connections_refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 1);
+    // The silent ones are closed when the handshake time is up; then a terminal connects again.
+    for mut stream in [silent, other] {
+        let mut reader = RawReader::default();
+        let answer = reader.next(&mut stream).await;
+        assert!(matches!(answer, Received::Error(0, Status::AuthFailed, _)), "{answer:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(client_ping(&server).await, OpResult::Ok(Reply::Pong));
+    assert_eq!(client.call_one(Op::Ping).await.unwrap(), OpResult::Ok(Reply::Pong));
     server.stop().await;
 }
 

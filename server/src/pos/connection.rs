@@ -8,8 +8,10 @@
 //! system call. Answers go out in the order they become durable, not the order of requests:
 //! clients match them by request id.
 //!
-//! Bounds: the read buffer holds at most one frame beyond what is parsed (`frame_bytes_max`);
-//! at most `in_flight_max` requests and `ops_in_flight_max` operations wait for answers (more
+//! Bounds: before the `Welcome` the read buffer holds at most one handshake frame
+//! (`HANDSHAKE_FRAME_BYTES_MAX`, 48 bytes), and the connection holds one of the listener's
+//! `handshakes_max` places; after it, the read buffer holds at most one frame beyond what is
+//! parsed (`frame_bytes_max`); at most `in_flight_max` requests and `ops_in_flight_max` operations wait for answers (more
 //! is refused `too_many_in_flight`), and all connections together at most
 //! `ops_in_flight_total_max` operations (more is refused `busy`), which bounds what the engine's
 //! queues can hold; the output buffer stops the reading when it holds more than
@@ -28,12 +30,12 @@ use ledger_protocol::ops::{
     COUNT_HEADER_BYTES, Op, OpResult, RequestView, encode_result, put_count_header,
     result_bytes_max,
 };
-use ledger_protocol::session::{self, NONCE_BYTES, Welcome};
+use ledger_protocol::session::{self, HANDSHAKE_FRAME_BYTES_MAX, NONCE_BYTES, Welcome};
 use ledger_protocol::{Credentials, Status};
 use smallvec::SmallVec;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 
 use super::handler::{self, Book, Plan};
 use super::rate::{Bucket, RateLimits};
@@ -44,6 +46,9 @@ use crate::config::PosConfig;
 const OUTPUT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Bytes read per system call at most.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Capacity the input and output buffers get once the terminal is authenticated (before that
+/// they hold a handshake frame).
+const BUFFER_BYTES_INITIAL: usize = 64 * 1024;
 /// Bits of a command tag that hold the operation's index in its request.
 const TAG_INDEX_BITS: u32 = 16;
 
@@ -149,6 +154,9 @@ struct Connection {
     now: Instant,
     /// A fatal error frame is queued: close once it is sent.
     closing: bool,
+    /// This connection's place among the `handshakes_max` unauthenticated ones, given back
+    /// when the `Welcome` is sent.
+    handshake: Option<OwnedSemaphorePermit>,
 }
 
 /// Serves one connection until the peer leaves, a fatal error, or the end of a drain.
@@ -157,6 +165,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     session: u64,
     drain: watch::Receiver<bool>,
+    handshake: OwnedSemaphorePermit,
 ) {
     let peer = stream.peer_addr().ok();
     let sink = Arc::new(Sink {
@@ -168,9 +177,9 @@ pub async fn serve(
         shared,
         session,
         sink,
-        input: Vec::with_capacity(64 * 1024),
+        input: Vec::with_capacity(HANDSHAKE_FRAME_BYTES_MAX),
         input_start: 0,
-        output: Vec::with_capacity(64 * 1024),
+        output: Vec::with_capacity(HANDSHAKE_FRAME_BYTES_MAX),
         output_start: 0,
         phase: Phase::Hello,
         waiting: Vec::new(),
@@ -181,6 +190,7 @@ pub async fn serve(
         reading_done: false,
         closing: false,
         now: Instant::now(),
+        handshake: Some(handshake),
     };
     if let Err(error) = connection.run(&stream, drain).await {
         tracing::debug!(session, ?peer, %error, "connection ended with an error");
@@ -272,10 +282,13 @@ impl Connection {
             self.input.drain(..self.input_start);
             self.input_start = 0;
         }
+        if !matches!(self.phase, Phase::Ready { .. }) {
+            return self.read_handshake(stream);
+        }
         let mut total = 0;
         while total < READ_CHUNK_BYTES {
             if self.input.capacity() - self.input.len() < 16 * 1024 {
-                self.input.reserve(64 * 1024);
+                self.input.reserve(BUFFER_BYTES_INITIAL);
             }
             match stream.try_read_buf(&mut self.input) {
                 Ok(0) => {
@@ -290,6 +303,24 @@ impl Connection {
             if self.input.len() >= self.shared.config.frame_bytes_max + READ_CHUNK_BYTES {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Before the `Welcome`, reads no more than completes one handshake frame: an
+    /// unauthenticated peer can make the connection hold `HANDSHAKE_FRAME_BYTES_MAX` bytes,
+    /// whatever it sends. (The input holds only an incomplete frame here, always shorter.)
+    fn read_handshake(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+        let room = HANDSHAKE_FRAME_BYTES_MAX.saturating_sub(self.input.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let mut chunk = [0u8; HANDSHAKE_FRAME_BYTES_MAX];
+        match stream.try_read(&mut chunk[..room]) {
+            Ok(0) => self.reading_done = true,
+            Ok(read) => self.input.extend_from_slice(&chunk[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
         }
         Ok(())
     }
@@ -316,7 +347,12 @@ impl Connection {
         self.now = Instant::now();
         while !self.closing {
             let pending = &input[start..];
-            match check(pending, self.shared.config.frame_bytes_max) {
+            // Before the `Welcome`, only a handshake frame is read (docs/protocol.md, "Limits").
+            let frame_bytes_max = match self.phase {
+                Phase::Ready { .. } => self.shared.config.frame_bytes_max,
+                Phase::Hello | Phase::Auth { .. } => HANDSHAKE_FRAME_BYTES_MAX,
+            };
+            match check(pending, frame_bytes_max) {
                 Ok(Some(header)) => {
                     let body = &pending[FRAME_HEADER_BYTES..header.frame_bytes()];
                     self.on_frame(header, body);
@@ -338,6 +374,10 @@ impl Connection {
     }
 
     fn on_frame(&mut self, header: FrameHeader, body: &[u8]) {
+        let handshake_frame = matches!(header.frame_type, FrameType::Hello | FrameType::Auth);
+        if handshake_frame && header.request_id != 0 {
+            return self.fail(Status::UnexpectedFrame, "handshake frames carry request id 0");
+        }
         match (&self.phase, header.frame_type) {
             (Phase::Hello, FrameType::Hello) => match session::decode_hello(body) {
                 Ok(terminal) => {
@@ -385,6 +425,8 @@ impl Connection {
                 session::encode_welcome(&mut self.output, &welcome);
                 tracing::debug!(session = self.session, terminal, "terminal authenticated");
                 self.phase = Phase::Ready { terminal, bucket };
+                self.handshake = None;
+                self.output.reserve(BUFFER_BYTES_INITIAL);
             }
             (Phase::Ready { .. }, FrameType::Request) if header.request_id == 0 => {
                 // Id 0 names the connection in error frames; a request cannot use it.

@@ -274,6 +274,7 @@ mod tests {
             ops_in_flight_max: 8192,
             ops_in_flight_total_max: 8192,
             connections_max: 16,
+            handshakes_max: 16,
             rate_per_terminal: 1,
             handshake_timeout: std::time::Duration::from_secs(1),
             drain_timeout: std::time::Duration::from_secs(1),

@@ -37,6 +37,7 @@ pub fn pos_config() -> PosConfig {
         ops_in_flight_max: 65_536,
         ops_in_flight_total_max: 1 << 20,
         connections_max: 64,
+        handshakes_max: 64,
         rate_per_terminal: 10_000_000,
         handshake_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(5),

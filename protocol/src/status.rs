@@ -135,6 +135,9 @@ statuses! {
     UnexpectedFrame = 109, "unexpected_frame";
     /// The server failed in a way that is not the request's fault.
     InternalError = 110, "internal_error";
+    /// A request whose id is the id of a request of the same connection still unanswered:
+    /// refused whole (`Error` frame with that id); the earlier request is answered as usual.
+    RequestIdInUse = 111, "request_id_in_use";
 }
 
 impl Status {
@@ -154,7 +157,8 @@ impl Status {
     }
 
     /// Whether the same request may succeed if retried later with the same idempotency key
-    /// (nothing about the request itself is wrong).
+    /// (nothing about the request itself is wrong; after `RequestIdInUse`, under an id that is
+    /// not in flight).
     pub fn is_transient(self) -> bool {
         matches!(
             self,
@@ -164,6 +168,7 @@ impl Status {
                 | Status::TooManyInFlight
                 | Status::RateLimited
                 | Status::InternalError
+                | Status::RequestIdInUse
         )
     }
 }

@@ -188,6 +188,42 @@ async fn pipelined_requests_are_matched_by_id_even_out_of_order() {
     server.stop().await;
 }
 
+/// A request whose id is the id of an unanswered request of the connection is refused whole,
+/// `request_id_in_use`, with an `Error` frame under that id that comes before the first
+/// request's answer; nothing of it is applied. Once answered, an id may be used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_in_flight_is_refused_request_id_in_use() {
+    let server = TestServer::start().await;
+    let mut stream = raw(&server).await;
+    // A batch that waits for its fdatasync, then a request with the same id in the same write.
+    let batch: Vec<Op> = (0..400).map(|i| purchase(30_000 + i, 700 + i as u64, 100)).collect();
+    let mut bytes = request(5, &batch);
+    bytes.extend(request(5, &[purchase(31_000, 1_234, 10_000)]));
+    stream.write_all(&bytes).await.unwrap();
+    let mut reader = RawReader::default();
+    match reader.next(&mut stream).await {
+        Received::Error(5, Status::RequestIdInUse, _) => {}
+        other => panic!("expected the second request refused first, got {other:?}"),
+    }
+    match reader.next(&mut stream).await {
+        Received::Response(5, results) => {
+            assert_eq!(results.len(), 400, "the answer is the first request's");
+            assert!(results.iter().all(|r| r.committed().is_some_and(|c| c.points == 1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Answered: the id is free again, and the refused purchase had posted nothing.
+    stream.write_all(&request(5, &[Op::Balance { customer: 1_234 }])).await.unwrap();
+    match reader.next(&mut stream).await {
+        Received::Response(5, results) => {
+            assert_eq!(results, vec![OpResult::Refused(Status::AccountNotFound)])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(server.shared.stats.outcomes(Status::RequestIdInUse) == 1);
+    server.stop().await;
+}
+
 /// A retry with the same key after the connection dropped returns the original result and
 /// posts nothing; the same key for another operation is a conflict. A request whose
 /// connection dropped before its answer is settled by the retry: posted exactly once.

@@ -18,6 +18,7 @@
 //! `OUTPUT_BYTES_MAX` that the peer has not taken, so a client that does not read its answers
 //! stalls only itself.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -143,6 +144,9 @@ struct Connection {
     /// Requests waiting for answers, by slot (the high bits of a command's tag).
     waiting: Vec<Option<Waiting>>,
     free_slots: Vec<usize>,
+    /// The ids of the requests waiting for answers (at most `in_flight_max`): a request with
+    /// one of them is refused `request_id_in_use`, so that no two answers share an id.
+    ids_in_flight: HashSet<u64>,
     in_flight: usize,
     /// Operations of the requests in flight.
     ops_in_flight: usize,
@@ -184,6 +188,7 @@ pub async fn serve(
         phase: Phase::Hello,
         waiting: Vec::new(),
         free_slots: Vec::new(),
+        ids_in_flight: HashSet::new(),
         in_flight: 0,
         ops_in_flight: 0,
         commands: Vec::new(),
@@ -448,6 +453,13 @@ impl Connection {
         };
         let terminal = *terminal;
         let config = &self.shared.config;
+        if self.ids_in_flight.contains(&request_id) {
+            return self.refuse(
+                request_id,
+                Status::RequestIdInUse,
+                "a request with this id is unanswered",
+            );
+        }
         if self.in_flight >= config.in_flight_max {
             return self.refuse(request_id, Status::TooManyInFlight, "wait for answers first");
         }
@@ -504,6 +516,7 @@ impl Connection {
             ops.push(OpSlot { opcode: raw.opcode, result });
         }
         self.in_flight += 1;
+        self.ids_in_flight.insert(request_id);
         let waiting = Waiting { request_id, remaining, ops };
         if remaining == 0 {
             self.finish(slot, waiting);
@@ -552,6 +565,7 @@ impl Connection {
         debug_assert!(self.output.len() - start >= FRAME_HEADER_BYTES + COUNT_HEADER_BYTES);
         self.free_slots.push(slot);
         self.in_flight -= 1;
+        assert!(self.ids_in_flight.remove(&waiting.request_id), "a request in flight has its id");
         self.ops_in_flight -= waiting.ops.len();
         self.shared.ops_in_flight.fetch_sub(waiting.ops.len(), Ordering::Relaxed);
     }

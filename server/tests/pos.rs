@@ -5,7 +5,7 @@
 mod common;
 
 use common::TestServer;
-use ledger_protocol::ops::{Committed, Op, OpResult, Reply, WriteMeta};
+use ledger_protocol::ops::{Committed, HistoryItem, Op, OpResult, Reply, WriteMeta};
 use ledger_protocol::{Opcode, Receipt, Status};
 
 fn meta(key: u128) -> WriteMeta {
@@ -283,6 +283,72 @@ async fn exactly_one_of_two_concurrent_800_point_redemptions_from_1000_succeeds(
         assert_eq!((won, lost), (1, 1), "customer {customer}: {outcomes:?}");
         assert_eq!(balance(&setup, customer).await, 200);
     }
+    server.stop().await;
+}
+
+/// A hold stops counting against the available balance at its deadline, before any request
+/// of the shard is applied, whether or not its release was logged: right after a restart
+/// (the server stopped before the deadline) and while running. The shards' tick is a minute
+/// here, so nothing but the start of a turn can expire the holds; time is a manual clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_its_deadline_no_longer_counts_even_before_its_release_is_logged() {
+    use ledger_engine::clock::{Clock, ManualClock};
+    let start = ledger_engine::Timestamp(1_800_000_000 * 1_000_000_000);
+    let clock = std::sync::Arc::new(ManualClock::new(start));
+    let tuning = ledger_engine::ShardTuning { tick: Duration::from_secs(60), ..Default::default() };
+    let shared_clock = || Some(std::sync::Arc::clone(&clock) as std::sync::Arc<dyn Clock>);
+    let config = common::pos_config;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir, config(), tuning.clone(), shared_clock()).await;
+    let client = server.client().await;
+    committed(&client.call_one(purchase(1, 42, 100_000)).await.unwrap());
+    let hold = Op::Hold { meta: meta(2), customer: 42, points: 700, timeout_ms: 1_000 };
+    let hold = committed(&client.call_one(hold).await.unwrap()).tx_id;
+    let view = |result: OpResult| match result {
+        OpResult::Ok(Reply::Balance(view)) => (view.posted, view.available, view.held),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()),
+        (1_000, 300, 700)
+    );
+
+    // Stopped before the deadline: no release is logged. Restarted after it.
+    drop(client);
+    let dir = server.stop_engine().await;
+    clock.advance(2_000_000_000);
+    let server = TestServer::start_in(dir, config(), tuning.clone(), shared_clock()).await;
+    let client = server.client().await;
+    let redeem = Op::Redeem { meta: meta(3), customer: 42, points: 800 };
+    assert_eq!(committed(&client.call_one(redeem).await.unwrap()).points, 800);
+    let capture = Op::Capture { meta: meta(4), hold, points: 0 };
+    assert_eq!(client.call_one(capture).await.unwrap(), OpResult::Refused(Status::HoldExpired));
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (200, 200, 0));
+    // The release is in the history, logged before the redemption.
+    let history = match client.call_one(Op::History { customer: 42, limit: 10 }).await.unwrap() {
+        OpResult::Ok(Reply::History(items)) => items,
+        other => panic!("{other:?}"),
+    };
+    let flags: Vec<u8> = history.iter().map(|item| item.flags).collect();
+    assert_eq!(flags[..2], [HistoryItem::REVERSIBLE, HistoryItem::RELEASE], "{history:?}");
+
+    // While running: a hold whose deadline is now is released before the next request.
+    let hold = Op::Hold { meta: meta(5), customer: 42, points: 150, timeout_ms: 1_000 };
+    let hold = committed(&client.call_one(hold).await.unwrap()).tx_id;
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (200, 50, 150));
+    clock.advance(1_000_000_000);
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (200, 200, 0));
+    let redeem = Op::Redeem { meta: meta(6), customer: 42, points: 200 };
+    assert_eq!(committed(&client.call_one(redeem).await.unwrap()).points, 200);
+    let void = Op::Void { meta: meta(7), hold };
+    assert_eq!(client.call_one(void).await.unwrap(), OpResult::Refused(Status::HoldExpired));
+
+    // Replay reaches the same state: the expiries are records.
+    drop(client);
+    let dir = server.stop_engine().await;
+    let server = TestServer::start_in(dir, config(), tuning, shared_clock()).await;
+    let client = server.client().await;
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (0, 0, 0));
     server.stop().await;
 }
 

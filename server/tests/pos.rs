@@ -258,6 +258,39 @@ async fn a_retry_after_a_dropped_connection_returns_the_original_result() {
     server.stop().await;
 }
 
+/// A purchase that earns no points posts nothing and is not remembered, but its key is checked
+/// like any write's: the key of a committed write is `idempotency_conflict` (as a retry with
+/// another payload would be), also in the request that committed it; a free key is `ok` with
+/// transaction id 0, and stays free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_point_purchase_with_a_used_key_is_a_conflict() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let first = committed(&client.call_one(purchase(50, 8, 10_000)).await.unwrap());
+    assert_eq!(first.points, 100);
+    let tiny = |key| purchase(key, 8, 99);
+    assert_eq!(
+        client.call_one(tiny(50)).await.unwrap(),
+        OpResult::Refused(Status::IdempotencyConflict)
+    );
+    let nothing = Committed { tx_id: 0, timestamp: 0, lsn: 0, points: 0, duplicate: false };
+    for _ in 0..2 {
+        let result = client.call_one(tiny(51)).await.unwrap();
+        assert_eq!(result, OpResult::Ok(Reply::Committed(nothing)), "a free key stays free");
+    }
+    let fresh = committed(&client.call_one(purchase(51, 8, 500)).await.unwrap());
+    assert!(!fresh.duplicate && fresh.points == 5);
+    // In one request: the write commits first, then the zero-point purchase finds its key.
+    let results = client.call(&[purchase(52, 8, 300), tiny(52)]).await.unwrap();
+    assert_eq!(committed(&results[0]).points, 3);
+    assert_eq!(results[1], OpResult::Refused(Status::IdempotencyConflict));
+    // Another terminal's key 50 is another key.
+    let other = server.client_as(2, &[2; 32]).await;
+    assert_eq!(other.call_one(tiny(50)).await.unwrap(), OpResult::Ok(Reply::Committed(nothing)));
+    assert_eq!(balance(&client, 8).await, 108);
+    server.stop().await;
+}
+
 /// The double-spend guarantee over the wire: two terminals on two connections redeem 800 of
 /// a 1,000 balance at the same moment; exactly one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

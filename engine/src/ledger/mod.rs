@@ -518,6 +518,11 @@ impl Ledger {
         }
     }
 
+    /// Whether `(terminal, key)` is remembered at `now` (for any write).
+    pub fn remembers_key(&self, terminal: TerminalId, key: IdempotencyKey, now: Timestamp) -> bool {
+        self.idempotency.get_with_time(&(terminal, key), now).is_some()
+    }
+
     /// How a write with this key and fingerprint is answered if `(terminal, key)` is
     /// remembered at `now`: as a duplicate of the original, with the refusal a later record
     /// put in its place, or as a conflict if the payload differs. `None` for a fresh key.

@@ -429,6 +429,9 @@ impl ShardActor {
                 let limit = usize::from(limit).min(HISTORY_PAGE_MAX);
                 Response::History(self.ledger.history_of(account, limit))
             }
+            Query::Idempotency { terminal, key, .. } => {
+                Response::Remembered(self.ledger.remembers_key(terminal, key, self.now))
+            }
         }
     }
 

@@ -83,9 +83,12 @@ async fn every_operation_end_to_end() {
 
     // Transfers to a customer on the same shard and on the other one.
     let (same, other) = customers_beside(&server, 42);
+    let mut transfers = Vec::new();
     for (key, destination) in [(12, same), (13, other)] {
         let transfer = Op::Transfer { meta: meta(key), source: 42, destination, points: 10 };
-        assert_eq!(committed(&client.call_one(transfer).await.unwrap()).points, 10);
+        let transfer = committed(&client.call_one(transfer).await.unwrap());
+        assert_eq!(transfer.points, 10);
+        transfers.push(transfer.tx_id);
     }
     assert_eq!(balance(&client, 42).await, 40);
     assert_eq!(balance(&client, same).await, 10);
@@ -105,6 +108,40 @@ async fn every_operation_end_to_end() {
     assert_eq!(deltas, vec![-10, -10, 5, -5, 0, 0, -40, 0, -23, 123]);
     assert_eq!(history.last().unwrap().tx_id, purchase.tx_id);
     assert_eq!(history.iter().map(|item| item.posted_delta()).sum::<i128>(), 40);
+    // A reversed transaction is flagged reversed, and no longer reversible; the reversal
+    // itself is not reversible; the purchase, never reversed, still is.
+    let flags_of = |tx_id: u64| history.iter().find(|item| item.tx_id == tx_id).unwrap().flags;
+    assert_eq!(flags_of(redeem_tx), HistoryItem::REVERSED);
+    assert_eq!(flags_of(committed(&reversed).tx_id), HistoryItem::CREDIT);
+    assert_eq!(flags_of(purchase.tx_id), HistoryItem::CREDIT | HistoryItem::REVERSIBLE);
+    // Both legs of a transfer: the source's entries carry the transfer's ids; the destination
+    // of the same-shard transfer has the same id, that of the cross-shard one the id of its
+    // credit step, which its own shard assigned (docs/protocol.md, "History").
+    assert_eq!(history[1].tx_id, transfers[0]);
+    assert_eq!(history[0].tx_id, transfers[1]);
+    let credit_of = |customer: u64| {
+        let client = &client;
+        async move {
+            match client.call_one(Op::History { customer, limit: 5 }).await.unwrap() {
+                OpResult::Ok(Reply::History(items)) => {
+                    assert_eq!(items.len(), 1);
+                    items[0]
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let credit = credit_of(same).await;
+    let reversible = HistoryItem::CREDIT | HistoryItem::REVERSIBLE;
+    assert_eq!((credit.tx_id, credit.kind, credit.flags), (transfers[0], 5, reversible));
+    let credit = credit_of(other).await;
+    assert_eq!((credit.kind, credit.flags, credit.amount), (5, HistoryItem::CREDIT, 10));
+    assert_ne!(credit.tx_id, transfers[1]);
+    let shard_bits = |tx_id: u64| (tx_id >> 12) & 0x3ff;
+    let engine = &server.shared.engine;
+    let other_shard = engine.shard_of_customer(ledger_engine::CustomerId(other)).index();
+    assert_eq!(shard_bits(credit.tx_id), u64::from(other_shard));
+    assert_ne!(shard_bits(transfers[1]), shard_bits(credit.tx_id));
 
     // Unknown customers and holds are typed refusals.
     assert_eq!(

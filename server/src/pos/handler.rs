@@ -18,6 +18,7 @@
 //! asks its customer's shard whether its key is taken, and is answered `idempotency_conflict`
 //! if it is (as any retry with another payload), `ok` with 0 points and transaction id 0 if not.
 
+use ledger_engine::ledger::history::HistoryEntry;
 use ledger_engine::{
     AccountId, Amount, ClassId, Command, IdempotencyKey, Metadata, Namespace, Operation, Posting,
     Query, Receipt, Request, Response, TerminalId, TxId, TxKind,
@@ -220,7 +221,7 @@ pub fn answer(opcode: u8, response: Response) -> OpResult {
                     timestamp: entry.timestamp.0,
                     amount: entry.amount,
                     kind: entry.kind.0,
-                    flags: entry.flags,
+                    flags: wire_flags(entry),
                 })
                 .collect(),
         )),
@@ -239,6 +240,18 @@ pub fn answer(opcode: u8, response: Response) -> OpResult {
             tracing::error!(opcode, "the engine answered a hold view to a POS operation");
             OpResult::Refused(Status::InternalError)
         }
+    }
+}
+
+/// A history entry's flags on the wire: the engine's bits (the same numbers), except that a
+/// reversed transaction is no longer `reversible`: the flag says what `reverse` accepts now.
+/// (The engine keeps both bits: its ring must still tell a reversed plain transaction,
+/// `already_reversed`, from one never reversible.)
+fn wire_flags(entry: &HistoryEntry) -> u8 {
+    if entry.has(HistoryEntry::REVERSED) {
+        entry.flags & !HistoryEntry::REVERSIBLE
+    } else {
+        entry.flags
     }
 }
 

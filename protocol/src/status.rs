@@ -79,7 +79,8 @@ statuses! {
     InsufficientFunds = 15, "insufficient_funds";
     /// The credit would break a credit limit.
     CreditLimitExceeded = 16, "credit_limit_exceeded";
-    /// A counter would overflow (or a balance does not fit the answer's 64 bits).
+    /// A write would take a customer's balance above 2^63 − 1 points, a purchase would earn
+    /// more than 2^64 − 1, or a counter would overflow.
     Overflow = 17, "overflow";
     /// No such hold.
     HoldNotFound = 18, "hold_not_found";

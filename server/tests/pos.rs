@@ -328,6 +328,55 @@ async fn a_zero_point_purchase_with_a_used_key_is_a_conflict() {
     server.stop().await;
 }
 
+/// A customer's posted balance never exceeds what `balance` can report (2^63 − 1): every write
+/// that would take it further is refused `overflow` (a cross-shard transfer is refunded), and
+/// changes nothing; the balance stays reportable. One point per minor unit here, so that one
+/// purchase reaches the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_takes_a_balance_beyond_what_balance_reports() {
+    let config = ledger_server::config::PosConfig {
+        earn_points: 1,
+        earn_per_minor_units: 1,
+        ..common::pos_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let client = server.client().await;
+    let max = i64::MAX as u64;
+    let (rich, same, other) = {
+        let (same, other) = customers_beside(&server, 60);
+        (60, same, other)
+    };
+    assert_eq!(committed(&client.call_one(purchase(1, rich, max)).await.unwrap()).points, max);
+    let overflow = OpResult::Refused(Status::Overflow);
+    assert_eq!(client.call_one(purchase(2, rich, 1)).await.unwrap(), overflow);
+    assert_eq!(client.call_one(purchase(3, rich, u64::MAX)).await.unwrap(), overflow);
+    // Spend some, earn it back to the bound exactly; reversing the spending goes beyond it.
+    let redeem = Op::Redeem { meta: meta(4), customer: rich, points: 10 };
+    let redeemed = committed(&client.call_one(redeem).await.unwrap()).tx_id;
+    committed(&client.call_one(purchase(5, rich, 10)).await.unwrap());
+    let reverse = Op::Reverse { meta: meta(6), tx: redeemed };
+    assert_eq!(client.call_one(reverse).await.unwrap(), overflow);
+    // Transfers to the customer at the bound: refused on its shard, refunded from another.
+    for customer in [same, other] {
+        committed(&client.call_one(purchase(u128::from(customer), customer, 100)).await.unwrap());
+    }
+    let to_rich =
+        |key, source| Op::Transfer { meta: meta(key), source, destination: rich, points: 7 };
+    assert_eq!(client.call_one(to_rich(7, same)).await.unwrap(), overflow);
+    assert_eq!(
+        client.call_one(to_rich(8, other)).await.unwrap(),
+        OpResult::Refused(Status::TransferRefunded)
+    );
+    match client.call_one(Op::Balance { customer: rich }).await.unwrap() {
+        OpResult::Ok(Reply::Balance(view)) => {
+            assert_eq!((view.posted, view.available, view.held), (i64::MAX, i64::MAX, 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((balance(&client, same).await, balance(&client, other).await), (100, 100));
+    server.stop().await;
+}
+
 /// The double-spend guarantee over the wire: two terminals on two connections redeem 800 of
 /// a 1,000 balance at the same moment; exactly one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

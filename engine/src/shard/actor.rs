@@ -144,7 +144,10 @@ impl ShardActor {
                 return;
             }
         };
-        let ledger = recovered.ledger;
+        let mut ledger = recovered.ledger;
+        // Replay accepted every record of the WAL; what this shard decides from now on keeps
+        // every customer balance reportable.
+        ledger.bound_customer_balances();
         let lsn = ledger.lsn();
         setup.shared.applied_lsn.store(lsn.0, Ordering::Relaxed);
         setup.shared.durable_lsn.store(lsn.0, Ordering::Relaxed);

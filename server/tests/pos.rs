@@ -587,6 +587,13 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         ),
         other => panic!("{other:?}"),
     }
+    // A reserved byte of an operation header that is not 0: the whole request is malformed,
+    // its good operations included.
+    let mut reserved = request(20, &[purchase(20, 1, 100_000), Op::Ping]);
+    let ping_header = reserved.len() - 4;
+    reserved[ping_header + 1] = 1;
+    stream.write_all(&reserved).await.unwrap();
+    assert!(matches!(reader.next(&mut stream).await, Received::Error(20, Status::Malformed, _)));
     let zero_amount = Op::Redeem { meta: meta(11), customer: 1, points: 0 };
     let zero_key = Op::Redeem { meta: WriteMeta { key: 0, ..meta(0) }, customer: 1, points: 1 };
     stream.write_all(&request(11, &[zero_amount, zero_key])).await.unwrap();
@@ -613,11 +620,37 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         OpResult::Refused(Status::IdempotencyKeyMissing)
     );
 
-    // A frame cut short by the client's close: nothing happens, the server carries on.
-    let cut = request(12, &[purchase(12, 1, 100_000)]);
+    // A frame cut short by the client's close: the requests before it are answered, the cut
+    // one is dropped unanswered and unapplied, and an error frame says why before the close.
+    let mut bytes = request(12, &[purchase(12, 1, 200)]);
+    let cut = request(13, &[purchase(13, 1, 100_000)]);
+    bytes.extend(&cut[..cut.len() - 5]);
     let mut stream = raw(&server).await;
-    stream.write_all(&cut[..cut.len() - 5]).await.unwrap();
-    drop(stream);
+    stream.write_all(&bytes).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reader = RawReader::default();
+    assert!(matches!(reader.next(&mut stream).await, Received::Response(12, _)));
+    assert!(matches!(
+        reader.next(&mut stream).await,
+        Received::Error(0, Status::UnexpectedFrame, _)
+    ));
+    assert!(matches!(reader.next(&mut stream).await, Received::Closed));
+    // Cut inside the header, during the handshake: the same.
+    let mut hello = Vec::new();
+    ledger_protocol::session::encode_hello(&mut hello, 1);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&hello[..10]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reader = RawReader::default();
+    assert!(matches!(
+        reader.next(&mut stream).await,
+        Received::Error(0, Status::UnexpectedFrame, _)
+    ));
+    assert!(matches!(reader.next(&mut stream).await, Received::Closed));
+    // A clean close gets nothing.
+    let mut stream = raw(&server).await;
+    stream.shutdown().await.unwrap();
+    assert!(matches!(RawReader::default().next(&mut stream).await, Received::Closed));
 
     // Random bytes after a handshake never crash the server or move a point.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -636,7 +669,7 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         drop(stream);
     }
 
-    assert_eq!(balance(&probe, 1).await, 10, "no refused input moved a point");
+    assert_eq!(balance(&probe, 1).await, 12, "only request 12's purchase moved points");
     assert_eq!(client_ping(&server).await, OpResult::Ok(Reply::Pong));
     let stats = &server.shared.stats;
     for status in [

@@ -234,6 +234,13 @@ impl Connection {
         let mut draining = *drain.borrow();
         loop {
             let unsent = self.output.len() - self.output_start;
+            let partial = self.input.len() > self.input_start;
+            if self.reading_done && partial && !self.closing && self.in_flight == 0 && unsent == 0 {
+                // The peer ended its side inside a frame: that frame is dropped unanswered, and
+                // once the requests before it are answered, the close says why.
+                self.fail(Status::UnexpectedFrame, "the connection ended inside a frame");
+                continue;
+            }
             if (self.closing || self.reading_done || draining) && self.in_flight == 0 && unsent == 0
             {
                 return Ok(());

@@ -145,8 +145,10 @@ struct Connection {
     waiting: Vec<Option<Waiting>>,
     free_slots: Vec<usize>,
     /// The ids of the requests waiting for answers (at most `in_flight_max`): a request with
-    /// one of them is refused `request_id_in_use`, so that no two answers share an id.
-    ids_in_flight: HashSet<u64>,
+    /// one of them is refused `request_id_in_use`, so that no two answers share an id. Keyed
+    /// hashing (a random seed per process) on the hot path; the ids are the client's, but a
+    /// client can only slow its own connection, whose set is bounded.
+    ids_in_flight: HashSet<u64, foldhash::fast::RandomState>,
     in_flight: usize,
     /// Operations of the requests in flight.
     ops_in_flight: usize,
@@ -188,7 +190,7 @@ pub async fn serve(
         phase: Phase::Hello,
         waiting: Vec::new(),
         free_slots: Vec::new(),
-        ids_in_flight: HashSet::new(),
+        ids_in_flight: HashSet::default(),
         in_flight: 0,
         ops_in_flight: 0,
         commands: Vec::new(),

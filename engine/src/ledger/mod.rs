@@ -1261,8 +1261,11 @@ impl Ledger {
         };
         let bounded = self.customer_balances_bounded && namespace == Namespace::Customer;
         let within_bound = |before: &Account, after: &Account| {
+            if !bounded {
+                return Ok(());
+            }
             let balance = after.balance_posted();
-            if bounded && balance > CUSTOMER_BALANCE_MAX && balance > before.balance_posted() {
+            if balance > CUSTOMER_BALANCE_MAX && balance > before.balance_posted() {
                 return Err(RejectCode::Overflow);
             }
             Ok(())

@@ -144,8 +144,8 @@ statuses! {
 impl Status {
     /// Whether an error frame with this status always ends the connection (whatever its
     /// request id). Any error frame with request id 0 also ends it: `busy` when
-    /// `connections_max` connections are open, `internal_error` when the server cannot
-    /// challenge.
+    /// `connections_max` connections are open or `handshakes_max` are in the handshake,
+    /// `internal_error` when the server cannot challenge.
     pub fn closes_connection(self) -> bool {
         matches!(
             self,

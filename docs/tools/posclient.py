@@ -60,7 +60,7 @@ STATUSES = {
     101: "unknown_opcode", 102: "batch_too_large", 103: "too_many_in_flight",
     104: "rate_limited", 105: "not_authenticated", 106: "auth_failed",
     107: "unsupported_version", 108: "frame_too_large", 109: "unexpected_frame",
-    110: "internal_error",
+    110: "internal_error", 111: "request_id_in_use",
 }
 
 

@@ -633,9 +633,11 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
                 .ok_or(RejectCode::TransactionNotFound)?,
             Operation::Transfer { source, .. } => customer_shard(*source).unwrap_or(shard_zero),
         },
-        Command::Read(Query::Account(account) | Query::History { account, .. }) => {
-            customer_shard(*account).unwrap_or(shard_zero)
-        }
+        Command::Read(
+            Query::Account(account)
+            | Query::History { account, .. }
+            | Query::Idempotency { account, .. },
+        ) => customer_shard(*account).unwrap_or(shard_zero),
         Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
     })
 }

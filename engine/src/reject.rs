@@ -78,7 +78,8 @@ reject_codes! {
     InsufficientFunds = 15, "insufficient_funds";
     /// The credit would take an account flagged credits-must-not-exceed-debits above zero.
     CreditLimitExceeded = 16, "credit_limit_exceeded";
-    /// A balance counter would overflow.
+    /// A balance counter would overflow, or a live posting would take a customer's posted
+    /// balance above `CUSTOMER_BALANCE_MAX`.
     Overflow = 17, "overflow";
     /// No hold with this id exists on this shard.
     HoldNotFound = 18, "hold_not_found";

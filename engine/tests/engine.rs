@@ -291,7 +291,7 @@ fn holds_expire_at_their_timeout_through_a_logged_record() {
     };
     assert_eq!(available(&engine), 300);
     clock.advance(5 * SECOND);
-    // The sweep runs on the shard's tick; wait for it.
+    // The next turn of the shard (this query's, or a tick's) expires the hold first.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while available(&engine) != 1_000 {
         assert!(std::time::Instant::now() < deadline, "hold never expired");

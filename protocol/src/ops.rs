@@ -563,9 +563,9 @@ impl HistoryItem {
     pub const HOLD: u8 = 2;
     /// A hold's reservation ended: the posted balance did not change.
     pub const RELEASE: u8 = 4;
-    /// The transaction can be reversed.
+    /// The transaction can be reversed: a plain transaction, not reversed yet.
     pub const REVERSIBLE: u8 = 8;
-    /// The transaction was reversed.
+    /// The transaction was reversed (and so is not `REVERSIBLE` any more).
     pub const REVERSED: u8 = 16;
 
     /// The change to the posted balance.

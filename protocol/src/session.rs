@@ -11,7 +11,7 @@
 
 use hmac::{KeyInit, Mac};
 
-use crate::frame::{FrameType, put_header};
+use crate::frame::{FRAME_HEADER_BYTES, FrameType, put_header};
 use crate::status::Status;
 use crate::wire::{Reader, WireError, Writer};
 
@@ -25,6 +25,14 @@ pub const AUTH_CONTEXT: &[u8] = b"LDGR-AUTH-1";
 pub const WELCOME_BYTES: usize = 4 + 2 + 2 + 4 + 2 + 2 + 8;
 /// Longest message an error frame carries.
 pub const ERROR_MESSAGE_BYTES_MAX: usize = 256;
+/// Bytes of a `Hello` body: terminal id and reserved.
+pub const HELLO_BYTES: usize = 4 + 4;
+/// The largest frame a server reads before its `Welcome`, header included: the largest
+/// handshake frame a client sends (an `Auth`, 48 bytes). An unauthenticated peer can make the
+/// server buffer no more than this; a longer frame is `frame_too_large` from its header alone.
+pub const HANDSHAKE_FRAME_BYTES_MAX: usize = FRAME_HEADER_BYTES + MAC_BYTES;
+
+const _: () = assert!(FRAME_HEADER_BYTES + HELLO_BYTES <= HANDSHAKE_FRAME_BYTES_MAX);
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -73,7 +81,7 @@ pub struct Welcome {
 
 /// Appends a `Hello` frame.
 pub fn encode_hello(out: &mut Vec<u8>, terminal: u32) {
-    put_header(out, FrameType::Hello, 0, 8);
+    put_header(out, FrameType::Hello, 0, HELLO_BYTES);
     let mut writer = Writer::new(out);
     writer.u32(terminal);
     writer.u32(0);
@@ -178,7 +186,7 @@ pub fn decode_error(body: &[u8]) -> Result<(Status, String), WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{FRAME_HEADER_BYTES, check};
+    use crate::frame::check;
 
     fn body(frame: &[u8]) -> &[u8] {
         let header = check(frame, 1024).unwrap().unwrap();

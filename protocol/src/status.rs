@@ -79,7 +79,8 @@ statuses! {
     InsufficientFunds = 15, "insufficient_funds";
     /// The credit would break a credit limit.
     CreditLimitExceeded = 16, "credit_limit_exceeded";
-    /// A counter would overflow (or a balance does not fit the answer's 64 bits).
+    /// A write would take a customer's balance above 2^63 − 1 points, a purchase would earn
+    /// more than 2^64 − 1, or a counter would overflow.
     Overflow = 17, "overflow";
     /// No such hold.
     HoldNotFound = 18, "hold_not_found";
@@ -135,13 +136,16 @@ statuses! {
     UnexpectedFrame = 109, "unexpected_frame";
     /// The server failed in a way that is not the request's fault.
     InternalError = 110, "internal_error";
+    /// A request whose id is the id of a request of the same connection still unanswered:
+    /// refused whole (`Error` frame with that id); the earlier request is answered as usual.
+    RequestIdInUse = 111, "request_id_in_use";
 }
 
 impl Status {
     /// Whether an error frame with this status always ends the connection (whatever its
     /// request id). Any error frame with request id 0 also ends it: `busy` when
-    /// `connections_max` connections are open, `internal_error` when the server cannot
-    /// challenge.
+    /// `connections_max` connections are open or `handshakes_max` are in the handshake,
+    /// `internal_error` when the server cannot challenge.
     pub fn closes_connection(self) -> bool {
         matches!(
             self,
@@ -154,7 +158,8 @@ impl Status {
     }
 
     /// Whether the same request may succeed if retried later with the same idempotency key
-    /// (nothing about the request itself is wrong).
+    /// (nothing about the request itself is wrong; after `RequestIdInUse`, under an id that is
+    /// not in flight).
     pub fn is_transient(self) -> bool {
         matches!(
             self,
@@ -164,6 +169,7 @@ impl Status {
                 | Status::TooManyInFlight
                 | Status::RateLimited
                 | Status::InternalError
+                | Status::RequestIdInUse
         )
     }
 }

@@ -122,6 +122,13 @@ const GOLDEN: &[(&str, &str)] = &[
         ),
     ),
     (
+        "error-request-id-in-use",
+        concat!(
+            "34000000 01 7f 0000 0500000000000000 6f00 2400 ",
+            "6120726571756573742077697468207468697320696420697320756e616e737765726564 ",
+        ),
+    ),
+    (
         "error-connection",
         concat!(
             "2d000000 01 7f 0000 0000000000000000 6a00 1d00 ",
@@ -244,6 +251,12 @@ fn encode(name: &str) -> Vec<u8> {
             4,
             Status::RateLimited,
             "the terminal's rate is exceeded",
+        ),
+        "error-request-id-in-use" => session::encode_error(
+            &mut out,
+            5,
+            Status::RequestIdInUse,
+            "a request with this id is unanswered",
         ),
         "error-connection" => {
             session::encode_error(&mut out, 0, Status::AuthFailed, "unknown terminal or wrong mac")
@@ -399,6 +412,12 @@ fn the_golden_bytes_decode_to_the_examples() {
     let errors = [
         ("error-request", 4, Status::RateLimited, "the terminal's rate is exceeded"),
         ("error-connection", 0, Status::AuthFailed, "unknown terminal or wrong mac"),
+        (
+            "error-request-id-in-use",
+            5,
+            Status::RequestIdInUse,
+            "a request with this id is unanswered",
+        ),
     ];
     for (name, request_id, status, message) in errors {
         let (header, body) = split(name);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
+use ledger_engine::datadir::DataDirMeta;
 use serde::Deserialize;
 
 /// The ledger server: an in-memory double-entry ledger with a write-ahead log, serving POS
@@ -91,6 +92,7 @@ struct PosFile {
     ops_in_flight_max: Option<u32>,
     ops_in_flight_total_max: Option<u32>,
     connections_max: Option<u32>,
+    handshakes_max: Option<u32>,
     rate_per_terminal: Option<u32>,
     handshake_timeout_ms: Option<u64>,
     drain_timeout_ms: Option<u64>,
@@ -113,6 +115,7 @@ struct SnapshotsFile {
 struct File {
     data_dir: Option<PathBuf>,
     shards: Option<u16>,
+    hold_timeout_max_ms: Option<u64>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     pos: PosFile,
@@ -122,6 +125,9 @@ struct File {
 
 /// Largest configuration file read.
 const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The default longest hold timeout: 30 days, in milliseconds.
+pub const HOLD_TIMEOUT_MAX_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
 
 /// Settings of the POS listener and its sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +150,10 @@ pub struct PosConfig {
     pub ops_in_flight_total_max: usize,
     /// Most open connections; one more is answered `busy` and closed.
     pub connections_max: usize,
+    /// Most connections that have not completed the handshake (at most `connections_max`):
+    /// one more is answered `busy` and closed, so that peers that never authenticate cannot
+    /// take every connection from the terminals that do.
+    pub handshakes_max: usize,
     /// Default operations per second per terminal (its burst is one second's worth).
     pub rate_per_terminal: u32,
     /// Time a new connection has to authenticate.
@@ -176,6 +186,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Shards of a new data directory (`None`: `default_shards()`).
     pub shards: Option<u16>,
+    /// The longest hold timeout of a new data directory, in milliseconds: a replay rule, fixed
+    /// in its `ledgerd.meta` when the directory is created (an existing one keeps its own).
+    pub hold_timeout_max_ms: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// The POS protocol.
@@ -197,6 +210,7 @@ impl Config {
         let pos = &file.pos;
         let config = Config {
             shards: args.shards.or(file.shards),
+            hold_timeout_max_ms: file.hold_timeout_max_ms.unwrap_or(HOLD_TIMEOUT_MAX_MS_DEFAULT),
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Pretty),
             pos: PosConfig {
                 addr: args
@@ -218,6 +232,11 @@ impl Config {
                     .ops_in_flight_total_max
                     .map_or(1 << 20, |v| v as usize),
                 connections_max: pos.connections_max.map_or(4096, |v| v as usize),
+                // At most connections_max: a smaller connections_max lowers the default too.
+                handshakes_max: pos.handshakes_max.map_or_else(
+                    || pos.connections_max.map_or(4096, |v| v as usize).min(1024),
+                    |v| v as usize,
+                ),
                 rate_per_terminal: args
                     .rate_per_terminal
                     .or(pos.rate_per_terminal)
@@ -251,6 +270,7 @@ impl Config {
             ("pos.batch_ops_max", pos.batch_ops_max as u64),
             ("pos.in_flight_max", pos.in_flight_max as u64),
             ("pos.connections_max", pos.connections_max as u64),
+            ("pos.handshakes_max", pos.handshakes_max as u64),
             ("pos.rate_per_terminal", u64::from(pos.rate_per_terminal)),
             ("pos.earn_per_minor_units", pos.earn_per_minor_units),
             ("pos.io_threads", pos.io_threads as u64),
@@ -269,6 +289,13 @@ impl Config {
                 "pos.ops_in_flight_max must hold a full batch (pos.batch_ops_max) and \
                  pos.ops_in_flight_total_max one connection's worth"
             );
+        }
+        // A hold's timeout travels as a u32 of milliseconds: a longer maximum means nothing.
+        if !(1..=u64::from(u32::MAX)).contains(&self.hold_timeout_max_ms) {
+            bail!("hold_timeout_max_ms must be 1..={}", u32::MAX);
+        }
+        if pos.handshakes_max > pos.connections_max {
+            bail!("pos.handshakes_max must be at most pos.connections_max");
         }
         if pos.io_threads > 64 {
             bail!("pos.io_threads must be at most 64");
@@ -292,18 +319,39 @@ impl Config {
         Ok(())
     }
 
-    /// The effective configuration as TOML, for `--print-config`.
-    pub fn to_toml(&self) -> String {
+    /// The longest hold timeout, in nanoseconds, for the engine's replay rules.
+    pub fn hold_timeout_max_nanos(&self) -> u64 {
+        self.hold_timeout_max_ms.saturating_mul(1_000_000)
+    }
+
+    /// The effective configuration as TOML, for `--print-config`. The shard count and the hold
+    /// timeout maximum are those of `directory` (its `ledgerd.meta`) when the data directory
+    /// exists: they are fixed when it is created.
+    pub fn to_toml(&self, directory: Option<&DataDirMeta>) -> String {
         let pos = &self.pos;
+        let (shards, hold_timeout_max_ms, origin) = match directory {
+            Some(meta) => (
+                meta.shard_count,
+                meta.semantics.hold_timeout_max_nanos / 1_000_000,
+                "the data directory's (ledgerd.meta)",
+            ),
+            None => (
+                self.shards.unwrap_or_else(default_shards),
+                self.hold_timeout_max_ms,
+                "for a new data directory",
+            ),
+        };
         format!(
-            "data_dir = {:?}\nshards = {}\nlog_format = \"{}\"\n\n[pos]\naddr = \"{}\"\n\
+            "data_dir = {:?}\n# shards and hold_timeout_max_ms: {origin}, fixed when it is \
+             created\nshards = {shards}\nhold_timeout_max_ms = {hold_timeout_max_ms}\n\
+             log_format = \"{}\"\n\n[pos]\naddr = \"{}\"\n\
              credentials = {:?}\nframe_bytes_max = {}\nbatch_ops_max = {}\nin_flight_max = {}\n\
              ops_in_flight_max = {}\nops_in_flight_total_max = {}\n\
-             connections_max = {}\nrate_per_terminal = {}\nhandshake_timeout_ms = {}\n\
+             connections_max = {}\nhandshakes_max = {}\nrate_per_terminal = {}\n\
+             handshake_timeout_ms = {}\n\
              drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n\n\
              [snapshots]\nevery_records = {}\nevery_secs = {}\n",
             self.data_dir.display().to_string(),
-            self.shards.unwrap_or_else(default_shards),
             match self.log_format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",
@@ -316,6 +364,7 @@ impl Config {
             pos.ops_in_flight_max,
             pos.ops_in_flight_total_max,
             pos.connections_max,
+            pos.handshakes_max,
             pos.rate_per_terminal,
             pos.handshake_timeout.as_millis(),
             pos.drain_timeout.as_millis(),
@@ -382,11 +431,17 @@ mod tests {
         let defaults = Config::resolve(&args(&[])).unwrap();
         assert_eq!(defaults.pos.addr, SocketAddr::from(([127, 0, 0, 1], 7400)));
         assert_eq!(defaults.data_dir, PathBuf::from("./data"));
+        assert_eq!((defaults.pos.connections_max, defaults.pos.handshakes_max), (4096, 1024));
+        let few = dir.path().join("few.toml");
+        std::fs::write(&few, "[pos]\nconnections_max = 100\n").unwrap();
+        let few = Config::resolve(&args(&["--config", few.to_str().unwrap()])).unwrap();
+        assert_eq!(few.pos.handshakes_max, 100, "never more than connections_max by default");
         // The printed configuration reads back as the same configuration.
         let printed = dir.path().join("printed.toml");
-        std::fs::write(&printed, config.to_toml()).unwrap();
+        std::fs::write(&printed, config.to_toml(None)).unwrap();
         let again = Config::resolve(&args(&["--config", printed.to_str().unwrap()])).unwrap();
         assert_eq!(again.pos, config.pos);
+        assert_eq!(again.hold_timeout_max_ms, config.hold_timeout_max_ms);
         assert_eq!(again.snapshots, config.snapshots);
     }
 
@@ -396,10 +451,13 @@ mod tests {
         let cases = [
             ("[pos]\nbatch_ops_max = 0\n", "pos.batch_ops_max"),
             ("[pos]\nops_in_flight_max = 100\n", "pos.ops_in_flight_max"),
+            ("[pos]\nconnections_max = 10\nhandshakes_max = 11\n", "pos.handshakes_max"),
             ("[pos]\nframe_bytes_max = 1000\n", "pos.frame_bytes_max"),
             ("[pos]\nearn_per_minor_units = 0\n", "pos.earn_per_minor_units"),
             ("[pos]\nsurprise = 1\n", "surprise"),
             ("shards = 0\n", "shards"),
+            ("hold_timeout_max_ms = 0\n", "hold_timeout_max_ms"),
+            ("hold_timeout_max_ms = 4294967296\n", "hold_timeout_max_ms"),
             ("[snapshots]\nevery_secs = 0\n", "snapshots.every_secs"),
             ("[pos]\naddr = \"nowhere\"\n", "invalid configuration"),
         ];

@@ -39,11 +39,15 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = Config::resolve(&args)?;
     if args.print_config {
-        print!("{}", config.to_toml());
+        // An existing data directory's replay rules are what the server would run with.
+        let directory = ledger_engine::datadir::read_meta(&config.data_dir).ok();
+        print!("{}", config.to_toml(directory.as_ref()));
         return Ok(());
     }
     init_logging(config.log_format);
     let mut engine_config = EngineConfig::new(&config.data_dir);
+    // A replay rule: it applies to a new directory; an existing one keeps its own.
+    engine_config.hold_timeout_max_nanos = config.hold_timeout_max_nanos();
     engine_config.tuning.snapshot_every_records = config.snapshots.every_records;
     engine_config.tuning.snapshot_every = config.snapshots.every;
     // An existing directory keeps its count; a new one gets the configured or default count.

@@ -224,6 +224,69 @@ fn a_different_shard_count_for_an_existing_directory_is_an_error() {
     assert_eq!(wait_exit(&mut child).code(), Some(0));
 }
 
+/// The hold timeout maximum is a setting of a new data directory, fixed in its `ledgerd.meta`:
+/// the server refuses longer holds, and `--print-config` shows the directory's value (and its
+/// shard count) once it exists, whatever the configuration says.
+#[test]
+fn the_hold_timeout_maximum_is_fixed_per_data_directory_and_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let file = dir.path().join("ledgerd.toml");
+    std::fs::write(&file, "hold_timeout_max_ms = 60000\n").unwrap();
+    let print = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .arg("--print-config")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let printed = print(&[std::ffi::OsStr::new("--config"), file.as_os_str()]);
+    assert!(printed.contains("hold_timeout_max_ms = 60000\n"), "{printed}");
+    assert!(printed.contains("for a new data directory"), "{printed}");
+    let printed = print(&[]);
+    assert!(printed.contains("hold_timeout_max_ms = 2592000000\n"), "{printed}");
+
+    let config = file.to_str().unwrap();
+    let (mut child, lines) = start_with(&data, &["--shards", "2", "--config", config]);
+    let addr = listening_addr(&lines);
+    let credentials = ledger_protocol::Credentials::load(&data.join("credentials.toml")).unwrap();
+    let terminal = credentials.terminals()[0].clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        use ledger_protocol::{Op, OpResult, Receipt, Status, WriteMeta};
+        let client = ledger_protocol::client::Client::connect(addr, terminal.id, &terminal.secret)
+            .await
+            .unwrap();
+        let hold = |key, timeout_ms| Op::Hold {
+            meta: WriteMeta { key, store: 0, category: 0, receipt: Receipt::default() },
+            customer: 5,
+            points: 1,
+            timeout_ms,
+        };
+        // Within the maximum the hold goes on to the ledger (the customer has no points).
+        let results = client.call(&[hold(1, 60_001), hold(2, 60_000)]).await.unwrap();
+        assert_eq!(
+            results,
+            vec![
+                OpResult::Refused(Status::HoldTimeoutInvalid),
+                OpResult::Refused(Status::AccountNotFound)
+            ]
+        );
+    });
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+
+    // The directory's value wins over the configuration's default, and its shard count too.
+    let printed = print(&[std::ffi::OsStr::new("--shards"), std::ffi::OsStr::new("5")]);
+    assert!(printed.contains("hold_timeout_max_ms = 60000\n"), "{printed}");
+    assert!(printed.contains("shards = 2\n"), "{printed}");
+    assert!(printed.contains("the data directory's (ledgerd.meta)"), "{printed}");
+}
+
 #[test]
 fn bad_arguments_are_refused_with_usage() {
     let output =

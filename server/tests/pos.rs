@@ -5,7 +5,7 @@
 mod common;
 
 use common::TestServer;
-use ledger_protocol::ops::{Committed, Op, OpResult, Reply, WriteMeta};
+use ledger_protocol::ops::{Committed, HistoryItem, Op, OpResult, Reply, WriteMeta};
 use ledger_protocol::{Opcode, Receipt, Status};
 
 fn meta(key: u128) -> WriteMeta {
@@ -83,9 +83,12 @@ async fn every_operation_end_to_end() {
 
     // Transfers to a customer on the same shard and on the other one.
     let (same, other) = customers_beside(&server, 42);
+    let mut transfers = Vec::new();
     for (key, destination) in [(12, same), (13, other)] {
         let transfer = Op::Transfer { meta: meta(key), source: 42, destination, points: 10 };
-        assert_eq!(committed(&client.call_one(transfer).await.unwrap()).points, 10);
+        let transfer = committed(&client.call_one(transfer).await.unwrap());
+        assert_eq!(transfer.points, 10);
+        transfers.push(transfer.tx_id);
     }
     assert_eq!(balance(&client, 42).await, 40);
     assert_eq!(balance(&client, same).await, 10);
@@ -105,6 +108,40 @@ async fn every_operation_end_to_end() {
     assert_eq!(deltas, vec![-10, -10, 5, -5, 0, 0, -40, 0, -23, 123]);
     assert_eq!(history.last().unwrap().tx_id, purchase.tx_id);
     assert_eq!(history.iter().map(|item| item.posted_delta()).sum::<i128>(), 40);
+    // A reversed transaction is flagged reversed, and no longer reversible; the reversal
+    // itself is not reversible; the purchase, never reversed, still is.
+    let flags_of = |tx_id: u64| history.iter().find(|item| item.tx_id == tx_id).unwrap().flags;
+    assert_eq!(flags_of(redeem_tx), HistoryItem::REVERSED);
+    assert_eq!(flags_of(committed(&reversed).tx_id), HistoryItem::CREDIT);
+    assert_eq!(flags_of(purchase.tx_id), HistoryItem::CREDIT | HistoryItem::REVERSIBLE);
+    // Both legs of a transfer: the source's entries carry the transfer's ids; the destination
+    // of the same-shard transfer has the same id, that of the cross-shard one the id of its
+    // credit step, which its own shard assigned (docs/protocol.md, "History").
+    assert_eq!(history[1].tx_id, transfers[0]);
+    assert_eq!(history[0].tx_id, transfers[1]);
+    let credit_of = |customer: u64| {
+        let client = &client;
+        async move {
+            match client.call_one(Op::History { customer, limit: 5 }).await.unwrap() {
+                OpResult::Ok(Reply::History(items)) => {
+                    assert_eq!(items.len(), 1);
+                    items[0]
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    let credit = credit_of(same).await;
+    let reversible = HistoryItem::CREDIT | HistoryItem::REVERSIBLE;
+    assert_eq!((credit.tx_id, credit.kind, credit.flags), (transfers[0], 5, reversible));
+    let credit = credit_of(other).await;
+    assert_eq!((credit.kind, credit.flags, credit.amount), (5, HistoryItem::CREDIT, 10));
+    assert_ne!(credit.tx_id, transfers[1]);
+    let shard_bits = |tx_id: u64| (tx_id >> 12) & 0x3ff;
+    let engine = &server.shared.engine;
+    let other_shard = engine.shard_of_customer(ledger_engine::CustomerId(other)).index();
+    assert_eq!(shard_bits(credit.tx_id), u64::from(other_shard));
+    assert_ne!(shard_bits(transfers[1]), shard_bits(credit.tx_id));
 
     // Unknown customers and holds are typed refusals.
     assert_eq!(
@@ -188,6 +225,42 @@ async fn pipelined_requests_are_matched_by_id_even_out_of_order() {
     server.stop().await;
 }
 
+/// A request whose id is the id of an unanswered request of the connection is refused whole,
+/// `request_id_in_use`, with an `Error` frame under that id that comes before the first
+/// request's answer; nothing of it is applied. Once answered, an id may be used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_in_flight_is_refused_request_id_in_use() {
+    let server = TestServer::start().await;
+    let mut stream = raw(&server).await;
+    // A batch that waits for its fdatasync, then a request with the same id in the same write.
+    let batch: Vec<Op> = (0..400).map(|i| purchase(30_000 + i, 700 + i as u64, 100)).collect();
+    let mut bytes = request(5, &batch);
+    bytes.extend(request(5, &[purchase(31_000, 1_234, 10_000)]));
+    stream.write_all(&bytes).await.unwrap();
+    let mut reader = RawReader::default();
+    match reader.next(&mut stream).await {
+        Received::Error(5, Status::RequestIdInUse, _) => {}
+        other => panic!("expected the second request refused first, got {other:?}"),
+    }
+    match reader.next(&mut stream).await {
+        Received::Response(5, results) => {
+            assert_eq!(results.len(), 400, "the answer is the first request's");
+            assert!(results.iter().all(|r| r.committed().is_some_and(|c| c.points == 1)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Answered: the id is free again, and the refused purchase had posted nothing.
+    stream.write_all(&request(5, &[Op::Balance { customer: 1_234 }])).await.unwrap();
+    match reader.next(&mut stream).await {
+        Received::Response(5, results) => {
+            assert_eq!(results, vec![OpResult::Refused(Status::AccountNotFound)])
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(server.shared.stats.outcomes(Status::RequestIdInUse) == 1);
+    server.stop().await;
+}
+
 /// A retry with the same key after the connection dropped returns the original result and
 /// posts nothing; the same key for another operation is a conflict. A request whose
 /// connection dropped before its answer is settled by the retry: posted exactly once.
@@ -222,6 +295,88 @@ async fn a_retry_after_a_dropped_connection_returns_the_original_result() {
     server.stop().await;
 }
 
+/// A purchase that earns no points posts nothing and is not remembered, but its key is checked
+/// like any write's: the key of a committed write is `idempotency_conflict` (as a retry with
+/// another payload would be), also in the request that committed it; a free key is `ok` with
+/// transaction id 0, and stays free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_point_purchase_with_a_used_key_is_a_conflict() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    let first = committed(&client.call_one(purchase(50, 8, 10_000)).await.unwrap());
+    assert_eq!(first.points, 100);
+    let tiny = |key| purchase(key, 8, 99);
+    assert_eq!(
+        client.call_one(tiny(50)).await.unwrap(),
+        OpResult::Refused(Status::IdempotencyConflict)
+    );
+    let nothing = Committed { tx_id: 0, timestamp: 0, lsn: 0, points: 0, duplicate: false };
+    for _ in 0..2 {
+        let result = client.call_one(tiny(51)).await.unwrap();
+        assert_eq!(result, OpResult::Ok(Reply::Committed(nothing)), "a free key stays free");
+    }
+    let fresh = committed(&client.call_one(purchase(51, 8, 500)).await.unwrap());
+    assert!(!fresh.duplicate && fresh.points == 5);
+    // In one request: the write commits first, then the zero-point purchase finds its key.
+    let results = client.call(&[purchase(52, 8, 300), tiny(52)]).await.unwrap();
+    assert_eq!(committed(&results[0]).points, 3);
+    assert_eq!(results[1], OpResult::Refused(Status::IdempotencyConflict));
+    // Another terminal's key 50 is another key.
+    let other = server.client_as(2, &[2; 32]).await;
+    assert_eq!(other.call_one(tiny(50)).await.unwrap(), OpResult::Ok(Reply::Committed(nothing)));
+    assert_eq!(balance(&client, 8).await, 108);
+    server.stop().await;
+}
+
+/// A customer's posted balance never exceeds what `balance` can report (2^63 − 1): every write
+/// that would take it further is refused `overflow` (a cross-shard transfer is refunded), and
+/// changes nothing; the balance stays reportable. One point per minor unit here, so that one
+/// purchase reaches the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_write_takes_a_balance_beyond_what_balance_reports() {
+    let config = ledger_server::config::PosConfig {
+        earn_points: 1,
+        earn_per_minor_units: 1,
+        ..common::pos_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let client = server.client().await;
+    let max = i64::MAX as u64;
+    let (rich, same, other) = {
+        let (same, other) = customers_beside(&server, 60);
+        (60, same, other)
+    };
+    assert_eq!(committed(&client.call_one(purchase(1, rich, max)).await.unwrap()).points, max);
+    let overflow = OpResult::Refused(Status::Overflow);
+    assert_eq!(client.call_one(purchase(2, rich, 1)).await.unwrap(), overflow);
+    assert_eq!(client.call_one(purchase(3, rich, u64::MAX)).await.unwrap(), overflow);
+    // Spend some, earn it back to the bound exactly; reversing the spending goes beyond it.
+    let redeem = Op::Redeem { meta: meta(4), customer: rich, points: 10 };
+    let redeemed = committed(&client.call_one(redeem).await.unwrap()).tx_id;
+    committed(&client.call_one(purchase(5, rich, 10)).await.unwrap());
+    let reverse = Op::Reverse { meta: meta(6), tx: redeemed };
+    assert_eq!(client.call_one(reverse).await.unwrap(), overflow);
+    // Transfers to the customer at the bound: refused on its shard, refunded from another.
+    for customer in [same, other] {
+        committed(&client.call_one(purchase(u128::from(customer), customer, 100)).await.unwrap());
+    }
+    let to_rich =
+        |key, source| Op::Transfer { meta: meta(key), source, destination: rich, points: 7 };
+    assert_eq!(client.call_one(to_rich(7, same)).await.unwrap(), overflow);
+    assert_eq!(
+        client.call_one(to_rich(8, other)).await.unwrap(),
+        OpResult::Refused(Status::TransferRefunded)
+    );
+    match client.call_one(Op::Balance { customer: rich }).await.unwrap() {
+        OpResult::Ok(Reply::Balance(view)) => {
+            assert_eq!((view.posted, view.available, view.held), (i64::MAX, i64::MAX, 0))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!((balance(&client, same).await, balance(&client, other).await), (100, 100));
+    server.stop().await;
+}
+
 /// The double-spend guarantee over the wire: two terminals on two connections redeem 800 of
 /// a 1,000 balance at the same moment; exactly one succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,6 +402,72 @@ async fn exactly_one_of_two_concurrent_800_point_redemptions_from_1000_succeeds(
         assert_eq!((won, lost), (1, 1), "customer {customer}: {outcomes:?}");
         assert_eq!(balance(&setup, customer).await, 200);
     }
+    server.stop().await;
+}
+
+/// A hold stops counting against the available balance at its deadline, before any request
+/// of the shard is applied, whether or not its release was logged: right after a restart
+/// (the server stopped before the deadline) and while running. The shards' tick is a minute
+/// here, so nothing but the start of a turn can expire the holds; time is a manual clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_past_its_deadline_no_longer_counts_even_before_its_release_is_logged() {
+    use ledger_engine::clock::{Clock, ManualClock};
+    let start = ledger_engine::Timestamp(1_800_000_000 * 1_000_000_000);
+    let clock = std::sync::Arc::new(ManualClock::new(start));
+    let tuning = ledger_engine::ShardTuning { tick: Duration::from_secs(60), ..Default::default() };
+    let shared_clock = || Some(std::sync::Arc::clone(&clock) as std::sync::Arc<dyn Clock>);
+    let config = common::pos_config;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_in(dir, config(), tuning.clone(), shared_clock()).await;
+    let client = server.client().await;
+    committed(&client.call_one(purchase(1, 42, 100_000)).await.unwrap());
+    let hold = Op::Hold { meta: meta(2), customer: 42, points: 700, timeout_ms: 1_000 };
+    let hold = committed(&client.call_one(hold).await.unwrap()).tx_id;
+    let view = |result: OpResult| match result {
+        OpResult::Ok(Reply::Balance(view)) => (view.posted, view.available, view.held),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()),
+        (1_000, 300, 700)
+    );
+
+    // Stopped before the deadline: no release is logged. Restarted after it.
+    drop(client);
+    let dir = server.stop_engine().await;
+    clock.advance(2_000_000_000);
+    let server = TestServer::start_in(dir, config(), tuning.clone(), shared_clock()).await;
+    let client = server.client().await;
+    let redeem = Op::Redeem { meta: meta(3), customer: 42, points: 800 };
+    assert_eq!(committed(&client.call_one(redeem).await.unwrap()).points, 800);
+    let capture = Op::Capture { meta: meta(4), hold, points: 0 };
+    assert_eq!(client.call_one(capture).await.unwrap(), OpResult::Refused(Status::HoldExpired));
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (200, 200, 0));
+    // The release is in the history, logged before the redemption.
+    let history = match client.call_one(Op::History { customer: 42, limit: 10 }).await.unwrap() {
+        OpResult::Ok(Reply::History(items)) => items,
+        other => panic!("{other:?}"),
+    };
+    let flags: Vec<u8> = history.iter().map(|item| item.flags).collect();
+    assert_eq!(flags[..2], [HistoryItem::REVERSIBLE, HistoryItem::RELEASE], "{history:?}");
+
+    // While running: a hold whose deadline is now is released before the next request.
+    let hold = Op::Hold { meta: meta(5), customer: 42, points: 150, timeout_ms: 1_000 };
+    let hold = committed(&client.call_one(hold).await.unwrap()).tx_id;
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (200, 50, 150));
+    clock.advance(1_000_000_000);
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (200, 200, 0));
+    let redeem = Op::Redeem { meta: meta(6), customer: 42, points: 200 };
+    assert_eq!(committed(&client.call_one(redeem).await.unwrap()).points, 200);
+    let void = Op::Void { meta: meta(7), hold };
+    assert_eq!(client.call_one(void).await.unwrap(), OpResult::Refused(Status::HoldExpired));
+
+    // Replay reaches the same state: the expiries are records.
+    drop(client);
+    let dir = server.stop_engine().await;
+    let server = TestServer::start_in(dir, config(), tuning, shared_clock()).await;
+    let client = server.client().await;
+    assert_eq!(view(client.call_one(Op::Balance { customer: 42 }).await.unwrap()), (0, 0, 0));
     server.stop().await;
 }
 
@@ -294,9 +515,10 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
     let probe = server.client().await;
     committed(&probe.call_one(purchase(1, 1, 1_000)).await.unwrap());
 
-    // Not authenticated: a request, a wrong MAC, an unknown terminal.
+    // Not authenticated: a request (short enough to pass the handshake's frame limit), a wrong
+    // MAC, an unknown terminal.
     closed_with(
-        &answers_to(&server, false, &request(1, &[purchase(2, 1, 100)])).await,
+        &answers_to(&server, false, &request(1, &[Op::Ping])).await,
         Status::NotAuthenticated,
     );
     let bad_mac = async {
@@ -365,6 +587,13 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         ),
         other => panic!("{other:?}"),
     }
+    // A reserved byte of an operation header that is not 0: the whole request is malformed,
+    // its good operations included.
+    let mut reserved = request(20, &[purchase(20, 1, 100_000), Op::Ping]);
+    let ping_header = reserved.len() - 4;
+    reserved[ping_header + 1] = 1;
+    stream.write_all(&reserved).await.unwrap();
+    assert!(matches!(reader.next(&mut stream).await, Received::Error(20, Status::Malformed, _)));
     let zero_amount = Op::Redeem { meta: meta(11), customer: 1, points: 0 };
     let zero_key = Op::Redeem { meta: WriteMeta { key: 0, ..meta(0) }, customer: 1, points: 1 };
     stream.write_all(&request(11, &[zero_amount, zero_key])).await.unwrap();
@@ -391,11 +620,37 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         OpResult::Refused(Status::IdempotencyKeyMissing)
     );
 
-    // A frame cut short by the client's close: nothing happens, the server carries on.
-    let cut = request(12, &[purchase(12, 1, 100_000)]);
+    // A frame cut short by the client's close: the requests before it are answered, the cut
+    // one is dropped unanswered and unapplied, and an error frame says why before the close.
+    let mut bytes = request(12, &[purchase(12, 1, 200)]);
+    let cut = request(13, &[purchase(13, 1, 100_000)]);
+    bytes.extend(&cut[..cut.len() - 5]);
     let mut stream = raw(&server).await;
-    stream.write_all(&cut[..cut.len() - 5]).await.unwrap();
-    drop(stream);
+    stream.write_all(&bytes).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reader = RawReader::default();
+    assert!(matches!(reader.next(&mut stream).await, Received::Response(12, _)));
+    assert!(matches!(
+        reader.next(&mut stream).await,
+        Received::Error(0, Status::UnexpectedFrame, _)
+    ));
+    assert!(matches!(reader.next(&mut stream).await, Received::Closed));
+    // Cut inside the header, during the handshake: the same.
+    let mut hello = Vec::new();
+    ledger_protocol::session::encode_hello(&mut hello, 1);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&hello[..10]).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let mut reader = RawReader::default();
+    assert!(matches!(
+        reader.next(&mut stream).await,
+        Received::Error(0, Status::UnexpectedFrame, _)
+    ));
+    assert!(matches!(reader.next(&mut stream).await, Received::Closed));
+    // A clean close gets nothing.
+    let mut stream = raw(&server).await;
+    stream.shutdown().await.unwrap();
+    assert!(matches!(RawReader::default().next(&mut stream).await, Received::Closed));
 
     // Random bytes after a handshake never crash the server or move a point.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -414,7 +669,7 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         drop(stream);
     }
 
-    assert_eq!(balance(&probe, 1).await, 10, "no refused input moved a point");
+    assert_eq!(balance(&probe, 1).await, 12, "only request 12's purchase moved points");
     assert_eq!(client_ping(&server).await, OpResult::Ok(Reply::Pong));
     let stats = &server.shared.stats;
     for status in [
@@ -430,6 +685,94 @@ async fn malformed_truncated_oversized_and_unauthenticated_frames_are_refused() 
         assert!(stats.outcomes(status) > 0, "{status} was counted");
     }
     assert!(stats.auth_failures.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+    server.stop().await;
+}
+
+/// Before the `Welcome`, a connection may make the server hold one handshake frame (48 bytes):
+/// a longer frame is refused from its header alone, before its body is sent; handshake frames
+/// carry request id 0; and at most `handshakes_max` connections may be unauthenticated at
+/// once, each for at most the handshake time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_hold_at_most_a_handshake_frame() {
+    let config = ledger_server::config::PosConfig {
+        connections_max: 8,
+        handshakes_max: 2,
+        handshake_timeout: Duration::from_millis(500),
+        ..common::pos_config()
+    };
+    let server = TestServer::start_with(config).await;
+    let handshake_max = ledger_protocol::session::HANDSHAKE_FRAME_BYTES_MAX;
+    assert_eq!(handshake_max, 48);
+
+    // A Hello announcing a 1 MiB body, and a Request announcing one: only headers are sent, and
+    // the refusal comes at once.
+    let mut hello = 0u32.to_le_bytes().to_vec();
+    hello.extend([1, FrameType::Hello as u8, 0, 0]);
+    hello.extend(0u64.to_le_bytes());
+    hello[..4].copy_from_slice(&((1u32 << 20) - 4).to_le_bytes());
+    closed_with(&answers_to(&server, false, &hello).await, Status::FrameTooLarge);
+    closed_with(
+        &answers_to(&server, false, &header_only(16, 1, 1 << 20)).await,
+        Status::FrameTooLarge,
+    );
+    // One byte over the limit is too large; a request that would fit a session is too large
+    // before the handshake.
+    let mut long_hello = Vec::new();
+    put_header(&mut long_hello, FrameType::Hello, 0, handshake_max - 16 + 1);
+    long_hello.resize(handshake_max + 1, 0);
+    closed_with(&answers_to(&server, false, &long_hello).await, Status::FrameTooLarge);
+    let purchase_request = request(1, &[purchase(2, 1, 100)]);
+    assert!(purchase_request.len() > handshake_max);
+    closed_with(&answers_to(&server, false, &purchase_request).await, Status::FrameTooLarge);
+
+    // Handshake frames carry request id 0.
+    let mut hello = Vec::new();
+    ledger_protocol::session::encode_hello(&mut hello, 1);
+    hello[8] = 7;
+    closed_with(&answers_to(&server, false, &hello).await, Status::UnexpectedFrame);
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut hello = Vec::new();
+    ledger_protocol::session::encode_hello(&mut hello, 1);
+    stream.write_all(&hello).await.unwrap();
+    let mut reader = ledger_protocol::client::FrameReader::new(1024);
+    let nonce = loop {
+        if let Some((header, body)) = reader.next_frame().unwrap() {
+            assert_eq!(header.frame_type, FrameType::Challenge);
+            break ledger_protocol::session::decode_challenge(body).unwrap();
+        }
+        assert!(reader.fill(&mut stream).await.unwrap());
+    };
+    let mut auth = Vec::new();
+    let mac = ledger_protocol::session::auth_mac(&common::SECRET, 1, &nonce);
+    ledger_protocol::session::encode_auth(&mut auth, &mac);
+    auth[8] = 7;
+    stream.write_all(&auth).await.unwrap();
+    let mut raw_reader = RawReader::default();
+    assert!(matches!(
+        raw_reader.next(&mut stream).await,
+        Received::Error(0, Status::UnexpectedFrame, _)
+    ));
+    assert!(matches!(raw_reader.next(&mut stream).await, Received::Closed));
+
+    // Two connections may be unauthenticated at once. A terminal that authenticates gives its
+    // place back, so it does not count; a third silent connection is refused `busy`.
+    let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let client = server.client().await;
+    let other = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    closed_with(&answers_to_unauthenticated_connect(&server).await, Status::Busy);
+    let refused =
+        server.shared.stats.connections_refused.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(refused, 1);
+    // The silent ones are closed when the handshake time is up; then a terminal connects again.
+    for mut stream in [silent, other] {
+        let mut reader = RawReader::default();
+        let answer = reader.next(&mut stream).await;
+        assert!(matches!(answer, Received::Error(0, Status::AuthFailed, _)), "{answer:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(client_ping(&server).await, OpResult::Ok(Reply::Pong));
+    assert_eq!(client.call_one(Op::Ping).await.unwrap(), OpResult::Ok(Reply::Pong));
     server.stop().await;
 }
 

@@ -125,6 +125,13 @@ async fn a_client_written_from_the_spec_alone_earns_redeems_and_retries() {
     assert_eq!(fields(&retry, "balance: ok ")["posted"], "123", "{retry}");
     assert_eq!(rust_balance(&client).await, 123);
 
+    // A purchase too small to earn a point, with the key of the committed purchase: a
+    // conflict, as any retry of that key with another payload; nothing changes.
+    let tiny = ["--purchase", "99", "--key", "1001"];
+    let conflict = stdout(&posclient(with(args.clone(), &tiny)).await, 1);
+    assert!(conflict.contains("purchase: idempotency_conflict"), "{conflict}");
+    assert_eq!(rust_balance(&client).await, 123);
+
     // Three operations in one request, applied in order: earn 1 point, spend 24, read 100.
     let mixed = ["--purchase", "100", "--redeem", "24", "--key", "2001"];
     let output = stdout(&posclient(with(args.clone(), &mixed)).await, 0);

@@ -86,6 +86,17 @@ pub enum Query {
         /// Entries at most (the engine caps it at `HISTORY_PAGE_MAX`).
         limit: u16,
     },
+    /// Whether the shard of `account` remembers a committed write of `terminal` under `key`
+    /// (answered `Response::Remembered`): how a write that would post nothing learns whether
+    /// its key is taken, in order with the writes around it.
+    Idempotency {
+        /// The customer account the write names (it decides the shard).
+        account: AccountId,
+        /// The terminal.
+        terminal: TerminalId,
+        /// The key.
+        key: IdempotencyKey,
+    },
 }
 
 /// Entries a history query returns at most.
@@ -149,6 +160,8 @@ pub enum Response {
     Hold(HoldView),
     /// An account's recent postings, newest first.
     History(Vec<HistoryEntry>),
+    /// Whether a key is remembered (`Query::Idempotency`).
+    Remembered(bool),
 }
 
 impl Response {

@@ -46,6 +46,11 @@ use crate::reject::RejectCode;
 
 type Hasher = foldhash::fast::RandomState;
 
+/// The largest posted balance a live write may give a customer account: 2^63 − 1, what a
+/// signed 64-bit field (the POS protocol's balance answer) holds, so that every customer
+/// balance can be reported. See `Ledger::bound_customer_balances`.
+pub const CUSTOMER_BALANCE_MAX: i128 = i64::MAX as i128;
+
 /// Configuration of one shard's state machine. Changing it changes what replay produces, so it
 /// is fixed for the life of a process (see docs/operations.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -312,6 +317,9 @@ pub struct Ledger {
     history_pending: Vec<PendingEntry>,
     /// Scratch: what the record being applied moved so far (`Committed::amount`).
     moved: u64,
+    /// Whether postings that would take a customer's posted balance above
+    /// `CUSTOMER_BALANCE_MAX` are refused: a rule of the live path, not ledger state.
+    customer_balances_bounded: bool,
 }
 
 /// A history entry waiting for its record to commit.
@@ -394,6 +402,7 @@ impl Ledger {
             undo: Vec::new(),
             history_pending: Vec::new(),
             moved: 0,
+            customer_balances_bounded: false,
             config,
         }
     }
@@ -401,6 +410,15 @@ impl Ledger {
     /// The configuration.
     pub fn config(&self) -> &LedgerConfig {
         &self.config
+    }
+
+    /// From now on, refuses (`overflow`) every posting that would take a customer account's
+    /// posted balance above `CUSTOMER_BALANCE_MAX`; one that lowers a balance is never refused
+    /// for it. The shard thread turns this on for the records it decides; replay leaves it off,
+    /// so that a WAL written before the bound existed still replays (a refused record is never
+    /// logged, so the bound cannot make live and replayed states differ).
+    pub fn bound_customer_balances(&mut self) {
+        self.customer_balances_bounded = true;
     }
 
     /// This ledger's shard.
@@ -516,6 +534,11 @@ impl Ledger {
             Some(Refusal::Duplicate(committed)) => Ok(Some(committed)),
             Some(Refusal::Rejected(code)) => Err(code),
         }
+    }
+
+    /// Whether `(terminal, key)` is remembered at `now` (for any write).
+    pub fn remembers_key(&self, terminal: TerminalId, key: IdempotencyKey, now: Timestamp) -> bool {
+        self.idempotency.get_with_time(&(terminal, key), now).is_some()
     }
 
     /// How a write with this key and fingerprint is answered if `(terminal, key)` is
@@ -1236,11 +1259,23 @@ impl Ledger {
             };
             changed.ok_or(RejectCode::Overflow)
         };
+        let bounded = self.customer_balances_bounded && namespace == Namespace::Customer;
+        let within_bound = |before: &Account, after: &Account| {
+            if !bounded {
+                return Ok(());
+            }
+            let balance = after.balance_posted();
+            if balance > CUSTOMER_BALANCE_MAX && balance > before.balance_posted() {
+                return Err(RejectCode::Overflow);
+            }
+            Ok(())
+        };
         // One hash lookup for an existing account (the common case): this is the hot path.
         if let Some(account) = self.accounts.get_mut(&id) {
             let before = *account;
             let mut after = before;
             apply(&mut after)?;
+            within_bound(&before, &after)?;
             if !after.satisfies(flags) {
                 return Err(flags_rejection(&after, flags, true));
             }
@@ -1249,6 +1284,7 @@ impl Ledger {
         } else {
             let mut after = Account::default();
             apply(&mut after)?;
+            within_bound(&Account::ZERO, &after)?;
             if !after.satisfies(flags) {
                 return Err(flags_rejection(&after, flags, false));
             }

@@ -397,6 +397,52 @@ fn credit_limits_and_overflow_are_refused() {
 }
 
 #[test]
+fn live_postings_keep_customer_balances_within_the_bound_and_replay_does_not_check() {
+    let max = u64::try_from(super::CUSTOMER_BALANCE_MAX).unwrap();
+    // Replay (no bound): a balance above it applies, as a WAL written before the bound holds.
+    let mut replay = Harness::new();
+    replay.earn(1, max);
+    replay.earn(1, 1);
+    assert_eq!(replay.balance(replay.customer(1)), super::CUSTOMER_BALANCE_MAX + 1);
+
+    let mut harness = Harness::new();
+    harness.ledger.bound_customer_balances();
+    harness.earn(1, max);
+    let to_customer = |harness: &mut Harness, debit, customer: u64, value| {
+        let header = harness.header();
+        let posting = harness.posting(debit, harness.customer(customer), value);
+        Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting] })
+    };
+    let issuance = harness.house(harness.issuance);
+    let earn = to_customer(&mut harness, issuance, 1, 1);
+    harness.assert_rejected(earn, RejectCode::Overflow);
+    harness.earn(2, 5);
+    let source = harness.customer(2);
+    let transfer = to_customer(&mut harness, source, 1, 5);
+    harness.assert_rejected(transfer, RejectCode::Overflow);
+    // Spending and earning back up to the bound is fine; a reversal beyond it is not.
+    let header = harness.header();
+    let spend = harness.posting(harness.customer(1), harness.house(harness.redemption), 10);
+    let redeemed = harness
+        .apply(Body::Transaction(Transaction { header, postings: smallvec::smallvec![spend] }))
+        .unwrap();
+    harness.earn(1, 10);
+    assert_eq!(harness.balance(harness.customer(1)), super::CUSTOMER_BALANCE_MAX);
+    let reversal = harness.reversal(redeemed.tx_id).unwrap();
+    harness.assert_rejected(reversal, RejectCode::Overflow);
+    // A balance already above the bound (replayed) may still go down, not up.
+    replay.ledger.bound_customer_balances();
+    let header = replay.header();
+    let spend = replay.posting(replay.customer(1), replay.house(replay.redemption), 1);
+    replay
+        .apply(Body::Transaction(Transaction { header, postings: smallvec::smallvec![spend] }))
+        .unwrap();
+    let issuance = replay.house(replay.issuance);
+    let earn = to_customer(&mut replay, issuance, 1, 1);
+    replay.assert_rejected(earn, RejectCode::Overflow);
+}
+
+#[test]
 fn idempotent_retries_return_the_original_and_conflicts_are_refused() {
     let mut harness = Harness::new();
     harness.earn(3, 100);

@@ -1,9 +1,9 @@
 //! The shard thread: recovery, then the apply loop.
 //!
-//! Each turn of the loop waits for input (or the tick), reads the clock once, drains what is
-//! waiting (up to `batch_records_max` records per batch), applies it, and hands the batch to
-//! the writer. Timestamps are made non-decreasing here, so a clock that steps back cannot break
-//! the WAL's order.
+//! Each turn of the loop waits for input (or the tick), reads the clock once, expires every hold
+//! due by then, drains what is waiting (up to `batch_records_max` records per batch), applies
+//! it, and hands the batch to the writer. Timestamps are made non-decreasing here, so a clock
+//! that steps back cannot break the WAL's order.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -144,7 +144,10 @@ impl ShardActor {
                 return;
             }
         };
-        let ledger = recovered.ledger;
+        let mut ledger = recovered.ledger;
+        // Replay accepted every record of the WAL; what this shard decides from now on keeps
+        // every customer balance reportable.
+        ledger.bound_customer_balances();
         let lsn = ledger.lsn();
         setup.shared.applied_lsn.store(lsn.0, Ordering::Relaxed);
         setup.shared.durable_lsn.store(lsn.0, Ordering::Relaxed);
@@ -247,9 +250,39 @@ impl ShardActor {
         }
     }
 
-    /// Reads the clock for the records of this turn, never going back.
+    /// Reads the clock for the records of this turn, never going back, and expires every hold
+    /// due by then before anything else of the turn is applied: no request of the turn sees a
+    /// hold whose deadline is at or before the turn's time, neither in the available balance
+    /// nor in a capture or void. After recovery the first turn expires what fell due while the
+    /// server was down. Replay needs no clock for this: the expiries are records, logged before
+    /// the requests of the turn.
     fn begin_turn(&mut self) {
         self.now = self.clock.now().max(self.ledger.timestamp()).max(self.now);
+        self.expire_due_holds();
+    }
+
+    /// Appends a `HoldExpire` record for every open hold due at `self.now`, flushing full
+    /// batches on the way.
+    fn expire_due_holds(&mut self) {
+        if self.poisoned() {
+            return;
+        }
+        let limit = self.ledger.config().limits.batch_records_max;
+        loop {
+            let room = limit.saturating_sub(self.batch_records());
+            if room == 0 {
+                self.flush();
+                continue;
+            }
+            let due = self.ledger.holds_due(self.now, room);
+            if due.is_empty() {
+                return;
+            }
+            for hold in due {
+                let expire = HoldExpire { id: self.ledger.peek_tx_id(self.now), hold };
+                self.append(Body::HoldExpire(expire)).expect("a due hold expires");
+            }
+        }
     }
 
     /// Processes what else is waiting, up to a full batch's worth of inputs.
@@ -398,6 +431,9 @@ impl ShardActor {
             Query::History { account, limit } => {
                 let limit = usize::from(limit).min(HISTORY_PAGE_MAX);
                 Response::History(self.ledger.history_of(account, limit))
+            }
+            Query::Idempotency { terminal, key, .. } => {
+                Response::Remembered(self.ledger.remembers_key(terminal, key, self.now))
             }
         }
     }
@@ -631,15 +667,11 @@ impl ShardActor {
         }
     }
 
-    /// Periodic work: expire due holds, re-send unacknowledged transfers, snapshot when due.
+    /// Periodic work: re-send unacknowledged transfers, snapshot when due. (Due holds expire at
+    /// the start of every turn, `begin_turn`.)
     fn on_tick(&mut self) {
         if self.poisoned() {
             return;
-        }
-        let limit = self.ledger.config().limits.batch_records_max;
-        for hold in self.ledger.holds_due(self.now, limit) {
-            let expire = HoldExpire { id: self.ledger.peek_tx_id(self.now), hold };
-            self.append(Body::HoldExpire(expire)).expect("a due hold expires");
         }
         if self.last_redrive.elapsed() >= self.tuning.transfer_redrive {
             self.redrive_transfers();

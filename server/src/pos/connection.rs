@@ -8,14 +8,17 @@
 //! system call. Answers go out in the order they become durable, not the order of requests:
 //! clients match them by request id.
 //!
-//! Bounds: the read buffer holds at most one frame beyond what is parsed (`frame_bytes_max`);
-//! at most `in_flight_max` requests and `ops_in_flight_max` operations wait for answers (more
+//! Bounds: before the `Welcome` the read buffer holds at most one handshake frame
+//! (`HANDSHAKE_FRAME_BYTES_MAX`, 48 bytes), and the connection holds one of the listener's
+//! `handshakes_max` places; after it, the read buffer holds at most one frame beyond what is
+//! parsed (`frame_bytes_max`); at most `in_flight_max` requests and `ops_in_flight_max` operations wait for answers (more
 //! is refused `too_many_in_flight`), and all connections together at most
 //! `ops_in_flight_total_max` operations (more is refused `busy`), which bounds what the engine's
 //! queues can hold; the output buffer stops the reading when it holds more than
 //! `OUTPUT_BYTES_MAX` that the peer has not taken, so a client that does not read its answers
 //! stalls only itself.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -28,12 +31,12 @@ use ledger_protocol::ops::{
     COUNT_HEADER_BYTES, Op, OpResult, RequestView, encode_result, put_count_header,
     result_bytes_max,
 };
-use ledger_protocol::session::{self, NONCE_BYTES, Welcome};
+use ledger_protocol::session::{self, HANDSHAKE_FRAME_BYTES_MAX, NONCE_BYTES, Welcome};
 use ledger_protocol::{Credentials, Status};
 use smallvec::SmallVec;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 
 use super::handler::{self, Book, Plan};
 use super::rate::{Bucket, RateLimits};
@@ -44,6 +47,9 @@ use crate::config::PosConfig;
 const OUTPUT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// Bytes read per system call at most.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
+/// Capacity the input and output buffers get once the terminal is authenticated (before that
+/// they hold a handshake frame).
+const BUFFER_BYTES_INITIAL: usize = 64 * 1024;
 /// Bits of a command tag that hold the operation's index in its request.
 const TAG_INDEX_BITS: u32 = 16;
 
@@ -138,6 +144,11 @@ struct Connection {
     /// Requests waiting for answers, by slot (the high bits of a command's tag).
     waiting: Vec<Option<Waiting>>,
     free_slots: Vec<usize>,
+    /// The ids of the requests waiting for answers (at most `in_flight_max`): a request with
+    /// one of them is refused `request_id_in_use`, so that no two answers share an id. Keyed
+    /// hashing (a random seed per process) on the hot path; the ids are the client's, but a
+    /// client can only slow its own connection, whose set is bounded.
+    ids_in_flight: HashSet<u64, foldhash::fast::RandomState>,
     in_flight: usize,
     /// Operations of the requests in flight.
     ops_in_flight: usize,
@@ -149,6 +160,9 @@ struct Connection {
     now: Instant,
     /// A fatal error frame is queued: close once it is sent.
     closing: bool,
+    /// This connection's place among the `handshakes_max` unauthenticated ones, given back
+    /// when the `Welcome` is sent.
+    handshake: Option<OwnedSemaphorePermit>,
 }
 
 /// Serves one connection until the peer leaves, a fatal error, or the end of a drain.
@@ -157,6 +171,7 @@ pub async fn serve(
     shared: Arc<Shared>,
     session: u64,
     drain: watch::Receiver<bool>,
+    handshake: OwnedSemaphorePermit,
 ) {
     let peer = stream.peer_addr().ok();
     let sink = Arc::new(Sink {
@@ -168,19 +183,21 @@ pub async fn serve(
         shared,
         session,
         sink,
-        input: Vec::with_capacity(64 * 1024),
+        input: Vec::with_capacity(HANDSHAKE_FRAME_BYTES_MAX),
         input_start: 0,
-        output: Vec::with_capacity(64 * 1024),
+        output: Vec::with_capacity(HANDSHAKE_FRAME_BYTES_MAX),
         output_start: 0,
         phase: Phase::Hello,
         waiting: Vec::new(),
         free_slots: Vec::new(),
+        ids_in_flight: HashSet::default(),
         in_flight: 0,
         ops_in_flight: 0,
         commands: Vec::new(),
         reading_done: false,
         closing: false,
         now: Instant::now(),
+        handshake: Some(handshake),
     };
     if let Err(error) = connection.run(&stream, drain).await {
         tracing::debug!(session, ?peer, %error, "connection ended with an error");
@@ -219,6 +236,13 @@ impl Connection {
         let mut draining = *drain.borrow();
         loop {
             let unsent = self.output.len() - self.output_start;
+            let partial = self.input.len() > self.input_start;
+            if self.reading_done && partial && !self.closing && self.in_flight == 0 && unsent == 0 {
+                // The peer ended its side inside a frame: that frame is dropped unanswered, and
+                // once the requests before it are answered, the close says why.
+                self.fail(Status::UnexpectedFrame, "the connection ended inside a frame");
+                continue;
+            }
             if (self.closing || self.reading_done || draining) && self.in_flight == 0 && unsent == 0
             {
                 return Ok(());
@@ -272,10 +296,13 @@ impl Connection {
             self.input.drain(..self.input_start);
             self.input_start = 0;
         }
+        if !matches!(self.phase, Phase::Ready { .. }) {
+            return self.read_handshake(stream);
+        }
         let mut total = 0;
         while total < READ_CHUNK_BYTES {
             if self.input.capacity() - self.input.len() < 16 * 1024 {
-                self.input.reserve(64 * 1024);
+                self.input.reserve(BUFFER_BYTES_INITIAL);
             }
             match stream.try_read_buf(&mut self.input) {
                 Ok(0) => {
@@ -290,6 +317,24 @@ impl Connection {
             if self.input.len() >= self.shared.config.frame_bytes_max + READ_CHUNK_BYTES {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Before the `Welcome`, reads no more than completes one handshake frame: an
+    /// unauthenticated peer can make the connection hold `HANDSHAKE_FRAME_BYTES_MAX` bytes,
+    /// whatever it sends. (The input holds only an incomplete frame here, always shorter.)
+    fn read_handshake(&mut self, stream: &TcpStream) -> std::io::Result<()> {
+        let room = HANDSHAKE_FRAME_BYTES_MAX.saturating_sub(self.input.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let mut chunk = [0u8; HANDSHAKE_FRAME_BYTES_MAX];
+        match stream.try_read(&mut chunk[..room]) {
+            Ok(0) => self.reading_done = true,
+            Ok(read) => self.input.extend_from_slice(&chunk[..read]),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) => return Err(error),
         }
         Ok(())
     }
@@ -316,7 +361,12 @@ impl Connection {
         self.now = Instant::now();
         while !self.closing {
             let pending = &input[start..];
-            match check(pending, self.shared.config.frame_bytes_max) {
+            // Before the `Welcome`, only a handshake frame is read (docs/protocol.md, "Limits").
+            let frame_bytes_max = match self.phase {
+                Phase::Ready { .. } => self.shared.config.frame_bytes_max,
+                Phase::Hello | Phase::Auth { .. } => HANDSHAKE_FRAME_BYTES_MAX,
+            };
+            match check(pending, frame_bytes_max) {
                 Ok(Some(header)) => {
                     let body = &pending[FRAME_HEADER_BYTES..header.frame_bytes()];
                     self.on_frame(header, body);
@@ -338,6 +388,10 @@ impl Connection {
     }
 
     fn on_frame(&mut self, header: FrameHeader, body: &[u8]) {
+        let handshake_frame = matches!(header.frame_type, FrameType::Hello | FrameType::Auth);
+        if handshake_frame && header.request_id != 0 {
+            return self.fail(Status::UnexpectedFrame, "handshake frames carry request id 0");
+        }
         match (&self.phase, header.frame_type) {
             (Phase::Hello, FrameType::Hello) => match session::decode_hello(body) {
                 Ok(terminal) => {
@@ -385,6 +439,8 @@ impl Connection {
                 session::encode_welcome(&mut self.output, &welcome);
                 tracing::debug!(session = self.session, terminal, "terminal authenticated");
                 self.phase = Phase::Ready { terminal, bucket };
+                self.handshake = None;
+                self.output.reserve(BUFFER_BYTES_INITIAL);
             }
             (Phase::Ready { .. }, FrameType::Request) if header.request_id == 0 => {
                 // Id 0 names the connection in error frames; a request cannot use it.
@@ -406,6 +462,13 @@ impl Connection {
         };
         let terminal = *terminal;
         let config = &self.shared.config;
+        if self.ids_in_flight.contains(&request_id) {
+            return self.refuse(
+                request_id,
+                Status::RequestIdInUse,
+                "a request with this id is unanswered",
+            );
+        }
         if self.in_flight >= config.in_flight_max {
             return self.refuse(request_id, Status::TooManyInFlight, "wait for answers first");
         }
@@ -462,6 +525,7 @@ impl Connection {
             ops.push(OpSlot { opcode: raw.opcode, result });
         }
         self.in_flight += 1;
+        self.ids_in_flight.insert(request_id);
         let waiting = Waiting { request_id, remaining, ops };
         if remaining == 0 {
             self.finish(slot, waiting);
@@ -510,6 +574,7 @@ impl Connection {
         debug_assert!(self.output.len() - start >= FRAME_HEADER_BYTES + COUNT_HEADER_BYTES);
         self.free_slots.push(slot);
         self.in_flight -= 1;
+        assert!(self.ids_in_flight.remove(&waiting.request_id), "a request in flight has its id");
         self.ops_in_flight -= waiting.ops.len();
         self.shared.ops_in_flight.fetch_sub(waiting.ops.len(), Ordering::Relaxed);
     }

@@ -11,11 +11,14 @@
 //! | reverse | `Reverse`, kind reversal | the original's postings, turned round |
 //! | transfer | `Transfer`, kind transfer | customer → customer, same or another shard |
 //! | balance / history | `Query::Account` / `Query::History` | — |
+//! | purchase earning 0 points | `Query::Idempotency` | — |
 //!
 //! Earned points are `amount × earn_points / earn_per_minor_units`, rounded down, computed
-//! with 128-bit integers; a purchase that earns nothing is answered `ok` with 0 points and
-//! transaction id 0, and posts nothing.
+//! with 128-bit integers; a purchase that earns nothing posts nothing and is not remembered: it
+//! asks its customer's shard whether its key is taken, and is answered `idempotency_conflict`
+//! if it is (as any retry with another payload), `ok` with 0 points and transaction id 0 if not.
 
+use ledger_engine::ledger::history::HistoryEntry;
 use ledger_engine::{
     AccountId, Amount, ClassId, Command, IdempotencyKey, Metadata, Namespace, Operation, Posting,
     Query, Receipt, Request, Response, TerminalId, TxId, TxKind,
@@ -123,10 +126,15 @@ impl Book {
                     return Err(Status::IdempotencyKeyMissing);
                 }
                 if points == 0 {
-                    // Nothing to post: the answer is the same for every retry.
-                    let nothing =
-                        Committed { tx_id: 0, timestamp: 0, lsn: 0, points: 0, duplicate: false };
-                    return Ok(Plan::Answer(OpResult::Ok(Reply::Committed(nothing))));
+                    // Nothing to post, nothing remembered; but a key the terminal used for a
+                    // committed write is a conflict, as for any retry with another payload.
+                    let key = IdempotencyKey::new(meta.key).ok_or(Status::IdempotencyKeyMissing)?;
+                    let query = Query::Idempotency {
+                        account: self.customer(customer),
+                        terminal: TerminalId(terminal),
+                        key,
+                    };
+                    return Ok(Plan::Submit { command: Command::Read(query) });
                 }
                 let posting =
                     self.posting(house(self.issuance), self.customer(customer), points)?;
@@ -213,16 +221,37 @@ pub fn answer(opcode: u8, response: Response) -> OpResult {
                     timestamp: entry.timestamp.0,
                     amount: entry.amount,
                     kind: entry.kind.0,
-                    flags: entry.flags,
+                    flags: wire_flags(entry),
                 })
                 .collect(),
         )),
+        // Only a purchase that earns nothing asks whether its key is taken.
+        Response::Remembered(true) => OpResult::Refused(Status::IdempotencyConflict),
+        Response::Remembered(false) => OpResult::Ok(Reply::Committed(Committed {
+            tx_id: 0,
+            timestamp: 0,
+            lsn: 0,
+            points: 0,
+            duplicate: false,
+        })),
         // No POS operation asks for a hold's view; an answer of the wrong shape is a bug
         // somewhere between here and the engine, reported rather than guessed at.
         Response::Hold(_) => {
             tracing::error!(opcode, "the engine answered a hold view to a POS operation");
             OpResult::Refused(Status::InternalError)
         }
+    }
+}
+
+/// A history entry's flags on the wire: the engine's bits (the same numbers), except that a
+/// reversed transaction is no longer `reversible`: the flag says what `reverse` accepts now.
+/// (The engine keeps both bits: its ring must still tell a reversed plain transaction,
+/// `already_reversed`, from one never reversible.)
+fn wire_flags(entry: &HistoryEntry) -> u8 {
+    if entry.has(HistoryEntry::REVERSED) {
+        entry.flags & !HistoryEntry::REVERSIBLE
+    } else {
+        entry.flags
     }
 }
 
@@ -274,6 +303,7 @@ mod tests {
             ops_in_flight_max: 8192,
             ops_in_flight_total_max: 8192,
             connections_max: 16,
+            handshakes_max: 16,
             rate_per_terminal: 1,
             handshake_timeout: std::time::Duration::from_secs(1),
             drain_timeout: std::time::Duration::from_secs(1),

@@ -1,6 +1,9 @@
 //! The POS listener: accepts connections and runs one task per connection
 //! (`connection::serve`) until shutdown. Spec of the protocol: docs/protocol.md.
 //!
+//! A connection takes one of `connections_max` places for its life and, until its handshake
+//! completes, one of `handshakes_max`; without a place it is answered `busy` and closed.
+//!
 //! **Boundary:** `run(listener, shared, shutdown)` takes a bound listener (tests bind
 //! `127.0.0.1:0`) and a future that resolves when the server should stop. Then it stops
 //! accepting, tells every connection to drain (stop reading, answer what is in flight, close)
@@ -13,13 +16,13 @@ pub mod rate;
 pub mod stats;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ledger_protocol::Status;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -42,6 +45,7 @@ pub async fn run(
 ) -> Drained {
     let (drain_tx, drain_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(shared.config.connections_max));
+    let handshakes = Arc::new(Semaphore::new(shared.config.handshakes_max));
     let sessions = AtomicU64::new(1);
     let mut connections = JoinSet::new();
     let mut backoff = Duration::from_millis(10);
@@ -52,7 +56,7 @@ pub async fn run(
             // Reap finished connection tasks so the set does not grow.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
-                let (mut stream, peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
                         // Out of file descriptors and the like: back off, keep serving.
@@ -64,21 +68,23 @@ pub async fn run(
                 };
                 backoff = Duration::from_millis(10);
                 let _ = stream.set_nodelay(true);
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.count(Status::Busy);
-                    tracing::warn!(%peer, "connection refused: connections_max are open");
-                    connections.spawn(async move {
-                        let mut frame = Vec::new();
-                        ledger_protocol::session::encode_error(
-                            &mut frame,
-                            0,
-                            Status::Busy,
-                            "too many connections",
-                        );
-                        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await;
+                // A connection needs a place among all connections and, until it has
+                // authenticated, one among the handshakes.
+                let permits = Arc::clone(&permits)
+                    .try_acquire_owned()
+                    .map_err(|_| ("connections_max", "too many connections"))
+                    .and_then(|connection| {
+                        Arc::clone(&handshakes)
+                            .try_acquire_owned()
+                            .map(|handshake| (connection, handshake))
+                            .map_err(|_| ("handshakes_max", "too many connections authenticating"))
                     });
-                    continue;
+                let (permit, handshake) = match permits {
+                    Ok(permits) => permits,
+                    Err((limit, message)) => {
+                        refuse_connection(&shared, &stream, peer, limit, message);
+                        continue;
+                    }
                 };
                 let session = sessions.fetch_add(1, Ordering::Relaxed);
                 shared.stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
@@ -87,7 +93,8 @@ pub async fn run(
                 let drain = drain_rx.clone();
                 connections.spawn(async move {
                     shared.stats.connections_open.fetch_add(1, Ordering::Relaxed);
-                    connection::serve(stream, Arc::clone(&shared), session, drain).await;
+                    connection::serve(stream, Arc::clone(&shared), session, drain, handshake)
+                        .await;
                     shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 });
@@ -116,4 +123,22 @@ pub async fn run(
         connections.shutdown().await;
     }
     Drained { closed, abandoned }
+}
+
+/// Answers a connection over a limit with `busy` (request id 0) and drops it. One
+/// non-blocking write, on the listener's task: a burst of refused connections costs no task
+/// and no buffer each (a fresh socket's send buffer takes the frame, 60 bytes at most, whole).
+fn refuse_connection(
+    shared: &Shared,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    limit: &str,
+    message: &str,
+) {
+    shared.stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+    shared.stats.count(Status::Busy);
+    tracing::warn!(%peer, limit, "connection refused: the limit is reached");
+    let mut frame = Vec::new();
+    ledger_protocol::session::encode_error(&mut frame, 0, Status::Busy, message);
+    let _ = stream.try_write(&frame);
 }

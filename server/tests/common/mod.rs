@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ledger_engine::clock::Clock;
 use ledger_engine::{Engine, EngineConfig, Limits, ShardTuning};
 use ledger_protocol::client::Client;
 use ledger_protocol::{Credentials, Terminal};
@@ -37,6 +38,7 @@ pub fn pos_config() -> PosConfig {
         ops_in_flight_max: 65_536,
         ops_in_flight_total_max: 1 << 20,
         connections_max: 64,
+        handshakes_max: 64,
         rate_per_terminal: 10_000_000,
         handshake_timeout: Duration::from_secs(5),
         drain_timeout: Duration::from_secs(5),
@@ -61,7 +63,17 @@ impl TestServer {
     }
 
     pub async fn start_with(config: PosConfig) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
+        let tuning = ShardTuning { tick: Duration::from_millis(2), ..ShardTuning::default() };
+        TestServer::start_in(tempfile::tempdir().unwrap(), config, tuning, None).await
+    }
+
+    /// A server on `dir` (new or left by `stop_engine`), with this shard timing and clock.
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config: PosConfig,
+        tuning: ShardTuning,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> TestServer {
         let mut engine_config = EngineConfig::new(dir.path());
         engine_config.shard_count = Some(2);
         engine_config.limits = Limits {
@@ -73,8 +85,10 @@ impl TestServer {
             segment_bytes: 8 * 1024 * 1024,
             ..Limits::test_min()
         };
-        engine_config.tuning =
-            ShardTuning { tick: Duration::from_millis(2), ..ShardTuning::default() };
+        engine_config.tuning = tuning;
+        if let Some(clock) = clock {
+            engine_config.clock = clock;
+        }
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config).unwrap())
             .await
             .unwrap();
@@ -110,6 +124,17 @@ impl TestServer {
     pub async fn stop(mut self) -> Drained {
         let _ = self.stop.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap()
+    }
+
+    /// Stops the listener and shuts the engine down (every client must be dropped first), and
+    /// returns the data directory for `start_in`.
+    pub async fn stop_engine(mut self) -> tempfile::TempDir {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+        let shared = Arc::into_inner(self.shared).expect("no connection holds the server");
+        let engine = Arc::into_inner(shared.engine).expect("nothing else holds the engine");
+        tokio::task::spawn_blocking(move || engine.shutdown()).await.unwrap();
+        self.dir
     }
 }
 

@@ -174,7 +174,7 @@ fn recovery() {
 
     // From nothing: every account and idempotency entry is created during replay.
     let started = Instant::now();
-    let recovered = recover_shard(&paths, config.clone(), cluster_id).unwrap();
+    let recovered = recover_shard(&paths, config.clone(), cluster_id, None).unwrap();
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(recovered.report.records_replayed as usize, count + 3);
     println!(
@@ -205,7 +205,7 @@ fn recovery() {
     };
     let started = Instant::now();
     let (_, replayed) =
-        ledger_engine::recovery::replay_wal(&paths.wal, &mut ledger, &options).unwrap();
+        ledger_engine::recovery::replay_wal(&paths.wal, &mut ledger, &options, None).unwrap();
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "after a snapshot of {} accounts (loaded in {} ms): {replayed} records in {seconds:.2} s: {:.0} records/s\n",

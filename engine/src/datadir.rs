@@ -243,11 +243,25 @@ fn parse_meta(text: &str) -> Result<DataDirMeta, String> {
             .filter(|value| *value > 0)
             .ok_or(format!("{key} out of range"))
     };
+    // The two retained tables keep two generations of at least one entry, at ring positions
+    // that fit in u32.
+    let table = |key: &str| -> Result<usize, String> {
+        let value = count(key)?;
+        if (2..=u32::MAX as usize).contains(&value) {
+            Ok(value)
+        } else {
+            Err(format!("{key} must be 2..={}", u32::MAX))
+        }
+    };
+    let retention = number("idempotency_retention_nanos")?;
+    if retention == 0 {
+        return Err("idempotency_retention_nanos must be at least 1".to_string());
+    }
     let semantics = Semantics {
         transaction_postings_max: count("transaction_postings_max")?,
-        idempotency_keys_max: count("idempotency_keys_max")?,
-        idempotency_retention_nanos: number("idempotency_retention_nanos")?,
-        holds_open_max: count("holds_open_max")?,
+        idempotency_keys_max: table("idempotency_keys_max")?,
+        idempotency_retention_nanos: retention,
+        holds_open_max: table("holds_open_max")?,
         hold_timeout_max_nanos: number("hold_timeout_max_nanos")?,
         transfers_in_flight_max: count("transfers_in_flight_max")?,
         // Added after the first directories were written: those keep the default.
@@ -347,15 +361,29 @@ mod tests {
         assert_eq!(read_meta(dir.path()).unwrap().semantics, semantics(100));
     }
 
+    fn meta_text(keys: u64, holds: u64, retention: u64) -> String {
+        format!(
+            "layout_version = 1\ncluster_id = \"1\"\nshard_count = 2\n\
+             transaction_postings_max = 16\nidempotency_keys_max = {keys}\n\
+             idempotency_retention_nanos = {retention}\nholds_open_max = {holds}\n\
+             hold_timeout_max_nanos = 5\ntransfers_in_flight_max = 8\n"
+        )
+    }
+
     #[test]
     fn damaged_meta_is_refused() {
-        for text in [
-            "",
-            "layout_version = 1\nshard_count = 2\n",
-            "layout_version = 9\ncluster_id = \"1\"\nshard_count = 2\n",
-            "layout_version = 1\ncluster_id = \"1\"\nshard_count = 2\n",
-            "garbage",
-        ] {
+        assert!(parse_meta(&meta_text(64, 10, 1_000)).is_ok());
+        let cases = [
+            String::new(),
+            "layout_version = 1\nshard_count = 2\n".to_string(),
+            "layout_version = 9\ncluster_id = \"1\"\nshard_count = 2\n".to_string(),
+            "layout_version = 1\ncluster_id = \"1\"\nshard_count = 2\n".to_string(),
+            "garbage".to_string(),
+            meta_text(1, 10, 1_000),
+            meta_text(64, 1, 1_000),
+            meta_text(64, 10, 0),
+        ];
+        for text in &cases {
             assert!(parse_meta(text).is_err(), "{text:?}");
         }
         assert!(matches!(

@@ -731,6 +731,6 @@ pub fn replay_shard_offline(
         visit_until: until,
         ..crate::wal::reader::ScanOptions::all()
     };
-    crate::recovery::replay_wal(&paths.wal, &mut ledger, &options)?;
+    crate::recovery::replay_wal(&paths.wal, &mut ledger, &options, None)?;
     Ok(ledger)
 }

@@ -4,7 +4,8 @@
 //! # Layout
 //! - `ids`, `amount`, `limits`, `reject`: the vocabulary (newtypes, money, bounds, error codes).
 //! - `ledger`: the state machine of one shard. No I/O, no threads, no clock.
-//! - `wal`: segment and record format, writer (group commit), checked reader.
+//! - `wal`: segment and record format, writer (group commit), checked reader, durable mark.
+//! - `keyindex`: the idempotency keys the shards forgot in memory, kept on disk for the window.
 //! - `snapshot`: snapshot files.
 //! - `recovery`: snapshot + WAL replay + torn-tail repair + invariant checks at start-up.
 //! - `shard`: the shard thread, its WAL writer thread and its snapshotter.
@@ -25,6 +26,7 @@ pub mod codec;
 pub mod datadir;
 pub mod engine;
 pub mod ids;
+pub mod keyindex;
 pub mod ledger;
 pub mod limits;
 mod prefetch;

@@ -10,6 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use crate::ids::Lsn;
+use crate::ledger::keys::KeyEntry;
 use crate::ledger::{InvariantViolation, Ledger, LedgerConfig};
 use crate::snapshot::{self, SnapshotError};
 use crate::wal::format::HASH_ZERO;
@@ -68,6 +69,9 @@ pub enum RecoveryError {
     /// The recovered state breaks an invariant.
     #[error(transparent)]
     Invariant(#[from] InvariantViolation),
+    /// The key index cannot be opened or rebuilt.
+    #[error(transparent)]
+    KeyIndex(#[from] crate::keyindex::run::RunError),
     /// Repairing the tail or creating directories failed.
     #[error("recovery i/o on {path}: {source}")]
     Io {
@@ -91,6 +95,8 @@ pub struct RecoveryReport {
     pub torn_tail: Option<(PathBuf, u64, u64)>,
     /// Newest segment files removed because their roll never finished.
     pub abandoned_segments: Vec<PathBuf>,
+    /// What the key index found and did (filled in by the shard).
+    pub key_index: crate::keyindex::KeyIndexReport,
 }
 
 /// A recovered shard.
@@ -119,7 +125,9 @@ struct Decoded {
 }
 
 /// Replays the WAL in `wal_dir` into `ledger`: every record after `options.visit_after` must
-/// apply. Returns where the WAL ends and how many records were applied.
+/// apply. Returns where the WAL ends and how many records were applied. With `key_events`,
+/// the key entries each record hands out (`Ledger::drain_key_events`) go to it with the
+/// record's LSN.
 ///
 /// Two threads share the work: a reader checks frames, checksums and the hash chain and decodes
 /// records; the calling thread applies them, touching the accounts of the record 16 places
@@ -129,7 +137,9 @@ pub fn replay_wal(
     wal_dir: &Path,
     ledger: &mut Ledger,
     options: &ScanOptions,
+    mut key_events: Option<&mut dyn FnMut(KeyEntry, Lsn)>,
 ) -> Result<(reader::ScanEnd, u64), RecoveryError> {
+    ledger.set_key_events(key_events.is_some());
     let replay_error =
         |segment: u64, offset: u64, lsn: Lsn, reason: String| RecoveryError::Replay {
             path: wal_dir.join(segment::segment_file_name(segment)),
@@ -192,6 +202,11 @@ pub fn replay_wal(
                     ));
                     break;
                 }
+                if let Some(sink) = key_events.as_mut() {
+                    for entry in ledger.drain_key_events() {
+                        sink(entry, decoded.record.lsn);
+                    }
+                }
                 replayed += 1;
             }
             if failure.is_some() {
@@ -216,11 +231,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> RecoveryError + '_ {
     move |source| RecoveryError::Io { path: path.to_path_buf(), source }
 }
 
-/// Recovers shard `config.shard` from `paths`.
+/// Recovers shard `config.shard` from `paths`. With `key_events`, the key entries of the
+/// records replayed go to it (see `replay_wal`).
 pub fn recover_shard(
     paths: &ShardPaths,
     config: LedgerConfig,
     cluster_id: u64,
+    key_events: Option<&mut dyn FnMut(KeyEntry, Lsn)>,
 ) -> Result<Recovered, RecoveryError> {
     paths.create().map_err(io_error(&paths.root))?;
     segment::remove_temporary_files(&paths.wal).map_err(io_error(&paths.wal))?;
@@ -264,7 +281,7 @@ pub fn recover_shard(
 
     let mut options = options;
     options.durable_mark = mark::read(&paths.wal).map_err(io_error(&paths.wal))?;
-    let (end, replayed) = replay_wal(&paths.wal, &mut ledger, &options)?;
+    let (end, replayed) = replay_wal(&paths.wal, &mut ledger, &options, key_events)?;
     report.records_replayed = replayed;
 
     for path in &end.abandoned {

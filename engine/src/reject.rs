@@ -118,6 +118,11 @@ reject_codes! {
     /// or an overflow): the points went back to the source, and nothing moved. A retry with
     /// the same key gets this answer again.
     TransferRefunded = 32, "transfer_refunded";
+    /// The key index block that would hold this write's key, forgotten by the shard's table in
+    /// memory, cannot be read or fails its checksum: whether the key was used cannot be told,
+    /// and the write is refused rather than risk posting it twice. Nothing changed; a restart
+    /// rebuilds the index from the WAL (docs/key-index-format.md).
+    IdempotencyUnverifiable = 33, "idempotency_unverifiable";
 }
 
 impl fmt::Display for RejectCode {

@@ -72,7 +72,7 @@ fn records(dir: &Path) -> Vec<Placed> {
 fn recover(dir: &Path) -> Result<ledger_engine::recovery::Recovered, RecoveryError> {
     let config = engine_config(dir);
     let meta = ledger_engine::datadir::read_meta(dir).unwrap();
-    recover_shard(&ShardPaths::new(dir, 0), ledger_config(&config), meta.cluster_id)
+    recover_shard(&ShardPaths::new(dir, 0), ledger_config(&config), meta.cluster_id, None)
 }
 
 /// What a crash leaves: the durable mark behind the newest records (here: none at all), so a

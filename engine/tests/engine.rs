@@ -168,24 +168,6 @@ fn cross_shard_transfers_complete_and_keep_every_shard_balanced() {
     assert_eq!(balance(&engine, &loyalty, bob), bob_balance);
 }
 
-/// A transfer from `from`'s points to `to`'s account of class `class` (same asset).
-fn transfer_to_class(
-    loyalty: &Loyalty,
-    class: ledger_engine::ClassId,
-    key: u128,
-    from: u64,
-    to: u64,
-    amount: u64,
-) -> ledger_engine::Command {
-    let mut command = loyalty.transfer(key, from, to, amount);
-    if let ledger_engine::Command::Write(request) = &mut command
-        && let ledger_engine::Operation::Transfer { destination, .. } = &mut request.operation
-    {
-        *destination = AccountId::new(class, to);
-    }
-    command
-}
-
 #[test]
 fn a_refunded_cross_shard_transfer_is_refused_to_every_retry() {
     let dir = tempfile::tempdir().unwrap();
@@ -195,14 +177,7 @@ fn a_refunded_cross_shard_transfer_is_refused_to_every_retry() {
     let loyalty = Loyalty::define(&engine);
     // A customer class that may never be credited beyond its debits: every transfer into it
     // is refused by the destination shard, after the source has committed its step.
-    let capped = engine
-        .define_class(
-            ledger_engine::Namespace::Customer,
-            "capped",
-            loyalty.pts,
-            ledger_engine::AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
-        )
-        .unwrap();
+    let capped = loyalty.define_capped_class(&engine);
     let alice = customers_on(0, 2).next().unwrap();
     let bob = customers_on(1, 2).next().unwrap();
     engine.execute(loyalty.earn(1, alice, 1_000));
@@ -210,7 +185,7 @@ fn a_refunded_cross_shard_transfer_is_refused_to_every_retry() {
 
     // The request and a retry of it in one submission: the retry finds the first step
     // committed and waits for the same outcome instead of answering "duplicate" at once.
-    let transfer = transfer_to_class(&loyalty, capped, 7, alice, bob, 300);
+    let transfer = loyalty.transfer_to_class(capped, 7, alice, bob, 300);
     let responses = execute_all(&engine, vec![transfer.clone(), transfer.clone()]);
     assert_eq!(responses, vec![refused(), refused()]);
     assert_eq!(balance(&engine, &loyalty, alice), 1_000, "the source was refunded");
@@ -218,7 +193,7 @@ fn a_refunded_cross_shard_transfer_is_refused_to_every_retry() {
     assert_eq!(transit.balance_posted(), 0);
     // Later retries get the refusal too; the same key with another payload is a conflict.
     assert_eq!(engine.execute(transfer.clone()), refused());
-    let other = transfer_to_class(&loyalty, capped, 7, alice, bob, 301);
+    let other = loyalty.transfer_to_class(capped, 7, alice, bob, 301);
     assert_eq!(engine.execute(other), Response::Rejected(RejectCode::IdempotencyConflict));
     // A transfer that is accepted, retried in the same submission, is committed to both.
     let accepted = loyalty.transfer(8, alice, bob, 100);

@@ -17,8 +17,7 @@ use ledger_engine::recovery::ShardPaths;
 use ledger_engine::testing::loyalty::{Loyalty, execute_all};
 use ledger_engine::wal::reader::{self, ScanOptions};
 use ledger_engine::{
-    AccountFlags, AccountId, ClassId, Command, CustomerId, Engine, EngineConfig, Limits, Lsn,
-    Namespace, Operation, RejectCode, Response, ShardId, Timestamp, TxId,
+    CustomerId, Engine, EngineConfig, Limits, Lsn, RejectCode, Response, ShardId, Timestamp, TxId,
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -210,12 +209,13 @@ fn version_2_files_still_decode_to_the_same_history() {
 fn write_fixture_v3(dir: &Path) {
     let (engine, clock) = new_fixture_engine(dir, 2);
     let loyalty = Loyalty::define(&engine);
-    let capped = capped_class(&engine, &loyalty);
+    let capped = loyalty.define_capped_class(&engine);
     engine.execute(loyalty.earn(1, V3_ALICE, 1_000));
     clock.advance(SECOND);
-    let refused = engine.execute(transfer_to(&loyalty, capped, 2, 300));
+    let refused = engine.execute(loyalty.transfer_to_class(capped, 2, V3_ALICE, V3_BOB, 300));
     assert_eq!(refused.rejected(), Some(RejectCode::TransferRefunded));
-    let accepted = engine.execute(transfer_to(&loyalty, loyalty.points, 3, 100));
+    let accepted =
+        engine.execute(loyalty.transfer_to_class(loyalty.points, 3, V3_ALICE, V3_BOB, 100));
     assert!(matches!(accepted, Response::Committed(_)), "{accepted:?}");
     engine.snapshot_now().unwrap();
     clock.advance(SECOND);
@@ -226,27 +226,6 @@ fn write_fixture_v3(dir: &Path) {
 /// Customers 1 and 0 live on shards 0 and 1 of 2 (checked by the test).
 const V3_ALICE: u64 = 1;
 const V3_BOB: u64 = 0;
-
-fn capped_class(engine: &Engine, loyalty: &Loyalty) -> ClassId {
-    engine
-        .define_class(
-            Namespace::Customer,
-            "capped",
-            loyalty.pts,
-            AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
-        )
-        .unwrap()
-}
-
-fn transfer_to(loyalty: &Loyalty, class: ClassId, key: u128, amount: u64) -> Command {
-    let mut command = loyalty.transfer(key, V3_ALICE, V3_BOB, amount);
-    if let Command::Write(request) = &mut command
-        && let Operation::Transfer { destination, .. } = &mut request.operation
-    {
-        *destination = AccountId::new(class, V3_BOB);
-    }
-    command
-}
 
 #[test]
 fn version_3_files_still_decode_to_the_same_history() {
@@ -280,16 +259,16 @@ fn version_3_files_still_decode_to_the_same_history() {
     let (engine, _clock) = open_at_fixture_time(dir.path());
     assert_eq!(engine.recovery_reports()[0].snapshot_lsn, Lsn(10), "from the v3 snapshot");
     let loyalty = Loyalty::define(&engine);
-    let capped = capped_class(&engine, &loyalty);
+    let capped = loyalty.define_capped_class(&engine);
     let balance = |customer| match engine.execute(loyalty.balance_query(customer)) {
         Response::Account(view) => view.counters.balance_posted(),
         other => panic!("{other:?}"),
     };
     assert_eq!((balance(V3_ALICE), balance(V3_BOB)), (1_000 - 100 + 5, 100));
     // The refund came back from the snapshot's idempotency table.
-    let retry = engine.execute(transfer_to(&loyalty, capped, 2, 300));
+    let retry = engine.execute(loyalty.transfer_to_class(capped, 2, V3_ALICE, V3_BOB, 300));
     assert_eq!(retry.rejected(), Some(RejectCode::TransferRefunded));
-    let retry = engine.execute(transfer_to(&loyalty, loyalty.points, 3, 100));
+    let retry = engine.execute(loyalty.transfer_to_class(loyalty.points, 3, V3_ALICE, V3_BOB, 100));
     assert!(matches!(retry, Response::Duplicate(_)), "{retry:?}");
 }
 
@@ -372,4 +351,61 @@ fn version_4_files_still_decode_to_the_same_history() {
     let (engine, _clock) = open_at_fixture_time(dir.path());
     assert!(engine.recovery_reports()[0].torn_tail.is_none());
     assert!(matches!(engine.execute(loyalty.earn(900, 42, 1)), Response::Duplicate(_)));
+}
+
+/// The history the v5 fixture holds (WAL format 3, snapshot format 5, key index runs, the
+/// durable mark): the v4 writes, then 100 earns of customer 5 (keys 100..=199), more than the
+/// idempotency table holds (64), so the early keys are in key index runs; a snapshot; one more
+/// earn.
+fn write_fixture_v5(dir: &Path) {
+    let (engine, clock) = new_fixture_engine(dir, 1);
+    let loyalty = Loyalty::define(&engine);
+    let writes = v4_writes(&engine, &loyalty);
+    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    for key in 100..200u128 {
+        assert!(matches!(engine.execute(loyalty.earn(key, 5, 3)), Response::Committed(_)));
+    }
+    engine.snapshot_now().unwrap();
+    clock.advance(SECOND);
+    engine.execute(loyalty.earn(9, 42, 5));
+    engine.shutdown();
+}
+
+#[test]
+fn version_5_files_still_decode_to_the_same_history() {
+    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        write_fixture_v5(&dir);
+        eprintln!("fixture written to {}", dir.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ledger_engine::testing::copy_dir(&fixture(5), dir.path()).unwrap();
+    let wal = ShardPaths::new(dir.path(), 0).wal;
+    let mut records = 0;
+    reader::scan(&wal, &ScanOptions::all(), |record| {
+        record.decode().unwrap();
+        records += 1;
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    assert_eq!(records, 4 + 7 + 100 + 1);
+    let mark = ledger_engine::wal::mark::read(&wal).unwrap().expect("a durable mark");
+    assert_eq!(mark.lsn, Lsn(records));
+    let keys = dir.path().join("shard-000").join(ledger_engine::keyindex::KEYS_DIR);
+    assert!(std::fs::read_dir(&keys).unwrap().count() > 1, "key index runs");
+
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    let report = &engine.recovery_reports()[0];
+    assert_eq!(report.snapshot_lsn, Lsn(records - 1), "from the v5 snapshot");
+    assert!(report.key_index.rebuilt.is_none() && report.key_index.damaged.is_empty());
+    let loyalty = Loyalty::define(&engine);
+    // Every write again: the v4 ones and the earliest earns from the key index runs.
+    let retried = v4_writes(&engine, &loyalty);
+    assert_eq!(retried.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    for key in 100..200u128 {
+        assert!(matches!(engine.execute(loyalty.earn(key, 5, 3)), Response::Duplicate(_)));
+    }
+    assert!(engine.stats()[0].key_index_hits > 0);
+    let Response::Account(view) = engine.execute(loyalty.balance_query(5)) else { panic!() };
+    assert_eq!(view.counters.balance_posted(), 300);
 }

@@ -146,7 +146,7 @@ fn check_replay_matches_live(seed: u64, rounds: usize) {
         let snapshots = ledger_engine::snapshot::list_snapshots(&paths.snapshots).unwrap();
         assert!(snapshots.len() >= 2, "the workload takes periodic snapshots");
         std::fs::remove_file(&snapshots[0].1).unwrap();
-        let recovered = recover_shard(&paths, config.clone(), meta.cluster_id).unwrap();
+        let recovered = recover_shard(&paths, config.clone(), meta.cluster_id, None).unwrap();
         assert_eq!(recovered.report.snapshot_lsn, snapshots[1].0);
         let whole =
             replay_shard_offline(dir.path(), ShardId::new(shard).unwrap(), config, None).unwrap();

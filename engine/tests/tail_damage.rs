@@ -73,7 +73,7 @@ fn recover(dir: &Path) -> Result<ledger_engine::recovery::Recovered, RecoveryErr
         ..LedgerConfig::new(ShardId::new(0).unwrap(), 1)
     };
     let meta = ledger_engine::datadir::read_meta(dir).unwrap();
-    recover_shard(&ShardPaths::new(dir, 0), ledger, meta.cluster_id)
+    recover_shard(&ShardPaths::new(dir, 0), ledger, meta.cluster_id, None)
 }
 
 fn named_lsn(error: &RecoveryError) -> Option<u64> {

@@ -114,6 +114,9 @@ statuses! {
     AlreadyReversed = 31, "already_reversed";
     /// The destination customer could not be credited; the points went back to the source.
     TransferRefunded = 32, "transfer_refunded";
+    /// The part of the key index that would hold the key cannot be read: whether the write was
+    /// made before cannot be told, so it is refused; nothing changed. Retry later.
+    IdempotencyUnverifiable = 33, "idempotency_unverifiable";
     /// An operation's (or a frame's) bytes do not decode.
     Malformed = 100, "malformed";
     /// An operation code the server does not know.
@@ -196,7 +199,7 @@ mod tests {
         // The engine range is dense from 1, as the engine's own table is.
         let engine: Vec<u16> =
             Status::ALL.iter().map(|s| s.code()).filter(|c| (1..100).contains(c)).collect();
-        assert_eq!(engine, (1..=32).collect::<Vec<u16>>());
+        assert_eq!(engine, (1..=33).collect::<Vec<u16>>());
         assert_eq!(Status::from_code(99), None);
         assert_eq!(Status::from_code(u16::MAX), None);
     }

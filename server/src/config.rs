@@ -109,6 +109,14 @@ struct SnapshotsFile {
     every_secs: Option<u64>,
 }
 
+/// The `[wal]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WalFile {
+    segment_bytes: Option<u64>,
+    batch_records_max: Option<usize>,
+}
+
 /// The configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,11 +124,71 @@ struct File {
     data_dir: Option<PathBuf>,
     shards: Option<u16>,
     hold_timeout_max_ms: Option<u64>,
+    idempotency_window: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(default)]
     pos: PosFile,
     #[serde(default)]
     snapshots: SnapshotsFile,
+    #[serde(default)]
+    wal: WalFile,
+}
+
+/// The idempotency window "as long as the WAL is kept", in nanoseconds (the engine's
+/// retention never ends).
+pub const IDEMPOTENCY_WINDOW_WAL: u64 = u64::MAX;
+
+/// The default idempotency window: 24 hours.
+pub const IDEMPOTENCY_WINDOW_DEFAULT: u64 = 24 * 3600 * 1_000_000_000;
+
+/// Parses an idempotency window: a whole number of seconds (`s`), minutes (`m`), hours (`h`) or
+/// days (`d`), from one second to 3,650 days, or `wal` (as long as the WAL is kept).
+pub fn parse_window(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    if text == "wal" {
+        return Ok(IDEMPOTENCY_WINDOW_WAL);
+    }
+    let unit = text.chars().last().unwrap_or(' ');
+    let seconds_per_unit: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => bail!(
+            "idempotency_window must be like \"24h\", \"90m\", \"7d\" or \"wal\", not {text:?}"
+        ),
+    };
+    let number: u64 = text[..text.len() - 1]
+        .parse()
+        .with_context(|| format!("idempotency_window {text:?}: not a whole number of {unit}"))?;
+    let seconds = number.saturating_mul(seconds_per_unit);
+    if !(1..=3650 * 86_400).contains(&seconds) {
+        bail!("idempotency_window must be from 1s to 3650d, or \"wal\", not {text:?}");
+    }
+    Ok(seconds * 1_000_000_000)
+}
+
+/// An idempotency window as the configuration file writes it.
+pub fn format_window(nanos: u64) -> String {
+    if nanos == IDEMPOTENCY_WINDOW_WAL {
+        return "wal".to_string();
+    }
+    let seconds = nanos / 1_000_000_000;
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The WAL's settings (not replay rules: they may change between runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalConfig {
+    /// Bytes of each new segment file.
+    pub segment_bytes: u64,
+    /// Records per group-commit batch at most; a segment must hold a full batch.
+    pub batch_records_max: usize,
 }
 
 /// Largest configuration file read.
@@ -189,6 +257,12 @@ pub struct Config {
     /// The longest hold timeout of a new data directory, in milliseconds: a replay rule, fixed
     /// in its `ledgerd.meta` when the directory is created (an existing one keeps its own).
     pub hold_timeout_max_ms: u64,
+    /// How long idempotency keys are remembered by a new data directory, in nanoseconds
+    /// (`IDEMPOTENCY_WINDOW_WAL`: as long as the WAL is kept): a replay rule, like
+    /// `hold_timeout_max_ms`.
+    pub idempotency_window_nanos: u64,
+    /// The WAL's segment size and batch size.
+    pub wal: WalConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// The POS protocol.
@@ -211,6 +285,20 @@ impl Config {
         let config = Config {
             shards: args.shards.or(file.shards),
             hold_timeout_max_ms: file.hold_timeout_max_ms.unwrap_or(HOLD_TIMEOUT_MAX_MS_DEFAULT),
+            idempotency_window_nanos: match &file.idempotency_window {
+                Some(text) => parse_window(text)?,
+                None => IDEMPOTENCY_WINDOW_DEFAULT,
+            },
+            wal: {
+                let defaults = ledger_engine::Limits::default();
+                WalConfig {
+                    segment_bytes: file.wal.segment_bytes.unwrap_or(defaults.segment_bytes),
+                    batch_records_max: file
+                        .wal
+                        .batch_records_max
+                        .unwrap_or(defaults.batch_records_max),
+                }
+            },
             log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Pretty),
             pos: PosConfig {
                 addr: args
@@ -294,6 +382,15 @@ impl Config {
         if !(1..=u64::from(u32::MAX)).contains(&self.hold_timeout_max_ms) {
             bail!("hold_timeout_max_ms must be 1..={}", u32::MAX);
         }
+        let limits = self.engine_limits();
+        if let Err(error) = limits.validate() {
+            bail!(
+                "[wal] segment_bytes and batch_records_max: {error} (with {} records per batch, \
+                 segments need at least {} bytes)",
+                limits.batch_records_max,
+                limits.segment_bytes_min()
+            );
+        }
         if pos.handshakes_max > pos.connections_max {
             bail!("pos.handshakes_max must be at most pos.connections_max");
         }
@@ -319,6 +416,15 @@ impl Config {
         Ok(())
     }
 
+    /// The engine's runtime limits with the WAL settings applied.
+    pub fn engine_limits(&self) -> ledger_engine::Limits {
+        ledger_engine::Limits {
+            segment_bytes: self.wal.segment_bytes,
+            batch_records_max: self.wal.batch_records_max,
+            ..ledger_engine::Limits::default()
+        }
+    }
+
     /// The longest hold timeout, in nanoseconds, for the engine's replay rules.
     pub fn hold_timeout_max_nanos(&self) -> u64 {
         self.hold_timeout_max_ms.saturating_mul(1_000_000)
@@ -329,29 +435,34 @@ impl Config {
     /// exists: they are fixed when it is created.
     pub fn to_toml(&self, directory: Option<&DataDirMeta>) -> String {
         let pos = &self.pos;
-        let (shards, hold_timeout_max_ms, origin) = match directory {
+        let (shards, hold_timeout_max_ms, window, origin) = match directory {
             Some(meta) => (
                 meta.shard_count,
                 meta.semantics.hold_timeout_max_nanos / 1_000_000,
+                meta.semantics.idempotency_retention_nanos,
                 "the data directory's (ledgerd.meta)",
             ),
             None => (
                 self.shards.unwrap_or_else(default_shards),
                 self.hold_timeout_max_ms,
+                self.idempotency_window_nanos,
                 "for a new data directory",
             ),
         };
         format!(
-            "data_dir = {:?}\n# shards and hold_timeout_max_ms: {origin}, fixed when it is \
-             created\nshards = {shards}\nhold_timeout_max_ms = {hold_timeout_max_ms}\n\
+            "data_dir = {:?}\n# shards, hold_timeout_max_ms and idempotency_window: {origin}, \
+             fixed when it is created\nshards = {shards}\nhold_timeout_max_ms = \
+             {hold_timeout_max_ms}\nidempotency_window = \"{}\"\n\
              log_format = \"{}\"\n\n[pos]\naddr = \"{}\"\n\
              credentials = {:?}\nframe_bytes_max = {}\nbatch_ops_max = {}\nin_flight_max = {}\n\
              ops_in_flight_max = {}\nops_in_flight_total_max = {}\n\
              connections_max = {}\nhandshakes_max = {}\nrate_per_terminal = {}\n\
              handshake_timeout_ms = {}\n\
              drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n\n\
-             [snapshots]\nevery_records = {}\nevery_secs = {}\n",
+             [snapshots]\nevery_records = {}\nevery_secs = {}\n\n\
+             [wal]\nsegment_bytes = {}\nbatch_records_max = {}\n",
             self.data_dir.display().to_string(),
+            format_window(window),
             match self.log_format {
                 LogFormat::Pretty => "pretty",
                 LogFormat::Json => "json",
@@ -373,6 +484,8 @@ impl Config {
             pos.io_threads,
             self.snapshots.every_records,
             self.snapshots.every.as_secs(),
+            self.wal.segment_bytes,
+            self.wal.batch_records_max,
         )
     }
 }
@@ -443,6 +556,32 @@ mod tests {
         assert_eq!(again.pos, config.pos);
         assert_eq!(again.hold_timeout_max_ms, config.hold_timeout_max_ms);
         assert_eq!(again.snapshots, config.snapshots);
+        assert_eq!(again.idempotency_window_nanos, config.idempotency_window_nanos);
+        assert_eq!(again.wal, config.wal);
+    }
+
+    #[test]
+    fn idempotency_windows_and_wal_sizes_parse_and_print() {
+        assert_eq!(parse_window("24h").unwrap(), IDEMPOTENCY_WINDOW_DEFAULT);
+        assert_eq!(parse_window("90m").unwrap(), 90 * 60 * 1_000_000_000);
+        assert_eq!(parse_window("wal").unwrap(), IDEMPOTENCY_WINDOW_WAL);
+        for window in ["1d", "90m", "7d", "45s", "wal"] {
+            assert_eq!(format_window(parse_window(window).unwrap()), window);
+        }
+        for bad in ["", "24", "h", "0s", "-1h", "1.5h", "3651d", "forever"] {
+            assert!(parse_window(bad).is_err(), "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("small.toml");
+        std::fs::write(
+            &file,
+            "idempotency_window = \"wal\"\n[wal]\nsegment_bytes = 1048576\nbatch_records_max = 64\n",
+        )
+        .unwrap();
+        let config = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert_eq!(config.idempotency_window_nanos, IDEMPOTENCY_WINDOW_WAL);
+        assert_eq!(config.engine_limits().segment_bytes, 1 << 20);
+        assert!(config.to_toml(None).contains("idempotency_window = \"wal\""));
     }
 
     #[test]
@@ -459,6 +598,9 @@ mod tests {
             ("hold_timeout_max_ms = 0\n", "hold_timeout_max_ms"),
             ("hold_timeout_max_ms = 4294967296\n", "hold_timeout_max_ms"),
             ("[snapshots]\nevery_secs = 0\n", "snapshots.every_secs"),
+            ("idempotency_window = \"1y\"\n", "idempotency_window"),
+            ("[wal]\nsegment_bytes = 1048576\n", "segment_bytes"),
+            ("[wal]\nbatch_records_max = 0\n", "batch_records_max"),
             ("[pos]\naddr = \"nowhere\"\n", "invalid configuration"),
         ];
         for (text, expected) in cases {

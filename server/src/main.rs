@@ -48,6 +48,8 @@ fn main() -> anyhow::Result<()> {
     let mut engine_config = EngineConfig::new(&config.data_dir);
     // A replay rule: it applies to a new directory; an existing one keeps its own.
     engine_config.hold_timeout_max_nanos = config.hold_timeout_max_nanos();
+    engine_config.idempotency_retention_nanos = config.idempotency_window_nanos;
+    engine_config.limits = config.engine_limits();
     engine_config.tuning.snapshot_every_records = config.snapshots.every_records;
     engine_config.tuning.snapshot_every = config.snapshots.every;
     // An existing directory keeps its count; a new one gets the configured or default count.

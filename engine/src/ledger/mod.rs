@@ -16,6 +16,7 @@
 pub mod account;
 pub mod command;
 pub mod history;
+pub mod keys;
 pub mod record;
 pub mod registry;
 mod retained;
@@ -30,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use self::account::{Account, AccountFlags, AccountId, AssetId, ClassId, Namespace};
 use self::command::{AccountView, Committed, HoldView};
 use self::history::{History, HistoryEntry, NO_ENTRY};
+use self::keys::KeyEntry;
 use self::record::{
     Body, Posting, Postings, Record, Reversal, TransferIn, TransferOut, TransferSettle, TxHeader,
     TxKind,
@@ -130,6 +132,25 @@ struct IdempotencyEntry {
 }
 
 impl IdempotencyEntry {
+    fn key_entry(
+        &self,
+        terminal: TerminalId,
+        key: IdempotencyKey,
+        inserted: Timestamp,
+    ) -> KeyEntry {
+        KeyEntry {
+            terminal,
+            key,
+            inserted,
+            fingerprint: self.fingerprint,
+            tx_id: self.tx_id,
+            lsn: self.lsn,
+            amount: self.amount,
+            refused: self.refused,
+            mark: false,
+        }
+    }
+
     fn new(fingerprint: u64, committed: Committed) -> IdempotencyEntry {
         IdempotencyEntry {
             fingerprint,
@@ -187,6 +208,12 @@ pub struct OutboundTransfer {
     /// under that key. `None` only in state loaded from a snapshot of format 2 or older whose
     /// idempotency table had forgotten the key already.
     pub origin: Option<(TerminalId, IdempotencyKey)>,
+    /// The request's fingerprint and time, so that a refund can be marked in the key index
+    /// even after the idempotency table forgot the request (snapshot format 5; taken from the
+    /// table, or 0, for older snapshots).
+    pub fingerprint: u64,
+    /// When the request was remembered (the `transfer_out` record's timestamp).
+    pub inserted: Timestamp,
 }
 
 /// Running sums of one asset's counters over all accounts of the shard.
@@ -293,6 +320,9 @@ pub struct Ledger {
     hold_deadlines: BTreeSet<(Timestamp, TxId)>,
     holds_closed: Retained<TxId, HoldClosure>,
     idempotency: Retained<(TerminalId, IdempotencyKey), IdempotencyEntry>,
+    /// The LSN of the newest write whose key the idempotency table has forgotten (by rotating
+    /// a generation out): the key index on disk must hold every key up to here.
+    idempotency_forgotten: Lsn,
     tx_ids: TxIdGenerator,
     /// LSN of the last applied record.
     lsn: Lsn,
@@ -320,6 +350,10 @@ pub struct Ledger {
     /// Whether postings that would take a customer's posted balance above
     /// `CUSTOMER_BALANCE_MAX` are refused: a rule of the live path, not ledger state.
     customer_balances_bounded: bool,
+    /// Output: the entries the idempotency table took and the marks records made, in LSN
+    /// order, for the key index (`drain_key_events`), while `key_events_on`. Not state.
+    key_events: Vec<KeyEntry>,
+    key_events_on: bool,
 }
 
 /// A history entry waiting for its record to commit.
@@ -363,6 +397,7 @@ impl PartialEq for Ledger {
             && self.hold_deadlines == other.hold_deadlines
             && self.holds_closed == other.holds_closed
             && self.idempotency == other.idempotency
+            && self.idempotency_forgotten == other.idempotency_forgotten
             && self.tx_ids == other.tx_ids
             && self.lsn == other.lsn
             && self.timestamp == other.timestamp
@@ -390,6 +425,7 @@ impl Ledger {
             hold_deadlines: BTreeSet::new(),
             holds_closed: Retained::new(config.limits.holds_open_max, retention),
             idempotency: Retained::new(config.limits.idempotency_keys_max, retention),
+            idempotency_forgotten: Lsn::ZERO,
             tx_ids: TxIdGenerator::new(config.shard, None),
             lsn: Lsn::ZERO,
             timestamp: Timestamp(0),
@@ -403,6 +439,8 @@ impl Ledger {
             history_pending: Vec::new(),
             moved: 0,
             customer_balances_bounded: false,
+            key_events: Vec::new(),
+            key_events_on: false,
             config,
         }
     }
@@ -495,6 +533,53 @@ impl Ledger {
         (self.idempotency.len(), self.idempotency.evicted_early())
     }
 
+    /// Whether the idempotency table has an entry for `(terminal, key)`, inside its window or
+    /// not. When it has, it decides how a write with that key is answered; when it has not, the
+    /// key may be in the key index on disk (keys the table forgot).
+    pub fn idempotency_knows(&self, terminal: TerminalId, key: IdempotencyKey) -> bool {
+        self.idempotency.contains(&(terminal, key))
+    }
+
+    /// The LSN of the newest write whose key the table has forgotten (zero: none yet).
+    pub fn idempotency_forgotten_through(&self) -> Lsn {
+        self.idempotency_forgotten
+    }
+
+    /// How many more writes can be remembered before the table forgets its older generation,
+    /// and the LSN of the newest write that generation holds (what the key index must reach
+    /// before then).
+    pub fn idempotency_rotation(&self) -> (usize, Lsn) {
+        let horizon = self.idempotency.previous_newest().map_or(Lsn::ZERO, |entry| entry.lsn);
+        (self.idempotency.inserts_before_rotation(), horizon)
+    }
+
+    /// Every entry the table holds, oldest first, as key index entries (refund marks
+    /// included, as the entries they changed).
+    pub fn idempotency_entries(&self) -> impl Iterator<Item = KeyEntry> + '_ {
+        let (_, entries) = self.idempotency.iter();
+        entries.map(|(inserted, (terminal, key), entry)| entry.key_entry(*terminal, *key, inserted))
+    }
+
+    /// Starts (or stops) handing out key events: the shard and replay, which pass them on to
+    /// the key index, turn them on; a ledger nobody drains keeps none.
+    pub fn set_key_events(&mut self, on: bool) {
+        self.key_events_on = on;
+        self.key_events.clear();
+    }
+
+    /// Hands out the entries the idempotency table took and the refund marks made since the
+    /// last call, in LSN order (see `ledger::keys`).
+    pub fn drain_key_events(&mut self) -> std::vec::Drain<'_, KeyEntry> {
+        self.key_events.drain(..)
+    }
+
+    /// The checks of a write that come before its idempotency check (shape and registry,
+    /// reject codes 2..=12): a write refused by them is refused for that reason, whatever its
+    /// key.
+    pub fn check_shape(&self, body: &Body) -> Result<(), RejectCode> {
+        self.check_static(body)
+    }
+
     /// Transfers sent by this shard and not yet settled, in `(destination, sequence)` order.
     pub fn transfers_out(&self) -> impl Iterator<Item = (ShardId, u64, &OutboundTransfer)> {
         self.transfers_out.iter().map(|((shard, sequence), transfer)| (*shard, *sequence, transfer))
@@ -529,7 +614,7 @@ impl Ledger {
         fingerprint: u64,
         now: Timestamp,
     ) -> Result<Option<Committed>, RejectCode> {
-        match self.remembered_answer(terminal, key, fingerprint, now) {
+        match self.remembered(terminal, key, fingerprint, now) {
             None => Ok(None),
             Some(Refusal::Duplicate(committed)) => Ok(Some(committed)),
             Some(Refusal::Rejected(code)) => Err(code),
@@ -543,8 +628,9 @@ impl Ledger {
 
     /// How a write with this key and fingerprint is answered if `(terminal, key)` is
     /// remembered at `now`: as a duplicate of the original, with the refusal a later record
-    /// put in its place, or as a conflict if the payload differs. `None` for a fresh key.
-    fn remembered_answer(
+    /// put in its place, or as a conflict if the payload differs. `None` for a fresh key (or
+    /// one past its window).
+    pub fn remembered(
         &self,
         terminal: TerminalId,
         key: IdempotencyKey,
@@ -630,6 +716,7 @@ impl Ledger {
         assert!(record.timestamp >= self.timestamp, "record timestamps never decrease");
         assert!(self.undo.is_empty());
         let now = record.timestamp;
+        let events_before = self.key_events.len();
         let header = record.body.header();
         if header.is_some_and(|header| header.idempotency.is_none()) {
             return Err(Refusal::Rejected(RejectCode::IdempotencyKeyMissing));
@@ -652,7 +739,9 @@ impl Ledger {
             Body::HoldExpire(expire) => {
                 self.apply_hold_release(expire.hold, HoldClosure::Expired, now)
             }
-            Body::TransferOut(transfer) => self.apply_transfer_out(transfer, record.lsn),
+            Body::TransferOut(transfer) => {
+                self.apply_transfer_out(transfer, record.lsn, fingerprint, now)
+            }
             Body::TransferIn(transfer) => self.apply_transfer_in(transfer),
             Body::TransferSettle(settle) => self.apply_transfer_settle(settle),
             Body::Reversal(reversal) => self.apply_reversal(reversal),
@@ -671,6 +760,7 @@ impl Ledger {
         };
         if let Err(code) = result {
             self.rollback();
+            self.key_events.truncate(events_before);
             return Err(Refusal::Rejected(code));
         }
         Ok(self.commit(record, fingerprint))
@@ -713,7 +803,7 @@ impl Ledger {
         fingerprint: u64,
     ) -> Result<(), Refusal> {
         let key = header.idempotency.expect("checked first in apply");
-        match self.remembered_answer(header.terminal, key, fingerprint, now) {
+        match self.remembered(header.terminal, key, fingerprint, now) {
             None => Ok(()),
             Some(refusal) => Err(refusal),
         }
@@ -752,8 +842,16 @@ impl Ledger {
         };
         if let Some(header) = record.body.header() {
             let key = header.idempotency.expect("checked by check_header");
+            if self.idempotency.inserts_before_rotation() == 0
+                && let Some(forgotten) = self.idempotency.previous_newest()
+            {
+                self.idempotency_forgotten = self.idempotency_forgotten.max(forgotten.lsn);
+            }
             let entry = IdempotencyEntry::new(fingerprint, committed);
             self.idempotency.insert((header.terminal, key), entry, now);
+            if self.key_events_on {
+                self.key_events.push(entry.key_entry(header.terminal, key, now));
+            }
         }
         self.lsn = record.lsn;
         self.timestamp = now;
@@ -956,7 +1054,13 @@ impl Ledger {
         Ok(source_terms.0)
     }
 
-    fn apply_transfer_out(&mut self, transfer: &TransferOut, lsn: Lsn) -> Result<(), RejectCode> {
+    fn apply_transfer_out(
+        &mut self,
+        transfer: &TransferOut,
+        lsn: Lsn,
+        fingerprint: u64,
+        now: Timestamp,
+    ) -> Result<(), RejectCode> {
         let asset = transfer.asset;
         if self.transfers_out.len() >= self.config.limits.transfers_in_flight_max {
             return Err(RejectCode::TransfersFull);
@@ -984,6 +1088,8 @@ impl Ledger {
                 asset,
                 amount: transfer.amount,
                 origin: transfer.header.idempotency.map(|key| (transfer.header.terminal, key)),
+                fingerprint,
+                inserted: now,
             },
         );
         Ok(())
@@ -1028,12 +1134,28 @@ impl Ledger {
                 PostingContext::single(),
             )?;
             // Nothing can fail from here on: the refund is remembered under the request's
-            // key (if the key is still remembered and still names this transfer).
+            // key (if the key is still remembered and still names this transfer), and marked
+            // for the key index, which may hold the request's entry already.
             if let Some(origin) = transfer.origin
                 && let Some(entry) = self.idempotency.get_mut(&origin)
                 && entry.tx_id == transfer.tx_id
             {
                 entry.refused = Some(RejectCode::TransferRefunded);
+            }
+            if let Some((terminal, key)) = transfer.origin
+                && self.key_events_on
+            {
+                self.key_events.push(KeyEntry {
+                    terminal,
+                    key,
+                    inserted: transfer.inserted,
+                    fingerprint: transfer.fingerprint,
+                    tx_id: transfer.tx_id,
+                    lsn: transfer.lsn,
+                    amount: transfer.amount.get(),
+                    refused: Some(RejectCode::TransferRefunded),
+                    mark: true,
+                });
             }
         }
         self.transfers_out.remove(&key);

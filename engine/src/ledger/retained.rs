@@ -265,6 +265,25 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         self.index.find(hash, matches)
     }
 
+    /// Whether `key` has an entry, inside its window or not.
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.find(key).is_some()
+    }
+
+    /// Insertions left before the next one forgets the previous generation (0: the next one
+    /// does).
+    pub(crate) fn inserts_before_rotation(&self) -> usize {
+        self.generation_max().saturating_sub(self.index.current_len)
+    }
+
+    /// The newest entry of the previous generation: the last one the next rotation forgets.
+    pub(crate) fn previous_newest(&self) -> Option<&V> {
+        if self.current_start == self.oldest {
+            return None;
+        }
+        Some(&self.ring[((self.current_start - 1) % self.capacity as u64) as usize].value)
+    }
+
     fn live(&self, inserted: Timestamp, now: Timestamp) -> bool {
         inserted.plus_nanos(self.retention_nanos) > now
     }
@@ -349,9 +368,9 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
     }
 
     /// Rebuilds the table from a snapshot's entries: `previous` entries of the previous
-    /// generation, then the current generation, each in insertion order. If the capacity was
-    /// lowered since, the oldest entries are dropped. Returns false for invalid input (a key
-    /// used twice within its window, timestamps out of order, a generation over its size).
+    /// generation, then the current generation, each in insertion order. Returns false for
+    /// invalid input (a key used twice within its window, timestamps out of order, a generation
+    /// over its size, which includes a snapshot of a larger table than this one).
     pub(crate) fn restore(
         &mut self,
         previous: usize,

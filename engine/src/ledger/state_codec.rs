@@ -63,6 +63,7 @@ pub struct StateCapture {
     idempotency_previous: usize,
     idempotency: Vec<(Timestamp, (TerminalId, IdempotencyKey), IdempotencyEntry)>,
     idempotency_evicted: u64,
+    idempotency_forgotten: Lsn,
     transfers_out: Vec<((ShardId, u64), OutboundTransfer)>,
     transfers_out_next: Vec<u64>,
     transfers_in_last: Vec<u64>,
@@ -99,6 +100,7 @@ impl StateCapture {
             idempotency_previous: 0,
             idempotency: Vec::new(),
             idempotency_evicted: 0,
+            idempotency_forgotten: Lsn::ZERO,
             transfers_out: Vec::new(),
             transfers_out_next: Vec::new(),
             transfers_in_last: Vec::new(),
@@ -180,7 +182,9 @@ impl StateCapture {
 
     /// The encoding of snapshot format `version` (1: without the history section; 2: without
     /// refunds in the idempotency entries and the origin of transfers; 3: without the amount of
-    /// each remembered write), so that tools can compare an old snapshot with a replayed state.
+    /// each remembered write; 4: without what the key index needs: the LSN forgotten through
+    /// and each unsettled transfer's fingerprint and time), so that tools can compare an old
+    /// snapshot with a replayed state.
     pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
         self.holds.sort_unstable_by_key(|(id, _)| *id);
@@ -244,6 +248,9 @@ impl StateCapture {
             }
         }
         encoder.u64(self.idempotency_evicted);
+        if version >= 5 {
+            encoder.u64(self.idempotency_forgotten.0);
+        }
 
         encoder.u64(length(self.transfers_out.len()));
         for ((shard, sequence), transfer) in &self.transfers_out {
@@ -259,6 +266,10 @@ impl StateCapture {
                 let (terminal, key) = transfer.origin.map_or((0, 0), |(t, k)| (t.0, k.get()));
                 encoder.u32(terminal);
                 encoder.u128(key);
+            }
+            if version >= 5 {
+                encoder.u64(transfer.fingerprint);
+                encoder.u64(transfer.inserted.0);
             }
         }
         for next in &self.transfers_out_next {
@@ -316,6 +327,7 @@ impl Ledger {
         capture.idempotency.clear();
         capture.idempotency.extend(keys.map(|(at, key, entry)| (at, *key, *entry)));
         capture.idempotency_evicted = self.idempotency.evicted_early();
+        capture.idempotency_forgotten = self.idempotency_forgotten;
         capture.transfers_out.clear();
         capture.transfers_out.extend(self.transfers_out.iter().map(|(key, t)| (*key, *t)));
         capture.transfers_out_next.clone_from(&self.transfers_out_next);
@@ -495,6 +507,16 @@ impl Ledger {
             entries.push((inserted, (terminal, key), entry));
         }
         let evicted = decoder.u64("idempotency evicted")?;
+        // Before version 5 the LSN forgotten through was not recorded: if the table had rotated,
+        // everything before its oldest entry may have been forgotten.
+        let oldest = entries.first().map(|(_, _, entry)| entry.lsn);
+        ledger.idempotency_forgotten = if version >= 5 {
+            Lsn(decoder.u64("idempotency forgotten through")?)
+        } else if previous > 0 {
+            Lsn(oldest.map_or(0, |lsn| lsn.0.saturating_sub(1)))
+        } else {
+            Lsn::ZERO
+        };
         if !ledger.idempotency.restore(previous, entries.into_iter(), evicted) {
             return Err(invalid("idempotency entries", keys as u128));
         }
@@ -506,8 +528,12 @@ impl Ledger {
                 .filter(|shard| shard.index() < shard_count)
                 .ok_or(invalid("shard", u128::from(index)))
         };
-        let transfers =
-            count(&mut decoder, "transfer count", 2 + 8 + 8 + 8 + 12 + 12 + 2 + 8 + 20 * v3)?;
+        let v5 = usize::from(version >= 5);
+        let transfers = count(
+            &mut decoder,
+            "transfer count",
+            2 + 8 + 8 + 8 + 12 + 12 + 2 + 8 + 20 * v3 + 16 * v5,
+        )?;
         for _ in 0..transfers {
             let shard = decode_shard(&mut decoder)?;
             let sequence = decoder.u64("transfer sequence")?;
@@ -524,13 +550,29 @@ impl Ledger {
             } else {
                 None
             };
-            let transfer =
-                OutboundTransfer { tx_id, lsn, source, destination, asset, amount, origin };
+            let (fingerprint, inserted) = if version >= 5 {
+                let fingerprint = decoder.u64("transfer fingerprint")?;
+                (fingerprint, Timestamp(decoder.u64("transfer time")?))
+            } else {
+                // Filled from the idempotency table below, where it still has the request.
+                (0, ledger.timestamp)
+            };
+            let transfer = OutboundTransfer {
+                tx_id,
+                lsn,
+                source,
+                destination,
+                asset,
+                amount,
+                origin,
+                fingerprint,
+                inserted,
+            };
             ledger.transfers_out_by_tx.insert(tx_id, (shard, sequence));
             ledger.transfers_out.insert((shard, sequence), transfer);
         }
-        if version < 3 {
-            recover_transfer_origins(&mut ledger);
+        if version < 5 {
+            recover_transfer_origins(&mut ledger, version < 3);
         }
         for next in &mut ledger.transfers_out_next {
             *next = decoder.u64("transfer next sequence")?;
@@ -553,25 +595,32 @@ impl Ledger {
     }
 }
 
-/// Fills in the origin (terminal and key) of the unsettled transfers of a state read from a
-/// snapshot of format 2 or older, which did not record it, from the idempotency table: the
-/// entry whose transaction is the transfer's first step. A key the table forgot is left
-/// unknown (its retry would not be recognised anyway).
-fn recover_transfer_origins(ledger: &mut Ledger) {
+/// Fills in what older snapshots did not record of the unsettled transfers, from the
+/// idempotency table (the entry whose transaction is the transfer's first step): the origin
+/// (terminal and key; format 2 and older, when `origins`) and the request's fingerprint and time
+/// (format 4 and older). A key the table forgot is left unknown (origin) or zero (fingerprint).
+fn recover_transfer_origins(ledger: &mut Ledger, origins: bool) {
     if ledger.transfers_out.is_empty() {
         return;
     }
     let wanted: std::collections::HashMap<TxId, (ShardId, u64)> =
         ledger.transfers_out.iter().map(|(key, transfer)| (transfer.tx_id, *key)).collect();
     let (_, entries) = ledger.idempotency.iter();
-    let found: Vec<((ShardId, u64), (TerminalId, IdempotencyKey))> = entries
-        .filter_map(|(_, origin, entry)| {
-            wanted.get(&entry.tx_id).map(|transfer| (*transfer, *origin))
+    type Found = ((ShardId, u64), (TerminalId, IdempotencyKey), u64, Timestamp);
+    let found: Vec<Found> = entries
+        .filter_map(|(inserted, origin, entry)| {
+            wanted
+                .get(&entry.tx_id)
+                .map(|transfer| (*transfer, *origin, entry.fingerprint, inserted))
         })
         .collect();
-    for (transfer, origin) in found {
+    for (transfer, origin, fingerprint, inserted) in found {
         if let Some(transfer) = ledger.transfers_out.get_mut(&transfer) {
-            transfer.origin = Some(origin);
+            if origins {
+                transfer.origin = Some(origin);
+            }
+            transfer.fingerprint = fingerprint;
+            transfer.inserted = inserted;
         }
     }
 }

@@ -13,15 +13,21 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 
+mod keys;
+
 use super::snapshotter::{Snapshotter, SnapshotterJob};
 use super::writer::{Batch, WriterJob, WriterThread};
 use super::{Control, Input, PeerMessage, ReplySink, ShardShared, ShardTuning};
 use crate::clock::Clock;
 use crate::ids::TxId;
 use crate::ids::{CustomerId, Lsn, ShardId, Timestamp, shard_for_customer};
+use crate::keyindex::indexer::{Indexer, IndexerJob, Mailbox};
+use crate::keyindex::run::RunIdentity;
+use crate::keyindex::{self, KEYS_DIR, KeyIndex};
 use crate::ledger::account::Namespace;
 use crate::ledger::command::HISTORY_PAGE_MAX;
 use crate::ledger::command::{Command, Committed, Operation, Query, Request, Response};
+use crate::ledger::keys::KeyEntry;
 use crate::ledger::record::{
     Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Posting, Postings, Record, Reversal,
     Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
@@ -39,6 +45,10 @@ const PREFETCH_DISTANCE: usize = 16;
 
 /// Recycled batch buffers kept per shard.
 const RECYCLED_BUFFERS_MAX: usize = 4;
+
+/// Jobs queued for the key indexer (entries of durable batches, mostly). The WAL writer waits
+/// when the queue is full: the indexer's pace bounds the memory of entries not yet in runs.
+const INDEXER_QUEUE_DEPTH: usize = 256;
 
 /// Everything a shard thread starts with.
 pub(crate) struct ShardSetup {
@@ -108,16 +118,84 @@ pub(crate) struct ShardActor {
     /// Whether a capture buffer was asked for and has not arrived yet.
     preparing: bool,
     last_snapshot: Instant,
+    /// The key index runs this shard looks keys up in (keys its table in memory forgot).
+    keys: KeyIndex,
+    /// Where the indexer leaves the runs it writes, and the bell it rings then.
+    key_mailbox: Arc<Mailbox>,
+    key_doorbell: Receiver<()>,
+    /// Where the shard asks the indexer for runs and hands it expired ones (`None` once
+    /// stopping).
+    indexer: Option<Sender<IndexerJob>>,
 }
 
 impl ShardActor {
     /// The body of a shard thread: recover, report, wait for the start signal, serve.
     pub(crate) fn run_thread(setup: ShardSetup) {
         let shard = setup.config.shard;
-        let recovered =
-            recovery::recover_shard(&setup.paths, setup.config.clone(), setup.cluster_id);
+        let key_identity = RunIdentity {
+            shard,
+            shard_count: setup.config.shard_count,
+            cluster_id: setup.cluster_id,
+        };
+        let retention = setup.config.idempotency_retention_nanos;
+        let keys_dir = setup.paths.root.join(KEYS_DIR);
+        let opened = match KeyIndex::open(&keys_dir, key_identity, retention) {
+            Ok(opened) => opened,
+            Err(error) => {
+                let _ = setup.recovered.send(Err(error.into()));
+                return;
+            }
+        };
+        // Refund marks of records the runs do not reach yet (entries are in the table).
+        let runs_reach = opened.index.durable_through();
+        let mut marks: Vec<KeyEntry> = Vec::new();
+        let mut keep_marks = |entry: KeyEntry, lsn: Lsn| {
+            if entry.mark && lsn > runs_reach {
+                marks.push(entry);
+            }
+        };
+        let recovered = recovery::recover_shard(
+            &setup.paths,
+            setup.config.clone(),
+            setup.cluster_id,
+            Some(&mut keep_marks),
+        );
         let recovered = match recovered {
             Ok(recovered) => recovered,
+            Err(error) => {
+                let _ = setup.recovered.send(Err(error));
+                return;
+            }
+        };
+        let run_entries = (setup.config.limits.idempotency_keys_max / 2).max(1);
+        let prepared = keyindex::prepare(opened, &recovered.ledger, marks, |dir| {
+            keyindex::rebuild_from_wal(
+                dir,
+                &setup.paths,
+                setup.config.clone(),
+                key_identity,
+                run_entries,
+            )
+        })
+        .map_err(RecoveryError::from)
+        .and_then(|prepared| {
+            let through = prepared.index.durable_through();
+            if through > recovered.ledger.lsn() {
+                // A run is written only for durable records: the WAL lost some.
+                return Err(RecoveryError::Wal(crate::wal::reader::WalError::Gap {
+                    dir: setup.paths.wal.clone(),
+                    lsn: recovered.ledger.lsn().next(),
+                    reason: format!(
+                        "the key index holds the keys of records up to lsn {through}, which were \
+                         durable, but the wal ends at lsn {}",
+                        recovered.ledger.lsn()
+                    ),
+                }));
+            }
+            Ok(prepared)
+        });
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
             Err(error) => {
                 let _ = setup.recovered.send(Err(error));
                 return;
@@ -145,13 +223,16 @@ impl ShardActor {
             }
         };
         let mut ledger = recovered.ledger;
+        ledger.set_key_events(true);
         // Replay accepted every record of the WAL; what this shard decides from now on keeps
         // every customer balance reportable.
         ledger.bound_customer_balances();
         let lsn = ledger.lsn();
         setup.shared.applied_lsn.store(lsn.0, Ordering::Relaxed);
         setup.shared.durable_lsn.store(lsn.0, Ordering::Relaxed);
-        let report = (recovered.report, ledger.registry().clone());
+        let mut report = recovered.report;
+        report.key_index = prepared.report;
+        let report = (report, ledger.registry().clone());
         if setup.recovered.send(Ok(report)).is_err() {
             return;
         }
@@ -161,6 +242,21 @@ impl ShardActor {
         // Room for one preparation request from the shard and one write from the writer.
         let (snapshot_tx, snapshot_rx) = bounded(2);
         let (prepared_tx, prepared_rx) = bounded(1);
+        let (indexer_tx, indexer_rx) = bounded(INDEXER_QUEUE_DEPTH);
+        let (doorbell_tx, doorbell_rx) = bounded(1);
+        let key_mailbox = Arc::new(Mailbox::default());
+        let indexer = Indexer {
+            dir: keys_dir,
+            identity: key_identity,
+            jobs: indexer_rx,
+            mailbox: Arc::clone(&key_mailbox),
+            doorbell: doorbell_tx,
+            from: prepared.index.durable_through(),
+            through: lsn,
+            buffer: prepared.seed,
+            run_entries,
+            stats: Arc::clone(&setup.shared.key_indexer),
+        };
         let snapshotter = Snapshotter {
             spare: None,
             jobs: snapshot_rx,
@@ -169,6 +265,7 @@ impl ShardActor {
             cluster_id: setup.cluster_id,
             retention: setup.tuning.wal_retention,
             shared: Arc::clone(&setup.shared),
+            indexer: indexer_tx.clone(),
         };
         let writer = WriterThread {
             wal,
@@ -179,8 +276,9 @@ impl ShardActor {
             snapshots: snapshot_tx.clone(),
             shared: Arc::clone(&setup.shared),
             clock: Arc::clone(&setup.clock),
+            indexer: indexer_tx.clone(),
         };
-        let threads = spawn_helpers(shard, writer, snapshotter);
+        let threads = spawn_helpers(shard, writer, snapshotter, indexer);
         let mut actor = ShardActor {
             ledger,
             shard,
@@ -203,7 +301,12 @@ impl ShardActor {
             prepared: prepared_rx,
             preparing: false,
             last_snapshot: Instant::now(),
+            keys: prepared.index,
+            key_mailbox,
+            key_doorbell: doorbell_rx,
+            indexer: Some(indexer_tx),
         };
+        actor.publish_key_index();
         match actor.control.recv() {
             Ok(Control::Start { missing_definitions }) => {
                 actor.begin_turn();
@@ -258,6 +361,7 @@ impl ShardActor {
     /// the requests of the turn.
     fn begin_turn(&mut self) {
         self.now = self.clock.now().max(self.ledger.timestamp()).max(self.now);
+        self.install_key_runs();
         self.expire_due_holds();
     }
 
@@ -311,8 +415,8 @@ impl ShardActor {
         self.flush();
     }
 
-    fn stop(mut self, threads: (JoinHandle<()>, JoinHandle<()>)) {
-        let (writer_thread, snapshot_thread) = threads;
+    fn stop(mut self, threads: (JoinHandle<()>, JoinHandle<()>, JoinHandle<()>)) {
+        let (writer_thread, snapshot_thread, indexer_thread) = threads;
         let mut replies = std::mem::take(&mut self.snapshot_waiters);
         let wanted = self.tuning.snapshot_on_shutdown
             && self.ledger.lsn().0 > self.shared.last_snapshot_lsn.load(Ordering::Relaxed);
@@ -341,6 +445,9 @@ impl ShardActor {
         drop(self.snapshotter.take());
         let _ = writer_thread.join();
         let _ = snapshot_thread.join();
+        // The writer and the snapshotter held the indexer's other senders: it ends now.
+        drop(self.indexer.take());
+        let _ = indexer_thread.join();
     }
 
     fn poisoned(&self) -> bool {
@@ -410,6 +517,10 @@ impl ShardActor {
     fn prefetch(&self, command: &Command) {
         if let Command::Write(request) = command {
             self.ledger.prefetch(request);
+            // Most keys are fresh, and a fresh key is looked up in every run's filter.
+            if let Some(key) = request.idempotency {
+                self.keys.prefetch(request.terminal, key);
+            }
         }
     }
 
@@ -418,7 +529,7 @@ impl ShardActor {
         usize::try_from(self.ledger.lsn().0 - flushed).unwrap_or(usize::MAX)
     }
 
-    fn query(&self, query: Query) -> Response {
+    fn query(&mut self, query: Query) -> Response {
         match query {
             Query::Account(id) => match self.ledger.account(id) {
                 Some(view) => Response::Account(view),
@@ -433,7 +544,13 @@ impl ShardActor {
                 Response::History(self.ledger.history_of(account, limit))
             }
             Query::Idempotency { terminal, key, .. } => {
-                Response::Remembered(self.ledger.remembers_key(terminal, key, self.now))
+                let remembered = self.ledger.remembers_key(terminal, key, self.now)
+                    || (!self.ledger.idempotency_knows(terminal, key)
+                        && !matches!(
+                            self.keys.lookup(terminal, key, self.now),
+                            keyindex::Lookup::Absent
+                        ));
+                Response::Remembered(remembered)
             }
         }
     }
@@ -514,7 +631,7 @@ impl ShardActor {
     /// The answer to a reversal that cannot be built. A retry of a reversal that committed
     /// finds its original reversed already: it is answered as the duplicate it is (or as a
     /// conflict, if its key was used for something else) before the refusal.
-    fn refuse_reversal(&self, header: TxHeader, original: TxId, code: RejectCode) -> Response {
+    fn refuse_reversal(&mut self, header: TxHeader, original: TxId, code: RejectCode) -> Response {
         let Some(key) = header.idempotency else {
             return Response::Rejected(RejectCode::IdempotencyKeyMissing);
         };
@@ -522,10 +639,10 @@ impl ShardActor {
         let mut bytes = Vec::new();
         payload::encode_body(&probe, &mut bytes);
         let fingerprint = payload::fingerprint(probe.kind(), &bytes);
-        match self.ledger.idempotent_result(header.terminal, key, fingerprint, self.now) {
-            Ok(Some(committed)) => Response::Duplicate(committed),
-            Ok(None) => Response::Rejected(code),
-            Err(conflict) => Response::Rejected(conflict),
+        match self.remembered(header.terminal, key, fingerprint) {
+            Some(Refusal::Duplicate(committed)) => Response::Duplicate(committed),
+            None => Response::Rejected(code),
+            Some(Refusal::Rejected(refusal)) => Response::Rejected(refusal),
         }
     }
 
@@ -571,6 +688,12 @@ impl ShardActor {
 
     /// Encodes `body` as the next record, applies it, and keeps it in the batch if it applied.
     fn append(&mut self, body: Body) -> Result<Committed, Refusal> {
+        let keyed = body.header().is_some_and(|header| header.idempotency.is_some());
+        // The table may forget a generation only once the key index runs hold it; waiting
+        // flushes the batch, so it comes before this record is encoded into it.
+        if keyed && !self.ensure_runs_before_rotation() {
+            return Err(Refusal::Rejected(RejectCode::ShardFailed));
+        }
         let lsn = self.ledger.lsn().next();
         let bytes = &mut self.batch.bytes;
         if bytes.capacity() == 0
@@ -582,6 +705,11 @@ impl ShardActor {
         let record = Record { lsn, timestamp: self.now, body };
         let start = payload::encode_record(bytes, &record);
         let fingerprint = payload::fingerprint(kind, &bytes[start + format::RECORD_HEADER_BYTES..]);
+        // A key the table in memory forgot may be in the key index.
+        if keyed && let Some(answer) = self.answer_from_key_index(&record.body, fingerprint) {
+            self.batch.bytes.truncate(start);
+            return Err(answer);
+        }
         match self.ledger.apply(&record, fingerprint) {
             Ok(committed) => {
                 self.batch.last_lsn = lsn;
@@ -673,6 +801,7 @@ impl ShardActor {
         if self.poisoned() {
             return;
         }
+        self.expire_key_runs();
         if self.last_redrive.elapsed() >= self.tuning.transfer_redrive {
             self.redrive_transfers();
         }
@@ -762,9 +891,11 @@ impl ShardActor {
 
     /// Hands the current batch to the writer.
     fn flush(&mut self) {
+        self.collect_key_events();
         if self.batch.is_empty() {
             return;
         }
+        self.publish_key_index();
         let batch = std::mem::take(&mut self.batch);
         let shared = &self.shared;
         let lsn = self.ledger.lsn().0;
@@ -807,7 +938,8 @@ fn spawn_helpers(
     shard: ShardId,
     writer: WriterThread,
     snapshotter: Snapshotter,
-) -> (JoinHandle<()>, JoinHandle<()>) {
+    indexer: Indexer,
+) -> (JoinHandle<()>, JoinHandle<()>, JoinHandle<()>) {
     let writer = std::thread::Builder::new()
         .name(format!("ledger-wal-{}", shard.index()))
         .spawn(move || writer.run())
@@ -816,5 +948,9 @@ fn spawn_helpers(
         .name(format!("ledger-snap-{}", shard.index()))
         .spawn(move || snapshotter.run())
         .expect("spawn the snapshot thread");
-    (writer, snapshotter)
+    let indexer = std::thread::Builder::new()
+        .name(format!("ledger-keys-{}", shard.index()))
+        .spawn(move || indexer.run())
+        .expect("spawn the key indexer thread");
+    (writer, snapshotter, indexer)
 }

@@ -1,12 +1,15 @@
 //! Shard actors: one OS thread per shard owns its `Ledger`, fed by a bounded inbox.
 //!
-//! The pipeline of one shard is three threads:
+//! The pipeline of one shard is four threads:
 //! 1. the **shard thread** (this module) drains its inbox, applies each command to the ledger,
 //!    encodes the resulting records into a batch buffer and queues the batch with its replies;
 //! 2. the **WAL writer** (`writer`) seals and writes queued batches, fdatasyncs once per commit
-//!    group, and only then sends the replies and the messages to other shards;
+//!    group, and only then sends the replies, the messages to other shards, and the batch's
+//!    idempotency key entries to the indexer;
 //! 3. the **snapshotter** (`snapshotter`) prepares capture buffers, then encodes and writes
-//!    snapshots in the background.
+//!    snapshots in the background;
+//! 4. the **key indexer** (`crate::keyindex::indexer`) writes the key entries into runs on
+//!    disk, which the shard thread installs and looks old keys up in.
 //!
 //! So the shard applies batch N+1 while batch N is being flushed, and nobody hears about a
 //! change before it is durable: replies, including reads and rejections (which depend on state
@@ -15,7 +18,9 @@
 //! **Invariant:** the shard thread is the only writer of its ledger; nothing else touches it.
 //! **Invariant:** every queue is bounded: the inbox (`inbox_depth_max`, a full inbox answers
 //! `Busy`), the peer channel (`peer_queue_depth_max`, overflow is re-driven), the writer queue
-//! (`write_queue_depth_max`, the shard waits: backpressure reaches the inbox).
+//! (`write_queue_depth_max`, the shard waits: backpressure reaches the inbox), the indexer queue
+//! (the writer waits). The indexer hands runs back through a mailbox that never blocks, so the
+//! shard → writer → indexer chain has no cycle.
 
 mod actor;
 mod snapshotter;
@@ -140,6 +145,21 @@ pub(crate) struct ShardShared {
     pub(crate) idempotency_keys: AtomicU64,
     pub(crate) idempotency_evicted_early: AtomicU64,
     pub(crate) transfers_in_flight: AtomicU64,
+    /// The first LSN the WAL still holds (1 until retention deletes segments).
+    pub(crate) wal_first_lsn: AtomicU64,
+    pub(crate) key_indexer: Arc<crate::keyindex::indexer::IndexerStats>,
+    pub(crate) key_index_runs: AtomicU64,
+    pub(crate) key_index_keys: AtomicU64,
+    pub(crate) key_index_memory_bytes: AtomicU64,
+    pub(crate) key_index_through: AtomicU64,
+    pub(crate) key_index_lookups: AtomicU64,
+    pub(crate) key_index_block_reads: AtomicU64,
+    pub(crate) key_index_hits: AtomicU64,
+    pub(crate) key_index_expired_hits: AtomicU64,
+    pub(crate) key_index_keys_expired: AtomicU64,
+    pub(crate) key_index_unreadable: AtomicU64,
+    pub(crate) key_index_waits: AtomicU64,
+    pub(crate) key_index_wait_nanos: AtomicU64,
 }
 
 /// A point-in-time view of one shard's counters.
@@ -182,6 +202,38 @@ pub struct ShardStats {
     pub idempotency_evicted_early: u64,
     /// Cross-shard transfers sent and not yet settled.
     pub transfers_in_flight: u64,
+    /// Key index: runs on disk, keys in them, and bytes of their filters and fences in memory.
+    pub key_index_runs: u64,
+    /// See `key_index_runs`.
+    pub key_index_keys: u64,
+    /// See `key_index_runs`.
+    pub key_index_memory_bytes: u64,
+    /// The LSN the key index runs reach.
+    pub key_index_through: u64,
+    /// Keys the table in memory had no entry for, looked up in the key index.
+    pub key_index_lookups: u64,
+    /// Lookups that read a block from disk (a filter let the key through).
+    pub key_index_block_reads: u64,
+    /// Lookups that found a write inside its window: retries answered from disk.
+    pub key_index_hits: u64,
+    /// Lookups that found the key only past its window: a key used again after the window
+    /// (posted as a new write).
+    pub key_index_expired_hits: u64,
+    /// Keys deleted with runs past the window.
+    pub key_index_keys_expired: u64,
+    /// Lookups refused because a block could not be read (`idempotency_unverifiable`).
+    pub key_index_unreadable: u64,
+    /// Times the shard waited for the indexer before its table forgot a generation, and how
+    /// long in all.
+    pub key_index_waits: u64,
+    /// See `key_index_waits`.
+    pub key_index_wait_nanos: u64,
+    /// Runs the indexer wrote, the keys in them, and the time it spent writing them.
+    pub key_index_runs_written: u64,
+    /// See `key_index_runs_written`.
+    pub key_index_keys_written: u64,
+    /// See `key_index_runs_written`.
+    pub key_index_write_nanos: u64,
 }
 
 impl ShardShared {
@@ -206,6 +258,21 @@ impl ShardShared {
             idempotency_keys: load(&self.idempotency_keys),
             idempotency_evicted_early: load(&self.idempotency_evicted_early),
             transfers_in_flight: load(&self.transfers_in_flight),
+            key_index_runs: load(&self.key_index_runs),
+            key_index_keys: load(&self.key_index_keys),
+            key_index_memory_bytes: load(&self.key_index_memory_bytes),
+            key_index_through: load(&self.key_index_through),
+            key_index_lookups: load(&self.key_index_lookups),
+            key_index_block_reads: load(&self.key_index_block_reads),
+            key_index_hits: load(&self.key_index_hits),
+            key_index_expired_hits: load(&self.key_index_expired_hits),
+            key_index_keys_expired: load(&self.key_index_keys_expired),
+            key_index_unreadable: load(&self.key_index_unreadable),
+            key_index_waits: load(&self.key_index_waits),
+            key_index_wait_nanos: load(&self.key_index_wait_nanos),
+            key_index_runs_written: load(&self.key_indexer.runs_written),
+            key_index_keys_written: load(&self.key_indexer.entries_written),
+            key_index_write_nanos: load(&self.key_indexer.write_nanos),
         }
     }
 }

@@ -19,6 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::{ShardShared, WalRetention};
 use crate::ids::Lsn;
+use crate::keyindex::indexer::IndexerJob;
 use crate::ledger::StateCapture;
 use crate::recovery::ShardPaths;
 use crate::snapshot;
@@ -54,6 +55,9 @@ pub(crate) struct Snapshotter {
     pub(crate) cluster_id: u64,
     pub(crate) retention: WalRetention,
     pub(crate) shared: Arc<ShardShared>,
+    /// The key indexer: a snapshot of LSN L is written only once the key index runs reach L,
+    /// so that recovery from it finds every key after L in the records it replays.
+    pub(crate) indexer: Sender<IndexerJob>,
 }
 
 impl Snapshotter {
@@ -91,6 +95,14 @@ impl Snapshotter {
 
     fn write(&self, job: &mut SnapshotJob) -> Result<(), String> {
         let lsn = job.capture.lsn();
+        let (reply, reached) = crossbeam_channel::bounded(1);
+        self.indexer
+            .send(IndexerJob::Reach { through: lsn, reply: Some(reply) })
+            .map_err(|_| "the key indexer stopped".to_string())?;
+        reached
+            .recv()
+            .map_err(|_| "the key indexer stopped".to_string())?
+            .map_err(|error| format!("the key index cannot reach lsn {lsn}: {error}"))?;
         let bytes = snapshot::encode(&mut job.capture, self.cluster_id, job.last_hash);
         snapshot::write(&self.paths.snapshots, lsn, &bytes).map_err(|e| e.to_string())?;
         let snapshots =
@@ -101,7 +113,8 @@ impl Snapshotter {
         if self.retention == WalRetention::DeleteCovered
             && let Some((oldest_kept, _)) = snapshots.iter().take(SNAPSHOTS_KEPT).next_back()
         {
-            delete_covered_segments(&self.paths, *oldest_kept)?;
+            let first = delete_covered_segments(&self.paths, *oldest_kept)?;
+            self.shared.wal_first_lsn.store(first.0, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -109,7 +122,8 @@ impl Snapshotter {
 
 /// Deletes segments all of whose records are at or below `covered`: segment i goes when
 /// segment i+1 starts at or before `covered + 1`. The newest segment is never deleted.
-fn delete_covered_segments(paths: &ShardPaths, covered: Lsn) -> Result<(), String> {
+/// Returns the first LSN the WAL holds afterwards.
+fn delete_covered_segments(paths: &ShardPaths, covered: Lsn) -> Result<Lsn, String> {
     let segments = segment::list_segments(&paths.wal).map_err(|e| e.to_string())?;
     let mut first_lsns = Vec::with_capacity(segments.len());
     for (_, path) in &segments {
@@ -132,5 +146,6 @@ fn delete_covered_segments(paths: &ShardPaths, covered: Lsn) -> Result<(), Strin
     if deleted {
         segment::sync_dir(&paths.wal).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    let kept = first_lsns.iter().zip(&segments).find(|(_, (_, path))| path.exists());
+    Ok(kept.and_then(|(first, _)| *first).unwrap_or(Lsn(1)))
 }

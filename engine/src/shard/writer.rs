@@ -20,8 +20,10 @@ use super::snapshotter::{SnapshotJob, SnapshotterJob};
 use super::{PeerMessage, ReplySink, ShardShared};
 use crate::clock::Clock;
 use crate::ids::{Lsn, ShardId};
+use crate::keyindex::indexer::IndexerJob;
 use crate::ledger::StateCapture;
 use crate::ledger::command::Response;
+use crate::ledger::keys::KeyEntry;
 use crate::reject::RejectCode;
 use crate::wal::format::Hash;
 use crate::wal::mark::MARK_INTERVAL;
@@ -49,6 +51,8 @@ pub(crate) struct Batch {
     pub(crate) peer_sends: Vec<(ShardId, PeerMessage)>,
     /// Answers to definitions.
     pub(crate) define_replies: Vec<Sender<Result<(), RejectCode>>>,
+    /// The key entries the batch's records handed out, for the key indexer once durable.
+    pub(crate) keys: Vec<KeyEntry>,
 }
 
 impl Batch {
@@ -94,6 +98,9 @@ pub(crate) struct WriterThread {
     pub(crate) snapshots: Sender<SnapshotterJob>,
     pub(crate) shared: Arc<ShardShared>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The key indexer: the entries of each durable batch go there (it may make the writer
+    /// wait: the entries not yet in runs stay bounded).
+    pub(crate) indexer: Sender<IndexerJob>,
 }
 
 impl WriterThread {
@@ -193,6 +200,12 @@ impl WriterThread {
                 for reply in batch.define_replies.drain(..) {
                     let outcome = if failed { Err(RejectCode::ShardFailed) } else { Ok(()) };
                     let _ = reply.send(outcome);
+                }
+                if !failed && batch.last_lsn > Lsn::ZERO {
+                    let entries = std::mem::take(&mut batch.keys);
+                    let job = IndexerJob::Entries { entries, through: batch.last_lsn };
+                    // Gone only when the shard is stopping.
+                    let _ = self.indexer.send(job);
                 }
                 if !failed {
                     for (shard, message) in batch.peer_sends.drain(..) {

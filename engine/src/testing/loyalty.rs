@@ -109,6 +109,37 @@ impl Loyalty {
         self.request(key, TxKind::TRANSFER, operation)
     }
 
+    /// A customer class whose accounts may never be credited beyond their debits: every
+    /// cross-shard transfer into it is refused by its destination and refunded.
+    pub fn define_capped_class(&self, engine: &crate::Engine) -> crate::ClassId {
+        engine
+            .define_class(
+                crate::Namespace::Customer,
+                "capped",
+                self.pts,
+                crate::AccountFlags::CREDITS_MUST_NOT_EXCEED_DEBITS,
+            )
+            .expect("define the capped class")
+    }
+
+    /// A transfer from customer `from`'s points to customer `to`'s account of `class`.
+    pub fn transfer_to_class(
+        &self,
+        class: crate::ClassId,
+        key: u128,
+        from: u64,
+        to: u64,
+        amount: u64,
+    ) -> Command {
+        let mut command = self.transfer(key, from, to, amount);
+        if let Command::Write(request) = &mut command
+            && let Operation::Transfer { destination, .. } = &mut request.operation
+        {
+            *destination = crate::AccountId::new(class, to);
+        }
+        command
+    }
+
     /// Hold `amount` points for a redemption.
     pub fn hold(&self, key: u128, customer: u64, amount: u64, timeout_nanos: u64) -> Command {
         let posting = self.posting(self.customer(customer), self.redemption(), amount);

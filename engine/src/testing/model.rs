@@ -121,11 +121,9 @@ pub struct Model {
     writes: Vec<(ModelOp, u128)>,
     /// For each write: the outcome it had when first made.
     write_outcomes: Vec<ModelOutcome>,
-    /// Keys that committed, with the write that committed them.
+    /// Keys that committed, with the write that committed them: remembered for the whole
+    /// idempotency window, in the shard's table or, once it forgot them, in its key index.
     committed_keys: BTreeMap<u128, usize>,
-    /// Committed keys per shard, in two generations, as the engine forgets them: a generation
-    /// of `keys_max / 2` keys at a time.
-    key_generations: Vec<Generations<u128>>,
     /// Closed holds per shard, in generations of `holds_open_max / 2`.
     closed_generations: Vec<Generations<usize>>,
     /// Committed writes that a reversal has undone.
@@ -138,7 +136,6 @@ impl Model {
     pub fn new(
         shard_count: u16,
         holds_open_max: usize,
-        idempotency_keys_max: usize,
         hold_timeout_max_nanos: u64,
         now: Timestamp,
     ) -> Model {
@@ -155,10 +152,6 @@ impl Model {
             writes: Vec::new(),
             write_outcomes: Vec::new(),
             committed_keys: BTreeMap::new(),
-            key_generations: vec![
-                Generations::new(idempotency_keys_max / 2);
-                usize::from(shard_count)
-            ],
             closed_generations: vec![
                 Generations::new(holds_open_max / 2);
                 usize::from(shard_count)
@@ -330,7 +323,7 @@ impl Model {
         }
         let outcome = match self.execute(&op, write) {
             Ok(()) => {
-                self.remember_key(key, write, &op);
+                self.remember_key(key, write);
                 ModelOutcome::Committed { write }
             }
             Err(code) => ModelOutcome::Rejected(code),
@@ -358,11 +351,7 @@ impl Model {
         }
     }
 
-    fn remember_key(&mut self, key: u128, write: usize, op: &ModelOp) {
-        let shard = self.key_shard(op).as_usize();
-        for forgotten in self.key_generations[shard].push(key) {
-            self.committed_keys.remove(&forgotten);
-        }
+    fn remember_key(&mut self, key: u128, write: usize) {
         self.committed_keys.insert(key, write);
     }
 

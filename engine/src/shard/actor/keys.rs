@@ -1,0 +1,178 @@
+//! The shard thread's side of the key index (`crate::keyindex`): answering keys its table in
+//! memory forgot, handing new entries on, installing runs, waiting before a rotation, expiry.
+//!
+//! **Invariant:** the idempotency table forgets a generation only once the installed runs
+//! reach its newest LSN (`ensure_runs_before_rotation`); if the indexer cannot write runs any
+//! more, the shard stops instead.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::ShardActor;
+use crate::ids::{IdempotencyKey, Lsn, TerminalId};
+use crate::keyindex::Lookup;
+use crate::keyindex::indexer::IndexerJob;
+use crate::ledger::Refusal;
+use crate::ledger::record::Body;
+use crate::reject::RejectCode;
+
+/// How long the shard waits for one run before it checks for failure again.
+const RUN_WAIT_STEP: Duration = Duration::from_millis(100);
+
+impl ShardActor {
+    /// How a write with `(terminal, key)` and `fingerprint` is answered because the key was
+    /// used before: from the table in memory when it has an entry for the key (inside its
+    /// window or not), else from the key index. `None`: a fresh key.
+    pub(super) fn remembered(
+        &mut self,
+        terminal: TerminalId,
+        key: IdempotencyKey,
+        fingerprint: u64,
+    ) -> Option<Refusal> {
+        if self.ledger.idempotency_knows(terminal, key) {
+            return self.ledger.remembered(terminal, key, fingerprint, self.now);
+        }
+        match self.keys.lookup(terminal, key, self.now) {
+            Lookup::Absent => None,
+            Lookup::Found(entry) => Some(entry.answer(fingerprint)),
+            Lookup::Unreadable(reason) => {
+                let damaged = self.keys.take_damaged();
+                if !damaged.is_empty() {
+                    tracing::error!(
+                        shard = self.shard.index(),
+                        %reason,
+                        "a key index run is damaged: writes whose key may be in it are refused \
+                         until a restart rebuilds it from the wal"
+                    );
+                    if let Some(indexer) = &self.indexer {
+                        let _ = indexer.send(IndexerJob::SetAside(damaged));
+                    }
+                }
+                Some(Refusal::Rejected(RejectCode::IdempotencyUnverifiable))
+            }
+        }
+    }
+
+    /// The answer to a write of `body` whose key the table in memory has never seen but the
+    /// key index remembers; `None` to go on and apply it. The checks that come before the
+    /// idempotency check (shape, registry) keep their precedence.
+    pub(super) fn answer_from_key_index(
+        &mut self,
+        body: &Body,
+        fingerprint: u64,
+    ) -> Option<Refusal> {
+        let header = body.header()?;
+        let key = header.idempotency?;
+        if self.ledger.idempotency_knows(header.terminal, key) {
+            return None;
+        }
+        let answer = self.remembered(header.terminal, key, fingerprint)?;
+        Some(match self.ledger.check_shape(body) {
+            Err(code) => Refusal::Rejected(code),
+            Ok(()) => answer,
+        })
+    }
+
+    /// Installs the runs the indexer wrote since the last call.
+    pub(super) fn install_key_runs(&mut self) {
+        if self.key_doorbell.try_recv().is_err() {
+            return;
+        }
+        for run in self.key_mailbox.take() {
+            self.keys.install(run);
+        }
+        self.publish_key_index();
+    }
+
+    /// Before a write that makes the table forget its older generation: waits until the runs
+    /// reach that generation's newest LSN. False if they never will (the indexer failed): the
+    /// shard is then poisoned, and the write must not be applied.
+    pub(super) fn ensure_runs_before_rotation(&mut self) -> bool {
+        let (left, horizon) = self.ledger.idempotency_rotation();
+        if left > 0 || self.keys.durable_through() >= horizon {
+            return true;
+        }
+        self.install_key_runs_now();
+        if self.keys.durable_through() >= horizon {
+            return true;
+        }
+        // The indexer is behind (or holds the generation's tail in its buffer): hand it what is
+        // in the batch and ask for a run that reaches the horizon.
+        let started = Instant::now();
+        self.flush();
+        if let Some(indexer) = &self.indexer {
+            let _ = indexer.send(IndexerJob::Reach { through: horizon, reply: None });
+        }
+        loop {
+            self.install_key_runs_now();
+            if self.keys.durable_through() >= horizon {
+                break;
+            }
+            if self.key_mailbox.failed() || self.poisoned() {
+                tracing::error!(
+                    shard = self.shard.index(),
+                    horizon = horizon.0,
+                    "the key index cannot reach the keys the table is about to forget: the \
+                     shard stops rather than forget them"
+                );
+                self.shared.poisoned.store(true, Ordering::Release);
+                return false;
+            }
+            let _ = self.key_doorbell.recv_timeout(RUN_WAIT_STEP);
+        }
+        let waited = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.shared.key_index_waits.fetch_add(1, Ordering::Relaxed);
+        self.shared.key_index_wait_nanos.fetch_add(waited, Ordering::Relaxed);
+        true
+    }
+
+    fn install_key_runs_now(&mut self) {
+        for run in self.key_mailbox.take() {
+            self.keys.install(run);
+        }
+        self.publish_key_index();
+    }
+
+    /// Moves the key entries of the records applied since the last batch into the batch, for
+    /// the indexer once the batch is durable; a refund mark is also kept at hand until a run
+    /// holds it.
+    pub(super) fn collect_key_events(&mut self) {
+        let lsn = self.ledger.lsn();
+        let events: Vec<_> = self.ledger.drain_key_events().collect();
+        for entry in &events {
+            if entry.mark {
+                self.keys.note_mark(*entry, lsn);
+            }
+        }
+        self.batch.keys.extend(events);
+    }
+
+    /// Deletes runs past the idempotency window.
+    pub(super) fn expire_key_runs(&mut self) {
+        let wal_first = Lsn(self.shared.wal_first_lsn.load(Ordering::Relaxed));
+        let expired = self.keys.expire(self.now, wal_first);
+        if !expired.is_empty() {
+            if let Some(indexer) = &self.indexer {
+                let _ = indexer.send(IndexerJob::Delete(expired));
+            }
+            self.publish_key_index();
+        }
+    }
+
+    /// Publishes the index's figures in the shard's stats.
+    pub(super) fn publish_key_index(&self) {
+        let (runs, entries, memory) = self.keys.size();
+        let counters = self.keys.counters();
+        let shared = &self.shared;
+        shared.key_index_runs.store(runs as u64, Ordering::Relaxed);
+        shared.key_index_keys.store(entries, Ordering::Relaxed);
+        shared.key_index_memory_bytes.store(memory as u64, Ordering::Relaxed);
+        shared.key_index_through.store(self.keys.durable_through().0, Ordering::Relaxed);
+        shared.key_index_lookups.store(counters.lookups, Ordering::Relaxed);
+        shared.key_index_block_reads.store(counters.block_reads, Ordering::Relaxed);
+        shared.key_index_hits.store(counters.hits, Ordering::Relaxed);
+        shared.key_index_expired_hits.store(counters.expired_hits, Ordering::Relaxed);
+        shared.key_index_keys_expired.store(counters.keys_expired, Ordering::Relaxed);
+        shared.key_index_unreadable.store(counters.unreadable, Ordering::Relaxed);
+    }
+}

@@ -18,13 +18,18 @@ use crate::{Amount, IdempotencyKey, TerminalId};
 /// Customers of the crash workload.
 pub const CUSTOMERS: u64 = 64;
 
-/// The engine configuration of the crash tests: small segments so that segments roll, and
-/// frequent snapshots so that kills land during snapshots too.
+/// The engine configuration of the crash tests: small segments so that segments roll, frequent
+/// snapshots so that kills land during snapshots too, and an idempotency table far smaller than
+/// the writes of a run, so that retries are answered from the key index on disk.
 pub fn crash_engine_config(dir: &Path) -> EngineConfig {
     let mut config = EngineConfig::new(dir);
     config.shard_count = Some(2);
-    config.limits =
-        Limits { segment_bytes: 2 * 1024 * 1024, batch_records_max: 256, ..Limits::default() };
+    config.limits = Limits {
+        segment_bytes: 2 * 1024 * 1024,
+        batch_records_max: 256,
+        idempotency_keys_max: 4_096,
+        ..Limits::default()
+    };
     config.tuning.tick = Duration::from_millis(5);
     config.tuning.snapshot_every_records = 3_000;
     config

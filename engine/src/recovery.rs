@@ -264,8 +264,7 @@ pub fn recover_shard(
                 cluster_id: Some(cluster_id),
                 visit_after: header.lsn,
                 hash_at_visit_after: (header.lsn > Lsn::ZERO).then_some(header.last_hash),
-                visit_until: None,
-                durable_mark: None,
+                ..ScanOptions::all()
             };
             (ledger, options)
         }

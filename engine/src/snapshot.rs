@@ -269,15 +269,16 @@ fn write_behind(file: &File, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reads and checks the snapshot at `path` and rebuilds its ledger.
-pub fn load(
+/// Reads the snapshot at `path` (calling `pace` with the bytes read, a megabyte at a time) and
+/// checks its header and its body's length and checksum, not the body's fields.
+pub fn read_checked(
     path: &Path,
-    config: LedgerConfig,
-    cluster_id: u64,
-) -> Result<(SnapshotHeader, Ledger), SnapshotError> {
+    pace: &mut dyn FnMut(u64),
+) -> Result<(SnapshotHeader, Vec<u8>), SnapshotError> {
     let invalid = |reason: String| SnapshotError::Invalid { path: path.to_path_buf(), reason };
-    let bytes =
-        fs::read(path).map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?;
+    let mut bytes = Vec::new();
+    crate::wal::reader::read_paced(path, &mut bytes, pace)
+        .map_err(|source| SnapshotError::Io { path: path.to_path_buf(), source })?;
     let header = SnapshotHeader::decode(&bytes).map_err(invalid)?;
     let body = &bytes[SNAPSHOT_HEADER_BYTES..];
     if header.body_bytes != body.len() as u64 {
@@ -290,6 +291,18 @@ pub fn load(
     if crc32fast::hash(body) != header.body_crc {
         return Err(invalid("body checksum mismatch".to_string()));
     }
+    Ok((header, bytes))
+}
+
+/// Reads and checks the snapshot at `path` and rebuilds its ledger.
+pub fn load(
+    path: &Path,
+    config: LedgerConfig,
+    cluster_id: u64,
+) -> Result<(SnapshotHeader, Ledger), SnapshotError> {
+    let invalid = |reason: String| SnapshotError::Invalid { path: path.to_path_buf(), reason };
+    let (header, bytes) = read_checked(path, &mut |_| {})?;
+    let body = &bytes[SNAPSHOT_HEADER_BYTES..];
     if header.shard != config.shard || header.shard_count != config.shard_count {
         return Err(invalid(format!(
             "snapshot of shard {} of {}, expected shard {} of {}",

@@ -109,6 +109,14 @@ struct SnapshotsFile {
     every_secs: Option<u64>,
 }
 
+/// The `[scrub]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScrubFile {
+    rate_mib_per_sec: Option<u64>,
+    interval_secs: Option<u64>,
+}
+
 /// The `[wal]` table of the configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -132,6 +140,8 @@ struct File {
     snapshots: SnapshotsFile,
     #[serde(default)]
     wal: WalFile,
+    #[serde(default)]
+    scrub: ScrubFile,
 }
 
 /// The idempotency window "as long as the WAL is kept", in nanoseconds (the engine's
@@ -180,6 +190,15 @@ pub fn format_window(nanos: u64) -> String {
         s if s % 60 == 0 => format!("{}m", s / 60),
         s => format!("{s}s"),
     }
+}
+
+/// The background scrub: re-reading data at rest (`ShardTuning::scrub_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubConfig {
+    /// MiB read per second at most, per shard; 0 turns the scrub off.
+    pub rate_mib_per_sec: u64,
+    /// Seconds between passes.
+    pub interval_secs: u64,
 }
 
 /// The WAL's settings (not replay rules: they may change between runs).
@@ -263,6 +282,8 @@ pub struct Config {
     pub idempotency_window_nanos: u64,
     /// The WAL's segment size and batch size.
     pub wal: WalConfig,
+    /// The background scrub.
+    pub scrub: ScrubConfig,
     /// Log format.
     pub log_format: LogFormat,
     /// The POS protocol.
@@ -288,6 +309,10 @@ impl Config {
             idempotency_window_nanos: match &file.idempotency_window {
                 Some(text) => parse_window(text)?,
                 None => IDEMPOTENCY_WINDOW_DEFAULT,
+            },
+            scrub: ScrubConfig {
+                rate_mib_per_sec: file.scrub.rate_mib_per_sec.unwrap_or(16),
+                interval_secs: file.scrub.interval_secs.unwrap_or(3600),
             },
             wal: {
                 let defaults = ledger_engine::Limits::default();
@@ -364,6 +389,7 @@ impl Config {
             ("pos.io_threads", pos.io_threads as u64),
             ("snapshots.every_records", self.snapshots.every_records),
             ("snapshots.every_secs", self.snapshots.every.as_secs()),
+            ("scrub.interval_secs", self.scrub.interval_secs),
         ];
         for (name, value) in positive {
             if value == 0 {
@@ -393,6 +419,9 @@ impl Config {
         }
         if pos.handshakes_max > pos.connections_max {
             bail!("pos.handshakes_max must be at most pos.connections_max");
+        }
+        if self.scrub.rate_mib_per_sec > 100_000 {
+            bail!("scrub.rate_mib_per_sec must be at most 100000 (0 turns the scrub off)");
         }
         if pos.io_threads > 64 {
             bail!("pos.io_threads must be at most 64");
@@ -460,7 +489,8 @@ impl Config {
              handshake_timeout_ms = {}\n\
              drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n\n\
              [snapshots]\nevery_records = {}\nevery_secs = {}\n\n\
-             [wal]\nsegment_bytes = {}\nbatch_records_max = {}\n",
+             [wal]\nsegment_bytes = {}\nbatch_records_max = {}\n\n\
+             [scrub]\nrate_mib_per_sec = {}\ninterval_secs = {}\n",
             self.data_dir.display().to_string(),
             format_window(window),
             match self.log_format {
@@ -486,6 +516,8 @@ impl Config {
             self.snapshots.every.as_secs(),
             self.wal.segment_bytes,
             self.wal.batch_records_max,
+            self.scrub.rate_mib_per_sec,
+            self.scrub.interval_secs,
         )
     }
 }
@@ -558,6 +590,7 @@ mod tests {
         assert_eq!(again.snapshots, config.snapshots);
         assert_eq!(again.idempotency_window_nanos, config.idempotency_window_nanos);
         assert_eq!(again.wal, config.wal);
+        assert_eq!(again.scrub, config.scrub);
     }
 
     #[test]
@@ -601,6 +634,7 @@ mod tests {
             ("idempotency_window = \"1y\"\n", "idempotency_window"),
             ("[wal]\nsegment_bytes = 1048576\n", "segment_bytes"),
             ("[wal]\nbatch_records_max = 0\n", "batch_records_max"),
+            ("[scrub]\ninterval_secs = 0\n", "scrub.interval_secs"),
             ("[pos]\naddr = \"nowhere\"\n", "invalid configuration"),
         ];
         for (text, expected) in cases {

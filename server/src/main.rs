@@ -50,6 +50,10 @@ fn main() -> anyhow::Result<()> {
     engine_config.hold_timeout_max_nanos = config.hold_timeout_max_nanos();
     engine_config.idempotency_retention_nanos = config.idempotency_window_nanos;
     engine_config.limits = config.engine_limits();
+    engine_config.tuning.scrub_rate_bytes_per_sec =
+        config.scrub.rate_mib_per_sec.saturating_mul(1024 * 1024);
+    engine_config.tuning.scrub_interval =
+        std::time::Duration::from_secs(config.scrub.interval_secs);
     engine_config.tuning.snapshot_every_records = config.snapshots.every_records;
     engine_config.tuning.snapshot_every = config.snapshots.every;
     // An existing directory keeps its count; a new one gets the configured or default count.

@@ -510,12 +510,18 @@ impl Run {
         Ok(found.map_or(RunLookup::Absent, RunLookup::Found))
     }
 
-    /// Reads and checks every block and entry (the scrub's and `ledger-wal verify`'s check).
+    /// Reads and checks every block and entry; returns the entries.
     pub fn verify(&self) -> Result<u64, RunError> {
+        self.verify_paced(&mut |_| {})
+    }
+
+    /// `verify`, calling `pace` with the bytes of each block read (the background scrub).
+    pub fn verify_paced(&self, pace: &mut dyn FnMut(u64)) -> Result<u64, RunError> {
         let mut entries = 0u64;
         let mut last = None;
         for index in 0..self.fences.len() {
             let block = self.block(index)?;
+            pace(BLOCK_BYTES);
             for bytes in Self::entries(&block) {
                 let entry = decode_entry(bytes).map_err(|reason| RunError::Damaged {
                     path: self.path.clone(),

@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select};
 
 mod keys;
 
+use super::scrub::Scrubber;
 use super::snapshotter::{Snapshotter, SnapshotterJob};
 use super::writer::{Batch, WriterJob, WriterThread};
 use super::{Control, Input, PeerMessage, ReplySink, ShardShared, ShardTuning};
@@ -126,6 +127,8 @@ pub(crate) struct ShardActor {
     /// Where the shard asks the indexer for runs and hands it expired ones (`None` once
     /// stopping).
     indexer: Option<Sender<IndexerJob>>,
+    /// Dropped to stop the scrubber.
+    scrub_stop: Option<Sender<()>>,
 }
 
 impl ShardActor {
@@ -278,7 +281,19 @@ impl ShardActor {
             clock: Arc::clone(&setup.clock),
             indexer: indexer_tx.clone(),
         };
-        let threads = spawn_helpers(shard, writer, snapshotter, indexer);
+        let (scrub_stop, scrub_stopped) = bounded::<()>(0);
+        let scrubber = (setup.tuning.scrub_rate_bytes_per_sec > 0).then(|| Scrubber {
+            paths: setup.paths.clone(),
+            shard,
+            cluster_id: setup.cluster_id,
+            key_identity,
+            rate_bytes_per_sec: setup.tuning.scrub_rate_bytes_per_sec,
+            interval: setup.tuning.scrub_interval,
+            stop: scrub_stopped,
+            indexer: indexer_tx.clone(),
+            shared: Arc::clone(&setup.shared),
+        });
+        let threads = spawn_helpers(shard, writer, snapshotter, indexer, scrubber);
         let mut actor = ShardActor {
             ledger,
             shard,
@@ -305,6 +320,7 @@ impl ShardActor {
             key_mailbox,
             key_doorbell: doorbell_rx,
             indexer: Some(indexer_tx),
+            scrub_stop: Some(scrub_stop),
         };
         actor.publish_key_index();
         match actor.control.recv() {
@@ -415,8 +431,17 @@ impl ShardActor {
         self.flush();
     }
 
-    fn stop(mut self, threads: (JoinHandle<()>, JoinHandle<()>, JoinHandle<()>)) {
-        let (writer_thread, snapshot_thread, indexer_thread) = threads;
+    fn stop(mut self, threads: Helpers) {
+        let Helpers {
+            writer: writer_thread,
+            snapshotter: snapshot_thread,
+            indexer: indexer_thread,
+            scrubber,
+        } = threads;
+        drop(self.scrub_stop.take());
+        if let Some(scrubber) = scrubber {
+            let _ = scrubber.join();
+        }
         let mut replies = std::mem::take(&mut self.snapshot_waiters);
         let wanted = self.tuning.snapshot_on_shutdown
             && self.ledger.lsn().0 > self.shared.last_snapshot_lsn.load(Ordering::Relaxed);
@@ -934,12 +959,21 @@ fn transfer_in_message(source_shard: ShardId, transfer: &TransferOut) -> PeerMes
     }
 }
 
+/// The threads that work beside a shard thread.
+struct Helpers {
+    writer: JoinHandle<()>,
+    snapshotter: JoinHandle<()>,
+    indexer: JoinHandle<()>,
+    scrubber: Option<JoinHandle<()>>,
+}
+
 fn spawn_helpers(
     shard: ShardId,
     writer: WriterThread,
     snapshotter: Snapshotter,
     indexer: Indexer,
-) -> (JoinHandle<()>, JoinHandle<()>, JoinHandle<()>) {
+    scrubber: Option<Scrubber>,
+) -> Helpers {
     let writer = std::thread::Builder::new()
         .name(format!("ledger-wal-{}", shard.index()))
         .spawn(move || writer.run())
@@ -952,5 +986,11 @@ fn spawn_helpers(
         .name(format!("ledger-keys-{}", shard.index()))
         .spawn(move || indexer.run())
         .expect("spawn the key indexer thread");
-    (writer, snapshotter, indexer)
+    let scrubber = scrubber.map(|scrubber| {
+        std::thread::Builder::new()
+            .name(format!("ledger-scrub-{}", shard.index()))
+            .spawn(move || scrubber.run())
+            .expect("spawn the scrub thread")
+    });
+    Helpers { writer, snapshotter, indexer, scrubber }
 }

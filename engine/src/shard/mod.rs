@@ -9,7 +9,9 @@
 //! 3. the **snapshotter** (`snapshotter`) prepares capture buffers, then encodes and writes
 //!    snapshots in the background;
 //! 4. the **key indexer** (`crate::keyindex::indexer`) writes the key entries into runs on
-//!    disk, which the shard thread installs and looks old keys up in.
+//!    disk, which the shard thread installs and looks old keys up in;
+//! 5. the **scrubber** (`scrub`) re-reads finished segments, snapshots and runs at a bounded
+//!    rate and reports damage (unless `ShardTuning::scrub_rate_bytes_per_sec` is 0).
 //!
 //! So the shard applies batch N+1 while batch N is being flushed, and nobody hears about a
 //! change before it is durable: replies, including reads and rejections (which depend on state
@@ -23,6 +25,7 @@
 //! shard → writer → indexer chain has no cycle.
 
 mod actor;
+mod scrub;
 mod snapshotter;
 mod writer;
 
@@ -99,6 +102,10 @@ pub struct ShardTuning {
     pub snapshot_on_shutdown: bool,
     /// Whether WAL segments covered by the older kept snapshot are deleted.
     pub wal_retention: WalRetention,
+    /// Bytes per second the background scrub reads at most (0: no scrub).
+    pub scrub_rate_bytes_per_sec: u64,
+    /// Time between scrub passes (and before the first).
+    pub scrub_interval: Duration,
 }
 
 impl Default for ShardTuning {
@@ -110,6 +117,8 @@ impl Default for ShardTuning {
             snapshot_every: Duration::from_secs(600),
             snapshot_on_shutdown: true,
             wal_retention: WalRetention::KeepAll,
+            scrub_rate_bytes_per_sec: 16 * 1024 * 1024,
+            scrub_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -160,6 +169,10 @@ pub(crate) struct ShardShared {
     pub(crate) key_index_unreadable: AtomicU64,
     pub(crate) key_index_waits: AtomicU64,
     pub(crate) key_index_wait_nanos: AtomicU64,
+    pub(crate) scrub_passes: AtomicU64,
+    pub(crate) scrub_bytes: AtomicU64,
+    pub(crate) scrub_findings: AtomicU64,
+    pub(crate) scrub_pass_nanos_last: AtomicU64,
 }
 
 /// A point-in-time view of one shard's counters.
@@ -234,6 +247,15 @@ pub struct ShardStats {
     pub key_index_keys_written: u64,
     /// See `key_index_runs_written`.
     pub key_index_write_nanos: u64,
+    /// Scrub passes finished, bytes they read, damage they found (each logged as an error),
+    /// and how long the last pass took.
+    pub scrub_passes: u64,
+    /// See `scrub_passes`.
+    pub scrub_bytes: u64,
+    /// See `scrub_passes`.
+    pub scrub_findings: u64,
+    /// See `scrub_passes`.
+    pub scrub_pass_nanos_last: u64,
 }
 
 impl ShardShared {
@@ -273,6 +295,10 @@ impl ShardShared {
             key_index_runs_written: load(&self.key_indexer.runs_written),
             key_index_keys_written: load(&self.key_indexer.entries_written),
             key_index_write_nanos: load(&self.key_indexer.write_nanos),
+            scrub_passes: load(&self.scrub_passes),
+            scrub_bytes: load(&self.scrub_bytes),
+            scrub_findings: load(&self.scrub_findings),
+            scrub_pass_nanos_last: load(&self.scrub_pass_nanos_last),
         }
     }
 }

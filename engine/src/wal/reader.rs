@@ -121,6 +121,9 @@ pub struct ScanOptions {
     /// The durable mark (`wal::mark`): the WAL must reach its LSN, and the record there must
     /// have its hash.
     pub durable_mark: Option<DurableMark>,
+    /// Read no segment after this sequence, and read the ones read as finished segments (the
+    /// scrub, which leaves the newest segment, still being written, alone).
+    pub last_segment: Option<u64>,
 }
 
 impl ScanOptions {
@@ -133,6 +136,7 @@ impl ScanOptions {
             hash_at_visit_after: None,
             visit_until: None,
             durable_mark: None,
+            last_segment: None,
         }
     }
 }
@@ -286,9 +290,27 @@ fn read_segments(
 pub fn scan<E>(
     dir: &Path,
     options: &ScanOptions,
+    visit: impl FnMut(&RecordRef<'_>) -> Result<(), E>,
+) -> Result<ScanEnd, Result<E, WalError>> {
+    scan_paced(dir, options, &mut |_| {}, visit)
+}
+
+/// Bytes a paced scan reads between two calls of its pace.
+pub const PACE_CHUNK_BYTES: usize = 1 << 20;
+
+/// `scan`, reading segments `PACE_CHUNK_BYTES` at a time and calling `pace` with the bytes read
+/// after each chunk (which may sleep to bound the read rate: the background scrub).
+pub fn scan_paced<E>(
+    dir: &Path,
+    options: &ScanOptions,
+    pace: &mut dyn FnMut(u64),
     mut visit: impl FnMut(&RecordRef<'_>) -> Result<(), E>,
 ) -> Result<ScanEnd, Result<E, WalError>> {
-    let (segments, abandoned) = read_segments(dir, options).map_err(Err)?;
+    let (mut segments, abandoned) = read_segments(dir, options).map_err(Err)?;
+    let sealed_only = options.last_segment.is_some();
+    if let Some(last) = options.last_segment {
+        segments.retain(|segment| segment.sequence <= last);
+    }
     let mut end = ScanEnd {
         last_lsn: Lsn::ZERO,
         last_hash: format::HASH_ZERO,
@@ -339,7 +361,7 @@ pub fn scan<E>(
     // One buffer for every segment: reading into fresh memory would fault in every page again.
     let mut bytes = Vec::new();
     for (index, segment) in segments.iter().enumerate().skip(start) {
-        let is_newest = index == newest_index;
+        let is_newest = index == newest_index && !sealed_only;
         let header = &segment.header;
         let corrupt = |offset: u64, lsn: Lsn, reason: String| WalError::Corrupt {
             path: segment.path.clone(),
@@ -375,8 +397,7 @@ pub fn scan<E>(
             )));
         }
         bytes.clear();
-        fs::File::open(&segment.path)
-            .and_then(|mut file| std::io::Read::read_to_end(&mut file, &mut bytes))
+        read_paced(&segment.path, &mut bytes, pace)
             .map_err(io_error(&segment.path))
             .map_err(Err)?;
         let bytes = bytes.as_slice();
@@ -581,6 +602,25 @@ pub fn scan<E>(
         }));
     }
     Ok(end)
+}
+
+/// Reads a whole file into `bytes`, `PACE_CHUNK_BYTES` at a time, calling `pace` after each.
+pub fn read_paced(
+    path: &Path,
+    bytes: &mut Vec<u8>,
+    pace: &mut dyn FnMut(u64),
+) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    loop {
+        let before = bytes.len();
+        let read = (&mut file).take(PACE_CHUNK_BYTES as u64).read_to_end(bytes)?;
+        if read == 0 {
+            return Ok(());
+        }
+        debug_assert_eq!(bytes.len() - before, read);
+        pace(read as u64);
+    }
 }
 
 fn describe(frame: format::Frame) -> String {

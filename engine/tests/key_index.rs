@@ -225,3 +225,60 @@ fn a_refunded_transfer_is_refused_to_retries_after_the_table_forgot_it() {
     assert_eq!(engine.execute(transfer), refused);
     assert_eq!(balance(&engine, &loyalty, alice), 1_000 + 2_000);
 }
+
+/// The case at full size: a retry after 10 million later writes on one shard (the table
+/// holds 2 Mi keys), after SIGKILL and restart, and after a snapshot. The writer is a child
+/// process; `KEY_INDEX_LATER_WRITES` changes the count.
+#[test]
+fn a_retry_after_ten_million_later_writes_survives_sigkill_and_a_snapshot() {
+    use std::io::{BufRead, BufReader};
+    let count: u64 = std::env::var("KEY_INDEX_LATER_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000_000);
+    let dir = scratch_dir();
+    let started = std::time::Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ledger-crash-writer"))
+        .arg(dir.path())
+        .arg("bulk")
+        .arg(count.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the writer");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let tx_id: u64 = first.strip_prefix("A 1 C ").expect("the first write").parse().unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "DONE");
+    let wrote = started.elapsed();
+    child.kill().expect("SIGKILL the writer");
+    child.wait().unwrap();
+
+    let cfg = ledger_engine::testing::crash::bulk_engine_config(dir.path());
+    let engine = Engine::open(cfg.clone()).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let retry = engine.execute(loyalty.earn(1, 7, 500));
+    let Response::Duplicate(original) = retry else { panic!("retry after {count}: {retry:?}") };
+    assert_eq!(original.tx_id.0, tx_id);
+    assert_eq!(balance(&engine, &loyalty, 7), 500);
+    assert_eq!(balance(&engine, &loyalty, 99), i128::from(count));
+    let stats = engine.stats()[0];
+    assert!(stats.idempotency_keys as u64 <= 2 * 1024 * 1024);
+    if count > 2 * 1024 * 1024 {
+        assert!(stats.key_index_hits >= 1, "answered from the key index: {stats:?}");
+    }
+    engine.snapshot_now().unwrap();
+    engine.shutdown();
+    let engine = Engine::open(cfg).unwrap();
+    assert!(engine.recovery_reports()[0].snapshot_lsn.0 > count);
+    assert_eq!(engine.execute(loyalty.earn(1, 7, 500)), Response::Duplicate(original));
+    eprintln!(
+        "{count} later writes in {wrote:?}; {} runs, {} keys on disk",
+        engine.stats()[0].key_index_runs,
+        engine.stats()[0].key_index_keys
+    );
+}
+
+/// A scratch directory on the disk (not tmpfs: the WAL of the large test is gigabytes).
+fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}

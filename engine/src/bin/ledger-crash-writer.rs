@@ -5,6 +5,10 @@
 //! must survive the kill.
 //!
 //! Usage: `ledger-crash-writer <data-dir> <round> <seed>`; keys of round `r` are `r << 32 | n`.
+//!
+//! `ledger-crash-writer <data-dir> bulk <count>` (`engine/tests/key_index.rs`): one earn of 500
+//! points for customer 7 with key 1, reported `A 1 C <tx_id>`; then `count` earns of 1 point for
+//! customer 99 (keys from 2), in batches; then `DONE`, and it waits to be killed.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -19,6 +23,12 @@ const BATCH: u64 = 48;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, dir, mode, count] = args.as_slice()
+        && mode == "bulk"
+    {
+        bulk(dir.as_ref(), count.parse().expect("count is a number"));
+        return;
+    }
     let [_, dir, round, seed] = args.as_slice() else {
         eprintln!("usage: ledger-crash-writer <data-dir> <round> <seed>");
         std::process::exit(2);
@@ -75,5 +85,28 @@ fn main() {
         .collect();
     for worker in workers {
         let _ = worker.join();
+    }
+}
+
+/// One earn under key 1, then `count` later writes on the same shard, then waits to be killed.
+fn bulk(dir: &std::path::Path, count: u64) {
+    let engine =
+        Engine::open(ledger_engine::testing::crash::bulk_engine_config(dir)).expect("engine opens");
+    let loyalty = Loyalty::define(&engine);
+    let first = engine.execute(loyalty.earn(1, 7, 500)).committed().expect("committed");
+    println!("A 1 C {}", first.tx_id.0);
+    let mut next = 2u128;
+    let end = 2 + u128::from(count);
+    while next < end {
+        let batch: Vec<_> =
+            (next..end.min(next + 8_192)).map(|key| loyalty.earn(key, 99, 1)).collect();
+        next += batch.len() as u128;
+        let responses = ledger_engine::testing::loyalty::execute_all(&engine, batch);
+        assert!(responses.iter().all(|r| matches!(r, Response::Committed(_))));
+    }
+    println!("DONE");
+    std::io::stdout().flush().expect("flush");
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
     }
 }

@@ -35,6 +35,17 @@ pub fn crash_engine_config(dir: &Path) -> EngineConfig {
     config
 }
 
+/// The engine configuration of the bulk writer (`ledger-crash-writer … bulk`): one shard, the
+/// default limits (a table of 2 Mi idempotency keys), and no snapshot but when asked.
+pub fn bulk_engine_config(dir: &Path) -> EngineConfig {
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(1);
+    config.tuning.snapshot_every_records = 0;
+    config.tuning.snapshot_every = Duration::ZERO;
+    config.tuning.snapshot_on_shutdown = false;
+    config
+}
+
 /// What one crash-test request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[expect(missing_docs, reason = "each field is named for what it holds")]

@@ -135,4 +135,17 @@ fn main() {
         "idempotency keys {keys}, evicted early {}",
         stats.iter().map(|s| s.idempotency_evicted_early).sum::<u64>()
     );
+    let sum = |field: fn(&ledger_engine::ShardStats) -> u64| stats.iter().map(field).sum::<u64>();
+    println!(
+        "key index: {} runs written ({} keys, {:.2} s writing), {} on disk; {} lookups, {} \
+         block reads; the shard waited for the indexer {} times ({:.3} s)",
+        sum(|s| s.key_index_runs_written),
+        sum(|s| s.key_index_keys_written),
+        sum(|s| s.key_index_write_nanos) as f64 / 1e9,
+        sum(|s| s.key_index_runs),
+        sum(|s| s.key_index_lookups),
+        sum(|s| s.key_index_block_reads),
+        sum(|s| s.key_index_waits),
+        sum(|s| s.key_index_wait_nanos) as f64 / 1e9,
+    );
 }

@@ -139,6 +139,13 @@ fn main() -> anyhow::Result<()> {
             rejected = stats.rejected,
             busy = stats.busy,
             snapshot_pause_last_us = stats.snapshot_pause_nanos_last / 1000,
+            key_index_runs = stats.key_index_runs,
+            key_index_hits = stats.key_index_hits,
+            key_index_waits = stats.key_index_waits,
+            key_index_wait_ms = stats.key_index_wait_nanos / 1_000_000,
+            scrub_passes = stats.scrub_passes,
+            scrub_mib = stats.scrub_bytes / (1024 * 1024),
+            scrub_findings = stats.scrub_findings,
             "shard totals"
         );
     }

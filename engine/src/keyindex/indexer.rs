@@ -158,9 +158,8 @@ impl Indexer {
     /// Writes the buffered entries as the run of `(from, through]` and hands it to the shard.
     fn cut(&mut self) -> Result<(), run::RunError> {
         let started = Instant::now();
-        let path =
-            run::write_run(&self.dir, self.identity, self.from, self.through, &mut self.buffer)
-                .map_err(|source| run::RunError::Io { path: self.dir.clone(), source })?;
+        let path = run::write_run(&self.dir, self.identity, self.from, self.through, &self.buffer)
+            .map_err(|source| run::RunError::Io { path: self.dir.clone(), source })?;
         let opened = Run::open(&path, self.identity)?;
         let entries = self.buffer.len() as u64;
         self.buffer.clear();

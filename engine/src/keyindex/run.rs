@@ -289,37 +289,54 @@ fn sort_key(entry: &KeyEntry) -> (u64, Lsn, bool) {
     (key_hash(entry.terminal, entry.key), entry.lsn, entry.mark)
 }
 
-/// Writes the run of `(from, through]` holding `entries` (sorted here) into `dir`, durably,
+/// Writes the run of `(from, through]` holding `entries` (in any order) into `dir`, durably,
 /// and returns its path. The file appears under its name only complete and fsync'd.
 pub fn write_run(
     dir: &Path,
     identity: RunIdentity,
     from: Lsn,
     through: Lsn,
-    entries: &mut [KeyEntry],
+    entries: &[KeyEntry],
 ) -> io::Result<PathBuf> {
     assert!(from <= through, "a run covers a range of the wal");
-    entries.sort_unstable_by_key(sort_key);
+    // Each key hashed once: sorting by a key computed in every comparison cost the indexer
+    // most of its time (docs/performance.md, "Key index").
+    let mut order: Vec<((u64, Lsn, bool), u32)> = entries
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| (sort_key(entry), u32::try_from(index).expect("runs are bounded")))
+        .collect();
+    order.sort_unstable();
     let blocks = entries.len().div_ceil(BLOCK_ENTRIES_MAX);
     let mut filter = Filter::for_keys(entries.len());
     let mut fences = Vec::with_capacity(blocks * 8);
-    let mut body = vec![0u8; blocks * BLOCK_BYTES as usize];
-    for (chunk, block) in
-        entries.chunks(BLOCK_ENTRIES_MAX).zip(body.chunks_exact_mut(BLOCK_BYTES as usize))
-    {
-        let first_hash = key_hash(chunk[0].terminal, chunk[0].key);
+    let path = dir.join(run_file_name(from, through));
+    let tmp = dir.join(format!("{}.tmp", run_file_name(from, through)));
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+    // Blocks go out one at a time through one buffer: a run of a million keys is 64 MiB, and
+    // allocating it whole cost more in page faults than everything else the indexer does.
+    let mut out = io::BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&[0u8; HEADER_PAGE_BYTES as usize])?;
+    let mut block = [0u8; BLOCK_BYTES as usize];
+    for chunk in order.chunks(BLOCK_ENTRIES_MAX) {
+        block.fill(0);
+        let ((first_hash, _, _), _) = chunk[0];
         fences.extend_from_slice(&first_hash.to_le_bytes());
-        put(block, BLOCK_COUNT_OFFSET, &u16::try_from(chunk.len()).expect("63").to_le_bytes());
-        put(block, BLOCK_FIRST_HASH_OFFSET, &first_hash.to_le_bytes());
-        for (index, entry) in chunk.iter().enumerate() {
+        put(&mut block, BLOCK_COUNT_OFFSET, &u16::try_from(chunk.len()).expect("63").to_le_bytes());
+        put(&mut block, BLOCK_FIRST_HASH_OFFSET, &first_hash.to_le_bytes());
+        for (index, ((hash, _, _), at_entry)) in chunk.iter().enumerate() {
             let at = BLOCK_ENTRIES_OFFSET + index * ENTRY_BYTES;
-            encode_entry(entry, &mut block[at..at + ENTRY_BYTES]);
-            filter.insert(key_hash(entry.terminal, entry.key));
+            encode_entry(&entries[*at_entry as usize], &mut block[at..at + ENTRY_BYTES]);
+            filter.insert(*hash);
         }
         let checksum = crc(&block[BLOCK_COUNT_OFFSET..]);
-        put(block, BLOCK_CRC_OFFSET, &checksum.to_le_bytes());
+        put(&mut block, BLOCK_CRC_OFFSET, &checksum.to_le_bytes());
+        out.write_all(&block)?;
     }
     let filter_bytes = filter.to_bytes();
+    out.write_all(&fences)?;
+    out.write_all(&filter_bytes)?;
+    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
     let header = RunHeader {
         identity,
         from,
@@ -332,15 +349,7 @@ pub fn write_run(
         fences_crc: crc(&fences),
         filter_crc: crc(&filter_bytes),
     };
-    let path = dir.join(run_file_name(from, through));
-    let tmp = dir.join(format!("{}.tmp", run_file_name(from, through)));
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
-    let mut page = vec![0u8; HEADER_PAGE_BYTES as usize];
-    put(&mut page, 0, &header.encode());
-    file.write_all(&page)?;
-    file.write_all(&body)?;
-    file.write_all(&fences)?;
-    file.write_all(&filter_bytes)?;
+    file.write_all_at(&header.encode(), 0)?;
     file.sync_all()?;
     drop(file);
     fs::rename(&tmp, &path)?;
@@ -581,7 +590,7 @@ mod tests {
         mark.refused = Some(RejectCode::TransferRefunded);
         mark.mark = true;
         entries.push(mark);
-        let path = write_run(dir.path(), identity(), Lsn(0), Lsn(2_000), &mut entries).unwrap();
+        let path = write_run(dir.path(), identity(), Lsn(0), Lsn(2_000), &entries).unwrap();
         assert!(path.ends_with(run_file_name(Lsn(0), Lsn(2_000))));
         let run = Run::open(&path, identity()).unwrap();
         assert_eq!(run.header().entries, 1_002);
@@ -607,8 +616,8 @@ mod tests {
     #[test]
     fn damage_is_found_when_opened_or_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut entries: Vec<KeyEntry> = (1..=200u64).map(|i| entry(1, u128::from(i), i)).collect();
-        let path = write_run(dir.path(), identity(), Lsn(10), Lsn(300), &mut entries).unwrap();
+        let entries: Vec<KeyEntry> = (1..=200u64).map(|i| entry(1, u128::from(i), i)).collect();
+        let path = write_run(dir.path(), identity(), Lsn(10), Lsn(300), &entries).unwrap();
         let original = fs::read(&path).unwrap();
         let other = RunIdentity { cluster_id: 1, ..identity() };
         assert!(matches!(Run::open(&path, other), Err(RunError::Damaged { .. })));
@@ -634,7 +643,7 @@ mod tests {
     #[test]
     fn an_empty_run_holds_its_range() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_run(dir.path(), identity(), Lsn(5), Lsn(9), &mut []).unwrap();
+        let path = write_run(dir.path(), identity(), Lsn(5), Lsn(9), &[]).unwrap();
         let run = Run::open(&path, identity()).unwrap();
         assert_eq!(
             (run.header().from, run.header().through, run.header().entries),

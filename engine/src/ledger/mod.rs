@@ -166,6 +166,15 @@ impl IdempotencyEntry {
         Committed { tx_id: self.tx_id, lsn: self.lsn, timestamp: inserted, amount: self.amount }
     }
 
+    /// How a write with `fingerprint` is answered: as a retry of this one, or a conflict.
+    fn answer(&self, fingerprint: u64, inserted: Timestamp) -> Refusal {
+        if fingerprint == self.fingerprint {
+            self.retry_answer(inserted)
+        } else {
+            Refusal::Rejected(RejectCode::IdempotencyConflict)
+        }
+    }
+
     /// The answer a retry with the same payload gets.
     fn retry_answer(&self, inserted: Timestamp) -> Refusal {
         match self.refused {
@@ -188,6 +197,11 @@ fn idempotency_memory_per_key() {
     let index_per_key = table.index_bytes() / keys;
     assert_eq!(ring_slot + index_per_key, 96, "update the documented memory per idempotency key");
 }
+
+/// How a caller that keeps older keys (the shard's key index) answers a write whose key the
+/// idempotency table has no entry for: `(terminal, key, fingerprint)` → the refusal it gets
+/// (a duplicate, a conflict…), or `None` for a fresh key.
+pub type OlderKeys<'a> = &'a mut dyn FnMut(TerminalId, IdempotencyKey, u64) -> Option<Refusal>;
 
 /// A cross-shard transfer sent by this shard and not yet settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -573,13 +587,6 @@ impl Ledger {
         self.key_events.drain(..)
     }
 
-    /// The checks of a write that come before its idempotency check (shape and registry,
-    /// reject codes 2..=12): a write refused by them is refused for that reason, whatever its
-    /// key.
-    pub fn check_shape(&self, body: &Body) -> Result<(), RejectCode> {
-        self.check_static(body)
-    }
-
     /// Transfers sent by this shard and not yet settled, in `(destination, sequence)` order.
     pub fn transfers_out(&self) -> impl Iterator<Item = (ShardId, u64, &OutboundTransfer)> {
         self.transfers_out.iter().map(|((shard, sequence), transfer)| (*shard, *sequence, transfer))
@@ -638,11 +645,7 @@ impl Ledger {
         now: Timestamp,
     ) -> Option<Refusal> {
         let (inserted, entry) = self.idempotency.get_with_time(&(terminal, key), now)?;
-        Some(if entry.fingerprint == fingerprint {
-            entry.retry_answer(inserted)
-        } else {
-            Refusal::Rejected(RejectCode::IdempotencyConflict)
-        })
+        Some(entry.answer(fingerprint, inserted))
     }
 
     /// The unsettled cross-shard transfer whose first step is `tx_id`, as its
@@ -712,6 +715,19 @@ impl Ledger {
     /// against the idempotency table. Live, a refusal means the request is answered without
     /// logging anything; at replay, any refusal means the WAL and the code disagree.
     pub fn apply(&mut self, record: &Record, fingerprint: u64) -> Result<Committed, Refusal> {
+        self.apply_with_older_keys(record, fingerprint, &mut |_, _, _| None)
+    }
+
+    /// `apply`, asking `older_keys` how a write is answered when its key is one the idempotency
+    /// table has no entry for at all: the shard passes its key index (keys the table forgot);
+    /// replay passes nothing, since every record in the WAL was a fresh key when it was
+    /// decided. The answer keeps its place in the order of checks (after shape and registry).
+    pub fn apply_with_older_keys(
+        &mut self,
+        record: &Record,
+        fingerprint: u64,
+        older_keys: OlderKeys<'_>,
+    ) -> Result<Committed, Refusal> {
         assert_eq!(record.lsn, self.lsn.next(), "records apply in lsn order");
         assert!(record.timestamp >= self.timestamp, "record timestamps never decrease");
         assert!(self.undo.is_empty());
@@ -723,7 +739,7 @@ impl Ledger {
         }
         self.check_static(&record.body)?;
         if let Some(header) = header {
-            self.check_idempotency(header, now, fingerprint)?;
+            self.check_idempotency(header, now, fingerprint, older_keys)?;
         }
         let result = match &record.body {
             Body::Transaction(tx) => self.apply_transaction(&tx.postings),
@@ -796,14 +812,22 @@ impl Ledger {
     }
 
     /// Refuses a repeated key: as a duplicate with the same payload, as a conflict otherwise.
+    /// The table decides when it has an entry for the key (inside its window or not);
+    /// otherwise `older_keys` does.
     fn check_idempotency(
         &self,
         header: &TxHeader,
         now: Timestamp,
         fingerprint: u64,
+        older_keys: OlderKeys<'_>,
     ) -> Result<(), Refusal> {
         let key = header.idempotency.expect("checked first in apply");
-        match self.remembered(header.terminal, key, fingerprint, now) {
+        let answer = match self.idempotency.lookup(&(header.terminal, key), now) {
+            Some(Ok((inserted, entry))) => Some(entry.answer(fingerprint, inserted)),
+            Some(Err(())) => None,
+            None => older_keys(header.terminal, key, fingerprint),
+        };
+        match answer {
             None => Ok(()),
             Some(refusal) => Err(refusal),
         }

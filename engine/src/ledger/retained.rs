@@ -270,6 +270,13 @@ impl<K: Hash + Eq + Copy, V: Copy> Retained<K, V> {
         self.find(key).is_some()
     }
 
+    /// The newest entry of `key` with the time it was inserted, inside its window at `now`
+    /// (`Ok`) or past it (`Err`); `None` when the table has no entry for the key. One probe.
+    pub(crate) fn lookup(&self, key: &K, now: Timestamp) -> Option<Result<(Timestamp, &V), ()>> {
+        let slot = self.slot(self.find(key)?);
+        Some(if self.live(slot.inserted, now) { Ok((slot.inserted, &slot.value)) } else { Err(()) })
+    }
+
     /// Insertions left before the next one forgets the previous generation (0: the next one
     /// does).
     pub(crate) fn inserts_before_rotation(&self) -> usize {

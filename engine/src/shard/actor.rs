@@ -129,6 +129,8 @@ pub(crate) struct ShardActor {
     indexer: Option<Sender<IndexerJob>>,
     /// Dropped to stop the scrubber.
     scrub_stop: Option<Sender<()>>,
+    /// The newest generation horizon the indexer was asked to reach ahead of time.
+    key_horizon_asked: Lsn,
 }
 
 impl ShardActor {
@@ -321,6 +323,7 @@ impl ShardActor {
             key_doorbell: doorbell_rx,
             indexer: Some(indexer_tx),
             scrub_stop: Some(scrub_stop),
+            key_horizon_asked: Lsn::ZERO,
         };
         actor.publish_key_index();
         match actor.control.recv() {
@@ -730,12 +733,13 @@ impl ShardActor {
         let record = Record { lsn, timestamp: self.now, body };
         let start = payload::encode_record(bytes, &record);
         let fingerprint = payload::fingerprint(kind, &bytes[start + format::RECORD_HEADER_BYTES..]);
-        // A key the table in memory forgot may be in the key index.
-        if keyed && let Some(answer) = self.answer_from_key_index(&record.body, fingerprint) {
-            self.batch.bytes.truncate(start);
-            return Err(answer);
-        }
-        match self.ledger.apply(&record, fingerprint) {
+        // A key the table in memory has no entry for may be in the key index.
+        let (keys, indexer, shard, now) =
+            (&mut self.keys, self.indexer.as_ref(), self.shard, self.now);
+        let mut older_keys = |terminal, key, fingerprint| {
+            keys::answer_from_key_index(keys, indexer, shard, (terminal, key, fingerprint), now)
+        };
+        match self.ledger.apply_with_older_keys(&record, fingerprint, &mut older_keys) {
             Ok(committed) => {
                 self.batch.last_lsn = lsn;
                 Ok(committed)
@@ -936,6 +940,7 @@ impl ShardActor {
             .transfers_in_flight
             .store(self.ledger.transfers_out().count() as u64, Ordering::Relaxed);
         self.send_to_writer(WriterJob::Batch(batch));
+        self.ask_for_runs_ahead();
     }
 
     fn send_to_writer(&mut self, job: WriterJob) {

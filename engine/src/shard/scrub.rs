@@ -52,6 +52,7 @@ pub(crate) struct Scrubber {
 
 /// Paces reads and notices the stop.
 struct Pacer<'a> {
+    shared: &'a ShardShared,
     rate_bytes_per_sec: u64,
     started: Instant,
     bytes: u64,
@@ -63,6 +64,7 @@ impl Pacer<'_> {
     /// Counts `bytes` read, and sleeps until reading them is within the rate.
     fn pace(&mut self, bytes: u64) {
         self.bytes += bytes;
+        self.shared.scrub_bytes.fetch_add(bytes, Ordering::Relaxed);
         if self.stopped {
             return;
         }
@@ -88,6 +90,7 @@ impl Scrubber {
             }
             let started = Instant::now();
             let mut pacer = Pacer {
+                shared: &self.shared,
                 rate_bytes_per_sec: self.rate_bytes_per_sec.max(1),
                 started,
                 bytes: 0,
@@ -100,7 +103,6 @@ impl Scrubber {
             }
             let shared = &self.shared;
             shared.scrub_passes.fetch_add(1, Ordering::Relaxed);
-            shared.scrub_bytes.fetch_add(pacer.bytes, Ordering::Relaxed);
             shared.scrub_findings.fetch_add(findings, Ordering::Relaxed);
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             shared.scrub_pass_nanos_last.store(nanos, Ordering::Relaxed);

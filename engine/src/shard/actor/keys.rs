@@ -8,16 +8,48 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
+
 use super::ShardActor;
-use crate::ids::{IdempotencyKey, Lsn, TerminalId};
-use crate::keyindex::Lookup;
+use crate::ids::{IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp};
 use crate::keyindex::indexer::IndexerJob;
+use crate::keyindex::{KeyIndex, Lookup};
 use crate::ledger::Refusal;
-use crate::ledger::record::Body;
 use crate::reject::RejectCode;
 
 /// How long the shard waits for one run before it checks for failure again.
 const RUN_WAIT_STEP: Duration = Duration::from_millis(100);
+
+/// How the key index answers a write with `(terminal, key)` and `fingerprint`, a key the
+/// shard's table has no entry for: `None` for a fresh key. A damaged run makes the answer
+/// `idempotency_unverifiable` and is sent to the indexer to be set aside.
+pub(super) fn answer_from_key_index(
+    keys: &mut KeyIndex,
+    indexer: Option<&Sender<IndexerJob>>,
+    shard: ShardId,
+    (terminal, key, fingerprint): (TerminalId, IdempotencyKey, u64),
+    now: Timestamp,
+) -> Option<Refusal> {
+    match keys.lookup(terminal, key, now) {
+        Lookup::Absent => None,
+        Lookup::Found(entry) => Some(entry.answer(fingerprint)),
+        Lookup::Unreadable(reason) => {
+            let damaged = keys.take_damaged();
+            if !damaged.is_empty() {
+                tracing::error!(
+                    shard = shard.index(),
+                    %reason,
+                    "a key index run is damaged: writes whose key may be in it are refused \
+                     until a restart rebuilds it from the wal"
+                );
+                if let Some(indexer) = indexer {
+                    let _ = indexer.send(IndexerJob::SetAside(damaged));
+                }
+            }
+            Some(Refusal::Rejected(RejectCode::IdempotencyUnverifiable))
+        }
+    }
+}
 
 impl ShardActor {
     /// How a write with `(terminal, key)` and `fingerprint` is answered because the key was
@@ -32,45 +64,13 @@ impl ShardActor {
         if self.ledger.idempotency_knows(terminal, key) {
             return self.ledger.remembered(terminal, key, fingerprint, self.now);
         }
-        match self.keys.lookup(terminal, key, self.now) {
-            Lookup::Absent => None,
-            Lookup::Found(entry) => Some(entry.answer(fingerprint)),
-            Lookup::Unreadable(reason) => {
-                let damaged = self.keys.take_damaged();
-                if !damaged.is_empty() {
-                    tracing::error!(
-                        shard = self.shard.index(),
-                        %reason,
-                        "a key index run is damaged: writes whose key may be in it are refused \
-                         until a restart rebuilds it from the wal"
-                    );
-                    if let Some(indexer) = &self.indexer {
-                        let _ = indexer.send(IndexerJob::SetAside(damaged));
-                    }
-                }
-                Some(Refusal::Rejected(RejectCode::IdempotencyUnverifiable))
-            }
-        }
-    }
-
-    /// The answer to a write of `body` whose key the table in memory has never seen but the
-    /// key index remembers; `None` to go on and apply it. The checks that come before the
-    /// idempotency check (shape, registry) keep their precedence.
-    pub(super) fn answer_from_key_index(
-        &mut self,
-        body: &Body,
-        fingerprint: u64,
-    ) -> Option<Refusal> {
-        let header = body.header()?;
-        let key = header.idempotency?;
-        if self.ledger.idempotency_knows(header.terminal, key) {
-            return None;
-        }
-        let answer = self.remembered(header.terminal, key, fingerprint)?;
-        Some(match self.ledger.check_shape(body) {
-            Err(code) => Refusal::Rejected(code),
-            Ok(()) => answer,
-        })
+        answer_from_key_index(
+            &mut self.keys,
+            self.indexer.as_ref(),
+            self.shard,
+            (terminal, key, fingerprint),
+            self.now,
+        )
     }
 
     /// Installs the runs the indexer wrote since the last call.
@@ -131,6 +131,20 @@ impl ShardActor {
             self.keys.install(run);
         }
         self.publish_key_index();
+    }
+
+    /// When the table has started a new generation since the last call, asks the indexer at
+    /// once for a run that reaches the generation that just closed: the indexer then has a
+    /// whole generation of writes to finish it before the table forgets that generation
+    /// (`ensure_runs_before_rotation` waits only if it has not).
+    pub(super) fn ask_for_runs_ahead(&mut self) {
+        let (_, horizon) = self.ledger.idempotency_rotation();
+        if horizon > self.key_horizon_asked {
+            self.key_horizon_asked = horizon;
+            if let Some(indexer) = &self.indexer {
+                let _ = indexer.send(IndexerJob::Reach { through: horizon, reply: None });
+            }
+        }
     }
 
     /// Moves the key entries of the records applied since the last batch into the batch, for

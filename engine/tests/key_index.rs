@@ -282,3 +282,28 @@ fn a_retry_after_ten_million_later_writes_survives_sigkill_and_a_snapshot() {
 fn scratch_dir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// The window outlives the WAL segments: retention deletes segments covered by snapshots, and a
+/// retry of a write whose record is gone is still answered from the runs.
+#[test]
+fn a_retry_is_answered_after_the_segments_of_its_record_were_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = clock();
+    let mut cfg = config(dir.path(), 1, &clock);
+    cfg.tuning.wal_retention = ledger_engine::WalRetention::DeleteCovered;
+    let engine = Engine::open(cfg.clone()).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let original = engine.execute(loyalty.earn(1, 7, 500)).committed().unwrap();
+    for round in 0..4u128 {
+        later_writes(&engine, &loyalty, 1_000 + round * 2_000, 2_000);
+        engine.snapshot_now().unwrap();
+    }
+    let wal = ledger_engine::recovery::ShardPaths::new(dir.path(), 0).wal;
+    let first = ledger_engine::wal::segment::list_segments(&wal).unwrap()[0].0;
+    assert!(first > 1, "retention deleted the first segments");
+    assert_eq!(engine.execute(loyalty.earn(1, 7, 500)), Response::Duplicate(original));
+    engine.shutdown();
+    let engine = Engine::open(cfg).unwrap();
+    assert_eq!(engine.execute(loyalty.earn(1, 7, 500)), Response::Duplicate(original));
+    assert_eq!(balance(&engine, &loyalty, 7), 500);
+}

@@ -207,6 +207,9 @@ impl KeyIndex {
 
     /// Starts loading the filter blocks a lookup of `(terminal, key)` reads.
     pub fn prefetch(&self, terminal: TerminalId, key: IdempotencyKey) {
+        if self.runs.is_empty() {
+            return;
+        }
         let hash = key_hash(terminal, key);
         for run in &self.runs {
             run.prefetch(hash);

@@ -24,18 +24,17 @@ use crate::ids::TxId;
 use crate::ids::{CustomerId, Lsn, ShardId, Timestamp, shard_for_customer};
 use crate::keyindex::indexer::{Indexer, IndexerJob, Mailbox};
 use crate::keyindex::run::RunIdentity;
-use crate::keyindex::{self, KEYS_DIR, KeyIndex};
+use crate::keyindex::{KEYS_DIR, KeyIndex};
 use crate::ledger::account::Namespace;
 use crate::ledger::command::HISTORY_PAGE_MAX;
 use crate::ledger::command::{Command, Committed, Operation, Query, Request, Response};
-use crate::ledger::keys::KeyEntry;
 use crate::ledger::record::{
     Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Posting, Postings, Record, Reversal,
     Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
 };
 use crate::ledger::registry::Registry;
 use crate::ledger::{Ledger, LedgerConfig, Refusal, StateCapture};
-use crate::recovery::{self, RecoveryError, RecoveryReport, ShardPaths};
+use crate::recovery::{RecoveryError, RecoveryReport, ShardPaths};
 use crate::reject::RejectCode;
 use crate::wal::writer::{IoFaults, WalIdentity, WalWriter};
 use crate::wal::{format, payload};
@@ -142,70 +141,15 @@ impl ShardActor {
             shard_count: setup.config.shard_count,
             cluster_id: setup.cluster_id,
         };
-        let retention = setup.config.idempotency_retention_nanos;
-        let keys_dir = setup.paths.root.join(KEYS_DIR);
-        let opened = match KeyIndex::open(&keys_dir, key_identity, retention) {
-            Ok(opened) => opened,
-            Err(error) => {
-                let _ = setup.recovered.send(Err(error.into()));
-                return;
-            }
-        };
-        // Refund marks of records the runs do not reach yet (entries are in the table).
-        let runs_reach = opened.index.durable_through();
-        let mut marks: Vec<KeyEntry> = Vec::new();
-        let mut keep_marks = |entry: KeyEntry, lsn: Lsn| {
-            if entry.mark && lsn > runs_reach {
-                marks.push(entry);
-            }
-        };
-        let recovered = recovery::recover_shard(
-            &setup.paths,
-            setup.config.clone(),
-            setup.cluster_id,
-            Some(&mut keep_marks),
-        );
-        let recovered = match recovered {
+        let run_entries = (setup.config.limits.idempotency_keys_max / 2).max(1);
+        let (recovered, prepared) = match keys::recover(&setup, key_identity, run_entries) {
             Ok(recovered) => recovered,
             Err(error) => {
                 let _ = setup.recovered.send(Err(error));
                 return;
             }
         };
-        let run_entries = (setup.config.limits.idempotency_keys_max / 2).max(1);
-        let prepared = keyindex::prepare(opened, &recovered.ledger, marks, |dir| {
-            keyindex::rebuild_from_wal(
-                dir,
-                &setup.paths,
-                setup.config.clone(),
-                key_identity,
-                run_entries,
-            )
-        })
-        .map_err(RecoveryError::from)
-        .and_then(|prepared| {
-            let through = prepared.index.durable_through();
-            if through > recovered.ledger.lsn() {
-                // A run is written only for durable records: the WAL lost some.
-                return Err(RecoveryError::Wal(crate::wal::reader::WalError::Gap {
-                    dir: setup.paths.wal.clone(),
-                    lsn: recovered.ledger.lsn().next(),
-                    reason: format!(
-                        "the key index holds the keys of records up to lsn {through}, which were \
-                         durable, but the wal ends at lsn {}",
-                        recovered.ledger.lsn()
-                    ),
-                }));
-            }
-            Ok(prepared)
-        });
-        let prepared = match prepared {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                let _ = setup.recovered.send(Err(error));
-                return;
-            }
-        };
+        let keys_dir = setup.paths.root.join(KEYS_DIR);
         let identity = WalIdentity {
             shard,
             shard_count: setup.config.shard_count,
@@ -576,7 +520,7 @@ impl ShardActor {
                     || (!self.ledger.idempotency_knows(terminal, key)
                         && !matches!(
                             self.keys.lookup(terminal, key, self.now),
-                            keyindex::Lookup::Absent
+                            crate::keyindex::Lookup::Absent
                         ));
                 Response::Remembered(remembered)
             }

@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-use super::ShardActor;
+use super::{ShardActor, ShardSetup};
 use crate::ids::{IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp};
 use crate::keyindex::indexer::IndexerJob;
-use crate::keyindex::{KeyIndex, Lookup};
+use crate::keyindex::run::RunIdentity;
+use crate::keyindex::{self, KEYS_DIR, KeyIndex, Lookup};
 use crate::ledger::Refusal;
+use crate::ledger::keys::KeyEntry;
+use crate::recovery::{self, Recovered, RecoveryError};
 use crate::reject::RejectCode;
+use crate::wal::reader::WalError;
 
 /// How long the shard waits for one run before it checks for failure again.
 const RUN_WAIT_STEP: Duration = Duration::from_millis(100);
@@ -49,6 +53,54 @@ pub(super) fn answer_from_key_index(
             Some(Refusal::Rejected(RejectCode::IdempotencyUnverifiable))
         }
     }
+}
+
+/// Recovers the shard (`recovery::recover_shard`) and readies its key index
+/// (`keyindex::prepare`, rebuilding runs from the WAL if some are damaged or missing). Refuses a
+/// WAL that ends before the runs do: a run holds only durable records, so the WAL lost some.
+pub(super) fn recover(
+    setup: &ShardSetup,
+    key_identity: RunIdentity,
+    run_entries: usize,
+) -> Result<(Recovered, keyindex::Prepared), RecoveryError> {
+    let retention = setup.config.idempotency_retention_nanos;
+    let opened = KeyIndex::open(&setup.paths.root.join(KEYS_DIR), key_identity, retention)?;
+    // Refund marks of records the runs do not reach yet (the entries are in the table).
+    let runs_reach = opened.index.durable_through();
+    let mut marks: Vec<KeyEntry> = Vec::new();
+    let mut keep_marks = |entry: KeyEntry, lsn: Lsn| {
+        if entry.mark && lsn > runs_reach {
+            marks.push(entry);
+        }
+    };
+    let recovered = recovery::recover_shard(
+        &setup.paths,
+        setup.config.clone(),
+        setup.cluster_id,
+        Some(&mut keep_marks),
+    )?;
+    let prepared = keyindex::prepare(opened, &recovered.ledger, marks, |dir| {
+        keyindex::rebuild_from_wal(
+            dir,
+            &setup.paths,
+            setup.config.clone(),
+            key_identity,
+            run_entries,
+        )
+    })?;
+    let through = prepared.index.durable_through();
+    if through > recovered.ledger.lsn() {
+        return Err(RecoveryError::Wal(WalError::Gap {
+            dir: setup.paths.wal.clone(),
+            lsn: recovered.ledger.lsn().next(),
+            reason: format!(
+                "the key index holds the keys of records up to lsn {through}, which were durable, \
+                 but the wal ends at lsn {}",
+                recovered.ledger.lsn()
+            ),
+        }));
+    }
+    Ok((recovered, prepared))
 }
 
 impl ShardActor {

@@ -172,6 +172,7 @@ pub(crate) struct ShardShared {
     pub(crate) scrub_passes: AtomicU64,
     pub(crate) scrub_bytes: AtomicU64,
     pub(crate) scrub_findings: AtomicU64,
+    pub(crate) scrub_findings_last: AtomicU64,
     pub(crate) scrub_pass_nanos_last: AtomicU64,
 }
 
@@ -254,6 +255,8 @@ pub struct ShardStats {
     pub scrub_bytes: u64,
     /// See `scrub_passes`.
     pub scrub_findings: u64,
+    /// Findings of the last finished pass (what is damaged now, as the last pass saw it).
+    pub scrub_findings_last: u64,
     /// See `scrub_passes`.
     pub scrub_pass_nanos_last: u64,
 }
@@ -298,6 +301,7 @@ impl ShardShared {
             scrub_passes: load(&self.scrub_passes),
             scrub_bytes: load(&self.scrub_bytes),
             scrub_findings: load(&self.scrub_findings),
+            scrub_findings_last: load(&self.scrub_findings_last),
             scrub_pass_nanos_last: load(&self.scrub_pass_nanos_last),
         }
     }

@@ -104,6 +104,7 @@ impl Scrubber {
             let shared = &self.shared;
             shared.scrub_passes.fetch_add(1, Ordering::Relaxed);
             shared.scrub_findings.fetch_add(findings, Ordering::Relaxed);
+            shared.scrub_findings_last.store(findings, Ordering::Relaxed);
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             shared.scrub_pass_nanos_last.store(nanos, Ordering::Relaxed);
             tracing::debug!(

@@ -105,11 +105,14 @@ impl DurableMark {
 /// before marks, or a mark file whose slots are both damaged, which is logged).
 pub fn read(wal_dir: &Path) -> io::Result<Option<DurableMark>> {
     let path = wal_dir.join(MARK_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(bytes) => bytes,
+    let file = match File::open(&path) {
+        Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error),
     };
+    // Two slots at most, whatever the file's size.
+    let mut bytes = Vec::with_capacity(2 * SLOT_BYTES as usize);
+    io::Read::read_to_end(&mut io::Read::take(file, 2 * SLOT_BYTES), &mut bytes)?;
     let slots = [0, SLOT_BYTES as usize]
         .map(|at| bytes.get(at..).and_then(DurableMark::decode))
         .into_iter()
@@ -201,6 +204,12 @@ mod tests {
         bytes[40] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(dir.path()).unwrap(), None);
+        // A file grown past its two slots (damage) is read no further than them.
+        let mut grown = std::fs::read(&path).unwrap();
+        grown[40] ^= 1;
+        grown.resize(4 << 20, 0xAB);
+        std::fs::write(&path, &grown).unwrap();
+        assert_eq!(read(dir.path()).unwrap().unwrap().lsn, Lsn(10));
         // A reopened writer continues the count.
         std::fs::write(&path, []).unwrap();
         let mut writer = MarkWriter::open(dir.path(), shard, 7).unwrap();

@@ -204,13 +204,12 @@ impl ShardActor {
     /// holds it.
     pub(super) fn collect_key_events(&mut self) {
         let lsn = self.ledger.lsn();
-        let events: Vec<_> = self.ledger.drain_key_events().collect();
-        for entry in &events {
+        for entry in self.ledger.drain_key_events() {
             if entry.mark {
-                self.keys.note_mark(*entry, lsn);
+                self.keys.note_mark(entry, lsn);
             }
+            self.batch.keys.push(entry);
         }
-        self.batch.keys.extend(events);
     }
 
     /// Deletes runs past the idempotency window.

@@ -280,6 +280,9 @@ pub struct Config {
     /// (`IDEMPOTENCY_WINDOW_WAL`: as long as the WAL is kept): a replay rule, like
     /// `hold_timeout_max_ms`.
     pub idempotency_window_nanos: u64,
+    /// Whether the file set `hold_timeout_max_ms` and `idempotency_window` (not defaults): an
+    /// existing directory whose own values differ is then worth a warning.
+    pub replay_rules_set: (bool, bool),
     /// The WAL's segment size and batch size.
     pub wal: WalConfig,
     /// The background scrub.
@@ -310,6 +313,10 @@ impl Config {
                 Some(text) => parse_window(text)?,
                 None => IDEMPOTENCY_WINDOW_DEFAULT,
             },
+            replay_rules_set: (
+                file.hold_timeout_max_ms.is_some(),
+                file.idempotency_window.is_some(),
+            ),
             scrub: ScrubConfig {
                 rate_mib_per_sec: file.scrub.rate_mib_per_sec.unwrap_or(16),
                 interval_secs: file.scrub.interval_secs.unwrap_or(3600),
@@ -452,6 +459,28 @@ impl Config {
             batch_records_max: self.wal.batch_records_max,
             ..ledger_engine::Limits::default()
         }
+    }
+
+    /// The replay rules this configuration sets explicitly that `meta` (an existing data
+    /// directory) overrides, one sentence each: they are fixed when a directory is created.
+    pub fn overridden_replay_rules(&self, meta: &DataDirMeta) -> Vec<String> {
+        let mut overridden = Vec::new();
+        let own_hold = meta.semantics.hold_timeout_max_nanos / 1_000_000;
+        if self.replay_rules_set.0 && own_hold != self.hold_timeout_max_ms {
+            overridden.push(format!(
+                "hold_timeout_max_ms = {} is ignored: the data directory keeps its own {own_hold}",
+                self.hold_timeout_max_ms
+            ));
+        }
+        let own_window = meta.semantics.idempotency_retention_nanos;
+        if self.replay_rules_set.1 && own_window != self.idempotency_window_nanos {
+            overridden.push(format!(
+                "idempotency_window = {:?} is ignored: the data directory keeps its own {:?}",
+                format_window(self.idempotency_window_nanos),
+                format_window(own_window)
+            ));
+        }
+        overridden
     }
 
     /// The longest hold timeout, in nanoseconds, for the engine's replay rules.
@@ -615,6 +644,39 @@ mod tests {
         assert_eq!(config.idempotency_window_nanos, IDEMPOTENCY_WINDOW_WAL);
         assert_eq!(config.engine_limits().segment_bytes, 1 << 20);
         assert!(config.to_toml(None).contains("idempotency_window = \"wal\""));
+    }
+
+    #[test]
+    fn replay_rules_set_in_the_file_that_an_existing_directory_overrides_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = DataDirMeta {
+            cluster_id: 1,
+            shard_count: 1,
+            semantics: ledger_engine::datadir::Semantics {
+                transaction_postings_max: 16,
+                idempotency_keys_max: 1024,
+                idempotency_retention_nanos: IDEMPOTENCY_WINDOW_DEFAULT,
+                holds_open_max: 16,
+                hold_timeout_max_nanos: HOLD_TIMEOUT_MAX_MS_DEFAULT * 1_000_000,
+                transfers_in_flight_max: 16,
+                history_entries_max: 16,
+            },
+        };
+        // Defaults never warn, even where the directory's own values differ from them.
+        let defaults = Config::resolve(&args(&[])).unwrap();
+        let mut other = meta;
+        other.semantics.idempotency_retention_nanos = IDEMPOTENCY_WINDOW_WAL;
+        other.semantics.hold_timeout_max_nanos = 5_000_000;
+        assert!(defaults.overridden_replay_rules(&other).is_empty());
+        // Values set in the file and equal to the directory's do not either.
+        let file = dir.path().join("rules.toml");
+        std::fs::write(&file, "idempotency_window = \"wal\"\nhold_timeout_max_ms = 5\n").unwrap();
+        let config = Config::resolve(&args(&["--config", file.to_str().unwrap()])).unwrap();
+        assert!(config.overridden_replay_rules(&other).is_empty());
+        let overridden = config.overridden_replay_rules(&meta);
+        assert_eq!(overridden.len(), 2, "{overridden:?}");
+        assert!(overridden[0].starts_with("hold_timeout_max_ms = 5 is ignored"), "{overridden:?}");
+        assert!(overridden[1].contains("\"wal\" is ignored") && overridden[1].contains("\"1d\""));
     }
 
     #[test]

@@ -67,6 +67,11 @@ fn main() -> anyhow::Result<()> {
         Arc::new(Engine::open(engine_config).with_context(|| {
             format!("cannot open data directory {}", config.data_dir.display())
         })?);
+    if let Ok(meta) = ledger_engine::datadir::read_meta(&config.data_dir) {
+        for overridden in config.overridden_replay_rules(&meta) {
+            tracing::warn!("{overridden} (fixed when the directory was created)");
+        }
+    }
     let definitions =
         bootstrap::define_defaults(&engine).context("cannot define the default assets")?;
     let credentials = credentials::load_or_create(&config)?;

@@ -4,6 +4,7 @@
 //! # Layout
 //! - `ids`, `amount`, `limits`, `reject`: the vocabulary (newtypes, money, bounds, error codes).
 //! - `ledger`: the state machine of one shard. No I/O, no threads, no clock.
+//! - `loyalty`: the loyalty programme the state machine runs: rules, pricing, calendar.
 //! - `wal`: segment and record format, writer (group commit), checked reader, durable mark.
 //! - `keyindex`: the idempotency keys the shards forgot in memory, kept on disk for the window.
 //! - `snapshot`: snapshot files.
@@ -29,6 +30,7 @@ pub mod ids;
 pub mod keyindex;
 pub mod ledger;
 pub mod limits;
+pub mod loyalty;
 mod prefetch;
 pub mod recovery;
 pub mod reject;

@@ -3,7 +3,9 @@
 //!
 //! - every Rust file starts with a `//!` module doc;
 //! - no `dbg!`, `todo!`, `unimplemented!` or FIXME in code;
-//! - the state machine (`engine/src/ledger/`) reads no clock and does no I/O;
+//! - the state machine (`engine/src/ledger/`) and the loyalty programme (`engine/src/loyalty/`,
+//!   but for its rule file reader) read no clock and do no I/O;
+//! - no `f32`/`f64` in the state machine, the loyalty programme, the WAL or snapshots;
 //! - the dependency arrows hold: `engine` links no tokio, axum or postgres; `protocol` links
 //!   neither `engine` nor `server`; `wal-tools` does not link `ledger-server`; nothing depends
 //!   on `ledger-server`;
@@ -82,7 +84,12 @@ fn the_state_machine_reads_no_clock_and_does_no_io() {
     let banned = ["SystemTime", "Instant", "std::fs", "std::net", "std::thread", "std::io::"];
     let mut found = Vec::new();
     for path in rust_files() {
-        if !relative(&path).starts_with("engine/src/ledger/") {
+        let file = relative(&path);
+        // The rule file reader is the loyalty programme's one edge: it reads the operator's file.
+        let pure = file.starts_with("engine/src/ledger/")
+            || (file.starts_with("engine/src/loyalty/")
+                && file != "engine/src/loyalty/rules_file.rs");
+        if !pure {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -96,6 +103,33 @@ fn the_state_machine_reads_no_clock_and_does_no_io() {
         }
     }
     assert!(found.is_empty(), "the ledger state machine must stay pure: {found:#?}");
+}
+
+/// Money, points and rates are integers: no float type appears in the state machine, the
+/// loyalty programme, the WAL or snapshots (`clippy::float_arithmetic` is denied as well, but a
+/// float can be carried without arithmetic).
+#[test]
+fn no_floats_where_money_is_computed() {
+    let mut found = Vec::new();
+    for path in rust_files() {
+        let file = relative(&path);
+        let money =
+            ["engine/src/ledger/", "engine/src/loyalty/", "engine/src/wal/", "engine/src/snapshot"]
+                .iter()
+                .any(|prefix| file.starts_with(prefix));
+        if !money {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (number, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let words = code.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+            if words.clone().any(|word| word == "f32" || word == "f64") {
+                found.push(format!("{file}:{}: {}", number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "floats where money is computed: {found:#?}");
 }
 
 /// The `[dependencies]` of a crate's manifest, by name.

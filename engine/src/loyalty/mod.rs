@@ -1,0 +1,23 @@
+//! The loyalty programme inside the engine: earning rules and how a purchase is priced by them.
+//! Pure and deterministic like `ledger/`: no I/O (except `rules_file::read`, the operator's
+//! file), no clock, no floats; time comes from the record being priced.
+//! Docs: docs/loyalty.md.
+//!
+//! - `decimal`: exact multipliers and percentages (`Ratio`, ten-thousandths).
+//! - `calendar`: UTC days, months and lot expiry dates from timestamps.
+//! - `rules`: the rule set and its checks.
+//! - `pricing`: a basket priced component by component (`price`, `Breakdown`).
+//! - `rules_file`: rule files (TOML) with errors by line.
+
+pub mod calendar;
+pub mod decimal;
+pub mod pricing;
+pub mod rules;
+pub mod rules_file;
+
+pub use decimal::Ratio;
+pub use pricing::{BasketError, Breakdown, CapsUsed, Line, Lines, price};
+pub use rules::{RuleError, RuleSet};
+
+#[cfg(test)]
+mod tests;

@@ -17,15 +17,17 @@ use crossbeam_channel::{Sender, TrySendError, bounded};
 
 use crate::clock::{Clock, SystemClock};
 use crate::datadir::{DataDir, DataDirError, Semantics};
-use crate::ids::{CustomerId, Lsn, ShardId, TxId, shard_for_customer};
+use crate::ids::{CustomerId, Lsn, ShardId, Timestamp, TxId, shard_for_customer};
 use crate::ledger::account::{
     Account, AccountAddress, AccountFlags, AccountId, AssetId, ClassId, Name, Namespace,
 };
 use crate::ledger::command::{Command, Operation, Query, Response};
-use crate::ledger::record::{AssetDefine, Body, ClassDefine};
+use crate::ledger::record::{AssetDefine, Body, ClassDefine, RulesDefine};
 use crate::ledger::registry::Registry;
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::limits::{Limits, LimitsError};
+use crate::loyalty::RuleSet;
+use crate::loyalty::programme::{Programme, ProgrammeAccounts, RulesVersion};
 use crate::recovery::{RecoveryError, RecoveryReport, ShardPaths};
 use crate::reject::RejectCode;
 use crate::shard::{
@@ -165,6 +167,10 @@ pub struct Engine {
     shard_count: u16,
     data_dir: DataDir,
     registry: RwLock<Registry>,
+    /// The loyalty programme's rule versions, as shard 0's would be (each shard decides with
+    /// its own; they differ only in when an "at once" version took effect).
+    programme: RwLock<Programme>,
+    clock: Arc<dyn Clock>,
     /// Serialises definitions, so every shard sees them in the same order.
     define_lock: Mutex<()>,
     closed: AtomicBool,
@@ -244,14 +250,16 @@ impl Engine {
 
         let mut reports = Vec::with_capacity(shards_usize);
         let mut registries = Vec::with_capacity(shards_usize);
+        let mut programmes = Vec::with_capacity(shards_usize);
         let mut failure = None;
         for (index, receiver) in recovered_receivers.iter().enumerate() {
             let index = u16::try_from(index).expect("bounded");
             // A shard thread that dies drops its sender, which ends this wait.
             match receiver.recv() {
-                Ok(Ok((report, registry))) => {
+                Ok(Ok((report, registry, programme))) => {
                     reports.push(report);
                     registries.push(registry);
+                    programmes.push(programme);
                 }
                 Ok(Err(error)) => {
                     failure.get_or_insert(OpenError::Recovery { shard: index, error });
@@ -263,9 +271,9 @@ impl Engine {
         }
         let reconciled = match failure {
             Some(error) => Err(error),
-            None => reconcile(&registries),
+            None => reconcile(&registries, &programmes),
         };
-        let (reference, missing) = match reconciled {
+        let (reference, programme, missing) = match reconciled {
             Ok(result) => result,
             Err(error) => {
                 for shard in &mut shards {
@@ -294,6 +302,8 @@ impl Engine {
             shard_count,
             data_dir,
             registry: RwLock::new(reference),
+            programme: RwLock::new(programme),
+            clock: Arc::clone(&config.clock),
             define_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
             recovery_reports: reports,
@@ -463,6 +473,74 @@ impl Engine {
         Ok(id)
     }
 
+    /// A copy of the programme's rule versions.
+    pub fn programme(&self) -> Programme {
+        self.programme.read().expect("programme lock").clone()
+    }
+
+    /// Records a new version of the programme's rules on every shard, effective at
+    /// `effective_at` (`None`: at once), unless it would change nothing: with no effective time,
+    /// rules and accounts equal to the version in force; with one, a version already asked for
+    /// at that time with the same content. Returns the version and whether it is new.
+    ///
+    /// Refused (nothing recorded): invalid rules, accounts of the wrong kinds, an effective time
+    /// in the past, or one another version already takes effect at.
+    pub fn define_rules(
+        &self,
+        rules: RuleSet,
+        accounts: ProgrammeAccounts,
+        effective_at: Option<Timestamp>,
+    ) -> Result<(u32, bool), DefineError> {
+        let _guard = self.define_lock.lock().expect("define lock");
+        rules.validate().map_err(|error| DefineError::Conflict(error.to_string()))?;
+        let now = self.clock.now();
+        let body = {
+            let programme = self.programme.read().expect("programme lock");
+            let same =
+                |version: &RulesVersion| version.accounts == accounts && *version.rules == rules;
+            match effective_at {
+                None => {
+                    if let Some(version) = programme.in_force(now).filter(|v| same(v)) {
+                        return Ok((version.version, false));
+                    }
+                }
+                Some(at) => {
+                    if let Some(version) =
+                        programme.versions().iter().find(|v| v.requested_at == at)
+                    {
+                        return if same(version) {
+                            Ok((version.version, false))
+                        } else {
+                            Err(DefineError::Conflict(format!(
+                                "version {} already takes effect at {}",
+                                version.version,
+                                crate::loyalty::calendar::rfc3339(at)
+                            )))
+                        };
+                    }
+                    if at < now {
+                        return Err(DefineError::Conflict(format!(
+                            "effective time {} is in the past",
+                            crate::loyalty::calendar::rfc3339(at)
+                        )));
+                    }
+                }
+            }
+            let requested = effective_at.unwrap_or(Timestamp(0));
+            let registry = self.registry.read().expect("registry lock");
+            let version = programme.next_version();
+            programme.check_define(version, requested, &accounts, &rules, &registry).map_err(
+                |code| {
+                    DefineError::Conflict(format!("the programme's accounts are refused: {code}"))
+                },
+            )?;
+            RulesDefine { version, effective_at: requested, accounts, rules: Arc::new(rules) }
+        };
+        let version = body.version;
+        self.broadcast_definition(Body::RulesDefine(body))?;
+        Ok((version, true))
+    }
+
     fn broadcast_definition(&self, body: Body) -> Result<(), DefineError> {
         let mut replies = Vec::with_capacity(self.shards.len());
         for (index, shard) in self.shards.iter().enumerate() {
@@ -499,6 +577,16 @@ impl Engine {
                 asset: define.asset,
                 flags: define.flags,
             }),
+            Body::RulesDefine(define) => {
+                self.programme.write().expect("programme lock").define(
+                    define.version,
+                    define.effective_at,
+                    define.accounts,
+                    define.rules,
+                    self.clock.now(),
+                );
+                Ok(())
+            }
             _ => unreachable!("only definitions are broadcast"),
         };
         applied.expect("the engine's registry mirrors the shards'");
@@ -645,7 +733,15 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
 /// Checks that every shard's registry is a prefix of the longest one and returns, per shard,
 /// the definitions it misses. A crash during a definition leaves some shards without it; any
 /// other difference means the shards were not written by the same history.
-fn reconcile(registries: &[Registry]) -> Result<(Registry, Vec<Vec<Body>>), OpenError> {
+fn reconcile(
+    registries: &[Registry],
+    programmes: &[Programme],
+) -> Result<(Registry, Programme, Vec<Vec<Body>>), OpenError> {
+    let programme = programmes
+        .iter()
+        .max_by_key(|programme| programme.versions().len())
+        .cloned()
+        .unwrap_or_default();
     let reference = registries
         .iter()
         .max_by_key(|registry| (registry.assets().len(), registry.classes().len()))
@@ -678,9 +774,30 @@ fn reconcile(registries: &[Registry]) -> Result<(Registry, Vec<Vec<Body>>), Open
                 flags: class.flags,
             }));
         }
+        // Rule versions come after: they name classes, which are all defined by now.
+        let own = programmes.get(index).map_or(&[][..], Programme::versions);
+        let same = |a: &RulesVersion, b: &RulesVersion| {
+            (a.version, a.requested_at, a.accounts, &a.rules)
+                == (b.version, b.requested_at, b.accounts, &b.rules)
+        };
+        if own.len() > programme.versions().len()
+            || !own.iter().zip(programme.versions()).all(|(a, b)| same(a, b))
+        {
+            return Err(OpenError::RegistryDiverged(format!(
+                "shard {index}'s rule versions are not a prefix of the most complete shard's"
+            )));
+        }
+        for version in &programme.versions()[own.len()..] {
+            bodies.push(Body::RulesDefine(RulesDefine {
+                version: version.version,
+                effective_at: version.requested_at,
+                accounts: version.accounts,
+                rules: Arc::clone(&version.rules),
+            }));
+        }
         missing.push(bodies);
     }
-    Ok((reference, missing))
+    Ok((reference, programme, missing))
 }
 
 /// A sink that waits for exactly one answer.
@@ -733,4 +850,57 @@ pub fn replay_shard_offline(
     };
     crate::recovery::replay_wal(&paths.wal, &mut ledger, &options, None)?;
     Ok(ledger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loyalty::programme::ProgrammeAccounts;
+
+    fn programme(versions: &[(u32, u64)]) -> Programme {
+        let accounts = ProgrammeAccounts {
+            points: ClassId(1),
+            issuance: ClassId(2),
+            breakage: ClassId(3),
+            cashback: None,
+        };
+        let mut programme = Programme::default();
+        for (points, requested) in versions {
+            let version = programme.next_version();
+            let rules = Arc::new(RuleSet::flat(*points, 100));
+            // Each shard stamps an "at once" version with its own record time.
+            let now = Timestamp(1_000 + u64::from(version));
+            programme.define(version, Timestamp(*requested), accounts, rules, now);
+        }
+        programme
+    }
+
+    /// A crash while a rule version was being recorded leaves it on some shards only: start-up
+    /// hands the others the versions they miss, in order, after any missing definitions.
+    #[test]
+    fn shards_missing_rule_versions_get_them_at_start_up() {
+        let registries = vec![Registry::default(); 3];
+        let full = programme(&[(1, 0), (2, 5_000)]);
+        let programmes = vec![full.clone(), programme(&[(1, 0)]), Programme::default()];
+        let (_, reference, missing) = reconcile(&registries, &programmes).unwrap();
+        assert_eq!(reference, full);
+        let versions = |bodies: &Vec<Body>| {
+            bodies
+                .iter()
+                .map(|body| match body {
+                    Body::RulesDefine(define) => (define.version, define.effective_at.0),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(versions(&missing[0]), []);
+        assert_eq!(versions(&missing[1]), [(2, 5_000)]);
+        assert_eq!(versions(&missing[2]), [(1, 0), (2, 5_000)]);
+        // Shards whose versions differ were not written by one history: start-up refuses.
+        let diverged = vec![full, programme(&[(3, 0)]), Programme::default()];
+        assert!(matches!(
+            reconcile(&registries, &diverged),
+            Err(OpenError::RegistryDiverged(message)) if message.contains("rule versions")
+        ));
+    }
 }

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use ledger_engine::clock::ManualClock;
 use ledger_engine::engine::{ledger_config, replay_shard_offline};
 use ledger_engine::ledger::record::{Body, RecordKind};
+use ledger_engine::loyalty::RuleSet;
 use ledger_engine::recovery::ShardPaths;
-use ledger_engine::testing::loyalty::{Loyalty, execute_all};
+use ledger_engine::testing::loyalty::{Loyalty, example_rules, execute_all};
 use ledger_engine::wal::reader::{self, ScanOptions};
 use ledger_engine::{
     CustomerId, Engine, EngineConfig, Limits, Lsn, RejectCode, Response, ShardId, Timestamp, TxId,
@@ -408,4 +409,55 @@ fn version_5_files_still_decode_to_the_same_history() {
     assert!(engine.stats()[0].key_index_hits > 0);
     let Response::Account(view) = engine.execute(loyalty.balance_query(5)) else { panic!() };
     assert_eq!(view.counters.balance_posted(), 300);
+}
+
+/// The history the v6 fixture holds (WAL format 4, snapshot format 6): the v4 writes, the
+/// programme's classes, rule version 1 (flat, at once) and version 2 (the example rules of
+/// docs/loyalty.md, scheduled a day later); a snapshot; one more earn.
+fn write_fixture_v6(dir: &Path) {
+    let (engine, clock) = new_fixture_engine(dir, 1);
+    let loyalty = Loyalty::define(&engine);
+    let writes = v4_writes(&engine, &loyalty);
+    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    let accounts = loyalty.define_programme(&engine);
+    engine.define_rules(RuleSet::flat(1, 100), accounts, None).unwrap();
+    let tomorrow = Timestamp((1_767_225_600 + 86_400) * SECOND);
+    engine.define_rules(example_rules(), accounts, Some(tomorrow)).unwrap();
+    engine.snapshot_now().unwrap();
+    clock.advance(SECOND);
+    engine.execute(loyalty.earn(9, 42, 5));
+    engine.shutdown();
+}
+
+#[test]
+fn version_6_files_still_decode_to_the_same_history() {
+    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        write_fixture_v6(&dir);
+        eprintln!("fixture written to {}", dir.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ledger_engine::testing::copy_dir(&fixture(6), dir.path()).unwrap();
+    let mut kinds = Vec::new();
+    reader::scan(&ShardPaths::new(dir.path(), 0).wal, &ScanOptions::all(), |record| {
+        record.decode().unwrap();
+        kinds.push(record.kind);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    use RecordKind::*;
+    let programme = [ClassDefine, AssetDefine, ClassDefine, ClassDefine, RulesDefine, RulesDefine];
+    assert_eq!(kinds[11..], [&programme[..], &[Transaction][..]].concat());
+
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    assert_eq!(engine.recovery_reports()[0].snapshot_lsn, Lsn(17), "from the v6 snapshot");
+    let versions = engine.programme();
+    let versions = versions.versions();
+    assert_eq!(versions.len(), 2);
+    assert_eq!(*versions[0].rules, RuleSet::flat(1, 100));
+    assert_eq!(*versions[1].rules, example_rules());
+    assert_eq!(versions[1].effective_at, Timestamp((1_767_225_600 + 86_400) * SECOND));
+    let loyalty = Loyalty::define(&engine);
+    let retried = v4_writes(&engine, &loyalty);
+    assert_eq!(retried.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
 }

@@ -22,7 +22,7 @@ fn block_after(document: &str, heading: &str, language: &str) -> String {
 fn the_example_rule_file_prices_every_worked_example_as_documented() {
     let document = document();
     let rules =
-        parse(&block_after(&document, "## Rule files", "toml")).expect("the example parses");
+        parse(&block_after(&document, "## Rule files", "toml")).expect("the example parses").rules;
     assert_eq!(rules.categories.len(), 5);
     assert_eq!(rules.promotions.len(), 2);
     assert_eq!(rules.tiers.len(), 4);

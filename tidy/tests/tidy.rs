@@ -217,7 +217,7 @@ fn every_reject_code_and_record_kind_is_documented() {
         .filter(|line| line.trim().starts_with("RecordKind::") && line.contains("=> \""))
         .filter_map(|line| line.split('"').nth(1))
         .collect();
-    assert_eq!(kinds.len(), 11, "{kinds:?}");
+    assert!(kinds.len() >= 12, "{kinds:?}");
     let missing: Vec<&&str> =
         kinds.iter().filter(|kind| !wal_format.contains(&format!("`{kind}`"))).collect();
     assert!(missing.is_empty(), "record kinds missing from docs/wal-format.md: {missing:?}");

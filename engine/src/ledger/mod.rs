@@ -33,8 +33,8 @@ use self::command::{AccountView, Committed, HoldView};
 use self::history::{History, HistoryEntry, NO_ENTRY};
 use self::keys::KeyEntry;
 use self::record::{
-    Body, Posting, Postings, Record, Reversal, TransferIn, TransferOut, TransferSettle, TxHeader,
-    TxKind,
+    Body, Posting, Postings, Record, Reversal, RulesDefine, TransferIn, TransferOut,
+    TransferSettle, TxHeader, TxKind,
 };
 use self::registry::{AssetDef, ClassDef, Registry};
 use self::retained::Retained;
@@ -44,6 +44,7 @@ use crate::ids::{
     IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId, TxIdGenerator, shard_for_customer,
 };
 use crate::limits::Limits;
+use crate::loyalty::programme::Programme;
 use crate::reject::RejectCode;
 
 type Hasher = foldhash::fast::RandomState;
@@ -355,6 +356,8 @@ pub struct Ledger {
     transfers_in_refused: BTreeSet<(ShardId, u64)>,
     /// Recent postings of customer accounts (history, reversal).
     history: History,
+    /// The loyalty programme's rule versions.
+    programme: Programme,
     /// Scratch: the undo log of the record being applied. Empty between records.
     undo: Vec<Undo>,
     /// Scratch: history entries of the record being applied, appended when it commits.
@@ -421,6 +424,7 @@ impl PartialEq for Ledger {
             && self.transfers_in_last == other.transfers_in_last
             && self.transfers_in_refused == other.transfers_in_refused
             && self.history == other.history
+            && self.programme == other.programme
             && self.accounts.iter().all(|(id, _)| self.history_head(id) == other.history_head(id))
     }
 }
@@ -449,6 +453,7 @@ impl Ledger {
             transfers_in_last: vec![0; shards],
             transfers_in_refused: BTreeSet::new(),
             history: History::new(config.limits.history_entries_max),
+            programme: Programme::default(),
             undo: Vec::new(),
             history_pending: Vec::new(),
             moved: 0,
@@ -457,6 +462,41 @@ impl Ledger {
             key_events_on: false,
             config,
         }
+    }
+
+    /// The loyalty programme's rule versions.
+    pub fn programme(&self) -> &Programme {
+        &self.programme
+    }
+
+    /// Restores the programme a snapshot holds (`state_codec`).
+    pub(crate) fn programme_mut(&mut self) -> &mut Programme {
+        &mut self.programme
+    }
+
+    /// Records a rule version: checked whole first, then added (nothing to undo).
+    fn apply_rules_define(
+        &mut self,
+        define: &RulesDefine,
+        now: Timestamp,
+    ) -> Result<(), RejectCode> {
+        self.programme
+            .check_define(
+                define.version,
+                define.effective_at,
+                &define.accounts,
+                &define.rules,
+                &self.registry,
+            )
+            .map_err(|refused| refused.code)?;
+        self.programme.define(
+            define.version,
+            define.effective_at,
+            define.accounts,
+            std::sync::Arc::clone(&define.rules),
+            now,
+        );
+        Ok(())
     }
 
     /// The configuration.
@@ -773,6 +813,7 @@ impl Ledger {
                 asset: define.asset,
                 flags: define.flags,
             }),
+            Body::RulesDefine(define) => self.apply_rules_define(define, now),
         };
         if let Err(code) = result {
             self.rollback();

@@ -6,11 +6,14 @@
 //! of each body is in `wal::payload` and specified in docs/wal-format.md.
 
 use std::fmt;
+use std::sync::Arc;
 
 use super::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
 use crate::amount::Amount;
 use crate::ids::{IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId};
 use crate::limits::RECEIPT_BYTES_MAX;
+use crate::loyalty::programme::ProgrammeAccounts;
+use crate::loyalty::rules::RuleSet;
 use crate::reject::RejectCode;
 
 /// The business meaning of a transaction. Values are stable; unknown values read from a newer
@@ -300,6 +303,20 @@ pub struct ClassDefine {
     pub flags: AccountFlags,
 }
 
+/// A version of the loyalty programme's rules (docs/loyalty.md, "Rule versions"), recorded
+/// on every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesDefine {
+    /// The version's number: the next one.
+    pub version: u32,
+    /// The effective time asked for; 0 for "at once" (each shard's record time).
+    pub effective_at: Timestamp,
+    /// The classes the programme posts to.
+    pub accounts: ProgrammeAccounts,
+    /// The rules, checked.
+    pub rules: Arc<RuleSet>,
+}
+
 /// The body of one WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -325,6 +342,8 @@ pub enum Body {
     AssetDefine(AssetDefine),
     /// An account class was defined.
     ClassDefine(ClassDefine),
+    /// A rule version of the loyalty programme was recorded.
+    RulesDefine(RulesDefine),
 }
 
 /// The kind field of a record frame (docs/wal-format.md, "Record kinds").
@@ -353,6 +372,8 @@ pub enum RecordKind {
     AssetDefine = 16,
     /// `Body::ClassDefine`.
     ClassDefine = 17,
+    /// `Body::RulesDefine` (format version 4).
+    RulesDefine = 18,
 }
 
 impl RecordKind {
@@ -370,6 +391,7 @@ impl RecordKind {
             9 => RecordKind::Reversal,
             16 => RecordKind::AssetDefine,
             17 => RecordKind::ClassDefine,
+            18 => RecordKind::RulesDefine,
             _ => return None,
         })
     }
@@ -388,6 +410,7 @@ impl RecordKind {
             RecordKind::Reversal => "reversal",
             RecordKind::AssetDefine => "asset_define",
             RecordKind::ClassDefine => "class_define",
+            RecordKind::RulesDefine => "rules_define",
         }
     }
 }
@@ -407,6 +430,7 @@ impl Body {
             Body::Reversal(_) => RecordKind::Reversal,
             Body::AssetDefine(_) => RecordKind::AssetDefine,
             Body::ClassDefine(_) => RecordKind::ClassDefine,
+            Body::RulesDefine(_) => RecordKind::RulesDefine,
         }
     }
 
@@ -423,7 +447,8 @@ impl Body {
             | Body::TransferIn(_)
             | Body::TransferSettle(_)
             | Body::AssetDefine(_)
-            | Body::ClassDefine(_) => None,
+            | Body::ClassDefine(_)
+            | Body::RulesDefine(_) => None,
         }
     }
 
@@ -433,7 +458,7 @@ impl Body {
             Body::HoldExpire(expire) => Some(expire.id),
             Body::TransferIn(transfer) => Some(transfer.id),
             Body::TransferSettle(settle) => Some(settle.id),
-            Body::AssetDefine(_) | Body::ClassDefine(_) => None,
+            Body::AssetDefine(_) | Body::ClassDefine(_) | Body::RulesDefine(_) => None,
             _ => self.header().map(|header| header.id),
         }
     }

@@ -70,6 +70,7 @@ pub struct StateCapture {
     transfers_in_refused: Vec<(ShardId, u64)>,
     history_first: u64,
     history: Vec<HistoryEntry>,
+    programme: crate::loyalty::programme::Programme,
 }
 
 /// Bytes of an encoded history entry.
@@ -107,6 +108,7 @@ impl StateCapture {
             transfers_in_refused: Vec::new(),
             history_first: 0,
             history: Vec::new(),
+            programme: crate::loyalty::programme::Programme::default(),
         }
     }
 
@@ -183,8 +185,8 @@ impl StateCapture {
     /// The encoding of snapshot format `version` (1: without the history section; 2: without
     /// refunds in the idempotency entries and the origin of transfers; 3: without the amount of
     /// each remembered write; 4: without what the key index needs: the LSN forgotten through
-    /// and each unsettled transfer's fingerprint and time), so that tools can compare an old
-    /// snapshot with a replayed state.
+    /// and each unsettled transfer's fingerprint and time; 5: without the loyalty programme),
+    /// so that tools can compare an old snapshot with a replayed state.
     pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
         self.holds.sort_unstable_by_key(|(id, _)| *id);
@@ -301,6 +303,18 @@ impl StateCapture {
             encoder.u8(entry.postings);
             encoder.u64(entry.previous);
         }
+        if version < 6 {
+            return;
+        }
+        let versions = self.programme.versions();
+        encoder.u32(u32::try_from(versions.len()).expect("at most RULE_VERSIONS_MAX"));
+        for version in versions {
+            encoder.u32(version.version);
+            encoder.u64(version.requested_at.0);
+            encoder.u64(version.effective_at.0);
+            crate::loyalty::codec::encode_accounts(&mut encoder, &version.accounts);
+            crate::loyalty::codec::encode_rules(&mut encoder, &version.rules);
+        }
     }
 }
 
@@ -339,6 +353,7 @@ impl Ledger {
         capture.history_first =
             history.peek().map_or(self.history.next_sequence(), |(sequence, _)| *sequence);
         capture.history.extend(history.map(|(_, entry)| *entry));
+        capture.programme.clone_from(&self.programme);
     }
 
     /// A copy of the state for a snapshot.
@@ -590,9 +605,36 @@ impl Ledger {
         if version >= 2 {
             decode_history(&mut decoder, &mut ledger)?;
         }
+        if version >= 6 {
+            decode_programme(&mut decoder, &mut ledger)?;
+        }
         decoder.finish()?;
         Ok(ledger)
     }
+}
+
+/// Reads the programme section: every rule version, in version order.
+fn decode_programme(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), DecodeError> {
+    use crate::loyalty::programme::{RULE_VERSIONS_MAX, RulesVersion};
+    let count = decoder.count("rule version count", RULE_VERSIONS_MAX)?;
+    for _ in 0..count {
+        let version = decoder.u32("rule version")?;
+        let requested_at = Timestamp(decoder.u64("rule requested at")?);
+        let effective_at = Timestamp(decoder.u64("rule effective at")?);
+        let accounts = crate::loyalty::codec::decode_accounts(decoder)?;
+        let rules = crate::loyalty::codec::decode_rules(decoder)?;
+        ledger
+            .programme_mut()
+            .restore(RulesVersion {
+                version,
+                requested_at,
+                effective_at,
+                accounts,
+                rules: std::sync::Arc::new(rules),
+            })
+            .map_err(|field| DecodeError::Invalid { field, value: u128::from(version) })?;
+    }
+    Ok(())
 }
 
 /// Fills in what older snapshots did not record of the unsettled transfers, from the

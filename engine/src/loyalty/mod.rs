@@ -8,10 +8,14 @@
 //! - `rules`: the rule set and its checks.
 //! - `pricing`: a basket priced component by component (`price`, `Breakdown`).
 //! - `rules_file`: rule files (TOML) with errors by line.
+//! - `codec`: the byte form of a rule set (WAL record and snapshot).
+//! - `programme`: the recorded rule versions and which is in force when.
 
 pub mod calendar;
+pub mod codec;
 pub mod decimal;
 pub mod pricing;
+pub mod programme;
 pub mod rules;
 pub mod rules_file;
 

@@ -30,6 +30,10 @@ pub const BASE_PER_MINOR_UNITS_MAX: u64 = 1_000_000_000_000;
 /// The largest amount a rule states in points or minor units (minimum spend, caps, thresholds,
 /// bonuses, flat cashback): 10^15.
 pub const RULE_AMOUNT_MAX: u64 = 1_000_000_000_000_000;
+/// Bytes of an encoded rule set (`loyalty::codec`): a rule version is one WAL record, at most
+/// `RECORD_BYTES_MAX` (4 KiB) with its frame and the version's own fields. A rule set of 20
+/// categories, 4 tiers and 8 promotions with 12-byte names takes about 2 KiB.
+pub const RULES_BYTES_MAX: usize = 3_968;
 /// The longest life of a lot and the longest tier window, in months (10 years).
 pub const MONTHS_MAX: u8 = 120;
 
@@ -200,6 +204,8 @@ pub enum RuleItem {
     Cashback,
     /// The lot lives.
     Expiry,
+    /// The rule set as a whole (its encoded size).
+    Whole,
 }
 
 impl fmt::Display for RuleItem {
@@ -214,6 +220,7 @@ impl fmt::Display for RuleItem {
             RuleItem::Caps => f.write_str("caps"),
             RuleItem::Cashback => f.write_str("cashback"),
             RuleItem::Expiry => f.write_str("expiry"),
+            RuleItem::Whole => f.write_str("the rule set"),
         }
     }
 }
@@ -383,6 +390,13 @@ impl RuleSet {
                 format!("{what} points live {months} months: must be 1..={MONTHS_MAX}")
             })?;
         }
+        let bytes = super::codec::encoded_len(self);
+        check(bytes <= RULES_BYTES_MAX, RuleItem::Whole, || {
+            format!(
+                "it takes {bytes} bytes encoded, above the {RULES_BYTES_MAX} one WAL record \
+                 holds: use fewer categories or promotions, or shorter names"
+            )
+        })?;
         Ok(())
     }
 

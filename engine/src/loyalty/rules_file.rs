@@ -34,9 +34,19 @@ pub struct RulesFileError {
     pub message: String,
 }
 
+/// A rule file: the rule set, and when it should take effect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesFile {
+    /// The rules, checked.
+    pub rules: RuleSet,
+    /// `effective_at`, if the file gives one (else: at once).
+    pub effective_at: Option<Timestamp>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
+    effective_at: Option<Spanned<Datetime>>,
     tier_window_months: Option<Spanned<u8>>,
     earning: Spanned<EarningFile>,
     cashback: Option<Spanned<CashbackFile>>,
@@ -112,7 +122,7 @@ struct PromotionFile {
 }
 
 /// Reads and checks the rule file at `path`.
-pub fn read(path: &Path) -> Result<RuleSet, RulesFileError> {
+pub fn read(path: &Path) -> Result<RulesFile, RulesFileError> {
     let whole = |message: String| RulesFileError { line: 0, message };
     let metadata = std::fs::metadata(path)
         .map_err(|error| whole(format!("cannot read {}: {error}", path.display())))?;
@@ -131,7 +141,7 @@ pub fn read(path: &Path) -> Result<RuleSet, RulesFileError> {
 }
 
 /// Parses and checks a rule file's text.
-pub fn parse(text: &str) -> Result<RuleSet, RulesFileError> {
+pub fn parse(text: &str) -> Result<RulesFile, RulesFileError> {
     if text.len() > RULES_FILE_BYTES_MAX {
         return Err(RulesFileError {
             line: 0,
@@ -159,11 +169,18 @@ pub fn parse(text: &str) -> Result<RuleSet, RulesFileError> {
             RuleItem::Caps => file.caps.as_ref().map(Spanned::span),
             RuleItem::Cashback => file.cashback.as_ref().map(Spanned::span),
             RuleItem::Expiry => file.expiry.as_ref().map(Spanned::span),
+            RuleItem::Whole => None,
         };
         // A list too long points at its first item past the limit, or at the file.
         at(span.unwrap_or(0..0), error.to_string())
     })?;
-    Ok(rules)
+    let effective_at = file
+        .effective_at
+        .as_ref()
+        .map(timestamp)
+        .transpose()
+        .map_err(|(span, message)| at(span, message))?;
+    Ok(RulesFile { rules, effective_at })
 }
 
 /// Where the items of a file are, for errors found once the rule set is built.

@@ -446,7 +446,9 @@ categories = [1]
 
 #[test]
 fn a_rule_file_reads_into_the_rule_set_it_describes() {
-    let rules = parse(FILE).expect("valid");
+    let file = parse(FILE).expect("valid");
+    assert_eq!(file.effective_at, None);
+    let rules = file.rules;
     assert_eq!(
         (rules.base.points, rules.base.per_minor_units, rules.tier_window_months),
         (3, 200, 6)
@@ -461,6 +463,8 @@ fn a_rule_file_reads_into_the_rule_set_it_describes() {
     assert!(parse_timestamp("1969-12-31T23:59:59Z").is_err());
     assert!(parse_timestamp("2026-11-27T00:00:00").unwrap_err().contains("offset"));
     assert!(parse_timestamp("2026-11-27").is_err());
+    let scheduled = parse(&format!("effective_at = 1970-01-02T00:00:00Z\n{FILE}")).unwrap();
+    assert_eq!(scheduled.effective_at, Some(Timestamp(DAY)));
 }
 
 #[test]

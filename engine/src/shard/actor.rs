@@ -64,7 +64,9 @@ pub(crate) struct ShardSetup {
     pub(crate) peers: Arc<Vec<Sender<PeerMessage>>>,
     pub(crate) shared: Arc<ShardShared>,
     /// Where the outcome of recovery is reported.
-    pub(crate) recovered: Sender<Result<(RecoveryReport, Registry), RecoveryError>>,
+    pub(crate) recovered: Sender<
+        Result<(RecoveryReport, Registry, crate::loyalty::programme::Programme), RecoveryError>,
+    >,
 }
 
 /// A request for a cross-shard transfer waiting for the transfer's acknowledgement before it
@@ -181,7 +183,7 @@ impl ShardActor {
         setup.shared.durable_lsn.store(lsn.0, Ordering::Relaxed);
         let mut report = recovered.report;
         report.key_index = prepared.report;
-        let report = (report, ledger.registry().clone());
+        let report = (report, ledger.registry().clone(), ledger.programme().clone());
         if setup.recovered.send(Ok(report)).is_err() {
             return;
         }

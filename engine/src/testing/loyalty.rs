@@ -10,7 +10,18 @@ use crate::ids::{IdempotencyKey, TerminalId, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Namespace};
 use crate::ledger::command::{Command, Operation, Query, Request, Response};
 use crate::ledger::record::{Metadata, Posting, Receipt, TxKind};
+use crate::loyalty::programme::ProgrammeAccounts;
 use crate::shard::ReplySink;
+
+/// The rule set of docs/loyalty.md's complete example (5 categories, 4 tiers, 2 promotions,
+/// caps and cashback), read from the document itself.
+pub fn example_rules() -> crate::loyalty::RuleSet {
+    const DOCUMENT: &str = include_str!("../../../docs/loyalty.md");
+    let section = &DOCUMENT[DOCUMENT.find("## Rule files").expect("section")..];
+    let start = section.find("```toml\n").expect("example") + "```toml\n".len();
+    let end = start + section[start..].find("```").expect("fence");
+    crate::loyalty::rules_file::parse(&section[start..end]).expect("the documented example").rules
+}
 
 /// The ids of the loyalty setup's definitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +50,28 @@ impl Loyalty {
             .define_class(Namespace::House, "redemption", pts, AccountFlags::NONE)
             .expect("define redemption");
         Loyalty { pts, points, issuance, redemption }
+    }
+
+    /// Defines what the loyalty programme needs beyond the setup (`house:expiry` for
+    /// breakage; the `CASHBACK` asset with `customer:<id>:cashback` and `house:cashback`) and
+    /// returns the programme's accounts.
+    pub fn define_programme(&self, engine: &Engine) -> ProgrammeAccounts {
+        let breakage = engine
+            .define_class(Namespace::House, "expiry", self.pts, AccountFlags::NONE)
+            .expect("define expiry");
+        let cash = engine.define_asset("CASHBACK", 2).expect("define CASHBACK");
+        let cashback = engine
+            .define_class(Namespace::Customer, "cashback", cash, AccountFlags::NO_OVERDRAFT)
+            .expect("define cashback");
+        let funding = engine
+            .define_class(Namespace::House, "cashback", cash, AccountFlags::NONE)
+            .expect("define house cashback");
+        ProgrammeAccounts {
+            points: self.points,
+            issuance: self.issuance,
+            breakage,
+            cashback: Some((cashback, funding)),
+        }
     }
 
     /// A customer's points account.

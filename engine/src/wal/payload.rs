@@ -7,12 +7,12 @@
 
 use crate::amount::Amount;
 use crate::codec::{DecodeError, Decoder, Encoder};
-use crate::ids::{IdempotencyKey, ShardId, TerminalId, TxId};
+use crate::ids::{IdempotencyKey, ShardId, TerminalId, Timestamp, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
 use crate::ledger::record::{
     AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Metadata,
-    Posting, Receipt, RecordKind, Reversal, Transaction, TransferIn, TransferOut, TransferSettle,
-    TxHeader, TxKind,
+    Posting, Receipt, RecordKind, Reversal, RulesDefine, Transaction, TransferIn, TransferOut,
+    TransferSettle, TxHeader, TxKind,
 };
 use crate::limits::{NAME_BYTES_MAX, RECEIPT_BYTES_MAX, TRANSACTION_POSTINGS_MAX};
 
@@ -221,6 +221,12 @@ pub fn encode_body(body: &Body, out: &mut Vec<u8>) {
             encoder.u16(define.asset.0);
             encoder.u32(define.flags.bits());
         }
+        Body::RulesDefine(define) => {
+            encoder.u32(define.version);
+            encoder.u64(define.effective_at.0);
+            crate::loyalty::codec::encode_accounts(&mut encoder, &define.accounts);
+            crate::loyalty::codec::encode_rules(&mut encoder, &define.rules);
+        }
     }
 }
 
@@ -304,6 +310,18 @@ pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError
             let flags = AccountFlags::from_bits(flags)
                 .ok_or(DecodeError::Invalid { field: "flags", value: u128::from(flags) })?;
             Body::ClassDefine(ClassDefine { id, namespace, name, asset, flags })
+        }
+        RecordKind::RulesDefine => {
+            let version = decoder.u32("rule version")?;
+            let effective_at = Timestamp(decoder.u64("effective at")?);
+            let accounts = crate::loyalty::codec::decode_accounts(&mut decoder)?;
+            let rules = crate::loyalty::codec::decode_rules(&mut decoder)?;
+            Body::RulesDefine(RulesDefine {
+                version,
+                effective_at,
+                accounts,
+                rules: std::sync::Arc::new(rules),
+            })
         }
     };
     decoder.finish()?;
@@ -391,6 +409,17 @@ mod tests {
                 name: Name::class("points").unwrap(),
                 asset: AssetId(0),
                 flags: AccountFlags::NO_OVERDRAFT,
+            }),
+            Body::RulesDefine(crate::ledger::record::RulesDefine {
+                version: 2,
+                effective_at: Timestamp(5),
+                accounts: crate::loyalty::programme::ProgrammeAccounts {
+                    points: ClassId(1),
+                    issuance: ClassId(2),
+                    breakage: ClassId(3),
+                    cashback: Some((ClassId(4), ClassId(5))),
+                },
+                rules: std::sync::Arc::new(crate::testing::loyalty::example_rules()),
             }),
         ];
         for body in bodies {

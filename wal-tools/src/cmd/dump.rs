@@ -89,6 +89,26 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
             "asset": define.asset.0,
             "flags": define.flags.bits(),
         }),
+        Body::RulesDefine(define) => {
+            let rules = &define.rules;
+            json!({
+                "version": define.version,
+                "effective_at": define.effective_at.0,
+                "points_class": define.accounts.points.0,
+                "base": format!("{} per {}", rules.base.points, rules.base.per_minor_units),
+                "minimum_spend": rules.minimum_spend,
+                "categories": rules.categories.iter().map(|c| json!({
+                    "id": c.id, "name": c.name, "multiplier": c.multiplier.to_string(), "excluded": c.excluded,
+                })).collect::<Vec<_>>(),
+                "tiers": rules.tiers.iter().map(|t| json!({
+                    "name": t.name, "threshold": t.threshold, "multiplier": t.multiplier.to_string(),
+                })).collect::<Vec<_>>(),
+                "promotions": rules.promotions.iter().map(|p| json!({
+                    "name": p.name, "starts_at": p.starts_at.0, "ends_at": p.ends_at.0,
+                })).collect::<Vec<_>>(),
+                "caps": { "daily": rules.caps.daily, "monthly": rules.caps.monthly },
+            })
+        }
     }
 }
 

@@ -1,0 +1,256 @@
+//! The byte form of a rule set, shared by the `rules_define` WAL record and the snapshot's
+//! programme section. Spec: docs/wal-format.md, "rules_define".
+//!
+//! A decoded rule set is checked (`RuleSet::validate`) before it is returned: no reader ever
+//! holds a rule set the engine would have refused.
+
+use super::decimal::Ratio;
+use super::programme::ProgrammeAccounts;
+use super::rules::{
+    BaseRate, CATEGORIES_MAX, Caps, Cashback, CategoryRule, Expiry, PROMOTION_SCOPE_MAX,
+    PROMOTIONS_MAX, Promotion, PromotionEffect, PromotionScope, RULE_NAME_BYTES_MAX, RuleSet,
+    TIERS_MAX, TierRule,
+};
+use crate::codec::{DecodeError, Decoder, Encoder};
+use crate::ids::Timestamp;
+use crate::ledger::account::ClassId;
+
+const CATEGORY_EXCLUDED: u8 = 1;
+const CATEGORY_OWN_CASHBACK: u8 = 2;
+const EFFECT_MULTIPLIER: u8 = 1;
+const EFFECT_BONUS: u8 = 2;
+const SCOPE_ALL: u8 = 0;
+const SCOPE_CATEGORIES: u8 = 1;
+const SCOPE_STORES: u8 = 2;
+
+fn count_u8(len: usize) -> u8 {
+    u8::try_from(len).expect("rule set lists are bounded by validate")
+}
+
+/// Appends the programme's five classes (`points`, `issuance`, `breakage`, `cashback`,
+/// `cashback_funding`; 0 for no cashback).
+pub fn encode_accounts(encoder: &mut Encoder<'_>, accounts: &ProgrammeAccounts) {
+    encoder.u32(accounts.points.0);
+    encoder.u32(accounts.issuance.0);
+    encoder.u32(accounts.breakage.0);
+    let (cashback, funding) = accounts.cashback.unwrap_or((ClassId(0), ClassId(0)));
+    encoder.u32(cashback.0);
+    encoder.u32(funding.0);
+}
+
+/// Reads what `encode_accounts` wrote; one cashback class without the other is invalid.
+pub fn decode_accounts(decoder: &mut Decoder<'_>) -> Result<ProgrammeAccounts, DecodeError> {
+    let mut class = |field| decoder.u32(field).map(ClassId);
+    let points = class("points class")?;
+    let issuance = class("issuance class")?;
+    let breakage = class("breakage class")?;
+    let cashback = match (class("cashback class")?, class("cashback funding class")?) {
+        (ClassId(0), ClassId(0)) => None,
+        (ClassId(0), _) | (_, ClassId(0)) => return Err(invalid("cashback classes", 0_u8)),
+        pair => Some(pair),
+    };
+    Ok(ProgrammeAccounts { points, issuance, breakage, cashback })
+}
+
+/// Appends `rules` (already validated) to `encoder`.
+pub fn encode_rules(encoder: &mut Encoder<'_>, rules: &RuleSet) {
+    encoder.u32(rules.base.points);
+    encoder.u64(rules.base.per_minor_units);
+    encoder.u64(rules.minimum_spend);
+    encoder.u8(rules.tier_window_months);
+    encoder.u8(rules.expiry.earned_months);
+    encoder.u8(rules.expiry.bonus_months);
+    encoder.u8(rules.expiry.transfer_months);
+    encoder.u64(rules.caps.daily.unwrap_or(0));
+    encoder.u64(rules.caps.monthly.unwrap_or(0));
+    encoder.u32(rules.cashback.percent.0);
+    encoder.u64(rules.cashback.flat);
+    encoder.u8(count_u8(rules.categories.len()));
+    for category in &rules.categories {
+        encoder.u16(category.id);
+        encoder.short_str(&category.name);
+        encoder.u32(category.multiplier.0);
+        let mut flags = 0;
+        if category.excluded {
+            flags |= CATEGORY_EXCLUDED;
+        }
+        if category.cashback.is_some() {
+            flags |= CATEGORY_OWN_CASHBACK;
+        }
+        encoder.u8(flags);
+        let cashback = category.cashback.unwrap_or_default();
+        encoder.u32(cashback.percent.0);
+        encoder.u64(cashback.flat);
+    }
+    encoder.u8(count_u8(rules.tiers.len()));
+    for tier in &rules.tiers {
+        encoder.short_str(&tier.name);
+        encoder.u64(tier.threshold);
+        encoder.u32(tier.multiplier.0);
+    }
+    encoder.u8(count_u8(rules.promotions.len()));
+    for promotion in &rules.promotions {
+        encoder.short_str(&promotion.name);
+        encoder.u64(promotion.starts_at.0);
+        encoder.u64(promotion.ends_at.0);
+        match promotion.effect {
+            PromotionEffect::Multiplier(multiplier) => {
+                encoder.u8(EFFECT_MULTIPLIER);
+                encoder.u64(u64::from(multiplier.0));
+            }
+            PromotionEffect::Bonus(points) => {
+                encoder.u8(EFFECT_BONUS);
+                encoder.u64(points);
+            }
+        }
+        match &promotion.scope {
+            PromotionScope::All => {
+                encoder.u8(SCOPE_ALL);
+                encoder.u8(0);
+            }
+            PromotionScope::Categories(ids) => {
+                encoder.u8(SCOPE_CATEGORIES);
+                encoder.u8(count_u8(ids.len()));
+                ids.iter().for_each(|id| encoder.u16(*id));
+            }
+            PromotionScope::Stores(stores) => {
+                encoder.u8(SCOPE_STORES);
+                encoder.u8(count_u8(stores.len()));
+                stores.iter().for_each(|store| encoder.u32(*store));
+            }
+        }
+    }
+}
+
+/// The bytes `encode_rules` writes for `rules`.
+pub fn encoded_len(rules: &RuleSet) -> usize {
+    let mut bytes = Vec::new();
+    encode_rules(&mut Encoder::new(&mut bytes), rules);
+    bytes.len()
+}
+
+fn invalid(field: &'static str, value: impl Into<u128>) -> DecodeError {
+    DecodeError::Invalid { field, value: value.into() }
+}
+
+fn small_count(
+    decoder: &mut Decoder<'_>,
+    field: &'static str,
+    max: usize,
+) -> Result<usize, DecodeError> {
+    let count = decoder.u8(field)?;
+    if usize::from(count) > max {
+        return Err(invalid(field, count));
+    }
+    Ok(usize::from(count))
+}
+
+fn name(decoder: &mut Decoder<'_>, field: &'static str) -> Result<String, DecodeError> {
+    Ok(decoder.short_str(field, RULE_NAME_BYTES_MAX)?.to_string())
+}
+
+fn cap(value: u64) -> Option<u64> {
+    (value != 0).then_some(value)
+}
+
+/// Reads a rule set written by `encode_rules` and checks it.
+pub fn decode_rules(decoder: &mut Decoder<'_>) -> Result<RuleSet, DecodeError> {
+    let base = BaseRate {
+        points: decoder.u32("base points")?,
+        per_minor_units: decoder.u64("base per minor units")?,
+    };
+    let minimum_spend = decoder.u64("minimum spend")?;
+    let tier_window_months = decoder.u8("tier window")?;
+    let expiry = Expiry {
+        earned_months: decoder.u8("earned months")?,
+        bonus_months: decoder.u8("bonus months")?,
+        transfer_months: decoder.u8("transfer months")?,
+    };
+    let caps =
+        Caps { daily: cap(decoder.u64("daily cap")?), monthly: cap(decoder.u64("monthly cap")?) };
+    let cashback = Cashback {
+        percent: Ratio(decoder.u32("cashback percent")?),
+        flat: decoder.u64("cashback flat")?,
+    };
+    let count = small_count(decoder, "categories", CATEGORIES_MAX)?;
+    let mut categories = Vec::with_capacity(count);
+    for _ in 0..count {
+        let id = decoder.u16("category id")?;
+        let name = name(decoder, "category name")?;
+        let multiplier = Ratio(decoder.u32("category multiplier")?);
+        let flags = decoder.u8("category flags")?;
+        if flags & !(CATEGORY_EXCLUDED | CATEGORY_OWN_CASHBACK) != 0 {
+            return Err(invalid("category flags", flags));
+        }
+        let own = Cashback {
+            percent: Ratio(decoder.u32("category cashback percent")?),
+            flat: decoder.u64("category cashback flat")?,
+        };
+        let cashback = if flags & CATEGORY_OWN_CASHBACK != 0 {
+            Some(own)
+        } else if own.is_none() {
+            None
+        } else {
+            return Err(invalid("category cashback without its flag", own.flat));
+        };
+        categories.push(CategoryRule {
+            id,
+            name,
+            multiplier,
+            excluded: flags & CATEGORY_EXCLUDED != 0,
+            cashback,
+        });
+    }
+    let count = small_count(decoder, "tiers", TIERS_MAX)?;
+    let mut tiers = Vec::with_capacity(count);
+    for _ in 0..count {
+        tiers.push(TierRule {
+            name: name(decoder, "tier name")?,
+            threshold: decoder.u64("tier threshold")?,
+            multiplier: Ratio(decoder.u32("tier multiplier")?),
+        });
+    }
+    let count = small_count(decoder, "promotions", PROMOTIONS_MAX)?;
+    let mut promotions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let name = name(decoder, "promotion name")?;
+        let starts_at = Timestamp(decoder.u64("promotion start")?);
+        let ends_at = Timestamp(decoder.u64("promotion end")?);
+        let effect = match decoder.u8("promotion effect")? {
+            EFFECT_MULTIPLIER => {
+                let value = decoder.u64("promotion multiplier")?;
+                let multiplier =
+                    u32::try_from(value).map_err(|_| invalid("promotion multiplier", value))?;
+                PromotionEffect::Multiplier(Ratio(multiplier))
+            }
+            EFFECT_BONUS => PromotionEffect::Bonus(decoder.u64("promotion bonus")?),
+            other => return Err(invalid("promotion effect", other)),
+        };
+        let kind = decoder.u8("promotion scope")?;
+        let entries = small_count(decoder, "promotion scope entries", PROMOTION_SCOPE_MAX)?;
+        let scope = match kind {
+            SCOPE_ALL if entries == 0 => PromotionScope::All,
+            SCOPE_CATEGORIES => PromotionScope::Categories(
+                (0..entries).map(|_| decoder.u16("scope category")).collect::<Result<_, _>>()?,
+            ),
+            SCOPE_STORES => PromotionScope::Stores(
+                (0..entries).map(|_| decoder.u32("scope store")).collect::<Result<_, _>>()?,
+            ),
+            other => return Err(invalid("promotion scope", other)),
+        };
+        promotions.push(Promotion { name, starts_at, ends_at, scope, effect });
+    }
+    let rules = RuleSet {
+        base,
+        minimum_spend,
+        categories,
+        tiers,
+        tier_window_months,
+        promotions,
+        caps,
+        cashback,
+        expiry,
+    };
+    rules.validate().map_err(|_| invalid("rule set (fails its checks)", 0_u8))?;
+    Ok(rules)
+}

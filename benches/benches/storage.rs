@@ -204,8 +204,9 @@ fn recovery() {
         ..ledger_engine::wal::reader::ScanOptions::all()
     };
     let started = Instant::now();
-    let (_, replayed) =
-        ledger_engine::recovery::replay_wal(&paths.wal, &mut ledger, &options, None).unwrap();
+    let replayed = ledger_engine::recovery::replay_wal(&paths.wal, &mut ledger, &options, None)
+        .unwrap()
+        .records;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "after a snapshot of {} accounts (loaded in {} ms): {replayed} records in {seconds:.2} s: {:.0} records/s\n",

@@ -27,6 +27,7 @@ RECORD_HEADER_BYTES = 64
 RECORD_BYTES_MAX = 4096
 KINDS = {1: "transaction", 2: "hold_create", 3: "hold_capture", 4: "hold_void", 5: "hold_expire",
          6: "transfer_out", 7: "transfer_in", 8: "transfer_settle", 9: "reversal",
+         10: "purchase", 11: "lots_expire",
          16: "asset_define",
          17: "class_define", 18: "rules_define"}
 

@@ -294,6 +294,7 @@ impl Engine {
                 snapshot_lsn = report.snapshot_lsn.0,
                 replayed = report.records_replayed,
                 torn_tail = report.torn_tail.is_some(),
+                pricing_mismatches = report.pricing_mismatches,
                 "shard recovered"
             );
         }
@@ -545,7 +546,7 @@ impl Engine {
         let mut replies = Vec::with_capacity(self.shards.len());
         for (index, shard) in self.shards.iter().enumerate() {
             let (reply_tx, reply_rx) = bounded(1);
-            let input = Input::Define { body: body.clone(), reply: reply_tx };
+            let input = Input::Define { body: Box::new(body.clone()), reply: reply_tx };
             let shard_index = u16::try_from(index).expect("bounded");
             // Definitions wait for room in the inbox: they are rare and must reach every shard.
             shard.inbox.send(input).map_err(|_| DefineError::Refused {
@@ -720,7 +721,13 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
                 .filter(|shard| shard.index() < shard_count)
                 .ok_or(RejectCode::TransactionNotFound)?,
             Operation::Transfer { source, .. } => customer_shard(*source).unwrap_or(shard_zero),
+            Operation::Purchase { customer, .. } => {
+                shard_for_customer(CustomerId(*customer), shard_count)
+            }
         },
+        Command::Read(Query::Member { customer, .. }) => {
+            shard_for_customer(CustomerId(*customer), shard_count)
+        }
         Command::Read(
             Query::Account(account)
             | Query::History { account, .. }

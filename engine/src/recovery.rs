@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ids::Lsn;
 use crate::ledger::keys::KeyEntry;
+use crate::ledger::record::Body;
 use crate::ledger::{InvariantViolation, Ledger, LedgerConfig};
 use crate::snapshot::{self, SnapshotError};
 use crate::wal::format::HASH_ZERO;
@@ -97,6 +98,23 @@ pub struct RecoveryReport {
     pub abandoned_segments: Vec<PathBuf>,
     /// What the key index found and did (filled in by the shard).
     pub key_index: crate::keyindex::KeyIndexReport,
+    /// Purchases replayed whose recorded outcome the rules, re-evaluated, do not give
+    /// (`Replayed::pricing_mismatches`).
+    pub pricing_mismatches: u64,
+}
+
+/// What `replay_wal` did.
+#[derive(Debug)]
+pub struct Replayed {
+    /// Where the WAL ended.
+    pub end: reader::ScanEnd,
+    /// Records applied.
+    pub records: u64,
+    /// Purchases whose recorded outcome differs from what their rule version gives when the
+    /// purchase is priced again from the state before it. Replay applies the record as it is
+    /// (it is what the customer was told, and what the WAL's hash chain vouches for); each one
+    /// is logged with its LSN and counted, and `ledger-wal verify` reports it.
+    pub pricing_mismatches: u64,
 }
 
 /// A recovered shard.
@@ -138,7 +156,7 @@ pub fn replay_wal(
     ledger: &mut Ledger,
     options: &ScanOptions,
     mut key_events: Option<&mut dyn FnMut(KeyEntry, Lsn)>,
-) -> Result<(reader::ScanEnd, u64), RecoveryError> {
+) -> Result<Replayed, RecoveryError> {
     ledger.set_key_events(key_events.is_some());
     let replay_error =
         |segment: u64, offset: u64, lsn: Lsn, reason: String| RecoveryError::Replay {
@@ -183,6 +201,7 @@ pub fn replay_wal(
             })
             .expect("spawn the replay reader");
         let mut replayed = 0u64;
+        let mut mismatches = 0u64;
         let mut failure = None;
         for batch in &received {
             for decoded in batch.iter().take(REPLAY_PREFETCH_DISTANCE) {
@@ -191,6 +210,21 @@ pub fn replay_wal(
             for (index, decoded) in batch.iter().enumerate() {
                 if let Some(ahead) = batch.get(index + REPLAY_PREFETCH_DISTANCE) {
                     ledger.prefetch_body(&ahead.record.body);
+                }
+                if let Body::Purchase(purchase) = &decoded.record.body
+                    && let Some(priced) =
+                        ledger.reprice_mismatch(purchase, decoded.record.timestamp)
+                {
+                    mismatches += 1;
+                    if mismatches <= 16 {
+                        tracing::warn!(
+                            lsn = decoded.record.lsn.0,
+                            tx_id = purchase.header.id.0,
+                            recorded = ?purchase.outcome,
+                            priced = ?priced,
+                            "a purchase's recorded outcome differs from its rules; replay keeps the record"
+                        );
+                    }
                 }
                 if let Err(refusal) = ledger.apply(&decoded.record, decoded.fingerprint) {
                     let reason = format!("the record does not apply ({refusal:?})");
@@ -219,7 +253,7 @@ pub fn replay_wal(
             return Err(error);
         }
         match scanned {
-            Ok(end) => Ok((end, replayed)),
+            Ok(end) => Ok(Replayed { end, records: replayed, pricing_mismatches: mismatches }),
             Err(Ok(Some(error))) => Err(error),
             Err(Ok(None)) => unreachable!("the reader stops early only when the applier failed"),
             Err(Err(error)) => Err(error.into()),
@@ -280,8 +314,10 @@ pub fn recover_shard(
 
     let mut options = options;
     options.durable_mark = mark::read(&paths.wal).map_err(io_error(&paths.wal))?;
-    let (end, replayed) = replay_wal(&paths.wal, &mut ledger, &options, key_events)?;
+    let Replayed { end, records: replayed, pricing_mismatches } =
+        replay_wal(&paths.wal, &mut ledger, &options, key_events)?;
     report.records_replayed = replayed;
+    report.pricing_mismatches = pricing_mismatches;
 
     for path in &end.abandoned {
         fs::remove_file(path).map_err(io_error(path))?;

@@ -123,6 +123,13 @@ reject_codes! {
     /// and the write is refused rather than risk posting it twice. Nothing changed; a restart
     /// rebuilds the index from the WAL (docs/key-index-format.md).
     IdempotencyUnverifiable = 33, "idempotency_unverifiable";
+    /// A purchase's basket had no line, or more than 32.
+    BasketInvalid = 34, "basket_invalid";
+    /// A line of a purchase's basket had an amount of 0.
+    LineAmountZero = 35, "line_amount_zero";
+    /// No version of the loyalty programme's rules is in force at the purchase's time (none
+    /// was recorded, or the first takes effect later).
+    RulesNotInForce = 36, "rules_not_in_force";
 }
 
 impl fmt::Display for RejectCode {

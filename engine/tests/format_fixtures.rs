@@ -411,6 +411,18 @@ fn version_5_files_still_decode_to_the_same_history() {
     assert_eq!(view.counters.balance_posted(), 300);
 }
 
+/// The kinds of shard 0's records, each decoded.
+fn record_kinds(dir: &Path) -> Vec<RecordKind> {
+    let mut kinds = Vec::new();
+    reader::scan(&ShardPaths::new(dir, 0).wal, &ScanOptions::all(), |record| {
+        record.decode().unwrap();
+        kinds.push(record.kind);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    kinds
+}
+
 /// The history the v6 fixture holds (WAL format 4, snapshot format 6): the v4 writes, the
 /// programme's classes, rule version 1 (flat, at once) and version 2 (the example rules of
 /// docs/loyalty.md, scheduled a day later); a snapshot; one more earn.
@@ -438,13 +450,7 @@ fn version_6_files_still_decode_to_the_same_history() {
     }
     let dir = tempfile::tempdir().unwrap();
     ledger_engine::testing::copy_dir(&fixture(6), dir.path()).unwrap();
-    let mut kinds = Vec::new();
-    reader::scan(&ShardPaths::new(dir.path(), 0).wal, &ScanOptions::all(), |record| {
-        record.decode().unwrap();
-        kinds.push(record.kind);
-        Ok::<(), ()>(())
-    })
-    .unwrap();
+    let kinds = record_kinds(dir.path());
     use RecordKind::*;
     let programme = [ClassDefine, AssetDefine, ClassDefine, ClassDefine, RulesDefine, RulesDefine];
     assert_eq!(kinds[11..], [&programme[..], &[Transaction][..]].concat());
@@ -460,4 +466,82 @@ fn version_6_files_still_decode_to_the_same_history() {
     let loyalty = Loyalty::define(&engine);
     let retried = v4_writes(&engine, &loyalty);
     assert_eq!(retried.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+}
+
+/// The history the v7 fixture holds (WAL format 4 with purchases and lot expiry, snapshot
+/// format 7 with members and parked points): the v4 writes; the programme's classes and flat
+/// rules (1 point per unit); purchases by customers 42 and 43; a hold of 43's points (parked);
+/// a snapshot; then 25 months later a query of 42, whose lots expire first.
+fn write_fixture_v7(dir: &Path) {
+    let (engine, clock) = new_fixture_engine(dir, 1);
+    let loyalty = Loyalty::define(&engine);
+    let writes = v4_writes(&engine, &loyalty);
+    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    let accounts = loyalty.define_programme(&engine);
+    engine.define_rules(RuleSet::flat(1, 1), accounts, None).unwrap();
+    for (key, command) in v7_purchases(&loyalty) {
+        let committed = engine.execute(command).committed().expect("committed");
+        assert_eq!(committed.amount, key as u64 * 10);
+    }
+    engine.execute(v7_hold(&loyalty)).committed().expect("held");
+    engine.snapshot_now().unwrap();
+    clock.advance(25 * 31 * 86_400 * SECOND);
+    let Response::Member(view) = engine.execute(loyalty.member_query(42, 0)) else { panic!() };
+    assert_eq!(view.lots.len(), 0);
+    engine.shutdown();
+}
+
+/// The v7 fixture's purchases and hold (keys 20..=22): 200 and 210 points, a hold of 50.
+fn v7_purchases(loyalty: &Loyalty) -> Vec<(u128, ledger_engine::Command)> {
+    vec![
+        (20, loyalty.purchase(20, 42, 3, &[(1, 150), (2, 50)])),
+        (21, loyalty.purchase(21, 43, 3, &[(1, 210)])),
+    ]
+}
+
+/// The v7 fixture's hold of customer 43's points.
+fn v7_hold(loyalty: &Loyalty) -> ledger_engine::Command {
+    loyalty.hold(22, 43, 50, 60 * SECOND)
+}
+
+#[test]
+fn version_7_files_still_decode_to_the_same_history() {
+    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        write_fixture_v7(&dir);
+        eprintln!("fixture written to {}", dir.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ledger_engine::testing::copy_dir(&fixture(7), dir.path()).unwrap();
+    let kinds = record_kinds(dir.path());
+    use RecordKind::*;
+    let programme = [ClassDefine, AssetDefine, ClassDefine, ClassDefine, RulesDefine];
+    let later = [Purchase, Purchase, HoldCreate, HoldExpire, LotsExpire, LotsExpire];
+    let expected = [&programme[..], &later[..]].concat();
+    assert_eq!(kinds[11..], expected);
+
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    let report = &engine.recovery_reports()[0];
+    assert_eq!(report.snapshot_lsn, Lsn(19), "from the v7 snapshot");
+    assert_eq!(report.pricing_mismatches, 0);
+    let loyalty = Loyalty::define(&engine);
+    // 42's points (the 700 it held when the programme started, and 200 earned the same day,
+    // one lot) and 43's 210 (its hold expired first) all expired into breakage.
+    let Response::Member(view) = engine.execute(loyalty.member_query(43, 0)) else { panic!() };
+    assert_eq!((view.lots.len(), view.held), (0, 0));
+    let breakage = ledger_engine::AccountId::new(ledger_engine::ClassId(4), 0);
+    assert_eq!(engine.account_total(breakage).unwrap().balance_posted(), 900 + 210);
+    // And from the snapshot alone (before the expiry): 43's hold parked 50 of its points.
+    let meta = ledger_engine::datadir::read_meta(dir.path()).unwrap();
+    engine.shutdown();
+    let snapshots = ShardPaths::new(dir.path(), 0).snapshots;
+    let (_, path) = ledger_engine::snapshot::find_snapshots(&snapshots).unwrap().pop().unwrap();
+    let config = ledger_config(&meta, ledger_engine::ShardId::new(0).unwrap(), &Limits::test_min());
+    let (header, ledger) = ledger_engine::snapshot::load(&path, config, meta.cluster_id).unwrap();
+    assert_eq!(header.version, 7);
+    let parked: Vec<_> =
+        ledger.members().parked().map(|(_, p)| (p.customer, p.total(), p.in_balance)).collect();
+    assert_eq!(parked, [(43, 50, true)]);
+    assert_eq!(ledger.member(43).unwrap().lots.total(), 160);
+    assert_eq!(ledger.member(42).unwrap().lots.total(), 900);
 }

@@ -117,6 +117,12 @@ statuses! {
     /// The part of the key index that would hold the key cannot be read: whether the write was
     /// made before cannot be told, so it is refused; nothing changed. Retry later.
     IdempotencyUnverifiable = 33, "idempotency_unverifiable";
+    /// A purchase's basket had no line, or more than 32.
+    BasketInvalid = 34, "basket_invalid";
+    /// A basket line of amount 0.
+    LineAmountZero = 35, "line_amount_zero";
+    /// No version of the programme's rules is in force: the server has no rules yet.
+    RulesNotInForce = 36, "rules_not_in_force";
     /// An operation's (or a frame's) bytes do not decode.
     Malformed = 100, "malformed";
     /// An operation code the server does not know.
@@ -199,7 +205,7 @@ mod tests {
         // The engine range is dense from 1, as the engine's own table is.
         let engine: Vec<u16> =
             Status::ALL.iter().map(|s| s.code()).filter(|c| (1..100).contains(c)).collect();
-        assert_eq!(engine, (1..=33).collect::<Vec<u16>>());
+        assert_eq!(engine, (1..=36).collect::<Vec<u16>>());
         assert_eq!(Status::from_code(99), None);
         assert_eq!(Status::from_code(u16::MAX), None);
     }

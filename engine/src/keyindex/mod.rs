@@ -468,8 +468,9 @@ pub fn rebuild_from_wal(
         last = last.max(lsn);
         buffer.push(entry);
     };
-    let (end, _) = crate::recovery::replay_wal(&paths.wal, &mut ledger, &options, Some(&mut sink))
-        .map_err(|error| error.to_string())?;
+    let crate::recovery::Replayed { end, .. } =
+        crate::recovery::replay_wal(&paths.wal, &mut ledger, &options, Some(&mut sink))
+            .map_err(|error| error.to_string())?;
     if ledger.lsn() > Lsn::ZERO && from < end.last_lsn {
         run::write_run(dir, identity, from, end.last_lsn, &buffer).map_err(|e| e.to_string())?;
     }

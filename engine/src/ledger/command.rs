@@ -10,6 +10,7 @@ use super::history::HistoryEntry;
 use super::record::{Metadata, Posting, Postings, TxKind};
 use crate::amount::Amount;
 use crate::ids::{IdempotencyKey, Lsn, TerminalId, Timestamp, TxId};
+use crate::loyalty::pricing::Lines;
 use crate::reject::RejectCode;
 
 /// A client write.
@@ -60,6 +61,14 @@ pub enum Operation {
         /// The transaction to reverse.
         original: TxId,
     },
+    /// A purchase by a member: the shard prices the basket by the rule version in force and
+    /// credits the points (earned and bonus lots) and the cashback it earns.
+    Purchase {
+        /// The member.
+        customer: u64,
+        /// The basket: 1..=32 lines.
+        lines: Lines,
+    },
     /// Move `amount` from one customer account to another customer account of the same asset,
     /// on the same shard or on another one.
     Transfer {
@@ -86,6 +95,13 @@ pub enum Query {
         /// Entries at most (the engine caps it at `HISTORY_PAGE_MAX`).
         limit: u16,
     },
+    /// A member's tier, lots and points expiring within `within_days` days.
+    Member {
+        /// The member.
+        customer: u64,
+        /// Days ahead to count expiring points over (0: today).
+        within_days: u16,
+    },
     /// Whether the shard of `account` remembers a committed write of `terminal` under `key`
     /// (answered `Response::Remembered`): how a write that would post nothing learns whether
     /// its key is taken, in order with the writes around it.
@@ -98,6 +114,32 @@ pub enum Query {
         key: IdempotencyKey,
     },
 }
+
+/// A member's loyalty state as a query sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberView {
+    /// The tier the rules in force give the member now (the window may have rolled past old
+    /// points since their last purchase).
+    pub tier: u8,
+    /// The tier their last purchase recorded.
+    pub tier_recorded: u8,
+    /// Purchase points in the tier window up to now.
+    pub qualifying: u64,
+    /// Purchase points today and this month (UTC), for the caps.
+    pub caps_used: crate::loyalty::CapsUsed,
+    /// Lots held (may be more than `lots` lists).
+    pub lot_count: usize,
+    /// The first `MEMBER_LOTS_MAX` lots, the earliest expiry first.
+    pub lots: Vec<crate::loyalty::lots::Lot>,
+    /// Points in lots that expire within the query's `within_days` (by 00:00 UTC of today +
+    /// `within_days` + 1).
+    pub expiring: u64,
+    /// Points open holds took out of the lots.
+    pub held: u64,
+}
+
+/// Lots a member query lists at most.
+pub const MEMBER_LOTS_MAX: usize = 256;
 
 /// Entries a history query returns at most.
 pub const HISTORY_PAGE_MAX: usize = 256;
@@ -162,6 +204,8 @@ pub enum Response {
     History(Vec<HistoryEntry>),
     /// Whether a key is remembered (`Query::Idempotency`).
     Remembered(bool),
+    /// A member's loyalty state.
+    Member(Box<MemberView>),
 }
 
 impl Response {

@@ -17,6 +17,7 @@ pub mod account;
 pub mod command;
 pub mod history;
 pub mod keys;
+mod loyalty;
 pub mod record;
 pub mod registry;
 mod retained;
@@ -44,6 +45,7 @@ use crate::ids::{
     IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId, TxIdGenerator, shard_for_customer,
 };
 use crate::limits::Limits;
+use crate::loyalty::members::Members;
 use crate::loyalty::programme::Programme;
 use crate::reject::RejectCode;
 
@@ -358,6 +360,8 @@ pub struct Ledger {
     history: History,
     /// The loyalty programme's rule versions.
     programme: Programme,
+    /// The loyalty state of this shard's customers: lots, tiers, caps, parked points.
+    members: Members,
     /// Scratch: the undo log of the record being applied. Empty between records.
     undo: Vec<Undo>,
     /// Scratch: history entries of the record being applied, appended when it commits.
@@ -425,6 +429,7 @@ impl PartialEq for Ledger {
             && self.transfers_in_refused == other.transfers_in_refused
             && self.history == other.history
             && self.programme == other.programme
+            && self.members == other.members
             && self.accounts.iter().all(|(id, _)| self.history_head(id) == other.history_head(id))
     }
 }
@@ -454,6 +459,7 @@ impl Ledger {
             transfers_in_refused: BTreeSet::new(),
             history: History::new(config.limits.history_entries_max),
             programme: Programme::default(),
+            members: Members::default(),
             undo: Vec::new(),
             history_pending: Vec::new(),
             moved: 0,
@@ -489,6 +495,7 @@ impl Ledger {
                 &self.registry,
             )
             .map_err(|refused| refused.code)?;
+        let first = self.programme.versions().is_empty();
         self.programme.define(
             define.version,
             define.effective_at,
@@ -496,6 +503,9 @@ impl Ledger {
             std::sync::Arc::clone(&define.rules),
             now,
         );
+        if first {
+            self.lots_at_programme_start(now);
+        }
         Ok(())
     }
 
@@ -715,6 +725,11 @@ impl Ledger {
                 touch(*source);
                 touch(*destination);
             }
+            command::Operation::Purchase { customer, .. } => {
+                if let Some(points) = self.programme.points_class() {
+                    touch(AccountId::new(points, *customer));
+                }
+            }
             command::Operation::Capture { .. }
             | command::Operation::Void { .. }
             | command::Operation::Reverse { .. } => {}
@@ -782,25 +797,60 @@ impl Ledger {
             self.check_idempotency(header, now, fingerprint, older_keys)?;
         }
         let result = match &record.body {
-            Body::Transaction(tx) => self.apply_transaction(&tx.postings),
-            Body::HoldCreate(hold) => self.apply_hold_create(
-                hold.header.id,
-                &hold.posting,
-                now.plus_nanos(hold.timeout_nanos),
-            ),
+            Body::Transaction(tx) => self.apply_transaction(&tx.postings).map(|()| {
+                self.lots_after_postings(&tx.postings, tx.header.kind, tx.header.id, now);
+            }),
+            Body::HoldCreate(hold) => self
+                .apply_hold_create(
+                    hold.header.id,
+                    &hold.posting,
+                    now.plus_nanos(hold.timeout_nanos),
+                )
+                .map(|()| self.lots_after_hold(hold.header.id, &hold.posting)),
             Body::HoldCapture(capture) => {
-                self.apply_hold_capture(capture.hold, capture.amount, now)
+                let hold = self.holds.get(&capture.hold).copied();
+                self.apply_hold_capture(capture.hold, capture.amount, now).map(|()| {
+                    let hold = hold.expect("a captured hold was open");
+                    let captured = capture.amount.map_or(hold.posting.amount.get(), Amount::get);
+                    self.lots_after_capture(
+                        capture.header.id,
+                        capture.hold,
+                        &hold.posting,
+                        captured,
+                        now,
+                    );
+                })
             }
-            Body::HoldVoid(void) => self.apply_hold_release(void.hold, HoldClosure::Voided, now),
-            Body::HoldExpire(expire) => {
-                self.apply_hold_release(expire.hold, HoldClosure::Expired, now)
-            }
+            Body::HoldVoid(void) => self
+                .apply_hold_release(void.hold, HoldClosure::Voided, now)
+                .map(|()| self.lots_after_release(void.hold)),
+            Body::HoldExpire(expire) => self
+                .apply_hold_release(expire.hold, HoldClosure::Expired, now)
+                .map(|()| self.lots_after_release(expire.hold)),
             Body::TransferOut(transfer) => {
-                self.apply_transfer_out(transfer, record.lsn, fingerprint, now)
+                self.apply_transfer_out(transfer, record.lsn, fingerprint, now).map(|()| {
+                    let amount = transfer.amount.get();
+                    self.lots_after_transfer_out(transfer.header.id, transfer.source, amount);
+                })
             }
-            Body::TransferIn(transfer) => self.apply_transfer_in(transfer),
-            Body::TransferSettle(settle) => self.apply_transfer_settle(settle),
-            Body::Reversal(reversal) => self.apply_reversal(reversal),
+            Body::TransferIn(transfer) => self.apply_transfer_in(transfer).map(|()| {
+                if transfer.accepted {
+                    let amount = transfer.amount.get();
+                    self.lots_after_transfer_in(transfer.id, transfer.destination, amount, now);
+                }
+            }),
+            Body::TransferSettle(settle) => {
+                let key = (settle.destination_shard, settle.sequence);
+                let sent = self.transfers_out.get(&key).map(|t| (t.tx_id, t.amount.get()));
+                self.apply_transfer_settle(settle).map(|()| {
+                    let (tx, amount) = sent.expect("settled transfers were sent");
+                    self.lots_after_settle(tx, amount, settle.accepted);
+                })
+            }
+            Body::Reversal(reversal) => self.apply_reversal(reversal).map(|()| {
+                let id = reversal.header.id;
+                self.lots_after_postings(&reversal.postings, reversal.header.kind, id, now);
+            }),
             Body::AssetDefine(define) => self.registry.define_asset(AssetDef {
                 id: define.id,
                 code: define.code.clone(),
@@ -814,6 +864,8 @@ impl Ledger {
                 flags: define.flags,
             }),
             Body::RulesDefine(define) => self.apply_rules_define(define, now),
+            Body::Purchase(purchase) => self.apply_purchase(purchase, now),
+            Body::LotsExpire(expire) => self.apply_lots_expire(expire, now),
         };
         if let Err(code) = result {
             self.rollback();
@@ -1564,6 +1616,6 @@ impl Ledger {
         if let Some((account, _)) = held.into_iter().next() {
             return fail(format!("an open hold names account {account:?}, which does not exist"));
         }
-        Ok(())
+        self.check_lot_invariants().or_else(fail)
     }
 }

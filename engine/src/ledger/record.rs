@@ -12,6 +12,8 @@ use super::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace}
 use crate::amount::Amount;
 use crate::ids::{IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId};
 use crate::limits::RECEIPT_BYTES_MAX;
+use crate::loyalty::lots::Parts;
+use crate::loyalty::pricing::{Lines, PurchaseOutcome};
 use crate::loyalty::programme::ProgrammeAccounts;
 use crate::loyalty::rules::RuleSet;
 use crate::reject::RejectCode;
@@ -317,6 +319,35 @@ pub struct RulesDefine {
     pub rules: Arc<RuleSet>,
 }
 
+/// A purchase priced by the loyalty programme (docs/loyalty.md): what the till sent (the
+/// customer and the basket; the store and receipt are in the header) and what the shard decided
+/// (the rule version, the tiers and every component). Its postings follow from the outcome:
+/// `earned + bonus` points from the version's issuance class to the customer's points account,
+/// and `cashback` from the cashback funding class to the customer's cashback account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchase {
+    /// Id, kind (purchase), terminal, key, store and receipt.
+    pub header: TxHeader,
+    /// The member.
+    pub customer: u64,
+    /// The basket: 1..=32 lines.
+    pub lines: Lines,
+    /// What it earned and why.
+    pub outcome: PurchaseOutcome,
+}
+
+/// Expiry of a customer's due lots at their day, written by the shard itself: each lot's
+/// whole remainder moves from the customer's points account to the breakage class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotsExpire {
+    /// The expiry's own transaction id.
+    pub id: TxId,
+    /// The member.
+    pub customer: u64,
+    /// The lots expired, each with its whole remainder (1..=255).
+    pub lots: Parts,
+}
+
 /// The body of one WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -344,6 +375,10 @@ pub enum Body {
     ClassDefine(ClassDefine),
     /// A rule version of the loyalty programme was recorded.
     RulesDefine(RulesDefine),
+    /// A purchase earned points (and cashback) by the programme's rules.
+    Purchase(Purchase),
+    /// Due lots of a customer expired.
+    LotsExpire(LotsExpire),
 }
 
 /// The kind field of a record frame (docs/wal-format.md, "Record kinds").
@@ -368,6 +403,10 @@ pub enum RecordKind {
     TransferSettle = 8,
     /// `Body::Reversal` (format version 2).
     Reversal = 9,
+    /// `Body::Purchase` (format version 4).
+    Purchase = 10,
+    /// `Body::LotsExpire` (format version 4).
+    LotsExpire = 11,
     /// `Body::AssetDefine`.
     AssetDefine = 16,
     /// `Body::ClassDefine`.
@@ -389,6 +428,8 @@ impl RecordKind {
             7 => RecordKind::TransferIn,
             8 => RecordKind::TransferSettle,
             9 => RecordKind::Reversal,
+            10 => RecordKind::Purchase,
+            11 => RecordKind::LotsExpire,
             16 => RecordKind::AssetDefine,
             17 => RecordKind::ClassDefine,
             18 => RecordKind::RulesDefine,
@@ -408,6 +449,8 @@ impl RecordKind {
             RecordKind::TransferIn => "transfer_in",
             RecordKind::TransferSettle => "transfer_settle",
             RecordKind::Reversal => "reversal",
+            RecordKind::Purchase => "purchase",
+            RecordKind::LotsExpire => "lots_expire",
             RecordKind::AssetDefine => "asset_define",
             RecordKind::ClassDefine => "class_define",
             RecordKind::RulesDefine => "rules_define",
@@ -431,6 +474,8 @@ impl Body {
             Body::AssetDefine(_) => RecordKind::AssetDefine,
             Body::ClassDefine(_) => RecordKind::ClassDefine,
             Body::RulesDefine(_) => RecordKind::RulesDefine,
+            Body::Purchase(_) => RecordKind::Purchase,
+            Body::LotsExpire(_) => RecordKind::LotsExpire,
         }
     }
 
@@ -443,7 +488,9 @@ impl Body {
             Body::HoldVoid(void) => Some(&void.header),
             Body::TransferOut(transfer) => Some(&transfer.header),
             Body::Reversal(reversal) => Some(&reversal.header),
+            Body::Purchase(purchase) => Some(&purchase.header),
             Body::HoldExpire(_)
+            | Body::LotsExpire(_)
             | Body::TransferIn(_)
             | Body::TransferSettle(_)
             | Body::AssetDefine(_)
@@ -456,6 +503,7 @@ impl Body {
     pub fn tx_id(&self) -> Option<TxId> {
         match self {
             Body::HoldExpire(expire) => Some(expire.id),
+            Body::LotsExpire(expire) => Some(expire.id),
             Body::TransferIn(transfer) => Some(transfer.id),
             Body::TransferSettle(settle) => Some(settle.id),
             Body::AssetDefine(_) | Body::ClassDefine(_) | Body::RulesDefine(_) => None,

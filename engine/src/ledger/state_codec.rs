@@ -71,6 +71,7 @@ pub struct StateCapture {
     history_first: u64,
     history: Vec<HistoryEntry>,
     programme: crate::loyalty::programme::Programme,
+    members: crate::loyalty::members::Members,
 }
 
 /// Bytes of an encoded history entry.
@@ -109,6 +110,7 @@ impl StateCapture {
             history_first: 0,
             history: Vec::new(),
             programme: crate::loyalty::programme::Programme::default(),
+            members: crate::loyalty::members::Members::default(),
         }
     }
 
@@ -185,7 +187,8 @@ impl StateCapture {
     /// The encoding of snapshot format `version` (1: without the history section; 2: without
     /// refunds in the idempotency entries and the origin of transfers; 3: without the amount of
     /// each remembered write; 4: without what the key index needs: the LSN forgotten through
-    /// and each unsettled transfer's fingerprint and time; 5: without the loyalty programme),
+    /// and each unsettled transfer's fingerprint and time; 5: without the loyalty programme; 6:
+    /// without the members and parked points),
     /// so that tools can compare an old snapshot with a replayed state.
     pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
@@ -315,7 +318,134 @@ impl StateCapture {
             crate::loyalty::codec::encode_accounts(&mut encoder, &version.accounts);
             crate::loyalty::codec::encode_rules(&mut encoder, &version.rules);
         }
+        if version < 7 {
+            return;
+        }
+        encode_members(&mut encoder, &self.members);
     }
+}
+
+/// Sections 14 (members, by customer) and 15 (parked points, by transaction).
+fn encode_members(encoder: &mut Encoder<'_>, members: &crate::loyalty::members::Members) {
+    let mut sorted: Vec<_> = members.iter().collect();
+    sorted.sort_unstable_by_key(|(customer, _)| **customer);
+    encoder.u64(length(sorted.len()));
+    for (customer, member) in sorted {
+        encoder.u64(*customer);
+        encoder.u8(member.tier);
+        encoder.u32(member.caps.day);
+        encoder.u64(member.caps.day_points);
+        encoder.u32(member.caps.month);
+        encoder.u64(member.caps.month_points);
+        encoder.u8(u8::try_from(member.months.len()).expect("at most MONTHS_KEPT_MAX"));
+        for month in &member.months {
+            encoder.u32(month.month);
+            encoder.u64(month.points);
+        }
+        encoder.u32(u32::try_from(member.lots.len()).expect("at most LOTS_PER_MEMBER_MAX"));
+        for lot in member.lots.iter() {
+            encoder.u64(lot.origin.0);
+            encoder.u8(lot.kind as u8);
+            encoder.u32(lot.expires_day);
+            encoder.u64(lot.amount);
+            encoder.u64(lot.remaining);
+        }
+    }
+    let mut parked: Vec<_> = members.parked().collect();
+    parked.sort_unstable_by_key(|(tx, _)| **tx);
+    encoder.u64(length(parked.len()));
+    for (tx, entry) in parked {
+        encoder.u64(tx.0);
+        encoder.u64(entry.customer);
+        encoder.u8(u8::from(entry.in_balance));
+        encoder.u32(u32::try_from(entry.parts.len()).expect("at most LOTS_PER_MEMBER_MAX"));
+        for part in &entry.parts {
+            crate::loyalty::codec::encode_part(encoder, part);
+        }
+    }
+}
+
+/// Reads sections 14 and 15.
+fn decode_members(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), DecodeError> {
+    use crate::loyalty::lots::{LOTS_PER_MEMBER_MAX, Lot, LotKind};
+    use crate::loyalty::members::{CapsCounters, MONTHS_KEPT_MAX, Member, MonthPoints, Parked};
+    let invalid = |field: &'static str, value: u128| DecodeError::Invalid { field, value };
+    let members = count(decoder, "member count", 8 + 1 + 24 + 1 + 4)?;
+    let mut previous = None;
+    for _ in 0..members {
+        let customer = decoder.u64("member")?;
+        if previous.is_some_and(|previous| previous >= customer) {
+            return Err(invalid("member order", u128::from(customer)));
+        }
+        previous = Some(customer);
+        let mut member = Member {
+            tier: decoder.u8("tier")?,
+            caps: CapsCounters {
+                day: decoder.u32("caps day")?,
+                day_points: decoder.u64("caps day points")?,
+                month: decoder.u32("caps month")?,
+                month_points: decoder.u64("caps month points")?,
+            },
+            ..Member::default()
+        };
+        let months = usize::from(decoder.u8("month count")?);
+        if months > MONTHS_KEPT_MAX {
+            return Err(invalid("month count", months as u128));
+        }
+        for _ in 0..months {
+            let month =
+                MonthPoints { month: decoder.u32("month")?, points: decoder.u64("month points")? };
+            if member.months.last().is_some_and(|last| last.month >= month.month)
+                || month.points == 0
+            {
+                return Err(invalid("months", u128::from(month.month)));
+            }
+            member.months.push(month);
+        }
+        let lots = decoder.count("lot count", LOTS_PER_MEMBER_MAX)?;
+        for _ in 0..lots {
+            let origin = TxId(decoder.u64("lot origin")?);
+            let kind = decoder.u8("lot kind")?;
+            let kind = LotKind::from_u8(kind).ok_or(invalid("lot kind", u128::from(kind)))?;
+            let lot = Lot {
+                origin,
+                kind,
+                expires_day: decoder.u32("lot expiry day")?,
+                amount: decoder.u64("lot amount")?,
+                remaining: decoder.u64("lot remaining")?,
+            };
+            member.lots.restore(lot).map_err(|field| invalid(field, u128::from(customer)))?;
+        }
+        ledger
+            .members
+            .restore_member(customer, member)
+            .map_err(|field| invalid(field, u128::from(customer)))?;
+    }
+    let entries = count(decoder, "parked count", 8 + 8 + 1 + 4)?;
+    let mut previous = None;
+    for _ in 0..entries {
+        let tx = TxId(decoder.u64("parked transaction")?);
+        if previous.is_some_and(|previous| previous >= tx) {
+            return Err(invalid("parked order", u128::from(tx.0)));
+        }
+        previous = Some(tx);
+        let customer = decoder.u64("parked customer")?;
+        let in_balance = match decoder.u8("parked in balance")? {
+            0 => false,
+            1 => true,
+            other => return Err(invalid("parked in balance", u128::from(other))),
+        };
+        let parts = decoder.count("parked parts", LOTS_PER_MEMBER_MAX)?;
+        let parts = (0..parts)
+            .map(|_| crate::loyalty::codec::decode_part(decoder))
+            .collect::<Result<_, _>>()?;
+        let parked = Parked { customer, parts, in_balance };
+        ledger
+            .members
+            .restore_parked(tx, parked)
+            .map_err(|field| invalid(field, u128::from(tx.0)))?;
+    }
+    Ok(())
 }
 
 impl Ledger {
@@ -354,6 +484,7 @@ impl Ledger {
             history.peek().map_or(self.history.next_sequence(), |(sequence, _)| *sequence);
         capture.history.extend(history.map(|(_, entry)| *entry));
         capture.programme.clone_from(&self.programme);
+        capture.members.clone_from(&self.members);
     }
 
     /// A copy of the state for a snapshot.
@@ -607,6 +738,14 @@ impl Ledger {
         }
         if version >= 6 {
             decode_programme(&mut decoder, &mut ledger)?;
+        }
+        if version >= 7 {
+            decode_members(&mut decoder, &mut ledger)?;
+        } else if let Some(first) = ledger.programme.versions().first() {
+            // Before version 7 lots were not kept: the points customers hold become lots as
+            // if the programme had started at its first version.
+            let started = first.effective_at;
+            ledger.lots_at_programme_start(started);
         }
         decoder.finish()?;
         Ok(ledger)

@@ -5,6 +5,8 @@
 //! holds a rule set the engine would have refused.
 
 use super::decimal::Ratio;
+use super::lots::{LotKind, LotPart};
+use super::pricing::{BASKET_LINES_MAX, Line, Lines, PromotionPoints, PurchaseOutcome};
 use super::programme::ProgrammeAccounts;
 use super::rules::{
     BaseRate, CATEGORIES_MAX, Caps, Cashback, CategoryRule, Expiry, PROMOTION_SCOPE_MAX,
@@ -12,7 +14,7 @@ use super::rules::{
     TIERS_MAX, TierRule,
 };
 use crate::codec::{DecodeError, Decoder, Encoder};
-use crate::ids::Timestamp;
+use crate::ids::{Timestamp, TxId};
 use crate::ledger::account::ClassId;
 
 const CATEGORY_EXCLUDED: u8 = 1;
@@ -25,6 +27,134 @@ const SCOPE_STORES: u8 = 2;
 
 fn count_u8(len: usize) -> u8 {
     u8::try_from(len).expect("rule set lists are bounded by validate")
+}
+
+/// Appends a lot part: `origin: u64`, `kind: u8`, `expires_day: u32`, `amount: u64` (21 bytes).
+pub fn encode_part(encoder: &mut Encoder<'_>, part: &LotPart) {
+    encoder.u64(part.origin.0);
+    encoder.u8(part.kind as u8);
+    encoder.u32(part.expires_day);
+    encoder.u64(part.amount);
+}
+
+/// Reads a lot part; its amount is never 0.
+pub fn decode_part(decoder: &mut Decoder<'_>) -> Result<LotPart, DecodeError> {
+    let origin = TxId(decoder.u64("lot origin")?);
+    let kind = decoder.u8("lot kind")?;
+    let kind = LotKind::from_u8(kind).ok_or_else(|| invalid("lot kind", kind))?;
+    let expires_day = decoder.u32("lot expiry day")?;
+    let amount = decoder.u64("lot amount")?;
+    if amount == 0 {
+        return Err(invalid("lot amount", 0_u8));
+    }
+    Ok(LotPart { origin, kind, expires_day, amount })
+}
+
+/// Appends a basket: `count: u8`, then per line `category: u16`, `amount: u64`, `flags: u8`
+/// (bit 0: excluded by the till).
+pub fn encode_lines(encoder: &mut Encoder<'_>, lines: &[Line]) {
+    encoder.u8(u8::try_from(lines.len()).expect("baskets are bounded"));
+    for line in lines {
+        encoder.u16(line.category);
+        encoder.u64(line.amount);
+        encoder.u8(u8::from(line.excluded));
+    }
+}
+
+/// Reads a basket: 1..=32 lines, amounts not 0, flags 0 or 1.
+pub fn decode_lines(decoder: &mut Decoder<'_>) -> Result<Lines, DecodeError> {
+    let count = decoder.u8("line count")?;
+    if count == 0 || usize::from(count) > BASKET_LINES_MAX {
+        return Err(invalid("line count", count));
+    }
+    let mut lines = Lines::new();
+    for _ in 0..count {
+        let category = decoder.u16("line category")?;
+        let amount = decoder.u64("line amount")?;
+        let flags = decoder.u8("line flags")?;
+        if amount == 0 || flags > 1 {
+            return Err(invalid("line", amount));
+        }
+        lines.push(Line { category, amount, excluded: flags == 1 });
+    }
+    Ok(lines)
+}
+
+/// Bytes of an encoded basket of `lines` lines.
+pub fn lines_len(lines: usize) -> usize {
+    1 + lines * LINE_BYTES
+}
+
+/// Bytes of one encoded line.
+pub const LINE_BYTES: usize = 2 + 8 + 1;
+
+/// Appends a purchase's outcome.
+pub fn encode_outcome(encoder: &mut Encoder<'_>, outcome: &PurchaseOutcome) {
+    encoder.u32(outcome.rules_version);
+    encoder.u8(outcome.tier_before);
+    encoder.u8(outcome.tier_after);
+    encoder.u64(outcome.base);
+    encoder.u64(outcome.category);
+    encoder.u64(outcome.tier_points);
+    encoder.u8(u8::try_from(outcome.promotions.len()).expect("at most PROMOTIONS_MAX"));
+    for promotion in &outcome.promotions {
+        encoder.u8(promotion.promotion);
+        encoder.u64(promotion.points);
+    }
+    encoder.u64(outcome.cap_cut);
+    encoder.u64(outcome.earned);
+    encoder.u64(outcome.bonus);
+    encoder.u64(outcome.cashback);
+}
+
+/// Reads a purchase's outcome: tiers below `TIERS_MAX`, promotions below `PROMOTIONS_MAX` in
+/// increasing order, credited points that add up (earned + bonus + cut = every component).
+pub fn decode_outcome(decoder: &mut Decoder<'_>) -> Result<PurchaseOutcome, DecodeError> {
+    let rules_version = decoder.u32("rule version")?;
+    let tier_before = decoder.u8("tier before")?;
+    let tier_after = decoder.u8("tier after")?;
+    if usize::from(tier_before.max(tier_after)) >= TIERS_MAX {
+        return Err(invalid("tier", tier_before.max(tier_after)));
+    }
+    let base = decoder.u64("base points")?;
+    let category = decoder.u64("category points")?;
+    let tier_points = decoder.u64("tier points")?;
+    let count = small_count(decoder, "promotion count", PROMOTIONS_MAX)?;
+    let mut promotions = smallvec::SmallVec::new();
+    for _ in 0..count {
+        let promotion = decoder.u8("promotion")?;
+        let points = decoder.u64("promotion points")?;
+        let ordered =
+            promotions.last().is_none_or(|last: &PromotionPoints| last.promotion < promotion);
+        if usize::from(promotion) >= PROMOTIONS_MAX || !ordered || points == 0 {
+            return Err(invalid("promotion", promotion));
+        }
+        promotions.push(PromotionPoints { promotion, points });
+    }
+    let outcome = PurchaseOutcome {
+        rules_version,
+        tier_before,
+        tier_after,
+        base,
+        category,
+        tier_points,
+        promotions,
+        cap_cut: decoder.u64("cap cut")?,
+        earned: decoder.u64("earned points")?,
+        bonus: decoder.u64("bonus points")?,
+        cashback: decoder.u64("cashback")?,
+    };
+    let components = [base, category, tier_points]
+        .into_iter()
+        .chain(outcome.promotions.iter().map(|p| p.points))
+        .try_fold(0_u64, u64::checked_add);
+    let credited = [outcome.earned, outcome.bonus, outcome.cap_cut]
+        .into_iter()
+        .try_fold(0_u64, u64::checked_add);
+    if components.is_none() || components != credited || rules_version == 0 {
+        return Err(invalid("purchase outcome (components do not add up)", 0_u8));
+    }
+    Ok(outcome)
 }
 
 /// Appends the programme's five classes (`points`, `issuance`, `breakage`, `cashback`,

@@ -10,10 +10,15 @@
 //! - `rules_file`: rule files (TOML) with errors by line.
 //! - `codec`: the byte form of a rule set (WAL record and snapshot).
 //! - `programme`: the recorded rule versions and which is in force when.
+//! - `lots`: point lots (one per kind and expiry day), spent the earliest expiry first.
+//! - `members`: each customer's lots, tier, qualifying points and caps; parked points; the
+//!   expiry index.
 
 pub mod calendar;
 pub mod codec;
 pub mod decimal;
+pub mod lots;
+pub mod members;
 pub mod pricing;
 pub mod programme;
 pub mod rules;

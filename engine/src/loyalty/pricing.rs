@@ -102,6 +102,59 @@ impl Breakdown {
     }
 }
 
+/// What a purchase record says it earned and why: the rule version, the tiers, and every
+/// component of the breakdown. Replay applies it as recorded; re-pricing the purchase from its
+/// inputs must give it again (`ledger-wal verify` reports any difference).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PurchaseOutcome {
+    /// The rule version in force at the purchase's timestamp.
+    pub rules_version: u32,
+    /// The customer's tier before the purchase: the one it was priced at.
+    pub tier_before: u8,
+    /// The customer's tier after it.
+    pub tier_after: u8,
+    /// Base points.
+    pub base: u64,
+    /// Category points.
+    pub category: u64,
+    /// Tier points.
+    pub tier_points: u64,
+    /// Each promotion's points, before the cut.
+    pub promotions: SmallVec<[PromotionPoints; 2]>,
+    /// Points the caps took away.
+    pub cap_cut: u64,
+    /// Earned points credited.
+    pub earned: u64,
+    /// Bonus points credited.
+    pub bonus: u64,
+    /// Cashback credited, in minor units of the cashback asset.
+    pub cashback: u64,
+}
+
+impl PurchaseOutcome {
+    /// The outcome of a priced purchase.
+    pub fn new(rules_version: u32, breakdown: &Breakdown, tier_after: u8) -> PurchaseOutcome {
+        PurchaseOutcome {
+            rules_version,
+            tier_before: breakdown.tier,
+            tier_after,
+            base: breakdown.base,
+            category: breakdown.category,
+            tier_points: breakdown.tier_points,
+            promotions: breakdown.promotions.clone(),
+            cap_cut: breakdown.cap_cut,
+            earned: breakdown.earned,
+            bonus: breakdown.bonus,
+            cashback: breakdown.cashback,
+        }
+    }
+
+    /// Points credited: earned + bonus.
+    pub fn points(&self) -> u64 {
+        self.earned.saturating_add(self.bonus)
+    }
+}
+
 /// Checks a basket's shape: 1..=32 lines, none of amount 0, a total that fits in 64 bits.
 /// Returns the total.
 pub fn check_basket(lines: &[Line]) -> Result<u64, BasketError> {

@@ -20,7 +20,6 @@ use super::snapshotter::{Snapshotter, SnapshotterJob};
 use super::writer::{Batch, WriterJob, WriterThread};
 use super::{Control, Input, PeerMessage, ReplySink, ShardShared, ShardTuning};
 use crate::clock::Clock;
-use crate::ids::TxId;
 use crate::ids::{CustomerId, Lsn, ShardId, Timestamp, shard_for_customer};
 use crate::keyindex::indexer::{Indexer, IndexerJob, Mailbox};
 use crate::keyindex::run::RunIdentity;
@@ -29,8 +28,8 @@ use crate::ledger::account::Namespace;
 use crate::ledger::command::HISTORY_PAGE_MAX;
 use crate::ledger::command::{Command, Committed, Operation, Query, Request, Response};
 use crate::ledger::record::{
-    Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Posting, Postings, Record, Reversal,
-    Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
+    Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, LotsExpire, Posting, Postings, Record,
+    Reversal, Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
 };
 use crate::ledger::registry::Registry;
 use crate::ledger::{Ledger, LedgerConfig, Refusal, StateCapture};
@@ -112,6 +111,8 @@ pub(crate) struct ShardActor {
     snapshot_lsn: Lsn,
     /// Explicit snapshot requests waiting for the next snapshot to start.
     snapshot_waiters: Vec<Sender<Result<Lsn, String>>>,
+    /// Whether the expiry sweep left due lots for the next turn.
+    sweep_behind: bool,
     /// Where capture buffers are asked for (`None` once stopping: the snapshotter ends when
     /// every sender is gone).
     snapshotter: Option<Sender<SnapshotterJob>>,
@@ -260,6 +261,7 @@ impl ShardActor {
             last_redrive: Instant::now(),
             snapshot_lsn: lsn,
             snapshot_waiters: Vec::new(),
+            sweep_behind: false,
             snapshotter: Some(snapshot_tx),
             prepared: prepared_rx,
             preparing: false,
@@ -289,7 +291,8 @@ impl ShardActor {
 
     fn serve(&mut self) {
         loop {
-            let tick = self.tuning.tick;
+            // While the expiry sweep is behind, the next turn comes at once.
+            let tick = if self.sweep_behind { std::time::Duration::ZERO } else { self.tuning.tick };
             select! {
                 recv(self.control) -> message => {
                     if matches!(message, Ok(Control::Shutdown) | Err(_)) {
@@ -328,6 +331,64 @@ impl ShardActor {
         self.now = self.clock.now().max(self.ledger.timestamp()).max(self.now);
         self.install_key_runs();
         self.expire_due_holds();
+        self.expire_due_lots();
+    }
+
+    /// The expiry sweep: a `LotsExpire` record for each of up to `lots_expired_per_turn`
+    /// customers with lots due at `self.now`.
+    fn expire_due_lots(&mut self) {
+        if self.poisoned() {
+            return;
+        }
+        let limit = self.ledger.config().limits.batch_records_max;
+        let room =
+            limit.saturating_sub(self.batch_records()).min(self.tuning.lots_expired_per_turn);
+        let due = self.ledger.lots_due(self.now, room);
+        self.sweep_behind = room > 0 && due.len() == room;
+        for (customer, lots) in due {
+            let expire = LotsExpire { id: self.ledger.peek_tx_id(self.now), customer, lots };
+            self.append(Body::LotsExpire(expire)).expect("due lots expire");
+        }
+    }
+
+    /// Expires a customer's due lots before a request of theirs, so that no request spends or
+    /// sees points past their expiry, whatever the sweep's pace.
+    fn expire_lots_of(&mut self, customer: u64) {
+        let lots = self.ledger.lots_due_of(customer, self.now);
+        if !lots.is_empty() && !self.poisoned() {
+            let expire = LotsExpire { id: self.ledger.peek_tx_id(self.now), customer, lots };
+            self.append(Body::LotsExpire(expire)).expect("due lots expire");
+        }
+    }
+
+    /// The members a command reads or debits.
+    fn members_of(&self, command: &Command) -> smallvec::SmallVec<[u64; 2]> {
+        let points = self.ledger.programme().points_class();
+        let mut customers = smallvec::SmallVec::new();
+        let mut add = |account: crate::ledger::account::AccountId| {
+            if Some(account.class()) == points && !customers.contains(&account.owner()) {
+                customers.push(account.owner());
+            }
+        };
+        match command {
+            Command::Write(request) => match &request.operation {
+                Operation::Post { postings } => postings.iter().for_each(|p| add(p.debit)),
+                Operation::Hold { posting, .. } => add(posting.debit),
+                Operation::Transfer { source, .. } => add(*source),
+                Operation::Purchase { .. }
+                | Operation::Capture { .. }
+                | Operation::Void { .. }
+                | Operation::Reverse { .. } => {}
+            },
+            Command::Read(Query::Account(account) | Query::History { account, .. }) => {
+                add(*account)
+            }
+            Command::Read(Query::Member { customer, .. }) if points.is_some() => {
+                customers.push(*customer)
+            }
+            Command::Read(_) => {}
+        }
+        customers
     }
 
     /// Appends a `HoldExpire` record for every open hold due at `self.now`, flushing full
@@ -447,6 +508,14 @@ impl ShardActor {
                         self.batch.reply(&sink, tag, Response::Rejected(RejectCode::ShardFailed));
                         continue;
                     }
+                    if self.ledger.lots_due_by(self.now) {
+                        for customer in self.members_of(&command) {
+                            if self.batch_records() >= limit {
+                                self.flush();
+                            }
+                            self.expire_lots_of(customer);
+                        }
+                    }
                     if self.batch_records() >= limit {
                         self.flush();
                     }
@@ -468,7 +537,7 @@ impl ShardActor {
                     let _ = reply.send(Err(RejectCode::ShardFailed));
                     return;
                 }
-                match self.append(body) {
+                match self.append(*body) {
                     Ok(_) => self.batch.define_replies.push(reply),
                     Err(Refusal::Rejected(code)) => {
                         let _ = reply.send(Err(code));
@@ -526,6 +595,12 @@ impl ShardActor {
                         ));
                 Response::Remembered(remembered)
             }
+            Query::Member { customer, within_days } => {
+                match self.ledger.member_view(customer, within_days, self.now) {
+                    Some(view) => Response::Member(Box::new(view)),
+                    None => Response::Rejected(RejectCode::AccountNotFound),
+                }
+            }
         }
     }
 
@@ -551,8 +626,27 @@ impl ShardActor {
             Operation::Void { hold } => Body::HoldVoid(HoldVoid { header, hold }),
             Operation::Reverse { original } => match self.ledger.reversal_postings(original) {
                 Ok(postings) => Body::Reversal(Reversal { header, original, postings }),
-                Err(code) => return Some(self.refuse_reversal(header, original, code)),
+                Err(code) => {
+                    let probe =
+                        Body::Reversal(Reversal { header, original, postings: Postings::new() });
+                    return Some(self.refuse_unbuilt(probe, code));
+                }
             },
+            Operation::Purchase { customer, lines } => {
+                match self.ledger.price_purchase(header, customer, lines.clone(), self.now) {
+                    Ok(purchase) => Body::Purchase(purchase),
+                    Err(code) => {
+                        let outcome = crate::loyalty::pricing::PurchaseOutcome::default();
+                        let probe = Body::Purchase(crate::ledger::record::Purchase {
+                            header,
+                            customer,
+                            lines,
+                            outcome,
+                        });
+                        return Some(self.refuse_unbuilt(probe, code));
+                    }
+                }
+            }
             Operation::Transfer { source, destination, amount } => {
                 match self.transfer_body(header, source, destination, amount) {
                     Ok(body) => body,
@@ -602,14 +696,16 @@ impl ShardActor {
         self.waiters.entry(key).or_default().push(waiter);
     }
 
-    /// The answer to a reversal that cannot be built. A retry of a reversal that committed
-    /// finds its original reversed already: it is answered as the duplicate it is (or as a
-    /// conflict, if its key was used for something else) before the refusal.
-    fn refuse_reversal(&mut self, header: TxHeader, original: TxId, code: RejectCode) -> Response {
+    /// The answer to a write whose record cannot be built (a reversal of an original reversed
+    /// already, a purchase the rules cannot price now). A retry of such a write that committed
+    /// is answered as the duplicate it is (or as a conflict, if its key was used for something
+    /// else) before the refusal: `probe` is the request with what the shard would decide left
+    /// empty, which the fingerprint does not cover.
+    fn refuse_unbuilt(&mut self, probe: Body, code: RejectCode) -> Response {
+        let header = *probe.header().expect("client writes have a header");
         let Some(key) = header.idempotency else {
             return Response::Rejected(RejectCode::IdempotencyKeyMissing);
         };
-        let probe = Body::Reversal(Reversal { header, original, postings: Postings::new() });
         let mut bytes = Vec::new();
         payload::encode_body(&probe, &mut bytes);
         let fingerprint = payload::fingerprint(probe.kind(), &bytes);

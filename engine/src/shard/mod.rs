@@ -56,8 +56,8 @@ pub trait ReplySink: Send + Sync {
 pub(crate) enum Input {
     /// Client commands, answered through `sink`.
     Commands { sink: Arc<dyn ReplySink>, commands: Vec<(u64, Command)> },
-    /// An asset or class definition, answered once durable.
-    Define { body: Body, reply: crossbeam_channel::Sender<Result<(), RejectCode>> },
+    /// An asset, class or rule version definition, answered once durable.
+    Define { body: Box<Body>, reply: crossbeam_channel::Sender<Result<(), RejectCode>> },
     /// Take a snapshot now; answered with its LSN once written.
     Snapshot { reply: crossbeam_channel::Sender<Result<Lsn, String>> },
 }
@@ -106,6 +106,11 @@ pub struct ShardTuning {
     pub scrub_rate_bytes_per_sec: u64,
     /// Time between scrub passes (and before the first).
     pub scrub_interval: Duration,
+    /// Customers whose due lots the expiry sweep expires per turn at most: the bound on the
+    /// work a midnight of expiries adds to a turn. While more are due the shard takes its next
+    /// turn at once instead of waiting for a tick; a customer whose lots are due is expired
+    /// before any write or query of theirs in any case.
+    pub lots_expired_per_turn: usize,
 }
 
 impl Default for ShardTuning {
@@ -119,6 +124,7 @@ impl Default for ShardTuning {
             wal_retention: WalRetention::KeepAll,
             scrub_rate_bytes_per_sec: 16 * 1024 * 1024,
             scrub_interval: Duration::from_secs(3600),
+            lots_expired_per_turn: 256,
         }
     }
 }

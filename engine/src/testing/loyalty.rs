@@ -195,6 +195,25 @@ impl Loyalty {
         self.request(key, TxKind::REVERSAL, Operation::Reverse { original })
     }
 
+    /// A purchase of `lines` (`(category, amount)`) at `store`, priced by the engine.
+    pub fn purchase(&self, key: u128, customer: u64, store: u32, lines: &[(u16, u64)]) -> Command {
+        let lines = lines
+            .iter()
+            .map(|&(category, amount)| crate::loyalty::Line { category, amount, excluded: false })
+            .collect();
+        let mut command =
+            self.request(key, TxKind::PURCHASE, Operation::Purchase { customer, lines });
+        if let Command::Write(request) = &mut command {
+            request.metadata.store = store;
+        }
+        command
+    }
+
+    /// Read a member's loyalty state, counting points that expire within `within_days`.
+    pub fn member_query(&self, customer: u64, within_days: u16) -> Command {
+        Command::Read(Query::Member { customer, within_days })
+    }
+
     /// Read a customer's recent history.
     pub fn history_query(&self, customer: u64, limit: u16) -> Command {
         Command::Read(Query::History { account: self.customer(customer), limit })

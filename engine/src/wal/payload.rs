@@ -10,9 +10,9 @@ use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::ids::{IdempotencyKey, ShardId, TerminalId, Timestamp, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
 use crate::ledger::record::{
-    AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, Metadata,
-    Posting, Receipt, RecordKind, Reversal, RulesDefine, Transaction, TransferIn, TransferOut,
-    TransferSettle, TxHeader, TxKind,
+    AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, LotsExpire,
+    Metadata, Posting, Purchase, Receipt, RecordKind, Reversal, RulesDefine, Transaction,
+    TransferIn, TransferOut, TransferSettle, TxHeader, TxKind,
 };
 use crate::limits::{NAME_BYTES_MAX, RECEIPT_BYTES_MAX, TRANSACTION_POSTINGS_MAX};
 
@@ -44,6 +44,14 @@ pub fn fingerprint(kind: RecordKind, payload: &[u8]) -> u64 {
         RecordKind::Reversal => payload
             .get(RECEIPT_LENGTH_OFFSET)
             .map_or(payload.len(), |len| RECEIPT_LENGTH_OFFSET + 1 + usize::from(*len) + 8),
+        // A purchase's outcome is decided by the shard: the request is the header, the
+        // customer and the basket.
+        RecordKind::Purchase => payload.get(RECEIPT_LENGTH_OFFSET).map_or(payload.len(), |len| {
+            let customer_end = RECEIPT_LENGTH_OFFSET + 1 + usize::from(*len) + 8;
+            payload.get(customer_end).map_or(payload.len(), |count| {
+                customer_end + crate::loyalty::codec::lines_len(usize::from(*count))
+            })
+        }),
         _ => payload.len(),
     };
     let covered = payload.get(FINGERPRINT_OFFSET..end.min(payload.len())).unwrap_or(&[]);
@@ -221,6 +229,21 @@ pub fn encode_body(body: &Body, out: &mut Vec<u8>) {
             encoder.u16(define.asset.0);
             encoder.u32(define.flags.bits());
         }
+        Body::Purchase(purchase) => {
+            encode_header(&mut encoder, &purchase.header);
+            encoder.u64(purchase.customer);
+            crate::loyalty::codec::encode_lines(&mut encoder, &purchase.lines);
+            // Decided by the shard: after the inputs, outside the fingerprint.
+            crate::loyalty::codec::encode_outcome(&mut encoder, &purchase.outcome);
+        }
+        Body::LotsExpire(expire) => {
+            encoder.u64(expire.id.0);
+            encoder.u64(expire.customer);
+            encoder.u8(u8::try_from(expire.lots.len()).expect("at most 255 lots per record"));
+            for part in &expire.lots {
+                crate::loyalty::codec::encode_part(&mut encoder, part);
+            }
+        }
         Body::RulesDefine(define) => {
             encoder.u32(define.version);
             encoder.u64(define.effective_at.0);
@@ -310,6 +333,24 @@ pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError
             let flags = AccountFlags::from_bits(flags)
                 .ok_or(DecodeError::Invalid { field: "flags", value: u128::from(flags) })?;
             Body::ClassDefine(ClassDefine { id, namespace, name, asset, flags })
+        }
+        RecordKind::Purchase => Body::Purchase(Purchase {
+            header: decode_header(&mut decoder)?,
+            customer: decoder.u64("customer")?,
+            lines: crate::loyalty::codec::decode_lines(&mut decoder)?,
+            outcome: crate::loyalty::codec::decode_outcome(&mut decoder)?,
+        }),
+        RecordKind::LotsExpire => {
+            let id = TxId(decoder.u64("tx id")?);
+            let customer = decoder.u64("customer")?;
+            let count = decoder.u8("lot count")?;
+            if count == 0 {
+                return Err(DecodeError::Invalid { field: "lot count", value: 0 });
+            }
+            let lots = (0..count)
+                .map(|_| crate::loyalty::codec::decode_part(&mut decoder))
+                .collect::<Result<_, _>>()?;
+            Body::LotsExpire(LotsExpire { id, customer, lots })
         }
         RecordKind::RulesDefine => {
             let version = decoder.u32("rule version")?;

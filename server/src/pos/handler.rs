@@ -236,7 +236,7 @@ pub fn answer(opcode: u8, response: Response) -> OpResult {
         })),
         // No POS operation asks for a hold's view; an answer of the wrong shape is a bug
         // somewhere between here and the engine, reported rather than guessed at.
-        Response::Hold(_) => {
+        Response::Hold(_) | Response::Member(_) => {
             tracing::error!(opcode, "the engine answered a hold view to a POS operation");
             OpResult::Refused(Status::InternalError)
         }

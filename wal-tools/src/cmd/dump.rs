@@ -89,6 +89,41 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
             "asset": define.asset.0,
             "flags": define.flags.bits(),
         }),
+        Body::Purchase(purchase) => {
+            let outcome = &purchase.outcome;
+            json!({
+                "tx_kind": purchase.header.kind.to_string(),
+                "terminal": purchase.header.terminal.0,
+                "store": purchase.header.metadata.store,
+                "receipt": purchase.header.metadata.receipt.as_str(),
+                "customer": purchase.customer,
+                "lines": purchase.lines.iter().map(|line| json!({
+                    "category": line.category, "amount": line.amount, "excluded": line.excluded,
+                })).collect::<Vec<_>>(),
+                "rules_version": outcome.rules_version,
+                "tier_before": outcome.tier_before,
+                "tier_after": outcome.tier_after,
+                "base": outcome.base,
+                "category": outcome.category,
+                "tier_points": outcome.tier_points,
+                "promotions": outcome.promotions.iter().map(|p| json!({
+                    "promotion": p.promotion, "points": p.points,
+                })).collect::<Vec<_>>(),
+                "cap_cut": outcome.cap_cut,
+                "earned": outcome.earned,
+                "bonus": outcome.bonus,
+                "cashback": outcome.cashback,
+            })
+        }
+        Body::LotsExpire(expire) => json!({
+            "customer": expire.customer,
+            "lots": expire.lots.iter().map(|part| json!({
+                "origin": part.origin.0,
+                "kind": part.kind.name(),
+                "expires_day": part.expires_day,
+                "amount": part.amount,
+            })).collect::<Vec<_>>(),
+        }),
         Body::RulesDefine(define) => {
             let rules = &define.rules;
             json!({

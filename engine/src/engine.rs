@@ -728,6 +728,9 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
         Command::Read(Query::Member { customer, .. }) => {
             shard_for_customer(CustomerId(*customer), shard_count)
         }
+        Command::Read(Query::Explain { tx }) => ShardId::new(tx.shard())
+            .filter(|shard| shard.index() < shard_count)
+            .ok_or(RejectCode::TransactionNotFound)?,
         Command::Read(
             Query::Account(account)
             | Query::History { account, .. }

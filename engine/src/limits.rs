@@ -61,6 +61,9 @@ pub struct Limits {
     /// Depth of a shard's channel for messages from other shards (transfer legs and acks). A
     /// message that does not fit is dropped and re-sent by the sender's re-drive timer.
     pub peer_queue_depth_max: usize,
+    /// Purchases per shard an explain query answers from memory (about 400 bytes each: 16 Ki
+    /// take 6.5 MiB); older ones are explained from the WAL (`loyalty::explain::from_wal`).
+    pub explain_purchases_max: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +79,7 @@ impl Default for Limits {
             history_entries_max: 1024 * 1024,
             transfers_in_flight_max: 65_536,
             peer_queue_depth_max: 65_536,
+            explain_purchases_max: 16_384,
         }
     }
 }
@@ -101,6 +105,7 @@ impl Limits {
             history_entries_max: 64,
             transfers_in_flight_max: 8,
             peer_queue_depth_max: 8,
+            explain_purchases_max: 64,
         }
     }
 

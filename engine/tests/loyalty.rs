@@ -428,43 +428,22 @@ fn a_midnight_of_many_expiring_customers_is_swept_in_bounded_turns() {
 fn a_purchase_recorded_with_another_outcome_replays_as_recorded_and_is_reported() {
     use ledger_engine::ledger::record::Body;
     use ledger_engine::recovery::{ShardPaths, recover_shard};
-    use ledger_engine::wal::reader::{self, ScanOptions};
-    use ledger_engine::wal::writer::{WalIdentity, WalWriter};
 
     let dir = tempfile::tempdir().unwrap();
     let setup = setup(dir.path(), 1, at(2026, 2, 1, 0), RuleSet::flat(1, 1));
     committed(setup.engine.execute(setup.loyalty.purchase(1, 8, 1, &[(0, 10)])));
     setup.engine.shutdown();
-    let mut records = Vec::new();
-    reader::scan(&ShardPaths::new(dir.path(), 0).wal, &ScanOptions::all(), |record| {
-        records.push(record.decode().unwrap());
-        Ok::<(), ()>(())
-    })
-    .unwrap();
-    for record in &mut records {
+    // The same history, written again with the altered purchase (a valid WAL: chained, sealed).
+    let altered = tempfile::tempdir().unwrap();
+    ledger_engine::testing::loyalty::rewrite_wal(dir.path(), altered.path(), |record| {
         if let Body::Purchase(purchase) = &mut record.body {
             purchase.outcome.base += 5;
             purchase.outcome.earned += 5;
         }
-    }
-    // The same history, written again with the altered purchase (a valid WAL: chained, sealed).
-    let altered = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("ledgerd.meta"), altered.path().join("ledgerd.meta")).unwrap();
+    });
     let meta = ledger_engine::datadir::read_meta(altered.path()).unwrap();
     let paths = ShardPaths::new(altered.path(), 0);
-    paths.create().unwrap();
     let shard = ShardId::new(0).unwrap();
-    let identity = WalIdentity { shard, shard_count: 1, cluster_id: meta.cluster_id };
-    let mut writer =
-        WalWriter::open(&paths.wal, identity, 1 << 20, None, records[0].timestamp, None).unwrap();
-    let mut batch = Vec::new();
-    for record in &records {
-        ledger_engine::wal::payload::encode_record(&mut batch, record);
-    }
-    writer.append(&mut batch, records[0].timestamp).unwrap();
-    writer.sync().unwrap();
-    writer.mark_durable(records[0].timestamp);
-    drop(writer);
 
     let limits = Limits { idempotency_keys_max: 4096, ..Limits::test_min() };
     let recovered =

@@ -32,9 +32,40 @@ pub const COMMITTED_BYTES: usize = 8 + 8 + 8 + 8 + 1;
 pub const BALANCE_BYTES: usize = 8 + 8 + 8;
 /// Bytes of one history entry in a result.
 pub const HISTORY_ENTRY_BYTES: usize = 8 + 8 + 8 + 2 + 1 + 1;
-/// The largest operation on the wire (a transfer with the longest receipt), header included.
-pub const OP_BYTES_MAX: usize =
+/// Lines a basket purchase carries at most.
+pub const BASKET_LINES_MAX: usize = 32;
+/// Bytes of one basket line: category, amount, flags.
+pub const LINE_BYTES: usize = 2 + 8 + 1;
+/// The largest operation of fixed size (a transfer with the longest receipt), header included:
+/// a server's `frame_bytes_max` holds `batch_ops_max` of them.
+pub const FIXED_OP_BYTES_MAX: usize =
     OP_HEADER_BYTES + WRITE_META_BYTES + 8 + 8 + 8 + 1 + RECEIPT_BYTES_MAX;
+/// The largest operation on the wire (a basket purchase of 32 lines with the longest receipt),
+/// header included: a server's `frame_bytes_max` holds at least one.
+pub const OP_BYTES_MAX: usize = OP_HEADER_BYTES
+    + WRITE_META_BYTES
+    + 8
+    + 1
+    + BASKET_LINES_MAX * LINE_BYTES
+    + 1
+    + RECEIPT_BYTES_MAX;
+/// Lots a member result lists at most.
+pub const MEMBER_LOTS_MAX: usize = 64;
+/// Bytes of a member result before its lots.
+pub const MEMBER_BYTES: usize = 1 + 1 + 2 + 5 * 8 + 4 + 2 + 2;
+/// Bytes of one lot in a member result.
+pub const LOT_BYTES: usize = 8 + 1 + 1 + 2 + 4 + 8 + 8;
+/// Bytes of an explanation before its names, promotions and lines.
+pub const EXPLAIN_FIXED_BYTES: usize = 8 * 4 + 4 + 4 + 8 + 7 * 8 + 4 + 8 + 8;
+/// Promotions an explanation lists at most (a rule set holds at most 16).
+pub const EXPLAIN_PROMOTIONS_MAX: usize = 16;
+/// Bytes of a name: a length byte and up to 32 bytes of UTF-8.
+pub const NAME_BYTES_MAX: usize = 1 + 32;
+/// The largest explanation result body.
+pub const EXPLAIN_BYTES_MAX: usize = EXPLAIN_FIXED_BYTES
+    + 2 * NAME_BYTES_MAX
+    + EXPLAIN_PROMOTIONS_MAX * (1 + 8 + NAME_BYTES_MAX)
+    + BASKET_LINES_MAX * LINE_BYTES;
 
 /// Operation codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,7 +77,11 @@ pub enum Opcode {
     Balance = 2,
     /// A customer's recent postings.
     History = 3,
-    /// A purchase: earns points at the server's base rate.
+    /// A member's tier, lots and points about to expire.
+    Member = 4,
+    /// Why a purchase earned what it did.
+    Explain = 5,
+    /// A purchase of one line: earns what the loyalty rules give it.
     Purchase = 16,
     /// Spend points.
     Redeem = 17,
@@ -60,6 +95,8 @@ pub enum Opcode {
     Reverse = 21,
     /// Move points between customers.
     Transfer = 22,
+    /// A purchase of a basket of 1..=32 lines, priced by the loyalty rules.
+    PurchaseBasket = 23,
 }
 
 impl Opcode {
@@ -68,6 +105,8 @@ impl Opcode {
         Opcode::Ping,
         Opcode::Balance,
         Opcode::History,
+        Opcode::Member,
+        Opcode::Explain,
         Opcode::Purchase,
         Opcode::Redeem,
         Opcode::Hold,
@@ -75,6 +114,7 @@ impl Opcode {
         Opcode::Void,
         Opcode::Reverse,
         Opcode::Transfer,
+        Opcode::PurchaseBasket,
     ];
 
     /// The opcode with this number.
@@ -88,6 +128,8 @@ impl Opcode {
             Opcode::Ping => "ping",
             Opcode::Balance => "balance",
             Opcode::History => "history",
+            Opcode::Member => "member",
+            Opcode::Explain => "explain",
             Opcode::Purchase => "purchase",
             Opcode::Redeem => "redeem",
             Opcode::Hold => "hold",
@@ -95,12 +137,16 @@ impl Opcode {
             Opcode::Void => "void",
             Opcode::Reverse => "reverse",
             Opcode::Transfer => "transfer",
+            Opcode::PurchaseBasket => "purchase_basket",
         }
     }
 
     /// Whether the operation writes (and so carries an idempotency key).
     pub fn is_write(self) -> bool {
-        !matches!(self, Opcode::Ping | Opcode::Balance | Opcode::History)
+        !matches!(
+            self,
+            Opcode::Ping | Opcode::Balance | Opcode::History | Opcode::Member | Opcode::Explain
+        )
     }
 }
 
@@ -156,7 +202,59 @@ pub struct WriteMeta {
     pub receipt: Receipt,
 }
 
+/// One line of a basket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct BasketLine {
+    /// The category of the goods (0: none).
+    pub category: u16,
+    /// What the line costs, in minor currency units.
+    pub amount: u64,
+    /// The till flags goods that never earn (gift cards, tobacco, deposits).
+    pub excluded: bool,
+}
+
+/// The lines of a basket purchase, 0..=32, kept inline so that decoding never allocates (the
+/// server refuses an empty basket with `basket_invalid`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Basket {
+    len: u8,
+    lines: [BasketLine; BASKET_LINES_MAX],
+}
+
+impl Basket {
+    /// A basket of `lines`, or `BasketInvalid` for more than 32.
+    pub fn new(lines: &[BasketLine]) -> Result<Basket, Status> {
+        let mut basket = Basket { len: 0, lines: [BasketLine::default(); BASKET_LINES_MAX] };
+        for line in lines {
+            basket.push(*line)?;
+        }
+        Ok(basket)
+    }
+
+    fn push(&mut self, line: BasketLine) -> Result<(), Status> {
+        let slot = self.lines.get_mut(usize::from(self.len)).ok_or(Status::BasketInvalid)?;
+        *slot = line;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// The lines.
+    pub fn lines(&self) -> &[BasketLine] {
+        self.lines.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+}
+
+impl std::fmt::Debug for Basket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.lines()).finish()
+    }
+}
+
 /// One operation of a request.
+///
+/// The basket is inline (about 520 bytes) so that decoding never allocates; operations are
+/// decoded one at a time from the frame and handled by reference, never stored in bulk.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     /// Liveness check.
@@ -173,7 +271,19 @@ pub enum Op {
         /// Entries at most (1..=256).
         limit: u16,
     },
-    /// A purchase of `amount` minor currency units: earns points at the server's base rate.
+    /// A member's loyalty state.
+    Member {
+        /// The customer.
+        customer: u64,
+        /// Count points expiring within this many days (0: by the end of today).
+        within_days: u16,
+    },
+    /// Why a purchase earned what it did.
+    Explain {
+        /// The purchase's transaction id.
+        tx: u64,
+    },
+    /// A purchase of `amount` minor currency units in `meta.category`: a basket of one line.
     Purchase {
         /// Key, store, category, receipt.
         meta: WriteMeta,
@@ -236,6 +346,15 @@ pub enum Op {
         /// Points moved.
         points: u64,
     },
+    /// A purchase of a basket.
+    PurchaseBasket {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The customer.
+        customer: u64,
+        /// The lines.
+        basket: Basket,
+    },
 }
 
 impl Op {
@@ -245,6 +364,8 @@ impl Op {
             Op::Ping => Opcode::Ping,
             Op::Balance { .. } => Opcode::Balance,
             Op::History { .. } => Opcode::History,
+            Op::Member { .. } => Opcode::Member,
+            Op::Explain { .. } => Opcode::Explain,
             Op::Purchase { .. } => Opcode::Purchase,
             Op::Redeem { .. } => Opcode::Redeem,
             Op::Hold { .. } => Opcode::Hold,
@@ -252,14 +373,20 @@ impl Op {
             Op::Void { .. } => Opcode::Void,
             Op::Reverse { .. } => Opcode::Reverse,
             Op::Transfer { .. } => Opcode::Transfer,
+            Op::PurchaseBasket { .. } => Opcode::PurchaseBasket,
         }
     }
 
     /// The write's meta, if it is a write.
     pub fn meta(&self) -> Option<&WriteMeta> {
         match self {
-            Op::Ping | Op::Balance { .. } | Op::History { .. } => None,
+            Op::Ping
+            | Op::Balance { .. }
+            | Op::History { .. }
+            | Op::Member { .. }
+            | Op::Explain { .. } => None,
             Op::Purchase { meta, .. }
+            | Op::PurchaseBasket { meta, .. }
             | Op::Redeem { meta, .. }
             | Op::Hold { meta, .. }
             | Op::Capture { meta, .. }
@@ -288,6 +415,20 @@ impl Op {
             Op::History { customer, limit } => {
                 writer.u64(customer);
                 writer.u16(limit);
+            }
+            Op::Member { customer, within_days } => {
+                writer.u64(customer);
+                writer.u16(within_days);
+            }
+            Op::Explain { tx } => writer.u64(tx),
+            Op::PurchaseBasket { customer, basket, .. } => {
+                writer.u64(customer);
+                writer.u8(basket.len);
+                for line in basket.lines() {
+                    writer.u16(line.category);
+                    writer.u64(line.amount);
+                    writer.u8(u8::from(line.excluded));
+                }
             }
             Op::Purchase { customer, amount, .. } => {
                 writer.u64(customer);
@@ -351,6 +492,30 @@ impl Op {
                 }
                 Op::History { customer, limit }
             }
+            Opcode::Member => Op::Member {
+                customer: u64(&mut reader, "customer")?,
+                within_days: reader.u16("within days").map_err(malformed)?,
+            },
+            Opcode::Explain => Op::Explain { tx: u64(&mut reader, "tx")? },
+            Opcode::PurchaseBasket => {
+                let customer = u64(&mut reader, "customer")?;
+                let count = reader.u8("line count").map_err(malformed)?;
+                if usize::from(count) > BASKET_LINES_MAX {
+                    return Err(Status::BasketInvalid);
+                }
+                let mut basket = Basket::new(&[])?;
+                for _ in 0..count {
+                    let category = reader.u16("line category").map_err(malformed)?;
+                    let amount = u64(&mut reader, "line amount")?;
+                    let excluded = match reader.u8("line flags").map_err(malformed)? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(Status::Malformed),
+                    };
+                    basket.push(BasketLine { category, amount, excluded })?;
+                }
+                Op::PurchaseBasket { meta, customer, basket }
+            }
             Opcode::Purchase => Op::Purchase {
                 meta,
                 customer: u64(&mut reader, "customer")?,
@@ -396,8 +561,13 @@ impl Op {
     fn with_meta(self, new: WriteMeta) -> Op {
         let mut op = self;
         match &mut op {
-            Op::Ping | Op::Balance { .. } | Op::History { .. } => {}
+            Op::Ping
+            | Op::Balance { .. }
+            | Op::History { .. }
+            | Op::Member { .. }
+            | Op::Explain { .. } => {}
             Op::Purchase { meta, .. }
+            | Op::PurchaseBasket { meta, .. }
             | Op::Redeem { meta, .. }
             | Op::Hold { meta, .. }
             | Op::Capture { meta, .. }
@@ -433,6 +603,8 @@ pub fn result_bytes_max(raw: RawOp<'_>) -> usize {
             COUNT_HEADER_BYTES + usize::from(limit) * HISTORY_ENTRY_BYTES
         }
         Some(Opcode::Balance) => BALANCE_BYTES,
+        Some(Opcode::Member) => MEMBER_BYTES + MEMBER_LOTS_MAX * LOT_BYTES,
+        Some(Opcode::Explain) => EXPLAIN_BYTES_MAX,
         Some(opcode) if opcode.is_write() => COMMITTED_BYTES,
         Some(_) | None => 0,
     };
@@ -580,6 +752,100 @@ impl HistoryItem {
     }
 }
 
+/// One lot in a member result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LotItem {
+    /// The transaction that opened it (0: points held when the programme started).
+    pub origin: u64,
+    /// 1 earned, 2 bonus, 3 transfer.
+    pub kind: u8,
+    /// It expires at 00:00 UTC of this day (days since 1970-01-01).
+    pub expires_day: u32,
+    /// Points credited into it.
+    pub amount: u64,
+    /// Points left.
+    pub remaining: u64,
+}
+
+/// A member's loyalty state, as answered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MemberReply {
+    /// The tier now (index into the rules' tiers).
+    pub tier: u8,
+    /// The tier the member's last purchase recorded.
+    pub tier_recorded: u8,
+    /// Purchase points in the tier window.
+    pub qualifying: u64,
+    /// Purchase points today (UTC), for the daily cap.
+    pub day_points: u64,
+    /// Purchase points this month (UTC), for the monthly cap.
+    pub month_points: u64,
+    /// Points expiring within the asked number of days.
+    pub expiring: u64,
+    /// Points open holds reserved.
+    pub held: u64,
+    /// Lots the member holds (`lots` lists the first 64, the earliest expiry first).
+    pub lot_count: u32,
+    /// The lots listed.
+    pub lots: Vec<LotItem>,
+}
+
+/// A named promotion's points in an explanation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PromotionItem {
+    /// Its position in the rule version's promotions.
+    pub index: u8,
+    /// Points it gave, before the cut.
+    pub points: u64,
+    /// Its name.
+    pub name: String,
+}
+
+/// Why a purchase earned what it did, as answered.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExplainReply {
+    /// The purchase.
+    pub tx_id: u64,
+    /// When it was decided, ns since the Unix epoch.
+    pub timestamp: u64,
+    /// Its position in its shard's WAL.
+    pub lsn: u64,
+    /// The member.
+    pub customer: u64,
+    /// The store.
+    pub store: u32,
+    /// The rule version that priced it.
+    pub rules_version: u32,
+    /// When that version took effect.
+    pub rules_effective_at: u64,
+    /// Base points.
+    pub base: u64,
+    /// Category points.
+    pub category: u64,
+    /// Tier points.
+    pub tier_points: u64,
+    /// Points the caps took away.
+    pub cap_cut: u64,
+    /// Earned points credited.
+    pub earned: u64,
+    /// Bonus points credited.
+    pub bonus: u64,
+    /// Cashback credited, in minor units of the cashback asset.
+    pub cashback: u64,
+    /// The tier it was priced at, and its name.
+    pub tier_before: (u8, String),
+    /// The tier it left the member in, and its name.
+    pub tier_after: (u8, String),
+    /// The daily cap in force (0: none).
+    pub daily_cap: u64,
+    /// The monthly cap in force (0: none).
+    pub monthly_cap: u64,
+    /// Each promotion that gave points.
+    pub promotions: Vec<PromotionItem>,
+    /// The basket.
+    pub lines: Vec<BasketLine>,
+}
+
 /// What a successful operation returns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Reply {
@@ -591,6 +857,10 @@ pub enum Reply {
     Balance(BalanceView),
     /// Recent postings, newest first.
     History(Vec<HistoryItem>),
+    /// A member's loyalty state.
+    Member(MemberReply),
+    /// Why a purchase earned what it did.
+    Explanation(Box<ExplainReply>),
 }
 
 /// The result of one operation.
@@ -656,9 +926,91 @@ pub fn encode_result(out: &mut Vec<u8>, opcode: u8, result: &OpResult) {
                 writer.u8(0);
             }
         }
+        OpResult::Ok(Reply::Member(member)) => {
+            writer.u8(member.tier);
+            writer.u8(member.tier_recorded);
+            writer.u16(0);
+            for value in [member.qualifying, member.day_points, member.month_points] {
+                writer.u64(value);
+            }
+            writer.u64(member.expiring);
+            writer.u64(member.held);
+            writer.u32(member.lot_count);
+            let listed = member.lots.len().min(MEMBER_LOTS_MAX);
+            writer.u16(u16::try_from(listed).expect("bounded by MEMBER_LOTS_MAX"));
+            writer.u16(0);
+            for lot in member.lots.iter().take(listed) {
+                writer.u64(lot.origin);
+                writer.u8(lot.kind);
+                writer.u8(0);
+                writer.u16(0);
+                writer.u32(lot.expires_day);
+                writer.u64(lot.amount);
+                writer.u64(lot.remaining);
+            }
+        }
+        OpResult::Ok(Reply::Explanation(explain)) => {
+            for value in [explain.tx_id, explain.timestamp, explain.lsn, explain.customer] {
+                writer.u64(value);
+            }
+            writer.u32(explain.store);
+            writer.u32(explain.rules_version);
+            writer.u64(explain.rules_effective_at);
+            for value in [
+                explain.base,
+                explain.category,
+                explain.tier_points,
+                explain.cap_cut,
+                explain.earned,
+                explain.bonus,
+                explain.cashback,
+            ] {
+                writer.u64(value);
+            }
+            let promotions = explain.promotions.len().min(EXPLAIN_PROMOTIONS_MAX);
+            let lines = explain.lines.len().min(BASKET_LINES_MAX);
+            writer.u8(explain.tier_before.0);
+            writer.u8(explain.tier_after.0);
+            writer.u8(u8::try_from(promotions).expect("bounded"));
+            writer.u8(u8::try_from(lines).expect("bounded"));
+            writer.u64(explain.daily_cap);
+            writer.u64(explain.monthly_cap);
+            put_name(&mut writer, &explain.tier_before.1);
+            put_name(&mut writer, &explain.tier_after.1);
+            for promotion in explain.promotions.iter().take(promotions) {
+                writer.u8(promotion.index);
+                writer.u64(promotion.points);
+                put_name(&mut writer, &promotion.name);
+            }
+            for line in explain.lines.iter().take(lines) {
+                writer.u16(line.category);
+                writer.u64(line.amount);
+                writer.u8(u8::from(line.excluded));
+            }
+        }
     }
     let body_len = writer.position() - start;
     writer.patch_u16(length_at, u16::try_from(body_len).expect("results are small"));
+}
+
+/// A name (tier, promotion): `len: u8` and up to 32 bytes of UTF-8, cut at a character
+/// boundary if longer.
+fn put_name(writer: &mut Writer<'_>, name: &str) {
+    let mut end = name.len().min(NAME_BYTES_MAX - 1);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    writer.u8(u8::try_from(end).expect("at most 32"));
+    writer.bytes(name.get(..end).unwrap_or("").as_bytes());
+}
+
+fn take_name(body: &mut Reader<'_>) -> Result<String, WireError> {
+    let len = body.u8("name length")?;
+    if usize::from(len) >= NAME_BYTES_MAX {
+        return Err(WireError::Invalid { field: "name length" });
+    }
+    let bytes = body.take("name", usize::from(len))?;
+    std::str::from_utf8(bytes).map(str::to_string).map_err(|_| WireError::Invalid { field: "name" })
 }
 
 /// One result as it sits in a response: not decoded yet.
@@ -792,7 +1144,117 @@ fn decode_reply(opcode: Opcode, body: &mut Reader<'_>) -> Result<Reply, WireErro
             }
             Reply::History(items)
         }
-        Opcode::Purchase
+        Opcode::Member => {
+            let tier = body.u8("tier")?;
+            let tier_recorded = body.u8("tier recorded")?;
+            if body.u16("reserved")? != 0 {
+                return Err(WireError::Invalid { field: "reserved" });
+            }
+            let qualifying = body.u64("qualifying")?;
+            let day_points = body.u64("day points")?;
+            let month_points = body.u64("month points")?;
+            let expiring = body.u64("expiring")?;
+            let held = body.u64("held")?;
+            let lot_count = body.u32("lot count")?;
+            let listed = usize::from(body.u16("lots listed")?);
+            if body.u16("reserved")? != 0 || listed > MEMBER_LOTS_MAX {
+                return Err(WireError::Invalid { field: "lots listed" });
+            }
+            let mut lots = Vec::with_capacity(listed);
+            for _ in 0..listed {
+                let origin = body.u64("lot origin")?;
+                let kind = body.u8("lot kind")?;
+                if body.u8("reserved")? != 0 || body.u16("reserved")? != 0 {
+                    return Err(WireError::Invalid { field: "reserved" });
+                }
+                lots.push(LotItem {
+                    origin,
+                    kind,
+                    expires_day: body.u32("lot expiry day")?,
+                    amount: body.u64("lot amount")?,
+                    remaining: body.u64("lot remaining")?,
+                });
+            }
+            Reply::Member(MemberReply {
+                tier,
+                tier_recorded,
+                qualifying,
+                day_points,
+                month_points,
+                expiring,
+                held,
+                lot_count,
+                lots,
+            })
+        }
+        Opcode::Explain => {
+            let tx_id = body.u64("tx id")?;
+            let timestamp = body.u64("timestamp")?;
+            let lsn = body.u64("lsn")?;
+            let customer = body.u64("customer")?;
+            let store = body.u32("store")?;
+            let rules_version = body.u32("rules version")?;
+            let rules_effective_at = body.u64("rules effective at")?;
+            let base = body.u64("base")?;
+            let category = body.u64("category")?;
+            let tier_points = body.u64("tier points")?;
+            let cap_cut = body.u64("cap cut")?;
+            let earned = body.u64("earned")?;
+            let bonus = body.u64("bonus")?;
+            let cashback = body.u64("cashback")?;
+            let tier_before = body.u8("tier before")?;
+            let tier_after = body.u8("tier after")?;
+            let promotions = usize::from(body.u8("promotion count")?);
+            let lines = usize::from(body.u8("line count")?);
+            if promotions > EXPLAIN_PROMOTIONS_MAX || lines > BASKET_LINES_MAX {
+                return Err(WireError::Invalid { field: "explanation counts" });
+            }
+            let daily_cap = body.u64("daily cap")?;
+            let monthly_cap = body.u64("monthly cap")?;
+            let tier_before = (tier_before, take_name(body)?);
+            let tier_after = (tier_after, take_name(body)?);
+            let mut named = Vec::with_capacity(promotions);
+            for _ in 0..promotions {
+                let index = body.u8("promotion")?;
+                let points = body.u64("promotion points")?;
+                named.push(PromotionItem { index, points, name: take_name(body)? });
+            }
+            let mut basket = Vec::with_capacity(lines);
+            for _ in 0..lines {
+                let category = body.u16("line category")?;
+                let amount = body.u64("line amount")?;
+                let excluded = match body.u8("line flags")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(WireError::Invalid { field: "line flags" }),
+                };
+                basket.push(BasketLine { category, amount, excluded });
+            }
+            Reply::Explanation(Box::new(ExplainReply {
+                tx_id,
+                timestamp,
+                lsn,
+                customer,
+                store,
+                rules_version,
+                rules_effective_at,
+                base,
+                category,
+                tier_points,
+                cap_cut,
+                earned,
+                bonus,
+                cashback,
+                tier_before,
+                tier_after,
+                daily_cap,
+                monthly_cap,
+                promotions: named,
+                lines: basket,
+            }))
+        }
+        Opcode::PurchaseBasket
+        | Opcode::Purchase
         | Opcode::Redeem
         | Opcode::Hold
         | Opcode::Capture
@@ -833,7 +1295,63 @@ mod tests {
             Op::Void { meta: meta(5), hold: 99 },
             Op::Reverse { meta: meta(6), tx: 77 },
             Op::Transfer { meta: meta(7), source: 1, destination: 2, points: 3 },
+            Op::Member { customer: 42, within_days: 30 },
+            Op::Explain { tx: 77 },
+            Op::PurchaseBasket { meta: meta(8), customer: 42, basket: largest_basket() },
         ]
+    }
+
+    fn largest_basket() -> Basket {
+        let line = |index: u16| BasketLine {
+            category: index,
+            amount: u64::from(index) * 100 + 1,
+            excluded: index.is_multiple_of(5),
+        };
+        Basket::new(&(0..32).map(line).collect::<Vec<_>>()).unwrap()
+    }
+
+    /// The largest result of each read of the loyalty programme.
+    fn largest_member() -> MemberReply {
+        let lot = LotItem { origin: 1, kind: 2, expires_day: 3, amount: 4, remaining: 5 };
+        MemberReply {
+            tier: 1,
+            tier_recorded: 2,
+            qualifying: 3,
+            day_points: 4,
+            month_points: 5,
+            expiring: 6,
+            held: 7,
+            lot_count: 500,
+            lots: vec![lot; MEMBER_LOTS_MAX],
+        }
+    }
+
+    fn largest_explanation() -> ExplainReply {
+        let name = "é".repeat(16);
+        ExplainReply {
+            tx_id: 1,
+            timestamp: 2,
+            lsn: 3,
+            customer: 4,
+            store: 5,
+            rules_version: 6,
+            rules_effective_at: 7,
+            base: 8,
+            category: 9,
+            tier_points: 10,
+            cap_cut: 11,
+            earned: 12,
+            bonus: 13,
+            cashback: 14,
+            tier_before: (1, name.clone()),
+            tier_after: (2, name.clone()),
+            daily_cap: 15,
+            monthly_cap: 16,
+            promotions: (0..16)
+                .map(|index| PromotionItem { index, points: 9, name: name.clone() })
+                .collect(),
+            lines: largest_basket().lines().to_vec(),
+        }
     }
 
     #[test]
@@ -873,6 +1391,20 @@ mod tests {
         assert_eq!(Op::decode(long), Err(Status::Malformed));
         let zero_limit = RawOp { opcode: Opcode::History as u8, body: &[0; 10] };
         assert_eq!(Op::decode(zero_limit), Err(Status::Malformed));
+        // A basket of 33 lines is refused as a basket, whatever follows.
+        let mut big = vec![0u8; WRITE_META_BYTES + 8];
+        big.push(33);
+        big.extend_from_slice(&[0; 33 * LINE_BYTES + 1]);
+        let raw = RawOp { opcode: Opcode::PurchaseBasket as u8, body: &big };
+        assert_eq!(Op::decode(raw), Err(Status::BasketInvalid));
+        // A line flag other than 0 or 1 is malformed.
+        let mut flagged = Vec::new();
+        let one = Basket::new(&[BasketLine { category: 1, amount: 2, excluded: false }]).unwrap();
+        Op::PurchaseBasket { meta: meta(9), customer: 1, basket: one }.encode(&mut flagged);
+        let flag_at = OP_HEADER_BYTES + WRITE_META_BYTES + 8 + 1 + 10;
+        flagged[flag_at] = 2;
+        let raw = RawOp { opcode: flagged[0], body: &flagged[OP_HEADER_BYTES..] };
+        assert_eq!(Op::decode(raw), Err(Status::Malformed));
 
         let mut receipt = Vec::new();
         Op::Void { meta: meta(1), hold: 5 }.encode(&mut receipt);
@@ -896,6 +1428,8 @@ mod tests {
                 Opcode::Ping => Reply::Pong,
                 Opcode::Balance => Reply::Balance(BalanceView { posted: 1, available: 1, held: 0 }),
                 Opcode::History => Reply::History(vec![item; 10]),
+                Opcode::Member => Reply::Member(largest_member()),
+                Opcode::Explain => Reply::Explanation(Box::new(largest_explanation())),
                 _ => Reply::Committed(committed),
             };
             let mut encoded = Vec::new();
@@ -921,17 +1455,22 @@ mod tests {
                 OpResult::Ok(Reply::Balance(BalanceView { posted: -1, available: -2, held: 3 })),
             ),
             (Opcode::History as u8, OpResult::Ok(Reply::History(history))),
+            (Opcode::Member as u8, OpResult::Ok(Reply::Member(largest_member()))),
+            (
+                Opcode::Explain as u8,
+                OpResult::Ok(Reply::Explanation(Box::new(largest_explanation()))),
+            ),
             (Opcode::Redeem as u8, OpResult::Refused(Status::InsufficientFunds)),
             (250, OpResult::Refused(Status::UnknownOpcode)),
         ];
-        let mut body = vec![6, 0, 0, 0];
+        let mut body = vec![8, 0, 0, 0];
         for (opcode, result) in &results {
             encode_result(&mut body, *opcode, result);
         }
-        assert_eq!(decode_response_body(&body, 6).unwrap(), results);
-        assert!(decode_response_body(&body, 5).is_err());
+        assert_eq!(decode_response_body(&body, 8).unwrap(), results);
+        assert!(decode_response_body(&body, 7).is_err());
         for cut in 0..body.len() {
-            assert!(decode_response_body(&body[..cut], 6).is_err());
+            assert!(decode_response_body(&body[..cut], 8).is_err());
         }
     }
 }

@@ -13,7 +13,8 @@ use std::path::Path;
 use hmac::{KeyInit, Mac};
 use ledger_protocol::frame::{self, FRAME_HEADER_BYTES, FrameType};
 use ledger_protocol::ops::{
-    self, BalanceView, Committed, HistoryItem, Op, OpResult, Opcode, Receipt, Reply, WriteMeta,
+    self, BalanceView, Basket, BasketLine, Committed, ExplainReply, HistoryItem, LotItem,
+    MemberReply, Op, OpResult, Opcode, PromotionItem, Receipt, Reply, WriteMeta,
 };
 use ledger_protocol::session::{self, AUTH_CONTEXT, NONCE_BYTES, Welcome};
 use ledger_protocol::status::Status;
@@ -115,6 +116,49 @@ const GOLDEN: &[(&str, &str)] = &[
         ),
     ),
     (
+        "basket-request",
+        concat!(
+            "4d000000 01 10 0000 0600000000000000 0100 0000 17 00 3900 ",
+            "06000000000000000000000000000000 07000000 0200 2a00000000000000 02 1400 c409000000000000 ",
+            "00 2800 e803000000000000 01 03 522d36 ",
+        ),
+    ),
+    (
+        "basket-response",
+        concat!(
+            "37000000 01 11 0000 0600000000000000 0100 0000 17 00 0000 2100 06100000ba73ac02 ",
+            "0000ef64ba3f4918 1200000000000000 4b00000000000000 00 ",
+        ),
+    ),
+    (
+        "member-request",
+        "1e000000 01 10 0000 0700000000000000 0100 0000 04 00 0a00 2a00000000000000 1e00 ",
+    ),
+    (
+        "member-response",
+        concat!(
+            "8a000000 01 11 0000 0700000000000000 0100 0000 04 00 0000 7400 01 01 0000 ",
+            "9608000000000000 4b00000000000000 c600000000000000 1900000000000000 1400000000000000 ",
+            "02000000 0200 0000 06100000ba73ac02 02 00 0000 8c500000 1900000000000000 ",
+            "1900000000000000 05100000ba73ac02 01 00 0000 f9510000 ad00000000000000 6700000000000000 ",
+        ),
+    ),
+    (
+        "explain-request",
+        "1c000000 01 10 0000 0800000000000000 0100 0000 05 00 0800 06100000ba73ac02 ",
+    ),
+    (
+        "explain-response",
+        concat!(
+            "c6000000 01 11 0000 0800000000000000 0100 0000 05 00 0000 b000 06100000ba73ac02 ",
+            "0000ef64ba3f4918 1200000000000000 2a00000000000000 07000000 02000000 00603634743c4918 ",
+            "1900000000000000 1900000000000000 0000000000000000 0000000000000000 3200000000000000 ",
+            "1900000000000000 0c00000000000000 01 01 01 02 8813000000000000 0000000000000000 ",
+            "0673696c766572 0673696c766572 00 1900000000000000 0673756d6d6572 1400 c409000000000000 ",
+            "00 2800 e803000000000000 01 ",
+        ),
+    ),
+    (
         "error-request",
         concat!(
             "2f000000 01 7f 0000 0400000000000000 6800 1f00 ",
@@ -179,6 +223,87 @@ fn history_results() -> Vec<(u8, OpResult)> {
 fn balance_results() -> Vec<(u8, OpResult)> {
     let view = BalanceView { posted: 123, available: 103, held: 20 };
     vec![(Opcode::Balance as u8, OpResult::Ok(Reply::Balance(view)))]
+}
+
+/// The basket purchase of the examples: 25.00 of electronics (category 20) and a 10.00 gift
+/// card the till marks excluded.
+fn basket_purchase() -> Op {
+    let lines = [
+        BasketLine { category: 20, amount: 2_500, excluded: false },
+        BasketLine { category: 40, amount: 1_000, excluded: true },
+    ];
+    Op::PurchaseBasket {
+        meta: meta(6, "R-6"),
+        customer: CUSTOMER,
+        basket: Basket::new(&lines).unwrap(),
+    }
+}
+
+fn basket_committed() -> Committed {
+    Committed {
+        tx_id: PURCHASE_TX + 1,
+        timestamp: PURCHASE_TIME,
+        lsn: 18,
+        points: 75,
+        duplicate: false,
+    }
+}
+
+fn member_reply() -> MemberReply {
+    MemberReply {
+        tier: 1,
+        tier_recorded: 1,
+        qualifying: 2_198,
+        day_points: 75,
+        month_points: 198,
+        expiring: 25,
+        held: 20,
+        lot_count: 2,
+        lots: vec![
+            LotItem {
+                origin: PURCHASE_TX + 1,
+                kind: 2,
+                expires_day: 20_620,
+                amount: 25,
+                remaining: 25,
+            },
+            LotItem {
+                origin: PURCHASE_TX,
+                kind: 1,
+                expires_day: 20_985,
+                amount: 173,
+                remaining: 103,
+            },
+        ],
+    }
+}
+
+fn explain_reply() -> ExplainReply {
+    ExplainReply {
+        tx_id: PURCHASE_TX + 1,
+        timestamp: PURCHASE_TIME,
+        lsn: 18,
+        customer: CUSTOMER,
+        store: 7,
+        rules_version: 2,
+        rules_effective_at: PURCHASE_TIME - 3_600_000_000_000,
+        base: 25,
+        category: 25,
+        tier_points: 0,
+        cap_cut: 0,
+        earned: 50,
+        bonus: 25,
+        cashback: 12,
+        tier_before: (1, "silver".to_string()),
+        tier_after: (1, "silver".to_string()),
+        daily_cap: 5_000,
+        monthly_cap: 0,
+        promotions: vec![PromotionItem { index: 0, points: 25, name: "summer".to_string() }],
+        lines: match basket_purchase() {
+            Op::PurchaseBasket { basket, .. } => basket.lines().to_vec(),
+            _ => unreachable!(),
+        },
+    }
 }
 
 fn welcome() -> Welcome {
@@ -258,6 +383,21 @@ fn encode(name: &str) -> Vec<u8> {
             Status::RequestIdInUse,
             "a request with this id is unanswered",
         ),
+        "basket-request" => out = request(6, &[basket_purchase()]),
+        "basket-response" => {
+            let result = OpResult::Ok(Reply::Committed(basket_committed()));
+            out = response(6, &[(Opcode::PurchaseBasket as u8, result)]);
+        }
+        "member-request" => out = request(7, &[Op::Member { customer: CUSTOMER, within_days: 30 }]),
+        "member-response" => {
+            out =
+                response(7, &[(Opcode::Member as u8, OpResult::Ok(Reply::Member(member_reply())))]);
+        }
+        "explain-request" => out = request(8, &[Op::Explain { tx: PURCHASE_TX + 1 }]),
+        "explain-response" => {
+            let result = OpResult::Ok(Reply::Explanation(Box::new(explain_reply())));
+            out = response(8, &[(Opcode::Explain as u8, result)]);
+        }
         "error-connection" => {
             session::encode_error(&mut out, 0, Status::AuthFailed, "unknown terminal or wrong mac")
         }
@@ -388,6 +528,9 @@ fn the_golden_bytes_decode_to_the_examples() {
         ("purchase-request", 1, vec![purchase()]),
         ("history-request", 2, history_ops()),
         ("balance-request", 3, vec![Op::Balance { customer: CUSTOMER }]),
+        ("basket-request", 6, vec![basket_purchase()]),
+        ("member-request", 7, vec![Op::Member { customer: CUSTOMER, within_days: 30 }]),
+        ("explain-request", 8, vec![Op::Explain { tx: PURCHASE_TX + 1 }]),
     ];
     for (name, request_id, expected) in requests {
         let (header, body) = split(name);
@@ -402,6 +545,27 @@ fn the_golden_bytes_decode_to_the_examples() {
         ("purchase-response", 1, vec![(Opcode::Purchase as u8, committed)]),
         ("history-response", 2, history_results()),
         ("balance-response", 3, balance_results()),
+        (
+            "basket-response",
+            6,
+            vec![(
+                Opcode::PurchaseBasket as u8,
+                OpResult::Ok(Reply::Committed(basket_committed())),
+            )],
+        ),
+        (
+            "member-response",
+            7,
+            vec![(Opcode::Member as u8, OpResult::Ok(Reply::Member(member_reply())))],
+        ),
+        (
+            "explain-response",
+            8,
+            vec![(
+                Opcode::Explain as u8,
+                OpResult::Ok(Reply::Explanation(Box::new(explain_reply()))),
+            )],
+        ),
     ];
     for (name, request_id, expected) in responses {
         let (header, body) = split(name);

@@ -65,9 +65,38 @@ pub struct Args {
     #[arg(long, env = "LEDGER_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// Loyalty rule file (TOML, docs/loyalty.md): checked before anything starts, and recorded
+    /// as a new rule version when it differs from the version in force (or from the version
+    /// already scheduled at its `effective_at`).
+    #[arg(long, env = "LEDGER_RULES")]
+    pub rules: Option<PathBuf>,
+
     /// Print the effective configuration (secrets are never printed) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// A tool instead of the server.
+    #[command(subcommand)]
+    pub command: Option<Tool>,
+}
+
+/// `ledgerd`'s tools.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Loyalty rule files.
+    Rules {
+        /// What to do.
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+}
+
+/// `ledgerd rules …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RulesAction {
+    /// Check a rule file without the server (exit 0 valid, 1 refused with the line and the
+    /// reason) and, given `--line`s, print what a sample purchase would earn.
+    Check(crate::rules_check::CheckArgs),
 }
 
 /// How logs are written.
@@ -247,8 +276,9 @@ pub struct PosConfig {
     pub handshake_timeout: Duration,
     /// Time connections have to finish their in-flight requests at shutdown.
     pub drain_timeout: Duration,
-    /// The base earn rate: `earn_points` points per `earn_per_minor_units` minor currency
-    /// units spent, rounded down (until the rules engine exists).
+    /// The base earn rate of the flat rule set recorded as version 1 of a programme that has
+    /// none and was given no rule file: `earn_points` points per `earn_per_minor_units` minor
+    /// units. Once a version exists these settings are not read (docs/loyalty.md).
     pub earn_points: u64,
     /// See `earn_points`.
     pub earn_per_minor_units: u64,
@@ -436,11 +466,13 @@ impl Config {
         if pos.frame_bytes_max > ledger_protocol::frame::FRAME_BYTES_LIMIT {
             bail!("pos.frame_bytes_max must be at most 16 MiB");
         }
-        // A full batch of the largest operations must fit in a frame, or clients could build
-        // requests that are within every advertised limit and still refused.
+        // A full batch of the largest fixed-size operations must fit in a frame, or clients
+        // could build requests that are within every advertised limit and still refused; a
+        // basket purchase is larger, and a frame holds at least one of the largest.
         let batch_bytes = ledger_protocol::frame::FRAME_HEADER_BYTES
             + ledger_protocol::ops::COUNT_HEADER_BYTES
-            + pos.batch_ops_max * ledger_protocol::ops::OP_BYTES_MAX;
+            + (pos.batch_ops_max * ledger_protocol::ops::FIXED_OP_BYTES_MAX)
+                .max(ledger_protocol::ops::OP_BYTES_MAX);
         if batch_bytes > pos.frame_bytes_max {
             bail!(
                 "pos.frame_bytes_max ({}) cannot hold a batch of pos.batch_ops_max ({}) \

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - `config`: defaults, TOML file, environment and flags, checked.
-//! - `bootstrap`: the default loyalty asset and accounts.
+//! - `bootstrap`: the default loyalty assets and accounts, and the programme's rules.
+//! - `rules_check`: `ledgerd rules check`, a rule file checked and tried without the server.
 //! - `credentials`: the POS terminals' credentials file (created on first start).
 //! - `pos`: the POS protocol listener, its connections, and what each operation posts.
 //!
@@ -14,3 +15,4 @@ pub mod bootstrap;
 pub mod config;
 pub mod credentials;
 pub mod pos;
+pub mod rules_check;

@@ -37,6 +37,10 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(config::Tool::Rules { action: config::RulesAction::Check(check) }) = &args.command {
+        let valid = ledger_server::rules_check::run(check)?;
+        std::process::exit(if valid { 0 } else { 1 });
+    }
     let config = Config::resolve(&args)?;
     if args.print_config {
         // An existing data directory's replay rules are what the server would run with.
@@ -45,6 +49,13 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     init_logging(config.log_format);
+    // A rule file is checked before anything starts: a bad one changes nothing.
+    let rules = match &args.rules {
+        Some(path) => Some(ledger_engine::loyalty::rules_file::read(path).map_err(|error| {
+            anyhow::anyhow!("{}:{}: {}", path.display(), error.line, error.message)
+        })?),
+        None => None,
+    };
     let mut engine_config = EngineConfig::new(&config.data_dir);
     // A replay rule: it applies to a new directory; an existing one keeps its own.
     engine_config.hold_timeout_max_nanos = config.hold_timeout_max_nanos();
@@ -74,8 +85,18 @@ fn main() -> anyhow::Result<()> {
     }
     let definitions =
         bootstrap::define_defaults(&engine).context("cannot define the default assets")?;
+    if let Some(recorded) =
+        bootstrap::record_rules(&engine, definitions.accounts, rules.as_ref(), &config.pos)?
+    {
+        tracing::info!(
+            version = recorded.version,
+            new = recorded.new,
+            "loyalty rules {}",
+            if recorded.new { "recorded" } else { "unchanged" }
+        );
+    }
     let credentials = credentials::load_or_create(&config)?;
-    let book = pos::handler::Book::new(&engine, &config.pos)?;
+    let book = pos::handler::Book::new(&engine)?;
     let rates = pos::rate::RateLimits::new(&credentials, config.pos.rate_per_terminal);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.pos.io_threads)

@@ -295,12 +295,11 @@ async fn a_retry_after_a_dropped_connection_returns_the_original_result() {
     server.stop().await;
 }
 
-/// A purchase that earns no points posts nothing and is not remembered, but its key is checked
-/// like any write's: the key of a committed write is `idempotency_conflict` (as a retry with
-/// another payload would be), also in the request that committed it; a free key is `ok` with
-/// transaction id 0, and stays free.
+/// A purchase that earns nothing (below the 1-point rate) is recorded like any other: it gets
+/// its own transaction id, its key is taken (a retry is a duplicate, another payload a
+/// conflict), also within the request that committed it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_zero_point_purchase_with_a_used_key_is_a_conflict() {
+async fn a_purchase_that_earns_nothing_is_recorded_and_takes_its_key() {
     let server = TestServer::start().await;
     let client = server.client().await;
     let first = committed(&client.call_one(purchase(50, 8, 10_000)).await.unwrap());
@@ -310,21 +309,22 @@ async fn a_zero_point_purchase_with_a_used_key_is_a_conflict() {
         client.call_one(tiny(50)).await.unwrap(),
         OpResult::Refused(Status::IdempotencyConflict)
     );
-    let nothing = Committed { tx_id: 0, timestamp: 0, lsn: 0, points: 0, duplicate: false };
-    for _ in 0..2 {
-        let result = client.call_one(tiny(51)).await.unwrap();
-        assert_eq!(result, OpResult::Ok(Reply::Committed(nothing)), "a free key stays free");
-    }
-    let fresh = committed(&client.call_one(purchase(51, 8, 500)).await.unwrap());
-    assert!(!fresh.duplicate && fresh.points == 5);
-    // In one request: the write commits first, then the zero-point purchase finds its key.
+    let nothing = committed(&client.call_one(tiny(51)).await.unwrap());
+    assert!(nothing.tx_id != 0 && nothing.points == 0 && !nothing.duplicate);
+    let again = committed(&client.call_one(tiny(51)).await.unwrap());
+    assert_eq!((again.tx_id, again.duplicate), (nothing.tx_id, true));
+    assert_eq!(
+        client.call_one(purchase(51, 8, 500)).await.unwrap(),
+        OpResult::Refused(Status::IdempotencyConflict)
+    );
+    // In one request: the first commits, the second finds its key taken.
     let results = client.call(&[purchase(52, 8, 300), tiny(52)]).await.unwrap();
     assert_eq!(committed(&results[0]).points, 3);
     assert_eq!(results[1], OpResult::Refused(Status::IdempotencyConflict));
     // Another terminal's key 50 is another key.
     let other = server.client_as(2, &[2; 32]).await;
-    assert_eq!(other.call_one(tiny(50)).await.unwrap(), OpResult::Ok(Reply::Committed(nothing)));
-    assert_eq!(balance(&client, 8).await, 108);
+    assert_eq!(committed(&other.call_one(tiny(50)).await.unwrap()).points, 0);
+    assert_eq!(balance(&client, 8).await, 103);
     server.stop().await;
 }
 

@@ -62,6 +62,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Why a purchase earned what it did (rule version, tier, every component, caps), from
+    /// its shard's WAL alone. Exit 1 when the WAL holds no purchase with this id.
+    Explain {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The purchase's transaction id (it names its shard).
+        tx: u64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How a command ended, as an exit code.
@@ -82,6 +94,7 @@ fn main() -> ExitCode {
         Command::Dump { data_dir, shard, from, limit, json } => {
             cmd::dump::run(&data_dir, shard, from, limit, json)
         }
+        Command::Explain { data_dir, tx, json } => cmd::explain::run(&data_dir, tx, json),
     };
     match result {
         Ok(Outcome::Sound) => ExitCode::SUCCESS,

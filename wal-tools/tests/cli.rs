@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use ledger_engine::loyalty::explain::Explanation;
 use ledger_engine::snapshot::{SNAPSHOT_HEADER_BYTES, SnapshotHeader};
 use ledger_engine::testing::loyalty::{Loyalty, execute_all};
 use ledger_engine::{Engine, EngineConfig, Limits, Response};
@@ -248,4 +249,121 @@ fn the_format_fixtures_of_every_version_verify() {
             assert_eq!(checked, 1, "v{version}: {report}");
         }
     }
+}
+
+/// One shard on Black Friday 2026 under the documented example rules: purchases at the
+/// flagship store (both promotions), a plain one, and a basket with an excluded line.
+/// Returns each purchase's answer and the engine's explanation of it, from memory.
+fn build_loyalty(dir: &Path) -> Vec<(ledger_engine::Committed, Explanation)> {
+    use ledger_engine::clock::ManualClock;
+    use ledger_engine::loyalty::calendar::{Date, start_of};
+
+    let start = start_of(Date { year: 2026, month: 11, day: 27 });
+    let clock = std::sync::Arc::new(ManualClock::new(ledger_engine::Timestamp(
+        start.0 + 10 * 3_600 * 1_000_000_000,
+    )));
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(1);
+    config.limits = Limits::test_min();
+    config.clock = clock;
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let accounts = loyalty.define_programme(&engine);
+    engine.define_rules(ledger_engine::testing::loyalty::example_rules(), accounts, None).unwrap();
+    let purchases = [
+        loyalty.purchase(1, 42, 7, &[(20, 2_500), (40, 1_000)]),
+        loyalty.purchase(2, 42, 3, &[(10, 1_999)]),
+        loyalty.purchase(3, 43, 7, &[(30, 12_000), (10, 800), (50, 900)]),
+    ];
+    let explained = execute_all(&engine, purchases.to_vec())
+        .into_iter()
+        .map(|response| {
+            let committed = response.committed().unwrap();
+            let query = ledger_engine::Query::Explain { tx: committed.tx_id };
+            match engine.execute(ledger_engine::Command::Read(query)) {
+                Response::Explanation(explanation) => (committed, *explanation),
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    engine.shutdown();
+    explained
+}
+
+#[test]
+fn explain_tells_from_the_wal_alone_what_the_engine_told_the_till() {
+    let dir = tempfile::tempdir().unwrap();
+    let explained = build_loyalty(dir.path());
+    let data = dir.path().to_str().unwrap();
+    for (purchase, memory) in &explained {
+        let tx = purchase.tx_id.0.to_string();
+        let output = ledger_wal(&["explain", "--data-dir", data, &tx, "--json"]);
+        assert_eq!(output.status.code(), Some(0), "{output:?}");
+        let json: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        let outcome = &memory.purchase.outcome;
+        assert_eq!(json["tx_id"], purchase.tx_id.0);
+        assert_eq!(json["lsn"], purchase.lsn.0);
+        assert_eq!(json["points"], purchase.amount, "what the till was told");
+        assert_eq!(json["rules_version"], outcome.rules_version);
+        assert_eq!(json["tier_before"]["name"], memory.tier_before.as_str());
+        for (field, value) in [
+            ("base", outcome.base),
+            ("category", outcome.category),
+            ("tier_points", outcome.tier_points),
+            ("cap_cut", outcome.cap_cut),
+            ("earned", outcome.earned),
+            ("bonus", outcome.bonus),
+            ("cashback", outcome.cashback),
+        ] {
+            assert_eq!(json[field], value, "{field} of {tx}");
+        }
+        let promotions: Vec<(&str, u64)> = json["promotions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["points"].as_u64().unwrap()))
+            .collect();
+        let expected: Vec<(&str, u64)> =
+            memory.promotions.iter().map(|p| (p.name.as_str(), p.points)).collect();
+        assert_eq!(promotions, expected);
+    }
+    let committed: Vec<_> = explained.iter().map(|(committed, _)| committed).collect();
+    // The first purchase: 2 × 25 electronics points, doubled on Black Friday, the flagship
+    // store's 250 bonus; the gift card earns nothing.
+    let first = committed[0].tx_id.0.to_string();
+    let output = ledger_wal(&["explain", "--data-dir", data, &first]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("black-friday") && text.contains("flagship-opening"), "{text}");
+    assert!(text.contains("line  2: category    40 amount         1000\n"), "{text}");
+    assert!(text.contains("rules version 1"), "{text}");
+
+    // A transaction id that is no purchase: exit 1.
+    let missing = (committed[2].tx_id.0 + 1_000).to_string();
+    let output = ledger_wal(&["explain", "--data-dir", data, &missing]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no purchase"));
+}
+
+#[test]
+fn verify_reports_a_purchase_its_rules_do_not_give() {
+    let dir = tempfile::tempdir().unwrap();
+    build_loyalty(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let output = ledger_wal(&["verify", "--data-dir", data]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+
+    let altered = tempfile::tempdir().unwrap();
+    ledger_engine::testing::loyalty::rewrite_wal(dir.path(), altered.path(), |record| {
+        if let ledger_engine::ledger::record::Body::Purchase(purchase) = &mut record.body
+            && purchase.customer == 43
+        {
+            purchase.outcome.cashback += 1;
+        }
+    });
+    let output = ledger_wal(&["verify", "--data-dir", altered.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("its rule version gives"), "{text}");
+    assert_eq!(text.matches("problem:").count(), 1, "one purchase: {text}");
 }

@@ -102,6 +102,11 @@ pub enum Query {
         /// Days ahead to count expiring points over (0: today).
         within_days: u16,
     },
+    /// Why a purchase earned what it did (`Response::Explanation`), while its shard remembers it.
+    Explain {
+        /// The purchase's transaction id (it names the shard).
+        tx: TxId,
+    },
     /// Whether the shard of `account` remembers a committed write of `terminal` under `key`
     /// (answered `Response::Remembered`): how a write that would post nothing learns whether
     /// its key is taken, in order with the writes around it.
@@ -206,6 +211,8 @@ pub enum Response {
     Remembered(bool),
     /// A member's loyalty state.
     Member(Box<MemberView>),
+    /// Why a purchase earned what it did.
+    Explanation(Box<crate::loyalty::explain::Explanation>),
 }
 
 impl Response {

@@ -13,6 +13,7 @@ use super::record::{LotsExpire, Posting, Purchase, TxHeader, TxKind};
 use super::{Leg, PostingContext};
 use crate::ids::{CustomerId, Timestamp, TxId, shard_for_customer};
 use crate::loyalty::calendar::{day_index, expiry_after, month_index};
+use crate::loyalty::explain::Explanation;
 use crate::loyalty::lots::{LotKind, LotPart};
 use crate::loyalty::members::{Member, Members, PurchaseEffect};
 use crate::loyalty::pricing::{self, BasketError, Line, Lines, PurchaseOutcome};
@@ -469,6 +470,14 @@ impl Ledger {
                 .sum(),
             held,
         })
+    }
+
+    /// Why purchase `tx` earned what it did, if this shard still remembers it
+    /// (`Limits::explain_purchases_max`; older ones: `loyalty::explain::from_wal`).
+    pub fn explain(&self, tx: TxId) -> Option<Explanation> {
+        let (lsn, timestamp, purchase) = self.recent_purchases.get(tx)?;
+        let version = self.programme.version(purchase.outcome.rules_version)?;
+        Some(Explanation::new(purchase, *lsn, *timestamp, version))
     }
 
     /// Keeps `rules` alive for a caller outside the shard (explain, tools).

@@ -362,6 +362,9 @@ pub struct Ledger {
     programme: Programme,
     /// The loyalty state of this shard's customers: lots, tiers, caps, parked points.
     members: Members,
+    /// The last purchases applied, for explain queries. Not state: not compared, not in
+    /// snapshots.
+    recent_purchases: crate::loyalty::explain::RecentPurchases,
     /// Scratch: the undo log of the record being applied. Empty between records.
     undo: Vec<Undo>,
     /// Scratch: history entries of the record being applied, appended when it commits.
@@ -460,6 +463,9 @@ impl Ledger {
             history: History::new(config.limits.history_entries_max),
             programme: Programme::default(),
             members: Members::default(),
+            recent_purchases: crate::loyalty::explain::RecentPurchases::new(
+                config.limits.explain_purchases_max,
+            ),
             undo: Vec::new(),
             history_pending: Vec::new(),
             moved: 0,
@@ -872,7 +878,11 @@ impl Ledger {
             self.key_events.truncate(events_before);
             return Err(Refusal::Rejected(code));
         }
-        Ok(self.commit(record, fingerprint))
+        let committed = self.commit(record, fingerprint);
+        if let Body::Purchase(purchase) = &record.body {
+            self.recent_purchases.push(record.lsn, record.timestamp, purchase);
+        }
+        Ok(committed)
     }
 
     /// Checks that depend only on the request and the registry (precedence codes 2..=12).

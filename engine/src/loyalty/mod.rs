@@ -11,12 +11,14 @@
 //! - `codec`: the byte form of a rule set (WAL record and snapshot).
 //! - `programme`: the recorded rule versions and which is in force when.
 //! - `lots`: point lots (one per kind and expiry day), spent the earliest expiry first.
+//! - `explain`: why a purchase earned what it did, from memory or from the WAL alone.
 //! - `members`: each customer's lots, tier, qualifying points and caps; parked points; the
 //!   expiry index.
 
 pub mod calendar;
 pub mod codec;
 pub mod decimal;
+pub mod explain;
 pub mod lots;
 pub mod members;
 pub mod pricing;

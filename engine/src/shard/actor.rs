@@ -595,6 +595,10 @@ impl ShardActor {
                         ));
                 Response::Remembered(remembered)
             }
+            Query::Explain { tx } => match self.ledger.explain(tx) {
+                Some(explanation) => Response::Explanation(Box::new(explanation)),
+                None => Response::Rejected(RejectCode::TransactionNotFound),
+            },
             Query::Member { customer, within_days } => {
                 match self.ledger.member_view(customer, within_days, self.now) {
                     Some(view) => Response::Member(Box::new(view)),

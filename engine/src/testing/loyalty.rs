@@ -272,3 +272,41 @@ pub fn execute_all(engine: &Engine, commands: Vec<Command>) -> Vec<Response> {
     assert_eq!(replies.len(), count, "every command is answered");
     replies.into_iter().map(|(_, response)| response).collect()
 }
+
+/// Writes single-shard directory `from`'s WAL again into `to` (a valid WAL: chained and
+/// sealed, with the same `ledgerd.meta`) after `alter` changed its records: how tests make a
+/// history that the engine itself would never write (a purchase recorded with another outcome).
+pub fn rewrite_wal(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    mut alter: impl FnMut(&mut crate::ledger::record::Record),
+) {
+    use crate::recovery::ShardPaths;
+    use crate::wal::reader::{self, ScanOptions};
+    use crate::wal::writer::{WalIdentity, WalWriter};
+
+    let mut records = Vec::new();
+    reader::scan(&ShardPaths::new(from, 0).wal, &ScanOptions::all(), |record| {
+        records.push(record.decode().expect("a sound wal"));
+        Ok::<(), ()>(())
+    })
+    .expect("a sound wal");
+    records.iter_mut().for_each(&mut alter);
+    std::fs::copy(from.join("ledgerd.meta"), to.join("ledgerd.meta")).expect("copy meta");
+    let meta = crate::datadir::read_meta(to).expect("meta");
+    assert_eq!(meta.shard_count, 1, "a single-shard directory");
+    let paths = ShardPaths::new(to, 0);
+    paths.create().expect("shard directories");
+    let shard = crate::ShardId::new(0).expect("shard 0");
+    let identity = WalIdentity { shard, shard_count: 1, cluster_id: meta.cluster_id };
+    let start = records.first().expect("records").timestamp;
+    let mut writer =
+        WalWriter::open(&paths.wal, identity, 1 << 20, None, start, None).expect("open wal");
+    let mut batch = Vec::new();
+    for record in &records {
+        crate::wal::payload::encode_record(&mut batch, record);
+    }
+    writer.append(&mut batch, start).expect("append");
+    writer.sync().expect("sync");
+    writer.mark_durable(start);
+}

@@ -4,39 +4,37 @@
 //!
 //! | operation | engine command | postings |
 //! |---|---|---|
-//! | purchase | `Post`, kind purchase | `house:issuance` → `customer:<id>:points`, the earned points |
+//! | purchase, purchase_basket | `Purchase` (a basket of one line, or of the lines sent) | what the engine's loyalty rules give it |
 //! | redeem | `Post`, kind redeem | `customer:<id>:points` → `house:redemption` |
 //! | hold | `Hold`, kind redeem | as redeem, reserved until capture, void or timeout |
 //! | capture / void | `Capture` / `Void` | the hold's posting, whole or part / released |
 //! | reverse | `Reverse`, kind reversal | the original's postings, turned round |
 //! | transfer | `Transfer`, kind transfer | customer → customer, same or another shard |
 //! | balance / history | `Query::Account` / `Query::History` | — |
-//! | purchase earning 0 points | `Query::Idempotency` | — |
+//! | member / explain | `Query::Member` / `Query::Explain` | — |
 //!
-//! Earned points are `amount × earn_points / earn_per_minor_units`, rounded down, computed
-//! with 128-bit integers; a purchase that earns nothing posts nothing and is not remembered: it
-//! asks its customer's shard whether its key is taken, and is answered `idempotency_conflict`
-//! if it is (as any retry with another payload), `ok` with 0 points and transaction id 0 if not.
+//! The server computes no points: the shard that owns the customer prices every purchase by the
+//! rule version in force (docs/loyalty.md).
 
 use ledger_engine::ledger::history::HistoryEntry;
+use ledger_engine::loyalty::Line;
+use ledger_engine::loyalty::explain::Explanation;
 use ledger_engine::{
     AccountId, Amount, ClassId, Command, IdempotencyKey, Metadata, Namespace, Operation, Posting,
     Query, Receipt, Request, Response, TerminalId, TxId, TxKind,
 };
 use ledger_protocol::Status;
-use ledger_protocol::ops::{BalanceView, Committed, HistoryItem, Op, OpResult, Reply, WriteMeta};
-
-use crate::config::PosConfig;
+use ledger_protocol::ops::{
+    BalanceView, BasketLine, Committed, ExplainReply, HistoryItem, LotItem, MemberReply, Op,
+    OpResult, PromotionItem, Reply, WriteMeta,
+};
 
 /// The accounts and rates the POS operations post with.
 #[derive(Debug, Clone)]
 pub struct Book {
     points: ClassId,
-    issuance: ClassId,
     redemption: ClassId,
     asset: ledger_engine::AssetId,
-    earn_points: u64,
-    earn_per_minor_units: u64,
 }
 
 /// What to do with one operation.
@@ -53,7 +51,7 @@ pub enum Plan {
 
 impl Book {
     /// Finds the default loyalty definitions (`bootstrap::define_defaults` made them).
-    pub fn new(engine: &ledger_engine::Engine, config: &PosConfig) -> anyhow::Result<Book> {
+    pub fn new(engine: &ledger_engine::Engine) -> anyhow::Result<Book> {
         let registry = engine.registry();
         let class = |namespace, name: &str| {
             let name = ledger_engine::ledger::account::Name::class(name)
@@ -64,14 +62,7 @@ impl Book {
                 .ok_or_else(|| anyhow::anyhow!("class {name} is not defined"))
         };
         let (points, asset) = class(Namespace::Customer, "points")?;
-        Ok(Book {
-            points,
-            issuance: class(Namespace::House, "issuance")?.0,
-            redemption: class(Namespace::House, "redemption")?.0,
-            asset,
-            earn_points: config.earn_points,
-            earn_per_minor_units: config.earn_per_minor_units,
-        })
+        Ok(Book { points, redemption: class(Namespace::House, "redemption")?.0, asset })
     }
 
     fn customer(&self, customer: u64) -> AccountId {
@@ -81,13 +72,6 @@ impl Book {
     fn posting(&self, debit: AccountId, credit: AccountId, points: u64) -> Result<Posting, Status> {
         let amount = Amount::new(points).ok_or(Status::AmountZero)?;
         Ok(Posting { debit, credit, asset: self.asset, amount })
-    }
-
-    /// Points a purchase of `amount` minor units earns.
-    pub fn earned(&self, amount: u64) -> Result<u64, Status> {
-        let points = u128::from(amount) * u128::from(self.earn_points)
-            / u128::from(self.earn_per_minor_units);
-        u64::try_from(points).map_err(|_| Status::Overflow)
     }
 
     /// The plan for one decoded operation of `terminal`.
@@ -120,25 +104,29 @@ impl Book {
             Op::History { customer, limit } => Plan::Submit {
                 command: Command::Read(Query::History { account: self.customer(customer), limit }),
             },
+            Op::Member { customer, within_days } => {
+                Plan::Submit { command: Command::Read(Query::Member { customer, within_days }) }
+            }
+            Op::Explain { tx } => {
+                Plan::Submit { command: Command::Read(Query::Explain { tx: TxId(tx) }) }
+            }
             Op::Purchase { ref meta, customer, amount } => {
-                let points = self.earned(amount)?;
-                if meta.key == 0 {
-                    return Err(Status::IdempotencyKeyMissing);
-                }
-                if points == 0 {
-                    // Nothing to post, nothing remembered; but a key the terminal used for a
-                    // committed write is a conflict, as for any retry with another payload.
-                    let key = IdempotencyKey::new(meta.key).ok_or(Status::IdempotencyKeyMissing)?;
-                    let query = Query::Idempotency {
-                        account: self.customer(customer),
-                        terminal: TerminalId(terminal),
-                        key,
-                    };
-                    return Ok(Plan::Submit { command: Command::Read(query) });
-                }
-                let posting =
-                    self.posting(house(self.issuance), self.customer(customer), points)?;
-                Plan::Submit { command: write(meta, TxKind::PURCHASE, post(posting))? }
+                let line = Line { category: meta.category, amount, excluded: false };
+                let operation = Operation::Purchase { customer, lines: smallvec::smallvec![line] };
+                Plan::Submit { command: write(meta, TxKind::PURCHASE, operation)? }
+            }
+            Op::PurchaseBasket { ref meta, customer, ref basket } => {
+                let lines = basket
+                    .lines()
+                    .iter()
+                    .map(|line| Line {
+                        category: line.category,
+                        amount: line.amount,
+                        excluded: line.excluded,
+                    })
+                    .collect();
+                let operation = Operation::Purchase { customer, lines };
+                Plan::Submit { command: write(meta, TxKind::PURCHASE, operation)? }
             }
             Op::Redeem { ref meta, customer, points } => {
                 let posting =
@@ -225,21 +213,87 @@ pub fn answer(opcode: u8, response: Response) -> OpResult {
                 })
                 .collect(),
         )),
-        // Only a purchase that earns nothing asks whether its key is taken.
-        Response::Remembered(true) => OpResult::Refused(Status::IdempotencyConflict),
-        Response::Remembered(false) => OpResult::Ok(Reply::Committed(Committed {
-            tx_id: 0,
-            timestamp: 0,
-            lsn: 0,
-            points: 0,
-            duplicate: false,
-        })),
-        // No POS operation asks for a hold's view; an answer of the wrong shape is a bug
-        // somewhere between here and the engine, reported rather than guessed at.
-        Response::Hold(_) | Response::Member(_) => {
+        Response::Member(view) => OpResult::Ok(Reply::Member(member_reply(&view))),
+        Response::Explanation(explanation) => {
+            OpResult::Ok(Reply::Explanation(Box::new(explain_reply(&explanation))))
+        }
+        // No POS operation asks for a hold's view or whether a key is taken; an answer of the
+        // wrong shape is a bug somewhere between here and the engine, reported rather than
+        // guessed at.
+        Response::Hold(_) | Response::Remembered(_) => {
             tracing::error!(opcode, "the engine answered a hold view to a POS operation");
             OpResult::Refused(Status::InternalError)
         }
+    }
+}
+
+/// A member view on the wire: the first `MEMBER_LOTS_MAX` lots.
+fn member_reply(view: &ledger_engine::ledger::command::MemberView) -> MemberReply {
+    MemberReply {
+        tier: view.tier,
+        tier_recorded: view.tier_recorded,
+        qualifying: view.qualifying,
+        day_points: view.caps_used.day,
+        month_points: view.caps_used.month,
+        expiring: view.expiring,
+        held: view.held,
+        lot_count: u32::try_from(view.lot_count).unwrap_or(u32::MAX),
+        lots: view
+            .lots
+            .iter()
+            .take(ledger_protocol::ops::MEMBER_LOTS_MAX)
+            .map(|lot| LotItem {
+                origin: lot.origin.0,
+                kind: lot.kind as u8,
+                expires_day: lot.expires_day,
+                amount: lot.amount,
+                remaining: lot.remaining,
+            })
+            .collect(),
+    }
+}
+
+/// An explanation on the wire.
+fn explain_reply(explanation: &Explanation) -> ExplainReply {
+    let purchase = &explanation.purchase;
+    let outcome = &purchase.outcome;
+    ExplainReply {
+        tx_id: explanation.tx_id.0,
+        timestamp: explanation.timestamp.0,
+        lsn: explanation.lsn.0,
+        customer: purchase.customer,
+        store: purchase.header.metadata.store,
+        rules_version: outcome.rules_version,
+        rules_effective_at: explanation.rules_effective_at.0,
+        base: outcome.base,
+        category: outcome.category,
+        tier_points: outcome.tier_points,
+        cap_cut: outcome.cap_cut,
+        earned: outcome.earned,
+        bonus: outcome.bonus,
+        cashback: outcome.cashback,
+        tier_before: (outcome.tier_before, explanation.tier_before.clone()),
+        tier_after: (outcome.tier_after, explanation.tier_after.clone()),
+        daily_cap: explanation.caps.daily.unwrap_or(0),
+        monthly_cap: explanation.caps.monthly.unwrap_or(0),
+        promotions: explanation
+            .promotions
+            .iter()
+            .map(|promotion| PromotionItem {
+                index: promotion.index,
+                points: promotion.points,
+                name: promotion.name.clone(),
+            })
+            .collect(),
+        lines: purchase
+            .lines
+            .iter()
+            .map(|line| BasketLine {
+                category: line.category,
+                amount: line.amount,
+                excluded: line.excluded,
+            })
+            .collect(),
     }
 }
 
@@ -273,43 +327,44 @@ mod tests {
         }
     }
 
+    /// The server prices nothing: a purchase of one amount is a basket of one line of its
+    /// category, a basket goes to the engine line by line, as sent.
     #[test]
-    fn earned_points_round_down_in_integers() {
-        let config =
-            crate::config::PosConfig { earn_points: 3, earn_per_minor_units: 200, ..test_config() };
-        let book = Book {
-            points: ClassId(1),
-            issuance: ClassId(2),
-            redemption: ClassId(3),
-            asset: ledger_engine::AssetId(0),
-            earn_points: config.earn_points,
-            earn_per_minor_units: config.earn_per_minor_units,
+    fn purchases_become_engine_purchases_of_their_lines() {
+        let book =
+            Book { points: ClassId(1), redemption: ClassId(3), asset: ledger_engine::AssetId(0) };
+        let meta = WriteMeta { key: 9, store: 4, category: 7, ..WriteMeta::default() };
+        let lines = |plan: Plan| match plan {
+            Plan::Submit { command: Command::Write(request) } => match request.operation {
+                Operation::Purchase { customer, lines } => {
+                    assert_eq!(
+                        (customer, request.kind, request.metadata.store),
+                        (42, TxKind::PURCHASE, 4)
+                    );
+                    lines.to_vec()
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
         };
-        assert_eq!(book.earned(199), Ok(2));
-        assert_eq!(book.earned(66), Ok(0));
-        let exact = u64::try_from(u128::from(u64::MAX) * 3 / 200).unwrap();
-        assert_eq!(book.earned(u64::MAX), Ok(exact));
-        let generous = Book { earn_points: 1000, earn_per_minor_units: 1, ..book };
-        assert_eq!(generous.earned(u64::MAX), Err(Status::Overflow));
-    }
-
-    fn test_config() -> crate::config::PosConfig {
-        crate::config::PosConfig {
-            addr: ([127, 0, 0, 1], 0).into(),
-            credentials: "unused".into(),
-            frame_bytes_max: 1 << 20,
-            batch_ops_max: 8192,
-            in_flight_max: 16,
-            ops_in_flight_max: 8192,
-            ops_in_flight_total_max: 8192,
-            connections_max: 16,
-            handshakes_max: 16,
-            rate_per_terminal: 1,
-            handshake_timeout: std::time::Duration::from_secs(1),
-            drain_timeout: std::time::Duration::from_secs(1),
-            earn_points: 1,
-            earn_per_minor_units: 100,
-            io_threads: 1,
-        }
+        let one = lines(book.plan(1, &Op::Purchase { meta, customer: 42, amount: 1234 }));
+        assert_eq!(one, [Line { category: 7, amount: 1234, excluded: false }]);
+        let basket = ledger_protocol::ops::Basket::new(&[
+            BasketLine { category: 1, amount: 5, excluded: false },
+            BasketLine { category: 2, amount: 6, excluded: true },
+        ])
+        .unwrap();
+        let two = lines(book.plan(1, &Op::PurchaseBasket { meta, customer: 42, basket }));
+        assert_eq!(
+            two,
+            [
+                Line { category: 1, amount: 5, excluded: false },
+                Line { category: 2, amount: 6, excluded: true },
+            ]
+        );
+        assert!(matches!(
+            book.plan(1, &Op::Explain { tx: 77 }),
+            Plan::Submit { command: Command::Read(Query::Explain { tx: TxId(77) }) }
+        ));
     }
 }

@@ -92,10 +92,11 @@ impl TestServer {
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config).unwrap())
             .await
             .unwrap();
-        ledger_server::bootstrap::define_defaults(&engine).unwrap();
+        let defined = ledger_server::bootstrap::define_defaults(&engine).unwrap();
+        ledger_server::bootstrap::record_rules(&engine, defined.accounts, None, &config).unwrap();
         let credentials = credentials();
         let shared = Arc::new(Shared {
-            book: pos::handler::Book::new(&engine, &config).unwrap(),
+            book: pos::handler::Book::new(&engine).unwrap(),
             rates: pos::rate::RateLimits::new(&credentials, config.rate_per_terminal),
             engine: Arc::new(engine),
             config,

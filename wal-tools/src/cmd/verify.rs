@@ -4,7 +4,9 @@
 //! same as start-up's); every record replayed into a fresh state machine under the directory's
 //! replay rules (a record that does not apply is a problem); every snapshot compared, byte for
 //! byte, with the replayed state at its LSN; and the invariants checked at the end: every asset
-//! sums to zero and no no-overdraft account is negative. A torn tail (an unacknowledged write
+//! sums to zero and no no-overdraft account is negative, and the loyalty invariants (lots sum
+//! to balances, no negative lot). Every purchase is priced again by its recorded rule version
+//! from the state before it; a different outcome is a problem. A torn tail (an unacknowledged write
 //! cut by a crash) is reported but is not a problem: the server zeroes it at start-up.
 
 use std::fs;
@@ -180,6 +182,17 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
             )
         };
         let decoded = record.decode().map_err(|error| format!("{}: {error}", at()))?;
+        if let ledger_engine::ledger::record::Body::Purchase(purchase) = &decoded.body
+            && let Some(priced) = ledger.reprice_mismatch(purchase, decoded.timestamp)
+        {
+            problems.push(format!(
+                "{}: purchase {} records {:?} but its rule version gives {:?}",
+                at(),
+                purchase.header.id.0,
+                purchase.outcome,
+                priced
+            ));
+        }
         let fingerprint = payload::fingerprint(record.kind, record.payload());
         ledger
             .apply(&decoded, fingerprint)

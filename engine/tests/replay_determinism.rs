@@ -1,7 +1,10 @@
 //! Replay determinism: the state rebuilt from the WAL alone equals the live state, bit for bit.
 //!
 //! How: a random workload (earns, redemptions, holds, captures, voids, expiries, cross-shard
-//! transfers, reversals, history reads, retries) runs on a two-shard engine with a manual clock and periodic snapshots.
+//! transfers, reversals, history reads, retries; purchases of baskets priced by the documented
+//! example rules and by a second rule version scheduled mid-run, member reads, and jumps of
+//! weeks that make lots expire and tier windows roll) runs on a two-shard engine with a manual
+//! clock and periodic snapshots.
 //! At the end each shard's live state is captured by a snapshot (a clone of the live ledger);
 //! then each shard's WAL is replayed from LSN 1 into a fresh ledger, without any snapshot, and
 //! both states must encode to the same bytes. A second check replays from an intermediate
@@ -14,13 +17,20 @@ use ledger_engine::clock::ManualClock;
 use ledger_engine::engine::replay_shard_offline;
 use ledger_engine::ledger::{Ledger, LedgerConfig};
 use ledger_engine::recovery::{ShardPaths, recover_shard};
-use ledger_engine::testing::loyalty::{Loyalty, execute_all};
+use ledger_engine::testing::loyalty::{Loyalty, example_rules, execute_all};
 use ledger_engine::{
     Command, Engine, EngineConfig, Limits, Response, ShardId, ShardTuning, Timestamp,
 };
 use proptest::prelude::*;
 
 const SECOND: u64 = 1_000_000_000;
+const DAY: u64 = 86_400 * SECOND;
+
+/// A basket of 1..=8 lines over the example rules' categories (0: none, 40 and 50 excluded).
+fn basket(next: &mut impl FnMut(u64) -> u64) -> Vec<(u16, u64)> {
+    const CATEGORIES: [u16; 6] = [0, 10, 20, 30, 40, 50];
+    (0..1 + next(8)).map(|_| (CATEGORIES[next(6) as usize], 1 + next(40_000))).collect()
+}
 
 fn config(dir: &std::path::Path, clock: Arc<ManualClock>) -> EngineConfig {
     let mut config = EngineConfig::new(dir);
@@ -70,7 +80,13 @@ fn run_workload(engine: &Engine, loyalty: &Loyalty, clock: &ManualClock, seed: u
             key += 1;
             let customer = next(30);
             let amount = 1 + next(300);
-            let command = match next(10) {
+            let command = match next(14) {
+                10 | 11 => {
+                    let lines = basket(&mut next);
+                    loyalty.purchase(key, customer, [1, 7, 9][next(3) as usize], &lines)
+                }
+                12 => loyalty.member_query(customer, 30),
+                13 => loyalty.redeem(key, customer, 1 + next(3_000)),
                 0..=3 => loyalty.earn(key, customer, amount),
                 4 | 5 => loyalty.redeem(key, customer, amount),
                 6 => loyalty.transfer(key, customer, next(30), amount),
@@ -97,15 +113,32 @@ fn run_workload(engine: &Engine, loyalty: &Loyalty, clock: &ManualClock, seed: u
             }
         }
         clock.advance(next(3) * SECOND);
+        // Now and then weeks pass: lots reach their midnight, tier windows roll.
+        if next(6) == 0 {
+            clock.advance(next(70) * DAY);
+        }
     }
 }
 
 fn check_replay_matches_live(seed: u64, rounds: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(Timestamp(1_800_000_000 * SECOND)));
+    // The day before Black Friday 2026: the example rules' promotions run during the workload.
+    let clock = Arc::new(ManualClock::new(Timestamp(1_795_694_400 * SECOND)));
     let engine_config = config(dir.path(), clock.clone());
     let engine = Engine::open(engine_config.clone()).unwrap();
     let loyalty = Loyalty::define(&engine);
+    let accounts = loyalty.define_programme(&engine);
+    engine.define_rules(example_rules(), accounts, None).unwrap();
+    // A second version, scheduled ahead: twice the base rate from 30 days on.
+    let mut doubled = example_rules();
+    doubled.base.points *= 2;
+    engine
+        .define_rules(
+            doubled,
+            accounts,
+            Some(ledger_engine::clock::Clock::now(&*clock).plus_nanos(30 * DAY)),
+        )
+        .unwrap();
     run_workload(&engine, &loyalty, &clock, seed, rounds);
     // Let transfers settle, then capture the live states.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -113,6 +146,23 @@ fn check_replay_matches_live(seed: u64, rounds: usize) {
         assert!(std::time::Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(2));
     }
+    // The workload did what it is for: purchases were priced and some customer reached a
+    // higher tier; then two years pass and every customer's lots expire into breakage (each
+    // before its member read, or by the sweep).
+    let members = |engine: &Engine| -> Vec<u8> {
+        (0..30)
+            .filter_map(|customer| match engine.execute(loyalty.member_query(customer, 30)) {
+                Response::Member(view) => Some(view.tier_recorded.max(view.tier)),
+                _ => None,
+            })
+            .collect()
+    };
+    let tiers = members(&engine);
+    assert!(tiers.iter().any(|tier| *tier > 0), "no customer moved up a tier: {tiers:?}");
+    clock.advance(800 * DAY);
+    members(&engine);
+    let breakage = engine.account_total(ledger_engine::AccountId::new(accounts.breakage, 0));
+    assert!(breakage.is_ok_and(|b| b.balance_posted() > 0), "no lot expired");
     let live_lsns = engine.snapshot_now().unwrap();
     engine.shutdown();
 

@@ -6,6 +6,12 @@
 //!
 //! Usage: `ledger-crash-writer <data-dir> <round> <seed>`; keys of round `r` are `r << 32 | n`.
 //!
+//! `ledger-crash-writer <data-dir> expiry <seed>` (`engine/tests/crash.rs`, the expiry test): on
+//! a manual clock at 2024-01-10 with a flat rule set, one purchase for each of 40,000
+//! customers; then the clock jumps past their lots' midnight, it prints `X`, and writes random
+//! purchases and redemptions of those customers forever while the shards' sweep expires the
+//! lots, reporting `S`/`A` lines as above.
+//!
 //! `ledger-crash-writer <data-dir> bulk <count>` (`engine/tests/key_index.rs`): one earn of 500
 //! points for customer 7 with key 1, reported `A 1 C <tx_id>`; then `count` earns of 1 point for
 //! customer 99 (keys from 2), in batches; then `DONE`, and it waits to be killed.
@@ -27,6 +33,12 @@ fn main() {
         && mode == "bulk"
     {
         bulk(dir.as_ref(), count.parse().expect("count is a number"));
+        return;
+    }
+    if let [_, dir, mode, seed] = args.as_slice()
+        && mode == "expiry"
+    {
+        expiry(dir.as_ref(), seed.parse().expect("seed is a number"));
         return;
     }
     let [_, dir, round, seed] = args.as_slice() else {
@@ -52,39 +64,102 @@ fn main() {
                         counter += WORKERS;
                         requests.push(CrashRequest::random(key, &mut rng, engine.shard_count()));
                     }
-                    {
-                        let mut out = out.lock().expect("stdout lock");
-                        for request in &requests {
-                            writeln!(out, "S {request}").expect("write");
-                        }
-                        out.flush().expect("flush");
-                    }
-                    let sink = CollectingSink::new();
-                    let dyn_sink: Arc<dyn ReplySink> = sink.clone();
-                    let commands = requests
-                        .iter()
-                        .enumerate()
-                        .map(|(tag, request)| (tag as u64, request.command(&loyalty)))
-                        .collect();
-                    engine.submit(&dyn_sink, commands);
-                    let replies = sink.take(requests.len(), Duration::from_secs(60));
-                    let mut out = out.lock().expect("stdout lock");
-                    for (tag, response) in replies {
-                        let outcome = match response {
-                            Response::Committed(_) => "C".to_string(),
-                            Response::Duplicate(_) => "D".to_string(),
-                            Response::Rejected(code) => format!("R{}", code.code()),
-                            other => panic!("unexpected {other:?}"),
-                        };
-                        writeln!(out, "A {} {outcome}", requests[tag as usize].key).expect("write");
-                    }
-                    out.flush().expect("flush");
+                    submit_reported(&engine, &loyalty, &out, &requests);
                 }
             })
         })
         .collect();
     for worker in workers {
         let _ = worker.join();
+    }
+}
+
+/// Prints `S` lines for `requests`, submits them in one batch, and prints an `A` line for
+/// each answer.
+fn submit_reported(
+    engine: &Engine,
+    loyalty: &Loyalty,
+    out: &Mutex<std::io::Stdout>,
+    requests: &[CrashRequest],
+) {
+    {
+        let mut out = out.lock().expect("stdout lock");
+        for request in requests {
+            writeln!(out, "S {request}").expect("write");
+        }
+        out.flush().expect("flush");
+    }
+    let sink = CollectingSink::new();
+    let dyn_sink: Arc<dyn ReplySink> = sink.clone();
+    let commands = requests
+        .iter()
+        .enumerate()
+        .map(|(tag, request)| (tag as u64, request.command(loyalty)))
+        .collect();
+    engine.submit(&dyn_sink, commands);
+    let replies = sink.take(requests.len(), Duration::from_secs(60));
+    let mut out = out.lock().expect("stdout lock");
+    for (tag, response) in replies {
+        let outcome = match response {
+            Response::Committed(_) => "C".to_string(),
+            Response::Duplicate(_) => "D".to_string(),
+            Response::Rejected(code) => format!("R{}", code.code()),
+            other => panic!("unexpected {other:?}"),
+        };
+        writeln!(out, "A {} {outcome}", requests[tag as usize].key).expect("write");
+    }
+    out.flush().expect("flush");
+}
+
+/// A lot for each of `EXPIRY_CUSTOMERS` customers, then, past their midnight, purchases and
+/// redemptions while the sweep expires them, until killed.
+fn expiry(dir: &std::path::Path, seed: u64) {
+    use ledger_engine::clock::ManualClock;
+    use ledger_engine::testing::crash::{
+        CrashOp, EXPIRY_CUSTOMERS, EXPIRY_START, EXPIRY_SWEEP_AT, expiry_engine_config,
+        random_expiry_request,
+    };
+
+    let clock = Arc::new(ManualClock::new(EXPIRY_START));
+    let engine = Engine::open(expiry_engine_config(dir, clock.clone())).expect("engine opens");
+    let loyalty = Loyalty::define(&engine);
+    let accounts = loyalty.define_programme(&engine);
+    engine
+        .define_rules(ledger_engine::loyalty::RuleSet::flat(1, 1), accounts, None)
+        .expect("rules");
+    let out = Mutex::new(std::io::stdout());
+    let mut rng = seed | 1;
+    let mut next = |bound: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % bound
+    };
+    let first: Vec<CrashRequest> = (0..EXPIRY_CUSTOMERS)
+        .map(|customer| CrashRequest {
+            key: u128::from(customer) + 1,
+            op: CrashOp::Purchase { customer, amount: 1 + next(200) },
+        })
+        .collect();
+    for chunk in first.chunks(1_024) {
+        submit_reported(&engine, &loyalty, &out, chunk);
+    }
+    clock.set(EXPIRY_SWEEP_AT);
+    {
+        let mut out = out.lock().expect("stdout lock");
+        writeln!(out, "X").expect("write");
+        out.flush().expect("flush");
+    }
+    let mut key = u128::from(EXPIRY_CUSTOMERS) + 1;
+    let mut rng = seed.rotate_left(17) | 1;
+    loop {
+        let requests: Vec<CrashRequest> = (0..BATCH)
+            .map(|_| {
+                key += 1;
+                random_expiry_request(key, &mut rng)
+            })
+            .collect();
+        submit_reported(&engine, &loyalty, &out, &requests);
     }
 }
 

@@ -46,6 +46,37 @@ pub fn bulk_engine_config(dir: &Path) -> EngineConfig {
     config
 }
 
+/// Customers of the expiry crash test, each with one lot bought at `EXPIRY_START`.
+pub const EXPIRY_CUSTOMERS: u64 = 40_000;
+
+/// When the expiry crash test's first purchases are made: 2024-01-10T12:00:00Z.
+pub const EXPIRY_START: crate::Timestamp = crate::Timestamp(1_704_888_000_000_000_000);
+
+/// When its second phase runs, after every first lot's midnight (24 months later, 2026-01-11):
+/// 2026-01-12T00:00:00Z.
+pub const EXPIRY_SWEEP_AT: crate::Timestamp = crate::Timestamp(1_768_176_000_000_000_000);
+
+/// The engine configuration of the expiry crash test: that of the crash tests, on `clock`.
+pub fn expiry_engine_config(
+    dir: &Path,
+    clock: std::sync::Arc<crate::clock::ManualClock>,
+) -> EngineConfig {
+    let mut config = crash_engine_config(dir);
+    config.clock = clock;
+    config
+}
+
+/// A random request of the expiry crash test's second phase: a purchase or a redemption.
+pub fn random_expiry_request(key: u128, rng: &mut u64) -> CrashRequest {
+    let customer = next(rng, EXPIRY_CUSTOMERS);
+    let amount = 1 + next(rng, 200);
+    let op = match next(rng, 2) {
+        0 => CrashOp::Purchase { customer, amount },
+        _ => CrashOp::Redeem { customer, amount },
+    };
+    CrashRequest { key, op }
+}
+
 /// What one crash-test request does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[expect(missing_docs, reason = "each field is named for what it holds")]
@@ -59,6 +90,9 @@ pub enum CrashOp {
     Redeem { customer: u64, amount: u64 },
     /// Move points, on one shard or across.
     Transfer { from: u64, to: u64, amount: u64 },
+    /// A one-line purchase under the flat rule set of 1 point per minor unit: earns `amount`
+    /// points in a lot (the expiry crash test).
+    Purchase { customer: u64, amount: u64 },
 }
 
 /// A keyed crash-test request.
@@ -121,6 +155,9 @@ impl CrashRequest {
             }
             CrashOp::Redeem { customer, amount } => loyalty.redeem(self.key, customer, amount),
             CrashOp::Transfer { from, to, amount } => loyalty.transfer(self.key, from, to, amount),
+            CrashOp::Purchase { customer, amount } => {
+                loyalty.purchase(self.key, customer, 1, &[(0, amount)])
+            }
         }
     }
 
@@ -128,7 +165,9 @@ impl CrashRequest {
     pub fn apply_to(&self, balances: &mut BTreeMap<u64, i128>) {
         let mut add = |customer: u64, delta: i128| *balances.entry(customer).or_default() += delta;
         match self.op {
-            CrashOp::Earn { customer, amount } => add(customer, i128::from(amount)),
+            CrashOp::Earn { customer, amount } | CrashOp::Purchase { customer, amount } => {
+                add(customer, i128::from(amount));
+            }
             CrashOp::SplitEarn { first, second, amount } => {
                 add(first, i128::from(amount));
                 add(second, i128::from(amount));
@@ -152,6 +191,9 @@ impl fmt::Display for CrashRequest {
             CrashOp::Redeem { customer, amount } => write!(f, "{} R {customer} {amount}", self.key),
             CrashOp::Transfer { from, to, amount } => {
                 write!(f, "{} T {from} {to} {amount}", self.key)
+            }
+            CrashOp::Purchase { customer, amount } => {
+                write!(f, "{} P {customer} {amount}", self.key)
             }
         }
     }
@@ -178,6 +220,7 @@ impl FromStr for CrashRequest {
             }
             Some("R") => CrashOp::Redeem { customer: number(2)?, amount: number(3)? },
             Some("T") => CrashOp::Transfer { from: number(2)?, to: number(3)?, amount: number(4)? },
+            Some("P") => CrashOp::Purchase { customer: number(2)?, amount: number(3)? },
             _ => return Err(format!("unknown request {text:?}")),
         };
         Ok(CrashRequest { key, op })

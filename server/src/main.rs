@@ -38,8 +38,16 @@ fn init_logging(format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(config::Tool::Rules { action: config::RulesAction::Check(check) }) = &args.command {
-        let valid = ledger_server::rules_check::run(check)?;
-        std::process::exit(if valid { 0 } else { 1 });
+        // Exit 0 valid, 1 refused, 2 bad arguments (docs/operations.md, "Loyalty rules").
+        let code = match ledger_server::rules_check::run(check) {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                2
+            }
+        };
+        std::process::exit(code);
     }
     let config = Config::resolve(&args)?;
     if args.print_config {
@@ -51,9 +59,14 @@ fn main() -> anyhow::Result<()> {
     init_logging(config.log_format);
     // A rule file is checked before anything starts: a bad one changes nothing.
     let rules = match &args.rules {
-        Some(path) => Some(ledger_engine::loyalty::rules_file::read(path).map_err(|error| {
-            anyhow::anyhow!("{}:{}: {}", path.display(), error.line, error.message)
-        })?),
+        Some(path) => {
+            Some(ledger_engine::loyalty::rules_file::read(path).map_err(
+                |error| match error.line {
+                    0 => anyhow::anyhow!("{}: {}", path.display(), error.message),
+                    line => anyhow::anyhow!("{}:{line}: {}", path.display(), error.message),
+                },
+            )?)
+        }
         None => None,
     };
     let mut engine_config = EngineConfig::new(&config.data_dir);

@@ -49,9 +49,11 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
+    // The sample is worked out first: bad sample arguments print nothing but their error.
+    let priced = if args.lines.is_empty() { None } else { Some(sample(args, &file)?) };
     print!("{}", summary(&args.file, &file));
-    if !args.lines.is_empty() {
-        print!("{}", sample(args, &file)?);
+    if let Some(priced) = priced {
+        print!("{priced}");
     }
     Ok(true)
 }

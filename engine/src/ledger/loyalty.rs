@@ -448,7 +448,8 @@ impl Ledger {
         let (day, month) = (day_index(now), month_index(now));
         let rules = self.programme.in_force(now).map(|version| &version.rules);
         let window = rules.map_or(12, |rules| rules.tier_window_months);
-        let horizon = day.saturating_add(u32::from(within_days));
+        // Lots that expire by 00:00 UTC of today + within_days + 1 (0: by the end of today).
+        let horizon = day.saturating_add(u32::from(within_days)).saturating_add(1);
         let held = self
             .members
             .parked()

@@ -3,11 +3,14 @@
 
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ledger_engine::clock::Clock;
+use ledger_engine::loyalty::rules_file::RulesFile;
 use ledger_engine::{Engine, EngineConfig, Limits, ShardTuning};
 use ledger_protocol::client::Client;
 use ledger_protocol::{Credentials, Terminal};
@@ -74,6 +77,28 @@ impl TestServer {
         tuning: ShardTuning,
         clock: Option<Arc<dyn Clock>>,
     ) -> TestServer {
+        TestServer::open(dir, config, tuning, clock, None).await
+    }
+
+    /// A server on a new data directory whose time is `clock` and whose loyalty rules are
+    /// `rules` (recorded as `ledgerd --rules FILE` does, before the listener starts).
+    pub async fn start_with_rules(
+        config: PosConfig,
+        clock: Arc<dyn Clock>,
+        rules: &RulesFile,
+    ) -> TestServer {
+        let tuning = ShardTuning { tick: Duration::from_millis(2), ..ShardTuning::default() };
+        TestServer::open(tempfile::tempdir().unwrap(), config, tuning, Some(clock), Some(rules))
+            .await
+    }
+
+    async fn open(
+        dir: tempfile::TempDir,
+        config: PosConfig,
+        tuning: ShardTuning,
+        clock: Option<Arc<dyn Clock>>,
+        rules: Option<&RulesFile>,
+    ) -> TestServer {
         let mut engine_config = EngineConfig::new(dir.path());
         engine_config.shard_count = Some(2);
         engine_config.limits = Limits {
@@ -93,7 +118,7 @@ impl TestServer {
             .await
             .unwrap();
         let defined = ledger_server::bootstrap::define_defaults(&engine).unwrap();
-        ledger_server::bootstrap::record_rules(&engine, defined.accounts, None, &config).unwrap();
+        ledger_server::bootstrap::record_rules(&engine, defined.accounts, rules, &config).unwrap();
         let credentials = credentials();
         let shared = Arc::new(Shared {
             book: pos::handler::Book::new(&engine).unwrap(),
@@ -207,4 +232,19 @@ pub fn request(id: u64, ops: &[ledger_protocol::Op]) -> Vec<u8> {
     let mut frame = Vec::new();
     ledger_protocol::client::encode_request(&mut frame, id, ops);
     frame
+}
+
+/// The complete example rule file of docs/loyalty.md ("Rule files"): the text of its ```toml
+/// block, the rule set of the document's worked examples.
+pub fn example_rules_text() -> &'static str {
+    const DOCUMENT: &str = include_str!("../../../docs/loyalty.md");
+    let section = &DOCUMENT[DOCUMENT.find("## Rule files").expect("the section")..];
+    let start = section.find("```toml\n").expect("the example") + "```toml\n".len();
+    let end = start + section[start..].find("```").expect("its closing fence");
+    &section[start..end]
+}
+
+/// The example rule file, parsed by the engine's rule-file reader.
+pub fn example_rules() -> RulesFile {
+    ledger_engine::loyalty::rules_file::parse(example_rules_text()).expect("the documented example")
 }

@@ -5,12 +5,18 @@
 //!
 //! Run: `cargo bench -p ledger-benches --bench durable` (env: DURABLE_SECONDS, DURABLE_SHARDS,
 //! DURABLE_CLIENTS, DURABLE_BATCH, DURABLE_IN_FLIGHT, DURABLE_CUSTOMERS, DURABLE_DIR).
+//!
+//! `DURABLE_WORKLOADS` (default `earn`) lists workloads run one after the other, each on a
+//! fresh engine, with the ratio of each to the first: `earn` (a posting from issuance to a
+//! customer), `flat` (purchases of 1..=4 lines priced by a flat rule set of 1 point per 1.00)
+//! and `rules` (the same baskets priced by `benchmark_rules`: five category multipliers, two
+//! running promotions, four tiers, daily and monthly caps, cashback).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use ledger_engine::testing::loyalty::Loyalty;
+use ledger_engine::testing::loyalty::{Loyalty, benchmark_rules};
 use ledger_engine::{Engine, EngineConfig, ReplySink, Response, WalRetention};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -41,7 +47,31 @@ impl ReplySink for Counter {
     }
 }
 
+/// What the clients submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    Earn,
+    Flat,
+    Rules,
+}
+
 fn main() {
+    let names = std::env::var("DURABLE_WORKLOADS").unwrap_or_else(|_| "earn".to_string());
+    let mut first = None;
+    for name in names.split(',') {
+        let workload = match name.trim() {
+            "earn" => Workload::Earn,
+            "flat" => Workload::Flat,
+            "rules" => Workload::Rules,
+            other => panic!("unknown workload {other:?} (earn, flat, rules)"),
+        };
+        let rate = run(workload);
+        let base = *first.get_or_insert(rate);
+        println!("workload {name}: {rate:.0} durable tx/s, ratio to the first {:.2}", rate / base);
+    }
+}
+
+fn run(workload: Workload) -> f64 {
     let seconds = env("DURABLE_SECONDS", 10);
     let shards = env("DURABLE_SHARDS", 2) as u16;
     let clients = env("DURABLE_CLIENTS", 4);
@@ -60,6 +90,15 @@ fn main() {
     config.tuning.snapshot_on_shutdown = false;
     let engine = Arc::new(Engine::open(config).unwrap());
     let loyalty = Loyalty::define(&engine);
+    if workload != Workload::Earn {
+        let accounts = loyalty.define_programme(&engine);
+        let now = ledger_engine::clock::Clock::now(&ledger_engine::clock::SystemClock);
+        let rules = match workload {
+            Workload::Rules => benchmark_rules(now),
+            _ => ledger_engine::loyalty::RuleSet::flat(1, 100),
+        };
+        engine.define_rules(rules, accounts, None).unwrap();
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = (0..clients)
@@ -90,7 +129,20 @@ fn main() {
                             rng ^= rng >> 7;
                             rng ^= rng << 17;
                             key += 1;
-                            (tag, loyalty.earn(key, rng % customers, 1 + rng % 100))
+                            let customer = rng % customers;
+                            if workload == Workload::Earn {
+                                return (tag, loyalty.earn(key, customer, 1 + rng % 100));
+                            }
+                            // 1..=4 lines over the rules' categories, 1.00 to 50.00 each.
+                            let lines = 1 + (rng >> 8) % 4;
+                            let basket: Vec<(u16, u64)> = (0..lines)
+                                .map(|line| {
+                                    let bits = rng >> (16 + 8 * line);
+                                    ([10, 20, 30, 40, 50][(bits % 5) as usize], 100 + bits % 4_900)
+                                })
+                                .collect();
+                            let store = 1 + ((rng >> 60) % 10) as u32;
+                            (tag, loyalty.purchase(key, customer, store, &basket))
                         })
                         .collect();
                     engine.submit(&sink, commands);
@@ -148,4 +200,11 @@ fn main() {
         sum(|s| s.key_index_waits),
         sum(|s| s.key_index_wait_nanos) as f64 / 1e9,
     );
+    if rejected > 0 {
+        println!("note: {rejected} requests were refused (see the engine's statuses)");
+    }
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.shutdown();
+    }
+    rate
 }

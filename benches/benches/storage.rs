@@ -7,7 +7,11 @@
 //! - `recovery`: replay speed of a WAL of `STORAGE_RECORDS` records (default 2,000,000);
 //! - `snapshot`: clone (the shard's pause), encode + write + fsync, and load, for 1M and 10M
 //!   customer accounts (`SNAPSHOT_ACCOUNTS=1000000` for one size);
-//! - `memory`: bytes of heap per customer account, counted by a wrapping allocator.
+//! - `memory`: bytes of heap per customer account, counted by a wrapping allocator;
+//! - `loyalty-memory`: bytes of heap per loyalty member (points account, tier, cap counters,
+//!   qualifying months, 4 open lots and their expiry-index entries), at 1M and 10M members
+//!   (`LOYALTY_MEMBERS=…` for one size; `LOYALTY_DAYS`, default 4, days of purchases, one lot
+//!   each), with and without a cashback account.
 //!
 //! Run: `cargo bench -p ledger-benches --bench storage [wal|recovery|snapshot|memory]`
 //! (all by default). Files go to `STORAGE_DIR` (default: the current directory).
@@ -318,6 +322,143 @@ fn memory() {
     println!();
 }
 
+/// A ledger with the loyalty definitions and a programme whose rules are `benchmark_rules`
+/// (cashback or not), recorded at `at`.
+fn ledger_with_programme(at: Timestamp, cashback: bool) -> ledger_engine::ledger::Ledger {
+    use ledger_engine::ledger::account::Name;
+    use ledger_engine::ledger::record::{AssetDefine, Body, ClassDefine, Record, RulesDefine};
+    use ledger_engine::loyalty::programme::ProgrammeAccounts;
+    use ledger_engine::{AccountFlags, AssetId, ClassId, Namespace};
+
+    // Tables sized by limits, not by members (idempotency keys, the history ring, the recent
+    // purchases explain answers from), are kept small: the figure is the members' own cost.
+    let limits = Limits {
+        idempotency_keys_max: 1024,
+        history_entries_max: 1024,
+        explain_purchases_max: 1024,
+        ..Limits::default()
+    };
+    let (mut ledger, classes) = ledger_with_loyalty(limits);
+    let cash = AssetId(1);
+    let mut bodies = vec![
+        Body::ClassDefine(ClassDefine {
+            id: ClassId(3),
+            namespace: Namespace::House,
+            name: Name::class("expiry").unwrap(),
+            asset: classes.pts,
+            flags: AccountFlags::NONE,
+        }),
+        Body::AssetDefine(AssetDefine {
+            id: cash,
+            code: Name::asset("CASHBACK").unwrap(),
+            scale: 2,
+        }),
+        Body::ClassDefine(ClassDefine {
+            id: ClassId(4),
+            namespace: Namespace::Customer,
+            name: Name::class("cashback").unwrap(),
+            asset: cash,
+            flags: AccountFlags::NO_OVERDRAFT,
+        }),
+        Body::ClassDefine(ClassDefine {
+            id: ClassId(5),
+            namespace: Namespace::House,
+            name: Name::class("cashback").unwrap(),
+            asset: cash,
+            flags: AccountFlags::NONE,
+        }),
+    ];
+    let mut rules = ledger_engine::testing::loyalty::benchmark_rules(at);
+    // One lot a day: no promotion points (bonus lots).
+    rules.promotions.clear();
+    if !cashback {
+        rules.cashback = ledger_engine::loyalty::rules::Cashback::default();
+        for category in &mut rules.categories {
+            category.cashback = None;
+        }
+    }
+    bodies.push(Body::RulesDefine(RulesDefine {
+        version: 1,
+        effective_at: Timestamp(0),
+        accounts: ProgrammeAccounts {
+            points: classes.points,
+            issuance: classes.issuance,
+            breakage: ClassId(3),
+            cashback: cashback.then_some((ClassId(4), ClassId(5))),
+        },
+        rules: std::sync::Arc::new(rules),
+    }));
+    for body in bodies {
+        let record = Record { lsn: ledger.lsn().next(), timestamp: at, body };
+        ledger.apply(&record, 0).unwrap();
+    }
+    ledger
+}
+
+/// Heap bytes per loyalty member: each makes a purchase on each of 4 days (4 earned lots with
+/// 4 expiry days, a tier, cap counters and a month of qualifying points).
+fn loyalty_memory() {
+    use ledger_engine::ledger::record::{Body, Record, TxHeader};
+    use ledger_engine::{IdempotencyKey, Metadata, TerminalId, TxKind};
+
+    println!("## memory per loyalty member (4 open lots, tier, caps)");
+    println!("| members | cashback account | heap bytes per member | lots per member |");
+    println!("|---:|---|---:|---:|");
+    let sizes: Vec<u64> = match std::env::var("LOYALTY_MEMBERS") {
+        Ok(size) => vec![size.parse().expect("a number")],
+        Err(_) => vec![1_000_000, 10_000_000],
+    };
+    const DAY: u64 = 86_400_000_000_000;
+    for cashback in [false, true] {
+        for &members in &sizes {
+            let start = Timestamp(1_800_000_000_000_000_000);
+            let mut ledger = ledger_with_programme(start, cashback);
+            let before = ALLOCATED.load(Ordering::Relaxed);
+            let mut key = 0u128;
+            for day in 0..std::env::var("LOYALTY_DAYS").map_or(4, |d| d.parse().expect("days")) {
+                let at = start.plus_nanos(day * DAY);
+                let mut ids = ledger_engine::ids::TxIdGenerator::new(
+                    ledger.shard(),
+                    Some(ledger.peek_tx_id(at)),
+                );
+                for customer in 0..members {
+                    key += 1;
+                    let header = TxHeader {
+                        id: ids.next(at),
+                        kind: TxKind::PURCHASE,
+                        terminal: TerminalId(1),
+                        idempotency: IdempotencyKey::new(key),
+                        metadata: Metadata { store: 1, ..Metadata::default() },
+                    };
+                    let line = ledger_engine::loyalty::Line {
+                        category: 10,
+                        amount: 1_000 + customer % 1_000,
+                        excluded: false,
+                    };
+                    let purchase = ledger
+                        .price_purchase(header, customer, [line].into_iter().collect(), at)
+                        .unwrap();
+                    let record = Record {
+                        lsn: ledger.lsn().next(),
+                        timestamp: at,
+                        body: Body::Purchase(purchase),
+                    };
+                    ledger.apply(&record, key as u64).unwrap();
+                }
+            }
+            let after = ALLOCATED.load(Ordering::Relaxed);
+            let lots = ledger.member(members / 2).map_or(0, |m| m.lots.len());
+            println!(
+                "| {members} | {} | {:.1} | {lots} |",
+                if cashback { "yes" } else { "no" },
+                (after - before) as f64 / members as f64
+            );
+            drop(ledger);
+        }
+    }
+    println!();
+}
+
 fn main() {
     let selected: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let run = |name: &str| selected.is_empty() || selected.iter().any(|s| s == name);
@@ -332,5 +473,8 @@ fn main() {
     }
     if run("memory") {
         memory();
+    }
+    if run("loyalty-memory") {
+        loyalty_memory();
     }
 }

@@ -89,8 +89,9 @@ struct RunArgs {
     /// Operations per request (at most the server's batch_ops_max).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=65_535))]
     batch: u64,
-    /// Operation mix in percent: purchase, redeem, balance, hold (→ capture or void),
-    /// transfer, history, ping.
+    /// Operation mix in percent: purchase, basket (a purchase of 1..=8 lines), redeem,
+    /// balance, hold (→ capture or void), transfer, history, ping; or `loyalty` (baskets,
+    /// redemptions spanning lots, holds, transfers, balances).
     #[arg(long, default_value_t = Mix::default())]
     mix: Mix,
     /// Before the timed run, each customer makes a purchase of this many minor currency units

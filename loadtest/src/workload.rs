@@ -10,7 +10,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use ledger_protocol::Receipt;
-use ledger_protocol::ops::{Op, WriteMeta};
+use ledger_protocol::ops::{Basket, BasketLine, Op, WriteMeta};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -20,6 +20,9 @@ use rand_distr::{Distribution, Zipf};
 pub enum Kind {
     /// Earn points.
     Purchase,
+    /// A purchase of a basket of 1..=8 lines (`purchase_basket`), over the categories of the
+    /// documented example rules (docs/loyalty.md), at one of ten stores.
+    Basket,
     /// Spend points.
     Redeem,
     /// Read a balance.
@@ -36,8 +39,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
+    const ALL: [Kind; 8] = [
         Kind::Purchase,
+        Kind::Basket,
         Kind::Redeem,
         Kind::Balance,
         Kind::Hold,
@@ -49,6 +53,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Purchase => "purchase",
+            Kind::Basket => "basket",
             Kind::Redeem => "redeem",
             Kind::Balance => "balance",
             Kind::Hold => "hold",
@@ -83,7 +88,11 @@ impl FromStr for Mix {
     type Err = String;
 
     /// `purchase=70,redeem=15,balance=10,hold=5`; weights are percentages summing to 100.
+    /// `loyalty` is `Mix::loyalty()`.
     fn from_str(text: &str) -> Result<Mix, String> {
+        if text.trim() == "loyalty" {
+            return Ok(Mix::loyalty());
+        }
         let mut weights = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, weight) =
@@ -91,8 +100,8 @@ impl FromStr for Mix {
             let kind =
                 Kind::ALL.into_iter().find(|kind| kind.name() == name.trim()).ok_or_else(|| {
                     format!(
-                        "unknown operation {name:?} (known: purchase, redeem, balance, hold, \
-                         transfer, history, ping)"
+                        "unknown operation {name:?} (known: purchase, basket, redeem, balance, \
+                         hold, transfer, history, ping; or the preset `loyalty`)"
                     )
                 })?;
             let weight: u32 =
@@ -121,6 +130,26 @@ impl fmt::Display for Mix {
 }
 
 impl Mix {
+    /// The loyalty mix: 55% baskets of 1..=8 lines, 20% redemptions (of up to 200 points, so
+    /// that they span lots: transfer lots expire first, then bonus, then earned), 10% holds →
+    /// capture or void, 5% transfers (each opens a transfer lot), 10% balances.
+    pub fn loyalty() -> Mix {
+        Mix {
+            weights: vec![
+                (Kind::Basket, 55),
+                (Kind::Redeem, 20),
+                (Kind::Hold, 10),
+                (Kind::Transfer, 5),
+                (Kind::Balance, 10),
+            ],
+        }
+    }
+
+    /// Whether the mix buys baskets (then redemptions ask for more points, to span lots).
+    fn has(&self, kind: Kind) -> bool {
+        self.weights.iter().any(|(seen, _)| *seen == kind)
+    }
+
     fn pick(&self, roll: u32) -> Kind {
         let mut left = roll;
         for (kind, weight) in &self.weights {
@@ -147,7 +176,9 @@ impl Sent {
     pub fn deltas(&self, answered_points: u64) -> [(u64, i128); 2] {
         let none = (0, 0);
         match self.op {
-            Op::Purchase { customer, .. } => [(customer, i128::from(answered_points)), none],
+            Op::Purchase { customer, .. } | Op::PurchaseBasket { customer, .. } => {
+                [(customer, i128::from(answered_points)), none]
+            }
             Op::Redeem { customer, points, .. } => [(customer, -i128::from(points)), none],
             Op::Transfer { source, destination, points, .. } => {
                 [(source, -i128::from(points)), (destination, i128::from(points))]
@@ -198,7 +229,12 @@ impl Workload {
     fn meta(&mut self) -> WriteMeta {
         WriteMeta {
             key: self.key(),
-            store: self.rng.random_range(1..=500),
+            // Baskets at ten stores (the example rules' flagship is store 7).
+            store: if self.mix.has(Kind::Basket) {
+                self.rng.random_range(1..=10)
+            } else {
+                self.rng.random_range(1..=500)
+            },
             category: self.rng.random_range(1..=40),
             receipt: Receipt::default(),
         }
@@ -227,9 +263,14 @@ impl Workload {
                 let meta = self.meta();
                 Op::Purchase { meta, customer, amount: self.rng.random_range(100..=20_000) }
             }
+            Kind::Basket => {
+                let meta = self.meta();
+                Op::PurchaseBasket { meta, customer, basket: self.basket() }
+            }
             Kind::Redeem => {
                 let meta = self.meta();
-                Op::Redeem { meta, customer, points: self.rng.random_range(1..=50) }
+                let most = if self.mix.has(Kind::Basket) { 200 } else { 50 };
+                Op::Redeem { meta, customer, points: self.rng.random_range(1..=most) }
             }
             Kind::Balance => Op::Balance { customer },
             Kind::History => Op::History { customer, limit: 10 },
@@ -262,6 +303,23 @@ impl Workload {
             Op::Void { meta, hold }
         };
         Sent { op }
+    }
+
+    /// 1..=8 lines over the example rules' categories (none, groceries, electronics, beauty,
+    /// and the excluded gift cards and tobacco), 1.00 to 50.00 each.
+    fn basket(&mut self) -> Basket {
+        const CATEGORIES: [u16; 6] = [0, 10, 20, 30, 40, 50];
+        let mut lines = [BasketLine::default(); 8];
+        let count = self.rng.random_range(1..=lines.len());
+        for line in &mut lines[..count] {
+            let category = CATEGORIES[self.rng.random_range(0..CATEGORIES.len())];
+            *line = BasketLine {
+                category,
+                amount: self.rng.random_range(100..=5_000),
+                excluded: category >= 40,
+            };
+        }
+        Basket::new(&lines[..count]).expect("at most 8 lines")
     }
 
     /// A purchase of `amount` minor units for `customer` (preloading balances).
@@ -301,6 +359,29 @@ mod tests {
         assert!("buy=100".parse::<Mix>().unwrap_err().contains("unknown"));
         assert!("purchase=50,purchase=50".parse::<Mix>().unwrap_err().contains("twice"));
         assert!("purchase".parse::<Mix>().is_err());
+    }
+
+    #[test]
+    fn the_loyalty_mix_buys_baskets_of_one_to_eight_lines() {
+        assert_eq!("loyalty".parse::<Mix>().unwrap(), Mix::loyalty());
+        let mut workload = Workload::new(Mix::loyalty(), 1000, 0.0, 7, 1);
+        let mut sizes = std::collections::BTreeSet::new();
+        let mut large_redemptions = 0;
+        for _ in 0..10_000 {
+            match workload.next_op().op {
+                Op::PurchaseBasket { basket, meta, .. } => {
+                    sizes.insert(basket.lines().len());
+                    assert!((1..=10).contains(&meta.store));
+                    for line in basket.lines() {
+                        assert_eq!(line.excluded, line.category >= 40);
+                    }
+                }
+                Op::Redeem { points, .. } if points > 50 => large_redemptions += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(sizes, (1..=8).collect());
+        assert!(large_redemptions > 0);
     }
 
     #[test]

@@ -243,7 +243,12 @@ impl FromStr for AccountAddress {
 /// The balance counters of one account, as TigerBeetle keeps them: posted and pending debits
 /// and credits. The balance is derived (`credits_posted - debits_posted`), so "every asset sums
 /// to zero" is "Σ debits = Σ credits" over the shard's accounts.
+///
+/// Aligned to 8 bytes, not the 16 of `u128`: a slot of the account table (id, counters, history
+/// head) is then 88 bytes instead of 96, 13 bytes less per customer at ten million
+/// (docs/performance.md, "Memory per customer account"). Fields are read and written by value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C, packed(8))]
 pub struct Account {
     /// Debits reserved by open holds.
     pub debits_pending: u128,

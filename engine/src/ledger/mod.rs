@@ -1500,13 +1500,19 @@ impl Ledger {
         let (_, flags, namespace) =
             self.registry.account_terms(id).expect("checked before posting");
         let apply = |account: &mut Account| -> Result<(), RejectCode> {
-            let changed = match side {
-                Side::Debit => leg.apply(&mut account.debits_pending, &mut account.debits_posted),
-                Side::Credit => {
-                    leg.apply(&mut account.credits_pending, &mut account.credits_posted)
-                }
+            // `Account` is packed: its counters are changed through copies.
+            let (mut pending, mut posted) = match side {
+                Side::Debit => (account.debits_pending, account.debits_posted),
+                Side::Credit => (account.credits_pending, account.credits_posted),
             };
-            changed.ok_or(RejectCode::Overflow)
+            leg.apply(&mut pending, &mut posted).ok_or(RejectCode::Overflow)?;
+            match side {
+                Side::Debit => (account.debits_pending, account.debits_posted) = (pending, posted),
+                Side::Credit => {
+                    (account.credits_pending, account.credits_posted) = (pending, posted);
+                }
+            }
+            Ok(())
         };
         let bounded = self.customer_balances_bounded && namespace == Namespace::Customer;
         let within_bound = |before: &Account, after: &Account| {
@@ -1616,10 +1622,11 @@ impl Ledger {
         for (id, account) in self.accounts.iter() {
             let expected =
                 if held.is_empty() { (0, 0) } else { held.remove(id).unwrap_or_default() };
-            if (account.debits_pending, account.credits_pending) != expected {
+            let pending = (account.debits_pending, account.credits_pending);
+            if pending != expected {
                 return fail(format!(
                     "account {id:?}: pending {}/{} but its open holds reserve {}/{}",
-                    account.debits_pending, account.credits_pending, expected.0, expected.1
+                    pending.0, pending.1, expected.0, expected.1
                 ));
             }
         }

@@ -3,7 +3,7 @@
 //! (`RecentPurchases`); `from_wal` answers for any purchase from the WAL alone, as auditors'
 //! tools do. Docs: docs/loyalty.md, "Explain".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::Path;
 
 use super::programme::{Programme, RulesVersion};
@@ -91,14 +91,15 @@ impl Explanation {
 #[derive(Debug, Clone, Default)]
 pub struct RecentPurchases {
     capacity: usize,
-    entries: HashMap<TxId, (Lsn, Timestamp, Purchase), foldhash::fast::RandomState>,
-    order: VecDeque<TxId>,
+    /// In the order applied, which is the order of their ids (a shard's ids increase): found by
+    /// binary search, so remembering one is a copy into a ring, with no hashing.
+    entries: VecDeque<(Lsn, Timestamp, Purchase)>,
 }
 
 impl RecentPurchases {
     /// Keeps the last `capacity` purchases.
     pub fn new(capacity: usize) -> RecentPurchases {
-        RecentPurchases { capacity, ..RecentPurchases::default() }
+        RecentPurchases { capacity, entries: VecDeque::new() }
     }
 
     /// Remembers a purchase that applied, forgetting the oldest beyond the capacity.
@@ -106,18 +107,20 @@ impl RecentPurchases {
         if self.capacity == 0 {
             return;
         }
-        if self.order.len() == self.capacity
-            && let Some(oldest) = self.order.pop_front()
-        {
-            self.entries.remove(&oldest);
+        if self.entries.len() == self.capacity {
+            self.entries.pop_front();
         }
-        self.order.push_back(purchase.header.id);
-        self.entries.insert(purchase.header.id, (lsn, timestamp, purchase.clone()));
+        debug_assert!(
+            self.entries.back().is_none_or(|(_, _, last)| last.header.id < purchase.header.id),
+            "a shard's transaction ids increase"
+        );
+        self.entries.push_back((lsn, timestamp, purchase.clone()));
     }
 
     /// The purchase `tx`, if still remembered.
     pub fn get(&self, tx: TxId) -> Option<&(Lsn, Timestamp, Purchase)> {
-        self.entries.get(&tx)
+        let index = self.entries.binary_search_by_key(&tx, |(_, _, p)| p.header.id).ok()?;
+        self.entries.get(index)
     }
 }
 

@@ -85,20 +85,14 @@ pub struct LotPart {
 /// Parts taken by one debit, inline up to four lots.
 pub type Parts = SmallVec<[LotPart; 4]>;
 
+/// Lots a member holds without a heap allocation: the common case (an earned and a bonus lot
+/// on a couple of days) lives inside the member's slot.
+pub const LOTS_INLINE: usize = 4;
+
 /// A customer's lots, in spending order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Lots {
-    lots: Vec<Lot>,
-}
-
-/// What a change did to the set of expiry days of a customer's lots: the expiry index keeps
-/// one entry per customer and day.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DayChanges {
-    /// Days that now have a lot and had none.
-    pub added: SmallVec<[u32; 2]>,
-    /// Days that had a lot and have none now.
-    pub removed: SmallVec<[u32; 4]>,
+    lots: SmallVec<[Lot; LOTS_INLINE]>,
 }
 
 impl Lots {
@@ -122,16 +116,15 @@ impl Lots {
         self.lots.iter().map(|lot| u128::from(lot.remaining)).sum()
     }
 
-    fn has_day(&self, day: u32) -> bool {
-        let start = self.lots.partition_point(|lot| lot.expires_day < day);
-        self.lots.get(start).is_some_and(|lot| lot.expires_day == day)
+    /// The day the earliest lot expires: where the expiry index files the customer.
+    pub fn first_day(&self) -> Option<u32> {
+        self.lots.first().map(|lot| lot.expires_day)
     }
 
     /// Adds points: to the lot of the same kind and expiry day if there is one (its origin
-    /// stays the first credit's), else as a new lot. Returns whether the day is new.
-    pub fn credit(&mut self, part: LotPart) -> Option<u32> {
+    /// stays the first credit's), else as a new lot.
+    pub fn credit(&mut self, part: LotPart) {
         assert!(part.amount > 0, "lots hold points");
-        let new_day = !self.has_day(part.expires_day);
         let key = (part.expires_day, part.kind);
         let position = self.lots.partition_point(|lot| (lot.expires_day, lot.kind) < key);
         match self.lots.get_mut(position) {
@@ -151,12 +144,11 @@ impl Lots {
                 self.lots.insert(position, lot);
             }
         }
-        new_day.then_some(part.expires_day)
     }
 
     /// Takes `amount` points, from the lots that expire first; the caller knows they are
-    /// there. Returns the parts taken; `days` learns the days left without a lot.
-    pub fn take(&mut self, mut amount: u64, days: &mut DayChanges) -> Parts {
+    /// there. Returns the parts taken.
+    pub fn take(&mut self, mut amount: u64) -> Parts {
         let mut parts = Parts::new();
         let mut emptied = 0;
         for lot in &mut self.lots {
@@ -173,18 +165,13 @@ impl Lots {
         }
         assert_eq!(amount, 0, "a debit never takes more points than the lots hold");
         // The emptied lots are a prefix: all but possibly the last part's lot were emptied.
-        for lot in self.lots.drain(..emptied) {
-            days.removed.push(lot.expires_day);
-        }
-        days.removed.retain(|day| !self.lots.iter().any(|lot| lot.expires_day == *day));
-        days.removed.dedup();
+        self.lots.drain(..emptied);
         parts
     }
 
     /// Removes exactly `parts` (each the whole remainder of its lot): the expiry of due lots.
-    /// Returns the days left without a lot, or `None` (changing nothing) if a part does not
-    /// match a lot's remainder.
-    pub fn remove_exact(&mut self, parts: &[LotPart]) -> Option<DayChanges> {
+    /// Returns false, changing nothing, if a part does not match a lot's remainder.
+    pub fn remove_exact(&mut self, parts: &[LotPart]) -> bool {
         let matches = |part: &LotPart| {
             self.lots.iter().any(|lot| {
                 (lot.origin, lot.kind, lot.expires_day, lot.remaining)
@@ -192,9 +179,8 @@ impl Lots {
             })
         };
         if !parts.iter().all(matches) {
-            return None;
+            return false;
         }
-        let mut days = DayChanges::default();
         for part in parts {
             let position = self
                 .lots
@@ -205,11 +191,8 @@ impl Lots {
                 })
                 .expect("checked above");
             self.lots.remove(position);
-            if !self.has_day(part.expires_day) && !days.removed.contains(&part.expires_day) {
-                days.removed.push(part.expires_day);
-            }
         }
-        Some(days)
+        true
     }
 
     /// The lots that expire on or before `day`, whole, as parts.
@@ -252,10 +235,12 @@ mod tests {
     #[test]
     fn credits_of_one_kind_and_day_share_a_lot() {
         let mut lots = Lots::default();
-        assert_eq!(lots.credit(part(1, LotKind::Earned, 100, 50)), Some(100));
-        assert_eq!(lots.credit(part(2, LotKind::Earned, 100, 20)), None);
-        assert_eq!(lots.credit(part(3, LotKind::Bonus, 100, 5)), None, "day 100 has a lot");
-        assert_eq!(lots.credit(part(4, LotKind::Earned, 90, 7)), Some(90));
+        lots.credit(part(1, LotKind::Earned, 100, 50));
+        assert_eq!(lots.first_day(), Some(100));
+        lots.credit(part(2, LotKind::Earned, 100, 20));
+        lots.credit(part(3, LotKind::Bonus, 100, 5));
+        lots.credit(part(4, LotKind::Earned, 90, 7));
+        assert_eq!(lots.first_day(), Some(90));
         let all: Vec<_> =
             lots.iter().map(|l| (l.origin.0, l.kind, l.expires_day, l.remaining)).collect();
         assert_eq!(
@@ -275,15 +260,14 @@ mod tests {
         lots.credit(part(1, LotKind::Earned, 100, 50));
         lots.credit(part(2, LotKind::Bonus, 80, 30));
         lots.credit(part(3, LotKind::Transfer, 90, 20));
-        let mut days = DayChanges::default();
-        let parts = lots.take(40, &mut days);
+        let parts = lots.take(40);
         assert_eq!(
             parts.as_slice(),
             [part(2, LotKind::Bonus, 80, 30), part(3, LotKind::Transfer, 90, 10)]
         );
-        assert_eq!(days.removed.as_slice(), [80]);
+        assert_eq!(lots.first_day(), Some(90), "the lot of day 80 is spent and dropped");
         assert_eq!(lots.len(), 2);
-        let parts = lots.take(60, &mut DayChanges::default());
+        let parts = lots.take(60);
         assert_eq!(parts.len(), 2);
         assert!(lots.is_empty());
         // Spent points put back make the lot again.
@@ -298,9 +282,10 @@ mod tests {
         lots.credit(part(2, LotKind::Earned, 200, 50));
         let due = lots.due(150);
         assert_eq!(due.as_slice(), [part(1, LotKind::Earned, 100, 50)]);
-        assert_eq!(lots.remove_exact(&[part(1, LotKind::Earned, 100, 49)]), None);
-        let days = lots.remove_exact(&due).unwrap();
-        assert_eq!(days.removed.as_slice(), [100]);
+        assert!(!lots.remove_exact(&[part(1, LotKind::Earned, 100, 49)]));
+        assert_eq!(lots.total(), 100, "a part that is not a lot's remainder changes nothing");
+        assert!(lots.remove_exact(&due));
+        assert_eq!(lots.first_day(), Some(200));
         assert_eq!(lots.total(), 50);
         assert!(lots.due(199).is_empty());
     }

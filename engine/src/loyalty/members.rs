@@ -6,11 +6,11 @@
 //! Every change here follows a record that already applied to the accounts, so none can fail:
 //! the checks are the ledger's (balances, holds) and the record's own.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use smallvec::SmallVec;
 
-use super::lots::{DayChanges, LotPart, Lots, Parts};
+use super::lots::{LotPart, Lots, Parts};
 use super::pricing::CapsUsed;
 use super::rules::RuleSet;
 use crate::ids::TxId;
@@ -70,7 +70,7 @@ pub struct Member {
     /// Purchase points of the current day and month.
     pub caps: CapsCounters,
     /// Qualifying points by month, oldest first, only months with points, within the window.
-    pub months: SmallVec<[MonthPoints; 2]>,
+    pub months: SmallVec<[MonthPoints; 1]>,
     /// The customer's lots.
     pub lots: Lots,
 }
@@ -126,13 +126,94 @@ pub struct PurchaseEffect {
     pub tier_after: u8,
 }
 
+/// Members in a slot each: an index from customer to slot, and the slots in chunks of
+/// `CHUNK_SLOTS`, filled in order and never moved. A hash map of members would keep up to
+/// twice its entries' room empty at its load factor; here only the last chunk has room to
+/// spare, and a member's lots live in its slot (docs/performance.md, "Memory per member").
+#[derive(Debug, Clone, Default)]
+struct Table {
+    slots: HashMap<u64, u32, Hasher>,
+    chunks: Vec<Vec<Member>>,
+}
+
+/// Members per chunk of the table.
+const CHUNK_SLOTS: usize = 4096;
+
+impl Table {
+    fn at(&self, slot: u32) -> &Member {
+        let slot = slot as usize;
+        &self.chunks[slot / CHUNK_SLOTS][slot % CHUNK_SLOTS]
+    }
+
+    fn at_mut(&mut self, slot: u32) -> &mut Member {
+        let slot = slot as usize;
+        &mut self.chunks[slot / CHUNK_SLOTS][slot % CHUNK_SLOTS]
+    }
+
+    fn get(&self, customer: &u64) -> Option<&Member> {
+        self.slots.get(customer).map(|slot| self.at(*slot))
+    }
+
+    fn get_mut(&mut self, customer: &u64) -> Option<&mut Member> {
+        let slot = *self.slots.get(customer)?;
+        Some(self.at_mut(slot))
+    }
+
+    /// The member's slot, made (empty) if there is none.
+    fn get_or_default(&mut self, customer: u64) -> &mut Member {
+        let next = self.slots.len();
+        let slot = *self
+            .slots
+            .entry(customer)
+            .or_insert_with(|| u32::try_from(next).expect("members of one shard fit in 32 bits"));
+        if slot as usize == next {
+            if self.chunks.last().is_none_or(|chunk| chunk.len() == CHUNK_SLOTS) {
+                self.chunks.push(Vec::with_capacity(CHUNK_SLOTS));
+            }
+            self.chunks.last_mut().expect("pushed").push(Member::default());
+        }
+        self.at_mut(slot)
+    }
+
+    /// Adds a member; false if the customer has one.
+    fn insert(&mut self, customer: u64, member: Member) -> bool {
+        if self.slots.contains_key(&customer) {
+            return false;
+        }
+        *self.get_or_default(customer) = member;
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&u64, &Member)> {
+        self.slots.iter().map(|(customer, slot)| (customer, self.at(*slot)))
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+impl PartialEq for Table {
+    /// The same members, whatever their slots.
+    fn eq(&self, other: &Table) -> bool {
+        self.len() == other.len()
+            && self.iter().all(|(customer, member)| other.get(customer) == Some(member))
+    }
+}
+
 /// The loyalty state of one shard's customers.
 #[derive(Debug, Clone, Default)]
 pub struct Members {
-    members: HashMap<u64, Member, Hasher>,
+    members: Table,
     parked: HashMap<TxId, Parked, Hasher>,
-    /// `(day, customer)` for every day on which one of the customer's lots expires.
-    expiries: BTreeSet<(u32, u64)>,
+    /// Every customer with lots, filed under the day their earliest lot expires: one entry per
+    /// member, however many lots they hold (a set per day: 8 bytes an entry and O(1) moves,
+    /// where a B-tree of `(day, customer)` took about 30). A day's set is dropped once empty.
+    expiries: BTreeMap<u32, HashSet<u64, Hasher>>,
 }
 
 impl PartialEq for Members {
@@ -176,28 +257,45 @@ impl Members {
         self.parked.get(&tx)
     }
 
-    fn note_days(&mut self, customer: u64, days: &DayChanges) {
-        for day in &days.removed {
-            self.expiries.remove(&(*day, customer));
+    fn first_day(&self, customer: u64) -> Option<u32> {
+        self.members.get(&customer).and_then(|member| member.lots.first_day())
+    }
+
+    /// Files `customer` in the expiry index at their earliest lot's day, which was `before`.
+    fn refile(&mut self, customer: u64, before: Option<u32>) {
+        let after = self.first_day(customer);
+        if before != after {
+            if let Some(day) = before {
+                self.unfile(day, customer);
+            }
+            if let Some(day) = after {
+                self.expiries.entry(day).or_default().insert(customer);
+            }
         }
-        for day in &days.added {
-            self.expiries.insert((*day, customer));
+    }
+
+    fn unfile(&mut self, day: u32, customer: u64) {
+        if let Some(customers) = self.expiries.get_mut(&day) {
+            customers.remove(&customer);
+            if customers.is_empty() {
+                self.expiries.remove(&day);
+            }
         }
     }
 
     /// Credits points to a customer's lots.
     pub fn credit(&mut self, customer: u64, part: LotPart) {
-        if let Some(day) = self.members.entry(customer).or_default().lots.credit(part) {
-            self.expiries.insert((day, customer));
-        }
+        let before = self.first_day(customer);
+        self.members.get_or_default(customer).lots.credit(part);
+        self.refile(customer, before);
     }
 
     /// Takes points from a customer's lots, the earliest expiry first.
     pub fn take(&mut self, customer: u64, amount: u64) -> Parts {
+        let before = self.first_day(customer);
         let member = self.members.get_mut(&customer).expect("a debited customer has lots");
-        let mut days = DayChanges::default();
-        let parts = member.lots.take(amount, &mut days);
-        self.note_days(customer, &days);
+        let parts = member.lots.take(amount);
+        self.refile(customer, before);
         parts
     }
 
@@ -229,27 +327,23 @@ impl Members {
     /// Removes the whole remainder of due lots (the expiry sweep's record). Returns false,
     /// changing nothing, if they are not exactly a lot's remainder each.
     pub fn expire(&mut self, customer: u64, parts: &[LotPart]) -> bool {
+        let before = self.first_day(customer);
         let Some(member) = self.members.get_mut(&customer) else {
             return false;
         };
-        match member.lots.remove_exact(parts) {
-            Some(days) => {
-                self.note_days(customer, &days);
-                true
-            }
-            None => false,
+        if !member.lots.remove_exact(parts) {
+            return false;
         }
+        self.refile(customer, before);
+        true
     }
 
     /// Up to `max` customers with lots that expire on or before `day`, with those lots.
     pub fn due(&self, day: u32, max: usize) -> Vec<(u64, Parts)> {
         let mut due: Vec<(u64, Parts)> = Vec::new();
-        for (_, customer) in self.expiries.range(..(day + 1, 0)) {
+        for customer in self.expiries.range(..=day).flat_map(|(_, customers)| customers) {
             if due.len() >= max {
                 break;
-            }
-            if due.iter().any(|(seen, _)| seen == customer) {
-                continue;
             }
             let parts =
                 self.members.get(customer).map(|member| member.lots.due(day)).unwrap_or_default();
@@ -262,12 +356,12 @@ impl Members {
 
     /// The earliest day a lot expires, if any.
     pub fn next_expiry_day(&self) -> Option<u32> {
-        self.expiries.first().map(|(day, _)| *day)
+        self.expiries.first_key_value().map(|(day, _)| *day)
     }
 
     /// Counts a purchase's points towards caps and tiers and records the tier it left.
     pub fn record_purchase(&mut self, customer: u64, effect: PurchaseEffect) {
-        let member = self.members.entry(customer).or_default();
+        let member = self.members.get_or_default(customer);
         member.caps.add(effect.day, effect.month, effect.points);
         member.tier = effect.tier_after;
         let first = effect.month.saturating_sub(u32::from(effect.window) - 1);
@@ -303,26 +397,32 @@ impl Members {
         customers
     }
 
-    /// Checks the expiry index against the lots.
+    /// Checks the expiry index against the lots: each member with lots, at their earliest day.
     pub fn expiries_match_lots(&self) -> bool {
         let derived: BTreeSet<(u32, u64)> = self
             .members
             .iter()
-            .flat_map(|(customer, member)| {
-                member.lots.iter().map(move |lot| (lot.expires_day, *customer))
-            })
+            .filter_map(|(customer, member)| member.lots.first_day().map(|day| (day, *customer)))
             .collect();
-        derived == self.expiries
+        let filed: BTreeSet<(u32, u64)> = self
+            .expiries
+            .iter()
+            .flat_map(|(day, customers)| customers.iter().map(|customer| (*day, *customer)))
+            .collect();
+        let entries: usize = self.expiries.values().map(HashSet::len).sum();
+        derived == filed && entries == filed.len() && self.expiries.values().all(|c| !c.is_empty())
     }
 
     /// Restores a member as a snapshot holds it.
     pub fn restore_member(&mut self, customer: u64, member: Member) -> Result<(), &'static str> {
-        for lot in member.lots.iter() {
-            self.expiries.insert((lot.expires_day, customer));
+        if let Some(day) = member.lots.first_day()
+            && self.members.get(&customer).is_none()
+        {
+            self.expiries.entry(day).or_default().insert(customer);
         }
         match self.members.insert(customer, member) {
-            None => Ok(()),
-            Some(_) => Err("member listed twice"),
+            true => Ok(()),
+            false => Err("member listed twice"),
         }
     }
 

@@ -310,3 +310,24 @@ pub fn rewrite_wal(
     writer.sync().expect("sync");
     writer.mark_durable(start);
 }
+
+/// The rule set of the pricing benchmarks: the documented example with a multiplier on each of
+/// its five categories (none excluded), its four tiers and caps, and both promotions running
+/// from a day before `now` for a year (one global multiplier, one store bonus).
+pub fn benchmark_rules(now: crate::Timestamp) -> crate::loyalty::RuleSet {
+    use crate::loyalty::decimal::{RATIO_ONE, Ratio};
+    const DAY: u64 = 86_400_000_000_000;
+    let mut rules = example_rules();
+    let multipliers = [15_000, 20_000, 30_000, 12_500, 40_000];
+    for (category, multiplier) in rules.categories.iter_mut().zip(multipliers) {
+        category.excluded = false;
+        category.multiplier = Ratio(multiplier);
+    }
+    debug_assert!(rules.categories.iter().all(|c| c.multiplier.0 > RATIO_ONE));
+    for promotion in &mut rules.promotions {
+        promotion.starts_at = crate::Timestamp(now.0.saturating_sub(DAY));
+        promotion.ends_at = now.plus_nanos(365 * DAY);
+    }
+    rules.validate().expect("a valid rule set");
+    rules
+}

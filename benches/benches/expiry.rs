@@ -31,9 +31,9 @@ fn main() {
         .map(|n| n.trim().parse().expect("a number"))
         .collect();
     println!(
-        "| customers per turn | lots | sweep s | lots/s | during p50 µs | p99 | max | after p50 µs | p99 | max |"
+        "| customers per turn | lots | sweep s | lots/s | batches during | p50 µs | p99 | max | batches after | p50 µs | p99 | max |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for per_turn in per_turn {
         run(per_turn);
     }
@@ -102,7 +102,7 @@ fn run(per_turn: usize) {
                 let micros = started.elapsed().as_micros() as u64;
                 assert!(answers.iter().all(|a| matches!(a, Response::Committed(_))));
                 let histogram = if sweeping.load(Ordering::Relaxed) { &during } else { &after };
-                histogram.lock().unwrap().saturating_record(micros.max(1));
+                histogram.lock().unwrap().record(micros.max(1)).expect("an auto-resizing histogram");
             }
         })
     };
@@ -120,12 +120,14 @@ fn run(per_turn: usize) {
     client.join().unwrap();
     let (after, during) = (after.lock().unwrap(), during.lock().unwrap());
     println!(
-        "| {per_turn} | {lots} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} |",
+        "| {per_turn} | {lots} | {:.2} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
         sweep.as_secs_f64(),
         lots as f64 / sweep.as_secs_f64(),
+        during.len(),
         during.value_at_quantile(0.5),
         during.value_at_quantile(0.99),
         during.max(),
+        after.len(),
         after.value_at_quantile(0.5),
         after.value_at_quantile(0.99),
         after.max(),

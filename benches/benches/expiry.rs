@@ -102,7 +102,11 @@ fn run(per_turn: usize) {
                 let micros = started.elapsed().as_micros() as u64;
                 assert!(answers.iter().all(|a| matches!(a, Response::Committed(_))));
                 let histogram = if sweeping.load(Ordering::Relaxed) { &during } else { &after };
-                histogram.lock().unwrap().record(micros.max(1)).expect("an auto-resizing histogram");
+                histogram
+                    .lock()
+                    .unwrap()
+                    .record(micros.max(1))
+                    .expect("an auto-resizing histogram");
             }
         })
     };

@@ -5,10 +5,21 @@
 //! operation spells out, in precedence order, the rule the engine must follow. Tests run the
 //! same random operations through the engine and through this model and compare every answer
 //! and the final balances.
+//!
+//! With a programme (`with_programme`) it also prices purchases by the rule version in force
+//! (with `pricing::price`, the one piece it borrows: its arithmetic has its own table tests),
+//! from its own tiers (qualifying points by month) and caps counters, and keeps every
+//! customer's lots as a plain map from (expiry day, kind) to points: credits open or add to a
+//! lot, debits take the earliest, holds park what they reserve, and at each midnight a lot's
+//! remainder goes to breakage (docs/loyalty.md).
 
 use std::collections::BTreeMap;
 
 use crate::ids::{CustomerId, ShardId, Timestamp, shard_for_customer};
+use crate::loyalty::RuleSet;
+use crate::loyalty::calendar::{day_index, expiry_after, month_index};
+use crate::loyalty::pricing::{CapsUsed, Line, price};
+use crate::loyalty::rules::Expiry;
 use crate::reject::RejectCode;
 
 /// An operation of the generated workloads. Amounts are positive; hold references index the
@@ -38,7 +49,13 @@ pub enum ModelOp {
     Conflict { op: usize },
     /// Let time pass.
     Advance { nanos: u64 },
+    /// A purchase of a basket (category, amount) at a store, priced by the programme.
+    Purchase { customer: u64, lines: Vec<(u16, u64)>, store: u32 },
 }
+
+/// A lot's place in a customer's spending order: its expiry day, then its kind
+/// (`LotKind` as a number: earned 1, bonus 2, transfer 3).
+pub type LotKey = (u32, u8);
 
 /// What the model expects an operation to produce.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +84,7 @@ enum HoldState {
 /// A hold reference that points at no hold (there was none when the operation was made).
 pub const NO_HOLD: usize = usize::MAX;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ModelHold {
     customer: u64,
     amount: u64,
@@ -75,6 +92,8 @@ struct ModelHold {
     state: HoldState,
     /// The engine's hold id is the id of the write that created it.
     write: usize,
+    /// The lots it reserved from, with a programme.
+    parked: Vec<(LotKey, u64)>,
 }
 
 /// Two generations of remembered items: when the current one is full, the previous one is
@@ -129,6 +148,18 @@ pub struct Model {
     /// Committed writes that a reversal has undone.
     reversed: std::collections::BTreeSet<usize>,
     next_key: u128,
+    /// Rule versions `(effective at, rules)` in the order recorded; none: no programme.
+    versions: Vec<(Timestamp, RuleSet)>,
+    /// Each customer's lots.
+    lots: BTreeMap<u64, BTreeMap<LotKey, u64>>,
+    /// Purchase points by customer and month.
+    months: BTreeMap<u64, BTreeMap<u32, u64>>,
+    /// Caps counters: (day, points that day, month, points that month).
+    caps: BTreeMap<u64, (u32, u64, u32, u64)>,
+    /// Points each committed purchase credited, by write.
+    purchase_points: BTreeMap<usize, u64>,
+    /// house:expiry.
+    breakage: i128,
 }
 
 impl Model {
@@ -158,6 +189,115 @@ impl Model {
             ],
             reversed: std::collections::BTreeSet::new(),
             next_key: 1,
+            versions: Vec::new(),
+            lots: BTreeMap::new(),
+            months: BTreeMap::new(),
+            caps: BTreeMap::new(),
+            purchase_points: BTreeMap::new(),
+            breakage: 0,
+        }
+    }
+
+    /// The model with a loyalty programme of these rule versions, recorded before any write:
+    /// `(effective at, rules)`, in the order recorded. The tier window must be the same in all.
+    pub fn with_programme(mut self, versions: Vec<(Timestamp, RuleSet)>) -> Model {
+        self.versions = versions;
+        self
+    }
+
+    /// The version in force at `at`: of those in effect, the one that took effect last (of two
+    /// at one instant, the one recorded later).
+    fn rules_at(&self, at: Timestamp) -> Option<&RuleSet> {
+        self.versions
+            .iter()
+            .enumerate()
+            .filter(|(_, (effective, _))| *effective <= at)
+            .max_by_key(|(index, (effective, _))| (*effective, *index))
+            .map(|(_, (_, rules))| rules)
+    }
+
+    /// A customer's lots: (expiry day, kind) → points left.
+    pub fn lots_of(&self, customer: u64) -> Vec<(LotKey, u64)> {
+        self.lots.get(&customer).map_or_else(Vec::new, |lots| {
+            lots.iter().map(|(key, points)| (*key, *points)).collect()
+        })
+    }
+
+    /// house:expiry's balance.
+    pub fn breakage(&self) -> i128 {
+        self.breakage
+    }
+
+    /// A customer's tier now, by the rules in force.
+    pub fn tier(&self, customer: u64) -> u8 {
+        self.rules_at(self.now).map_or(0, |rules| rules.tier_for(self.qualifying(customer, rules)))
+    }
+
+    fn qualifying(&self, customer: u64, rules: &RuleSet) -> u64 {
+        let month = month_index(self.now);
+        let first = month.saturating_sub(u32::from(rules.tier_window_months) - 1);
+        self.months
+            .get(&customer)
+            .map_or(0, |months| months.range(first..=month).map(|(_, points)| points).sum())
+    }
+
+    /// Opens or adds to the lot of `kind` credited now.
+    fn credit_lot(&mut self, customer: u64, kind: u8, amount: u64) {
+        if self.versions.is_empty() || amount == 0 {
+            return;
+        }
+        let expiry = self.rules_at(self.now).map_or_else(Expiry::default, |rules| rules.expiry);
+        let months = match kind {
+            1 => expiry.earned_months,
+            2 => expiry.bonus_months,
+            _ => expiry.transfer_months,
+        };
+        let day = day_index(expiry_after(self.now, u32::from(months)));
+        *self.lots.entry(customer).or_default().entry((day, kind)).or_default() += amount;
+    }
+
+    /// Takes `amount` from a customer's lots, the earliest first.
+    fn take_lots(&mut self, customer: u64, mut amount: u64) -> Vec<(LotKey, u64)> {
+        let mut taken = Vec::new();
+        if self.versions.is_empty() {
+            return taken;
+        }
+        let lots = self.lots.entry(customer).or_default();
+        while amount > 0 {
+            let (key, left) = lots.iter_mut().next().expect("the lots hold the balance");
+            let part = (*left).min(amount);
+            *left -= part;
+            amount -= part;
+            taken.push((*key, part));
+            if *left == 0 {
+                let key = *key;
+                lots.remove(&key);
+            }
+        }
+        taken
+    }
+
+    /// Puts parked points back into their lots.
+    fn return_lots(&mut self, customer: u64, parts: Vec<(LotKey, u64)>) {
+        for (key, amount) in parts {
+            if amount > 0 {
+                *self.lots.entry(customer).or_default().entry(key).or_default() += amount;
+            }
+        }
+    }
+
+    /// Every lot whose midnight has come goes to breakage, whole.
+    fn expire_lots(&mut self) {
+        let today = day_index(self.now);
+        for (customer, lots) in &mut self.lots {
+            let due: Vec<LotKey> =
+                lots.keys().take_while(|(day, _)| *day <= today).copied().collect();
+            for key in due {
+                let amount = lots.remove(&key).expect("listed");
+                *self.balances.get_mut(customer).expect("lots are points held") -=
+                    i128::from(amount);
+                self.breakage += i128::from(amount);
+            }
         }
     }
 
@@ -269,6 +409,11 @@ impl Model {
             }
             ModelOp::Capture { hold, .. } => ModelOp::Void { hold },
             ModelOp::Void { hold } => ModelOp::Capture { hold, amount: None },
+            ModelOp::Purchase { customer, ref lines, store } => {
+                let mut lines = lines.clone();
+                lines[0].1 += 1;
+                ModelOp::Purchase { customer, lines, store }
+            }
             ModelOp::Reverse { op } => {
                 let shard = self.key_shard(&ModelOp::Reverse { op });
                 let customer = (0..).find(|c| self.shard(*c) == shard).expect("a customer");
@@ -285,6 +430,7 @@ impl Model {
             ModelOp::Advance { nanos } => {
                 self.now = self.now.plus_nanos(*nanos);
                 self.expire_holds();
+                self.expire_lots();
                 ModelOutcome::None
             }
             ModelOp::Retry { op: target } => {
@@ -337,7 +483,8 @@ impl Model {
         match op {
             ModelOp::Earn { customer, .. }
             | ModelOp::Redeem { customer, .. }
-            | ModelOp::Hold { customer, .. } => self.shard(*customer),
+            | ModelOp::Hold { customer, .. }
+            | ModelOp::Purchase { customer, .. } => self.shard(*customer),
             ModelOp::Transfer { from, .. } => self.shard(*from),
             ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => {
                 self.shard(self.holds[*hold].customer)
@@ -365,13 +512,27 @@ impl Model {
         due.sort_by_key(|i| (self.holds[*i].expires_at, *i));
         for index in due {
             self.close_hold(index, HoldState::Expired);
+            self.release_parked(index, 0);
         }
+    }
+
+    /// Ends what hold `index` parked: `spent` points are gone, the earliest first; the rest
+    /// goes back into their lots.
+    fn release_parked(&mut self, index: usize, mut spent: u64) {
+        let parked = std::mem::take(&mut self.holds[index].parked);
+        let mut back = Vec::new();
+        for (key, amount) in parked {
+            let gone = amount.min(spent);
+            spent -= gone;
+            back.push((key, amount - gone));
+        }
+        self.return_lots(self.holds[index].customer, back);
     }
 
     /// Closes a hold: releases its reservation and keeps its tombstone, evicting the oldest
     /// tombstone of its shard past `holds_open_max`.
     fn close_hold(&mut self, index: usize, state: HoldState) {
-        let hold = self.holds[index];
+        let hold = self.holds[index].clone();
         *self.reserved.entry(hold.customer).or_default() -= i128::from(hold.amount);
         self.holds[index].state = state;
         let shard = self.shard(hold.customer).as_usize();
@@ -402,12 +563,43 @@ impl Model {
             ModelOp::Earn { customer, amount } => {
                 *self.balances.entry(customer).or_default() += i128::from(amount);
                 self.issuance -= i128::from(amount);
+                self.credit_lot(customer, 1, amount);
                 Ok(())
             }
             ModelOp::Redeem { customer, amount } => {
                 self.debit_check(customer, amount)?;
                 *self.balances.entry(customer).or_default() -= i128::from(amount);
                 self.redemption += i128::from(amount);
+                self.take_lots(customer, amount);
+                Ok(())
+            }
+            ModelOp::Purchase { customer, ref lines, store } => {
+                let rules = self.rules_at(self.now).ok_or(RejectCode::RulesNotInForce)?.clone();
+                let (day, month) = (day_index(self.now), month_index(self.now));
+                let counters = self.caps.get(&customer).copied().unwrap_or_default();
+                let used = CapsUsed {
+                    day: if counters.0 == day { counters.1 } else { 0 },
+                    month: if counters.2 == month { counters.3 } else { 0 },
+                };
+                let tier = rules.tier_for(self.qualifying(customer, &rules));
+                let basket: Vec<Line> = lines
+                    .iter()
+                    .map(|&(category, amount)| Line { category, amount, excluded: false })
+                    .collect();
+                let breakdown = price(&rules, &basket, store, self.now, tier, used)
+                    .map_err(|_| RejectCode::BasketInvalid)?;
+                let points = breakdown.earned + breakdown.bonus;
+                if points > 0 {
+                    *self.balances.entry(customer).or_default() += i128::from(points);
+                    self.issuance -= i128::from(points);
+                }
+                self.credit_lot(customer, 1, breakdown.earned);
+                self.credit_lot(customer, 2, breakdown.bonus);
+                self.caps.insert(customer, (day, used.day + points, month, used.month + points));
+                if points > 0 {
+                    *self.months.entry(customer).or_default().entry(month).or_default() += points;
+                }
+                self.purchase_points.insert(write, points);
                 Ok(())
             }
             ModelOp::Transfer { from, to, amount } => {
@@ -417,6 +609,8 @@ impl Model {
                 self.debit_check(from, amount)?;
                 *self.balances.entry(from).or_default() -= i128::from(amount);
                 *self.balances.entry(to).or_default() += i128::from(amount);
+                self.take_lots(from, amount);
+                self.credit_lot(to, 3, amount);
                 Ok(())
             }
             ModelOp::Hold { customer, amount, timeout_nanos } => {
@@ -429,23 +623,26 @@ impl Model {
                 self.debit_check(customer, amount)?;
                 *self.reserved.entry(customer).or_default() += i128::from(amount);
                 let expires_at = self.now.plus_nanos(timeout_nanos);
+                let parked = self.take_lots(customer, amount);
                 self.holds.push(ModelHold {
                     customer,
                     amount,
                     expires_at,
                     state: HoldState::Open,
                     write,
+                    parked,
                 });
                 Ok(())
             }
             ModelOp::Capture { hold, amount } => {
                 let index = self.find_hold(hold)?;
-                let target = self.holds[index];
+                let target = self.holds[index].clone();
                 let captured = amount.unwrap_or(target.amount);
                 if captured > target.amount {
                     return Err(RejectCode::CaptureExceedsHold);
                 }
                 self.close_hold(index, HoldState::Captured);
+                self.release_parked(index, captured);
                 *self.balances.entry(target.customer).or_default() -= i128::from(captured);
                 self.redemption += i128::from(captured);
                 Ok(())
@@ -453,6 +650,7 @@ impl Model {
             ModelOp::Void { hold } => {
                 let index = self.find_hold(hold)?;
                 self.close_hold(index, HoldState::Voided);
+                self.release_parked(index, 0);
                 Ok(())
             }
             ModelOp::Reverse { op } => {
@@ -468,6 +666,11 @@ impl Model {
                     {
                         vec![(Some(to), Some(from), amount)]
                     }
+                    // A purchase that earned nothing posted nothing: no customer saw it.
+                    ModelOp::Purchase { customer, .. } => match self.purchase_points[&original] {
+                        0 => return Err(RejectCode::TransactionNotFound),
+                        points => vec![(Some(customer), None, points)],
+                    },
                     _ => return Err(RejectCode::TransactionNotReversible),
                 };
                 if self.reversed.contains(&original) {
@@ -482,13 +685,15 @@ impl Model {
                 for (debit, credit, amount) in postings {
                     match debit {
                         Some(customer) => {
-                            *self.balances.entry(customer).or_default() -= i128::from(amount)
+                            *self.balances.entry(customer).or_default() -= i128::from(amount);
+                            self.take_lots(customer, amount);
                         }
                         None => self.redemption -= i128::from(amount),
                     }
                     match credit {
                         Some(customer) => {
-                            *self.balances.entry(customer).or_default() += i128::from(amount)
+                            *self.balances.entry(customer).or_default() += i128::from(amount);
+                            self.credit_lot(customer, 1, amount);
                         }
                         None => self.issuance += i128::from(amount),
                     }

@@ -12,6 +12,7 @@
 //! - `programme`: the recorded rule versions and which is in force when.
 //! - `lots`: point lots (one per kind and expiry day), spent the earliest expiry first.
 //! - `explain`: why a purchase earned what it did, from memory or from the WAL alone.
+//! - `lifecycle`: a purchase's states and legal transitions, and a refund's share of it.
 //! - `members`: each customer's lots, tier, qualifying points and caps; parked points; the
 //!   expiry index.
 
@@ -19,6 +20,7 @@ pub mod calendar;
 pub mod codec;
 pub mod decimal;
 pub mod explain;
+pub mod lifecycle;
 pub mod lots;
 pub mod members;
 pub mod pricing;

@@ -85,6 +85,16 @@ pub struct LotPart {
 /// Parts taken by one debit, inline up to four lots.
 pub type Parts = SmallVec<[LotPart; 4]>;
 
+/// What a refund or a failed payment takes back from a customer's lots
+/// (docs/loyalty.md, "Purchase lifecycle and refunds").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakenBack {
+    /// The parts taken: from the purchase's own lots first, then from the others.
+    pub parts: Parts,
+    /// What the lots could not give: recorded as a receivable, never as a negative balance.
+    pub short: u64,
+}
+
 /// Lots a member holds without a heap allocation: the common case (an earned and a bonus lot
 /// on a couple of days) lives inside the member's slot.
 pub const LOTS_INLINE: usize = 4;
@@ -167,6 +177,38 @@ impl Lots {
         // The emptied lots are a prefix: all but possibly the last part's lot were emptied.
         self.lots.drain(..emptied);
         parts
+    }
+
+    /// Takes back up to `amount` points: first from the lots `first` names (kind and expiry
+    /// day, in that order: the lots a purchase credited), then from the others, the earliest
+    /// first. What the lots cannot give is `short`.
+    pub fn take_back(&mut self, first: &[(LotKind, u32)], amount: u64) -> TakenBack {
+        let mut back = TakenBack::default();
+        let mut left = amount;
+        for &(kind, day) in first {
+            let key = (day, kind);
+            let position = self.lots.partition_point(|lot| (lot.expires_day, lot.kind) < key);
+            let Some(lot) =
+                self.lots.get_mut(position).filter(|lot| (lot.expires_day, lot.kind) == key)
+            else {
+                continue;
+            };
+            let taken = lot.remaining.min(left);
+            if taken == 0 {
+                continue;
+            }
+            back.parts.push(lot.part(taken));
+            lot.remaining -= taken;
+            left -= taken;
+            if lot.remaining == 0 {
+                self.lots.remove(position);
+            }
+        }
+        let held = u64::try_from(self.total()).unwrap_or(u64::MAX);
+        let from_others = left.min(held);
+        back.parts.extend(self.take(from_others));
+        back.short = left - from_others;
+        back
     }
 
     /// Removes exactly `parts` (each the whole remainder of its lot): the expiry of due lots.
@@ -273,6 +315,39 @@ mod tests {
         // Spent points put back make the lot again.
         lots.credit(parts[0]);
         assert_eq!(lots.iter().next().unwrap().origin, TxId(3));
+    }
+
+    #[test]
+    fn take_back_empties_the_purchase_lots_first_then_the_earliest_then_falls_short() {
+        let mut lots = Lots::default();
+        lots.credit(part(1, LotKind::Transfer, 50, 10));
+        lots.credit(part(2, LotKind::Earned, 100, 40));
+        lots.credit(part(3, LotKind::Bonus, 100, 5));
+        lots.credit(part(4, LotKind::Earned, 200, 30));
+        // A purchase's earned lot of day 200, then its bonus lot of day 100.
+        let first = [(LotKind::Earned, 200), (LotKind::Bonus, 100)];
+        let back = lots.take_back(&first, 20);
+        assert_eq!(back.parts.as_slice(), [part(4, LotKind::Earned, 200, 20)]);
+        assert_eq!(back.short, 0);
+        let back = lots.take_back(&first, 25);
+        assert_eq!(
+            back.parts.as_slice(),
+            [
+                part(4, LotKind::Earned, 200, 10),
+                part(3, LotKind::Bonus, 100, 5),
+                part(1, LotKind::Transfer, 50, 10),
+            ],
+            "the purchase's lots, then the earliest of the others"
+        );
+        assert_eq!(back.short, 0);
+        assert_eq!(lots.total(), 40);
+        // More than is left: everything, and the rest is short.
+        let back = lots.take_back(&first, 55);
+        assert_eq!(back.parts.as_slice(), [part(2, LotKind::Earned, 100, 40)]);
+        assert_eq!(back.short, 15);
+        assert!(lots.is_empty());
+        // Nothing to take: all short, nothing changes.
+        assert_eq!(lots.take_back(&first, 7), TakenBack { parts: Parts::new(), short: 7 });
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use smallvec::SmallVec;
 
-use super::lots::{LotPart, Lots, Parts};
+use super::lots::{LotKind, LotPart, Lots, Parts, TakenBack};
 use super::pricing::CapsUsed;
 use super::rules::RuleSet;
 use crate::ids::TxId;
@@ -299,6 +299,19 @@ impl Members {
         parts
     }
 
+    /// Takes back up to `amount` points of a customer: from the lots `first` names, then from
+    /// their other lots, the earliest first (a refund; docs/loyalty.md, "Purchase lifecycle
+    /// and refunds"). Points parked by holds are not touched.
+    pub fn take_back(&mut self, customer: u64, first: &[(LotKind, u32)], amount: u64) -> TakenBack {
+        let before = self.first_day(customer);
+        let Some(member) = self.members.get_mut(&customer) else {
+            return TakenBack { parts: Parts::new(), short: amount };
+        };
+        let back = member.lots.take_back(first, amount);
+        self.refile(customer, before);
+        back
+    }
+
     /// Takes points from a customer's lots and parks them under `tx` (a hold or a transfer).
     pub fn park(&mut self, tx: TxId, customer: u64, amount: u64, in_balance: bool) {
         let parts = self.take(customer, amount);
@@ -432,5 +445,57 @@ impl Members {
             None => Ok(()),
             Some(_) => Err("parked entry listed twice"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(origin: u64, kind: LotKind, day: u32, amount: u64) -> LotPart {
+        LotPart { origin: TxId(origin), kind, expires_day: day, amount }
+    }
+
+    #[test]
+    fn the_expiry_index_follows_each_members_earliest_lot() {
+        let mut members = Members::default();
+        members.credit(7, part(1, LotKind::Earned, 300, 50));
+        members.credit(7, part(2, LotKind::Transfer, 100, 10));
+        members.credit(8, part(3, LotKind::Earned, 200, 5));
+        assert!(members.expiries_match_lots());
+        assert_eq!(members.next_expiry_day(), Some(100));
+        // A refund takes back the purchase's lot of day 300 whole, then 5 of the earliest
+        // (day 100): customer 7 keeps 5 points, still filed under day 100.
+        let back = members.take_back(7, &[(LotKind::Earned, 300)], 55);
+        assert_eq!(back.short, 0);
+        assert_eq!(
+            back.parts.as_slice(),
+            [part(1, LotKind::Earned, 300, 50), part(2, LotKind::Transfer, 100, 5)]
+        );
+        assert!(members.expiries_match_lots());
+        assert_eq!(members.next_expiry_day(), Some(100));
+        assert_eq!(members.balance_of(7), 5);
+        // Everything and more: 7 has no lot left and leaves the index; the rest is short.
+        let back = members.take_back(7, &[], 9);
+        assert_eq!(back.short, 4);
+        assert!(members.expiries_match_lots());
+        assert_eq!(members.next_expiry_day(), Some(200));
+        assert_eq!(members.due(1_000, 10).len(), 1, "only customer 8 is filed");
+        // A customer the shard never credited: all short.
+        assert_eq!(members.take_back(99, &[], 3).short, 3);
+        assert!(members.get(99).is_none(), "taking back creates no member");
+    }
+
+    #[test]
+    fn members_compare_by_content_not_by_slot() {
+        let mut first = Members::default();
+        let mut second = Members::default();
+        first.credit(1, part(1, LotKind::Earned, 10, 5));
+        first.credit(2, part(2, LotKind::Earned, 10, 6));
+        second.credit(2, part(2, LotKind::Earned, 10, 6));
+        second.credit(1, part(1, LotKind::Earned, 10, 5));
+        assert_eq!(first, second);
+        second.credit(1, part(3, LotKind::Bonus, 10, 1));
+        assert_ne!(first, second);
     }
 }

@@ -266,13 +266,15 @@ impl Lots {
     }
 }
 
+/// `amount` points of the lot of `kind` expiring on `day` opened by transaction `origin`.
+#[cfg(test)]
+pub(crate) fn part(origin: u64, kind: LotKind, day: u32, amount: u64) -> LotPart {
+    LotPart { origin: TxId(origin), kind, expires_day: day, amount }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn part(origin: u64, kind: LotKind, day: u32, amount: u64) -> LotPart {
-        LotPart { origin: TxId(origin), kind, expires_day: day, amount }
-    }
 
     #[test]
     fn credits_of_one_kind_and_day_share_a_lot() {

@@ -451,10 +451,7 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn part(origin: u64, kind: LotKind, day: u32, amount: u64) -> LotPart {
-        LotPart { origin: TxId(origin), kind, expires_day: day, amount }
-    }
+    use crate::loyalty::lots::part;
 
     #[test]
     fn the_expiry_index_follows_each_members_earliest_lot() {

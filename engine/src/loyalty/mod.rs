@@ -13,6 +13,7 @@
 //! - `lots`: point lots (one per kind and expiry day), spent the earliest expiry first.
 //! - `explain`: why a purchase earned what it did, from memory or from the WAL alone.
 //! - `lifecycle`: a purchase's states and legal transitions, and a refund's share of it.
+//! - `purchases`: the purchases a shard can still settle, fail or refund (64 bytes each).
 //! - `members`: each customer's lots, tier, qualifying points and caps; parked points; the
 //!   expiry index.
 
@@ -25,6 +26,7 @@ pub mod lots;
 pub mod members;
 pub mod pricing;
 pub mod programme;
+pub mod purchases;
 pub mod rules;
 pub mod rules_file;
 

@@ -735,6 +735,7 @@ impl Ledger {
                 if let Some(points) = self.programme.points_class() {
                     touch(AccountId::new(points, *customer));
                 }
+                self.members.prefetch(*customer);
             }
             command::Operation::Capture { .. }
             | command::Operation::Void { .. }
@@ -757,6 +758,12 @@ impl Ledger {
             Body::HoldCreate(hold) => self.touch_account(hold.posting.debit),
             Body::TransferOut(transfer) => self.touch_account(transfer.source),
             Body::TransferIn(transfer) => self.touch_account(transfer.destination),
+            Body::Purchase(purchase) => {
+                if let Some(points) = self.programme.points_class() {
+                    self.touch_account(AccountId::new(points, purchase.customer));
+                }
+                self.members.prefetch(purchase.customer);
+            }
             _ => {}
         }
     }

@@ -154,6 +154,14 @@ impl Table {
         self.slots.get(customer).map(|slot| self.at(*slot))
     }
 
+    /// Starts loading a member's slot: the lookup's miss overlaps those of the batch's other
+    /// lookups in the prefetch pass, and the slot is in cache when the record applies.
+    fn prefetch(&self, customer: &u64) {
+        if let Some(slot) = self.slots.get(customer) {
+            crate::prefetch::prefetch_read(self.at(*slot));
+        }
+    }
+
     fn get_mut(&mut self, customer: &u64) -> Option<&mut Member> {
         let slot = *self.slots.get(customer)?;
         Some(self.at_mut(slot))
@@ -230,6 +238,11 @@ impl Members {
     /// A customer's state.
     pub fn get(&self, customer: u64) -> Option<&Member> {
         self.members.get(&customer)
+    }
+
+    /// Starts loading a customer's state (`Ledger::prefetch`).
+    pub fn prefetch(&self, customer: u64) {
+        self.members.prefetch(&customer);
     }
 
     /// Every member, in no order.

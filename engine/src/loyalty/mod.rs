@@ -14,12 +14,14 @@
 //! - `explain`: why a purchase earned what it did, from memory or from the WAL alone.
 //! - `lifecycle`: a purchase's states and legal transitions, and a refund's share of it.
 //! - `purchases`: the purchases a shard can still settle, fail or refund (64 bytes each).
+//! - `exchange`: versioned exchange rates between partner points and the programme's.
 //! - `members`: each customer's lots, tier, qualifying points and caps; parked points; the
 //!   expiry index.
 
 pub mod calendar;
 pub mod codec;
 pub mod decimal;
+pub mod exchange;
 pub mod explain;
 pub mod lifecycle;
 pub mod lots;

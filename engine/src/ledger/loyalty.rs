@@ -98,7 +98,7 @@ impl Ledger {
         let (day, month) = (day_index(now), month_index(now));
         let member = self.members.get(customer);
         let tier = member.map_or(0, |member| member.tier_in(rules, month));
-        let used = member.map(|member| member.caps.used(day, month)).unwrap_or_default();
+        let used = member.map(|member| member.caps().used(day, month)).unwrap_or_default();
         let breakdown =
             pricing::price(rules, lines, store, now, tier, used).map_err(basket_code)?;
         let qualifying =
@@ -457,10 +457,10 @@ impl Ledger {
             .map(|(_, parked)| parked.total())
             .sum();
         Some(MemberView {
-            tier: rules.map_or(member.tier, |rules| member.tier_in(rules, month)),
-            tier_recorded: member.tier,
+            tier: rules.map_or(member.tier(), |rules| member.tier_in(rules, month)),
+            tier_recorded: member.tier(),
             qualifying: member.qualifying(month, window),
-            caps_used: member.caps.used(day, month),
+            caps_used: member.caps().used(day, month),
             lot_count: member.lots.len(),
             lots: member.lots.iter().take(MEMBER_LOTS_MAX).copied().collect(),
             expiring: member

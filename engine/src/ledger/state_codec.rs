@@ -332,11 +332,12 @@ fn encode_members(encoder: &mut Encoder<'_>, members: &crate::loyalty::members::
     encoder.u64(length(sorted.len()));
     for (customer, member) in sorted {
         encoder.u64(*customer);
-        encoder.u8(member.tier);
-        encoder.u32(member.caps.day);
-        encoder.u64(member.caps.day_points);
-        encoder.u32(member.caps.month);
-        encoder.u64(member.caps.month_points);
+        let caps = member.caps();
+        encoder.u8(member.tier());
+        encoder.u32(caps.day);
+        encoder.u64(caps.day_points);
+        encoder.u32(caps.month);
+        encoder.u64(caps.month_points);
         encoder.u8(u8::try_from(member.months.len()).expect("at most MONTHS_KEPT_MAX"));
         for month in &member.months {
             encoder.u32(month.month);
@@ -378,16 +379,15 @@ fn decode_members(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), 
             return Err(invalid("member order", u128::from(customer)));
         }
         previous = Some(customer);
-        let mut member = Member {
-            tier: decoder.u8("tier")?,
-            caps: CapsCounters {
-                day: decoder.u32("caps day")?,
-                day_points: decoder.u64("caps day points")?,
-                month: decoder.u32("caps month")?,
-                month_points: decoder.u64("caps month points")?,
-            },
-            ..Member::default()
+        let tier = decoder.u8("tier")?;
+        let caps = CapsCounters {
+            day: decoder.u32("caps day")?,
+            day_points: decoder.u64("caps day points")?,
+            month: decoder.u32("caps month")?,
+            month_points: decoder.u64("caps month points")?,
         };
+        let mut member = Member::restore(tier, caps)
+            .map_err(|_| invalid("caps month", u128::from(caps.month)))?;
         let months = usize::from(decoder.u8("month count")?);
         if months > MONTHS_KEPT_MAX {
             return Err(invalid("month count", months as u128));

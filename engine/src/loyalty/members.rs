@@ -38,16 +38,6 @@ impl CapsCounters {
             month: if self.month == month { self.month_points } else { 0 },
         }
     }
-
-    fn add(&mut self, day: u32, month: u32, points: u64) {
-        let used = self.used(day, month);
-        *self = CapsCounters {
-            day,
-            day_points: used.day.saturating_add(points),
-            month,
-            month_points: used.month.saturating_add(points),
-        };
-    }
 }
 
 /// Qualifying points of one calendar month.
@@ -62,20 +52,69 @@ pub struct MonthPoints {
 /// Months of qualifying points a member keeps (format limit): the longest tier window.
 pub const MONTHS_KEPT_MAX: usize = super::rules::MONTHS_MAX as usize;
 
-/// One customer's loyalty state.
+/// One customer's loyalty state: 184 bytes, lots inline (docs/design-decisions.md, "Loyalty
+/// state").
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Member {
-    /// The tier the customer's last purchase left them in (its `tier_after`).
-    pub tier: u8,
-    /// Purchase points of the current day and month.
-    pub caps: CapsCounters,
+    /// The tier and the caps counters, packed.
+    standing: Standing,
     /// Qualifying points by month, oldest first, only months with points, within the window.
     pub months: SmallVec<[MonthPoints; 1]>,
     /// The customer's lots.
     pub lots: Lots,
 }
 
+/// A member's tier and caps counters in 24 bytes: the counters' month is their day's (both are
+/// set by the same purchase), so only the day is kept, and the tier fills the rest of its word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Standing {
+    day_points: u64,
+    month_points: u64,
+    day: u32,
+    tier: u8,
+}
+
+/// The month a caps day falls in; 0 for day 0 (counters never set).
+fn month_of_day(day: u32) -> u32 {
+    match day {
+        0 => 0,
+        day => super::calendar::month_index(crate::ids::Timestamp(
+            u64::from(day) * super::calendar::NANOS_PER_DAY,
+        )),
+    }
+}
+
 impl Member {
+    /// A member as a snapshot holds it: its recorded tier and caps counters (whose month must
+    /// be their day's).
+    pub fn restore(tier: u8, caps: CapsCounters) -> Result<Member, &'static str> {
+        if caps.month != month_of_day(caps.day) {
+            return Err("caps month is not the month of the caps day");
+        }
+        let standing = Standing {
+            day_points: caps.day_points,
+            month_points: caps.month_points,
+            day: caps.day,
+            tier,
+        };
+        Ok(Member { standing, ..Member::default() })
+    }
+
+    /// The tier the customer's last purchase left them in (its `tier_after`).
+    pub fn tier(&self) -> u8 {
+        self.standing.tier
+    }
+
+    /// Purchase points of the day and month of the customer's last purchase.
+    pub fn caps(&self) -> CapsCounters {
+        CapsCounters {
+            day: self.standing.day,
+            day_points: self.standing.day_points,
+            month: month_of_day(self.standing.day),
+            month_points: self.standing.month_points,
+        }
+    }
+
     /// Purchase points of the `window` months up to `month` (included).
     pub fn qualifying(&self, month: u32, window: u8) -> u64 {
         let first = month.saturating_sub(u32::from(window) - 1);
@@ -388,8 +427,14 @@ impl Members {
     /// Counts a purchase's points towards caps and tiers and records the tier it left.
     pub fn record_purchase(&mut self, customer: u64, effect: PurchaseEffect) {
         let member = self.members.get_or_default(customer);
-        member.caps.add(effect.day, effect.month, effect.points);
-        member.tier = effect.tier_after;
+        let used = member.caps().used(effect.day, effect.month);
+        member.standing = Standing {
+            day_points: used.day.saturating_add(effect.points),
+            month_points: used.month.saturating_add(effect.points),
+            day: effect.day,
+            tier: effect.tier_after,
+        };
+        debug_assert_eq!(month_of_day(effect.day), effect.month, "a day lies in its month");
         let first = effect.month.saturating_sub(u32::from(effect.window) - 1);
         member.months.retain(|entry| entry.month >= first);
         if effect.points > 0 {
@@ -494,6 +539,32 @@ mod tests {
         // A customer the shard never credited: all short.
         assert_eq!(members.take_back(99, &[], 3).short, 3);
         assert!(members.get(99).is_none(), "taking back creates no member");
+    }
+
+    #[test]
+    fn a_member_is_184_bytes_with_four_lots_inline() {
+        assert_eq!(std::mem::size_of::<Member>(), 184);
+    }
+
+    #[test]
+    fn caps_counters_keep_their_month_from_their_day() {
+        let mut members = Members::default();
+        // 2026-11-27 is day 20,784, in month 2026 × 12 + 10.
+        let effect =
+            PurchaseEffect { day: 20_784, month: 24_322, window: 12, points: 30, tier_after: 2 };
+        members.record_purchase(5, effect);
+        members.record_purchase(5, PurchaseEffect { day: 20_785, points: 12, ..effect });
+        let member = members.get(5).unwrap();
+        assert_eq!(member.tier(), 2);
+        let caps = member.caps();
+        assert_eq!(
+            (caps.day, caps.day_points, caps.month, caps.month_points),
+            (20_785, 12, 24_322, 42)
+        );
+        let restored = Member::restore(member.tier(), caps).unwrap();
+        assert_eq!((restored.tier(), restored.caps()), (2, caps));
+        assert!(Member::restore(0, CapsCounters { month: 24_321, ..caps }).is_err());
+        assert_eq!(Member::default().caps(), CapsCounters::default(), "never set: all zero");
     }
 
     #[test]

@@ -90,7 +90,12 @@ fn acknowledged_writes_survive_sigkill_and_verify_finds_them() {
     let load = Command::new(env!("CARGO_BIN_EXE_ledger-load"))
         .args(["--addr", &addr_text, "--credentials", credentials.to_str().unwrap()])
         .args(["--duration", "8", "--connections", "4", "--in-flight", "16", "--customers", "300"])
-        .args(["--mix", "purchase=25,basket=20,redeem=20,transfer=25,hold=10", "--preload", "50000"])
+        .args([
+            "--mix",
+            "purchase=25,basket=20,redeem=20,transfer=25,hold=10",
+            "--preload",
+            "50000",
+        ])
         .args(["--ack-log", acks.to_str().unwrap(), "--chart", chart.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

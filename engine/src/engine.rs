@@ -612,6 +612,28 @@ impl Engine {
         self.shards.iter().any(|shard| shard.shared.poisoned.load(Ordering::Acquire))
     }
 
+    /// The points held in lots, over all shards, by the month they expire in
+    /// (`year × 12 + month − 1`): what the programme owes, and when it stops owing it.
+    pub fn liability_by_expiry_month(
+        &self,
+    ) -> Result<std::collections::BTreeMap<u32, u64>, RejectCode> {
+        let mut total = std::collections::BTreeMap::<u32, u64>::new();
+        for index in 0..self.shard_count {
+            let shard = ShardId::new(index).expect("bounded");
+            match self.query_shard(shard, Query::Liability) {
+                Response::Liability(months) => {
+                    for (month, points) in months {
+                        let sum = total.entry(month).or_default();
+                        *sum = sum.checked_add(points).ok_or(RejectCode::Overflow)?;
+                    }
+                }
+                Response::Rejected(code) => return Err(code),
+                other => unreachable!("a liability query answers {other:?}"),
+            }
+        }
+        Ok(total)
+    }
+
     /// The global view of an account that exists as one slice per shard (house, partner,
     /// transit): the sum of the slices. Customer accounts have one slice, on their shard.
     pub fn account_total(&self, account: AccountId) -> Result<Account, RejectCode> {
@@ -737,6 +759,8 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
             | Query::Idempotency { account, .. },
         ) => customer_shard(*account).unwrap_or(shard_zero),
         Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
+        // One shard's figures; `Engine::liability_by_expiry_month` sums them all.
+        Command::Read(Query::Liability) => shard_zero,
     })
 }
 

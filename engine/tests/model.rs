@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use ledger_engine::clock::ManualClock;
 use ledger_engine::loyalty::RuleSet;
+use ledger_engine::loyalty::calendar::month_index;
 use ledger_engine::loyalty::programme::ProgrammeAccounts;
 use ledger_engine::loyalty::rules::Cashback;
 use ledger_engine::testing::loyalty::{Loyalty, example_rules, execute_all};
@@ -262,6 +263,16 @@ impl Driver {
         let breakage = ledger_engine::AccountId::new(self.accounts.breakage, 0);
         let expired = self.engine.account_total(breakage).map_or(0, |a| a.balance_posted());
         assert_eq!(expired, self.model.breakage(), "breakage");
+        // The liability by expiry month the shards keep as lots change is the model's lots,
+        // summed by the month their day falls in.
+        let mut by_month = std::collections::BTreeMap::<u32, u64>::new();
+        for customer in 0..CUSTOMERS {
+            for ((day, _), points) in self.model.lots_of(customer) {
+                let month = month_index(Timestamp(u64::from(day) * DAY));
+                *by_month.entry(month).or_default() += points;
+            }
+        }
+        assert_eq!(self.engine.liability_by_expiry_month().unwrap(), by_month, "liability");
     }
 
     fn check_balances(&self) {

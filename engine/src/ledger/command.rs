@@ -107,6 +107,8 @@ pub enum Query {
         /// The purchase's transaction id (it names the shard).
         tx: TxId,
     },
+    /// The points in the shard's lots by the month they expire in (`Response::Liability`).
+    Liability,
     /// Whether the shard of `account` remembers a committed write of `terminal` under `key`
     /// (answered `Response::Remembered`): how a write that would post nothing learns whether
     /// its key is taken, in order with the writes around it.
@@ -213,6 +215,8 @@ pub enum Response {
     Member(Box<MemberView>),
     /// Why a purchase earned what it did.
     Explanation(Box<crate::loyalty::explain::Explanation>),
+    /// Points in lots by expiry month (`year × 12 + month − 1`), of one shard.
+    Liability(std::collections::BTreeMap<u32, u64>),
 }
 
 impl Response {

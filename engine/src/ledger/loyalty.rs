@@ -432,7 +432,10 @@ impl Ledger {
             }
         }
         if !self.members.expiries_match_lots() {
-            return Err("the expiry index does not list exactly the lots' days".to_string());
+            return Err(
+                "the expiry index or the liability by expiry month does not match the lots"
+                    .to_string(),
+            );
         }
         Ok(())
     }

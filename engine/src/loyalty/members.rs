@@ -261,6 +261,10 @@ pub struct Members {
     /// member, however many lots they hold (a set per day: 8 bytes an entry and O(1) moves,
     /// where a B-tree of `(day, customer)` took about 30). A day's set is dropped once empty.
     expiries: BTreeMap<u32, HashSet<u64, Hasher>>,
+    /// Points in lots by the month they expire in (`year × 12 + month − 1`), kept as lots
+    /// change: the programme's liability by expiry month, without a scan. Points parked by
+    /// holds and transfers are not in it (they do not expire while parked).
+    liability: BTreeMap<u32, u64>,
 }
 
 impl PartialEq for Members {
@@ -268,6 +272,7 @@ impl PartialEq for Members {
         self.members == other.members
             && self.parked == other.parked
             && self.expiries == other.expiries
+            && self.liability == other.liability
     }
 }
 
@@ -309,6 +314,26 @@ impl Members {
         self.parked.get(&tx)
     }
 
+    fn count(&mut self, day: u32, amount: u64) {
+        *self.liability.entry(month_of_day(day)).or_default() += amount;
+    }
+
+    fn discount(&mut self, parts: &[LotPart]) {
+        for part in parts {
+            let month = month_of_day(part.expires_day);
+            let left = self.liability.get_mut(&month).expect("counted when credited");
+            *left -= part.amount;
+            if *left == 0 {
+                self.liability.remove(&month);
+            }
+        }
+    }
+
+    /// Points in lots by the month they expire in, oldest first.
+    pub fn liability_by_expiry_month(&self) -> &BTreeMap<u32, u64> {
+        &self.liability
+    }
+
     fn first_day(&self, customer: u64) -> Option<u32> {
         self.members.get(&customer).and_then(|member| member.lots.first_day())
     }
@@ -339,6 +364,7 @@ impl Members {
     pub fn credit(&mut self, customer: u64, part: LotPart) {
         let before = self.first_day(customer);
         self.members.get_or_default(customer).lots.credit(part);
+        self.count(part.expires_day, part.amount);
         self.refile(customer, before);
     }
 
@@ -347,6 +373,7 @@ impl Members {
         let before = self.first_day(customer);
         let member = self.members.get_mut(&customer).expect("a debited customer has lots");
         let parts = member.lots.take(amount);
+        self.discount(&parts);
         self.refile(customer, before);
         parts
     }
@@ -360,6 +387,7 @@ impl Members {
             return TakenBack { parts: Parts::new(), short: amount };
         };
         let back = member.lots.take_back(first, amount);
+        self.discount(&back.parts);
         self.refile(customer, before);
         back
     }
@@ -399,6 +427,7 @@ impl Members {
         if !member.lots.remove_exact(parts) {
             return false;
         }
+        self.discount(parts);
         self.refile(customer, before);
         true
     }
@@ -468,7 +497,8 @@ impl Members {
         customers
     }
 
-    /// Checks the expiry index against the lots: each member with lots, at their earliest day.
+    /// Checks the expiry index against the lots (each member with lots, at their earliest day)
+    /// and the liability by expiry month against their sum.
     pub fn expiries_match_lots(&self) -> bool {
         let derived: BTreeSet<(u32, u64)> = self
             .members
@@ -481,15 +511,27 @@ impl Members {
             .flat_map(|(day, customers)| customers.iter().map(|customer| (*day, *customer)))
             .collect();
         let entries: usize = self.expiries.values().map(HashSet::len).sum();
-        derived == filed && entries == filed.len() && self.expiries.values().all(|c| !c.is_empty())
+        let mut liability = BTreeMap::<u32, u64>::new();
+        for (_, member) in self.members.iter() {
+            for lot in member.lots.iter() {
+                *liability.entry(month_of_day(lot.expires_day)).or_default() += lot.remaining;
+            }
+        }
+        derived == filed
+            && entries == filed.len()
+            && self.expiries.values().all(|c| !c.is_empty())
+            && liability == self.liability
     }
 
     /// Restores a member as a snapshot holds it.
     pub fn restore_member(&mut self, customer: u64, member: Member) -> Result<(), &'static str> {
-        if let Some(day) = member.lots.first_day()
-            && self.members.get(&customer).is_none()
-        {
-            self.expiries.entry(day).or_default().insert(customer);
+        if self.members.get(&customer).is_none() {
+            if let Some(day) = member.lots.first_day() {
+                self.expiries.entry(day).or_default().insert(customer);
+            }
+            for lot in member.lots.iter() {
+                self.count(lot.expires_day, lot.remaining);
+            }
         }
         match self.members.insert(customer, member) {
             true => Ok(()),
@@ -539,6 +581,37 @@ mod tests {
         // A customer the shard never credited: all short.
         assert_eq!(members.take_back(99, &[], 3).short, 3);
         assert!(members.get(99).is_none(), "taking back creates no member");
+    }
+
+    #[test]
+    fn the_liability_by_expiry_month_follows_every_lot_change() {
+        let mut members = Members::default();
+        // Day 20,819 is 2027-01-01 (month 24,324); day 20,818 is 2026-12-31 (24,323).
+        members.credit(1, part(1, LotKind::Earned, 20_819, 50));
+        members.credit(2, part(2, LotKind::Bonus, 20_818, 30));
+        members.credit(2, part(3, LotKind::Earned, 20_819, 5));
+        let months =
+            |m: &Members| m.liability_by_expiry_month().clone().into_iter().collect::<Vec<_>>();
+        assert_eq!(months(&members), [(24_323, 30), (24_324, 55)]);
+        // A hold parks 32 of customer 2's points: the December lot and 2 of January's.
+        members.park(TxId(9), 2, 32, true);
+        assert_eq!(months(&members), [(24_324, 53)]);
+        // Voided: back in their lots.
+        assert!(members.unpark(TxId(9), 0));
+        assert_eq!(months(&members), [(24_323, 30), (24_324, 55)]);
+        // December's lot expires.
+        assert!(members.expire(2, &[part(2, LotKind::Bonus, 20_818, 30)]));
+        assert_eq!(months(&members), [(24_324, 55)]);
+        // A refund takes back 60: 50 from customer 1, short 10.
+        assert_eq!(members.take_back(1, &[], 60).short, 10);
+        assert_eq!(months(&members), [(24_324, 5)]);
+        assert!(members.expiries_match_lots());
+        // A copy restored member by member counts the same.
+        let mut restored = Members::default();
+        for (customer, member) in members.iter() {
+            restored.restore_member(*customer, member.clone()).unwrap();
+        }
+        assert_eq!(months(&restored), months(&members));
     }
 
     #[test]

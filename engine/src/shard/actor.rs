@@ -595,6 +595,9 @@ impl ShardActor {
                         ));
                 Response::Remembered(remembered)
             }
+            Query::Liability => {
+                Response::Liability(self.ledger.members().liability_by_expiry_month().clone())
+            }
             Query::Explain { tx } => match self.ledger.explain(tx) {
                 Some(explanation) => Response::Explanation(Box::new(explanation)),
                 None => Response::Rejected(RejectCode::TransactionNotFound),

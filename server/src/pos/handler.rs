@@ -217,11 +217,11 @@ pub fn answer(opcode: u8, response: Response) -> OpResult {
         Response::Explanation(explanation) => {
             OpResult::Ok(Reply::Explanation(Box::new(explain_reply(&explanation))))
         }
-        // No POS operation asks for a hold's view or whether a key is taken; an answer of the
-        // wrong shape is a bug somewhere between here and the engine, reported rather than
-        // guessed at.
-        Response::Hold(_) | Response::Remembered(_) => {
-            tracing::error!(opcode, "the engine answered a hold view to a POS operation");
+        // No POS operation asks for a hold's view, whether a key is taken or the liability;
+        // an answer of the wrong shape is a bug somewhere between here and the engine,
+        // reported rather than guessed at.
+        Response::Hold(_) | Response::Remembered(_) | Response::Liability(_) => {
+            tracing::error!(opcode, "the engine answered a POS operation with the wrong shape");
             OpResult::Refused(Status::InternalError)
         }
     }

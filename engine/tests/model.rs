@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use ledger_engine::clock::ManualClock;
 use ledger_engine::loyalty::RuleSet;
-use ledger_engine::loyalty::calendar::month_index;
+use ledger_engine::loyalty::calendar::month_of_day;
 use ledger_engine::loyalty::programme::ProgrammeAccounts;
 use ledger_engine::loyalty::rules::Cashback;
 use ledger_engine::testing::loyalty::{Loyalty, example_rules, execute_all};
@@ -268,7 +268,7 @@ impl Driver {
         let mut by_month = std::collections::BTreeMap::<u32, u64>::new();
         for customer in 0..CUSTOMERS {
             for ((day, _), points) in self.model.lots_of(customer) {
-                let month = month_index(Timestamp(u64::from(day) * DAY));
+                let month = month_of_day(day);
                 *by_month.entry(month).or_default() += points;
             }
         }

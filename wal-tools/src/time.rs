@@ -1,36 +1,23 @@
-//! RFC 3339 formatting of record timestamps (UTC, nanoseconds), without a date library.
+//! RFC 3339 formatting of record timestamps (UTC, always nine fractional digits, so that
+//! columns line up), on the engine's calendar.
 
 use ledger_engine::Timestamp;
+use ledger_engine::loyalty::calendar::{NANOS_PER_DAY, date_of};
 
 /// `2026-11-21T13:07:09.123456789Z`.
 pub fn rfc3339(timestamp: Timestamp) -> String {
-    let seconds = timestamp.0 / 1_000_000_000;
-    let nanos = timestamp.0 % 1_000_000_000;
-    let days = i64::try_from(seconds / 86_400).unwrap_or(i64::MAX);
-    let of_day = seconds % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    let date = date_of(timestamp);
+    let in_day = timestamp.0 % NANOS_PER_DAY;
+    let (seconds, nanos) = (in_day / 1_000_000_000, in_day % 1_000_000_000);
     format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        date.year,
+        date.month,
+        date.day,
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
     )
-}
-
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = u32::try_from(day_of_year - (153 * month_index + 2) / 5 + 1).unwrap_or(1);
-    let month = u32::try_from(if month_index < 10 { month_index + 3 } else { month_index - 9 })
-        .unwrap_or(1);
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

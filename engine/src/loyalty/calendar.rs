@@ -28,7 +28,12 @@ pub fn day_index(timestamp: Timestamp) -> u32 {
 
 /// `year × 12 + (month − 1)` of `timestamp`'s UTC date.
 pub fn month_index(timestamp: Timestamp) -> u32 {
-    let date = date_of(timestamp);
+    month_of_day(day_index(timestamp))
+}
+
+/// `year × 12 + (month − 1)` of day `day` (days since 1970-01-01).
+pub fn month_of_day(day: u32) -> u32 {
+    let date = civil_from_days(i64::from(day));
     date.year * 12 + (date.month - 1)
 }
 

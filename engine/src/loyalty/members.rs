@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use smallvec::SmallVec;
 
+use super::calendar::month_of_day;
 use super::lots::{LotKind, LotPart, Lots, Parts, TakenBack};
 use super::pricing::CapsUsed;
 use super::rules::RuleSet;
@@ -74,13 +75,11 @@ struct Standing {
     tier: u8,
 }
 
-/// The month a caps day falls in; 0 for day 0 (counters never set).
-fn month_of_day(day: u32) -> u32 {
+/// The month caps counters of `day` count: 0 for day 0 (counters never set).
+fn caps_month(day: u32) -> u32 {
     match day {
         0 => 0,
-        day => super::calendar::month_index(crate::ids::Timestamp(
-            u64::from(day) * super::calendar::NANOS_PER_DAY,
-        )),
+        day => month_of_day(day),
     }
 }
 
@@ -88,7 +87,7 @@ impl Member {
     /// A member as a snapshot holds it: its recorded tier and caps counters (whose month must
     /// be their day's).
     pub fn restore(tier: u8, caps: CapsCounters) -> Result<Member, &'static str> {
-        if caps.month != month_of_day(caps.day) {
+        if caps.month != caps_month(caps.day) {
             return Err("caps month is not the month of the caps day");
         }
         let standing = Standing {
@@ -110,7 +109,7 @@ impl Member {
         CapsCounters {
             day: self.standing.day,
             day_points: self.standing.day_points,
-            month: month_of_day(self.standing.day),
+            month: caps_month(self.standing.day),
             month_points: self.standing.month_points,
         }
     }

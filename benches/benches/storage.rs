@@ -385,6 +385,8 @@ fn ledger_with_programme(at: Timestamp, cashback: bool) -> ledger_engine::ledger
             issuance: classes.issuance,
             breakage: ClassId(3),
             cashback: cashback.then_some((ClassId(4), ClassId(5))),
+            clawback: None,
+            cashback_clawback: None,
         },
         rules: std::sync::Arc::new(rules),
     }));

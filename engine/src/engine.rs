@@ -22,7 +22,7 @@ use crate::ledger::account::{
     Account, AccountAddress, AccountFlags, AccountId, AssetId, ClassId, Name, Namespace,
 };
 use crate::ledger::command::{Command, Operation, Query, Response};
-use crate::ledger::record::{AssetDefine, Body, ClassDefine, RulesDefine};
+use crate::ledger::record::{AssetDefine, Body, ClassDefine, PurchaseRef, RulesDefine};
 use crate::ledger::registry::Registry;
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::limits::{Limits, LimitsError};
@@ -746,11 +746,19 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
             Operation::Purchase { customer, .. } => {
                 shard_for_customer(CustomerId(*customer), shard_count)
             }
+            Operation::PurchaseChange { reference, .. } => match reference {
+                PurchaseRef::Id(id) => ShardId::new(id.shard())
+                    .filter(|shard| shard.index() < shard_count)
+                    .ok_or(RejectCode::PurchaseNotFound)?,
+                PurchaseRef::Receipt { customer } => {
+                    shard_for_customer(CustomerId(*customer), shard_count)
+                }
+            },
         },
         Command::Read(Query::Member { customer, .. }) => {
             shard_for_customer(CustomerId(*customer), shard_count)
         }
-        Command::Read(Query::Explain { tx }) => ShardId::new(tx.shard())
+        Command::Read(Query::Explain { tx } | Query::Purchase { tx }) => ShardId::new(tx.shard())
             .filter(|shard| shard.index() < shard_count)
             .ok_or(RejectCode::TransactionNotFound)?,
         Command::Read(
@@ -897,6 +905,8 @@ mod tests {
             issuance: ClassId(2),
             breakage: ClassId(3),
             cashback: None,
+            clawback: None,
+            cashback_clawback: None,
         };
         let mut programme = Programme::default();
         for (points, requested) in versions {

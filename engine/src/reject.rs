@@ -130,6 +130,29 @@ reject_codes! {
     /// No version of the loyalty programme's rules is in force at the purchase's time (none
     /// was recorded, or the first takes effect later).
     RulesNotInForce = 36, "rules_not_in_force";
+    /// No purchase with this id, or with this store and receipt for this member, is kept by
+    /// its shard: it never existed, or it is older than the refund window.
+    PurchaseNotFound = 37, "purchase_not_found";
+    /// The purchase is older than the refund window (`refund_days`): it can no longer be
+    /// settled, failed or refunded; an operator makes a manual adjustment instead.
+    PurchaseNotRefundable = 38, "purchase_not_refundable";
+    /// A refund of a purchase whose payment is not confirmed: settle it first, or fail it.
+    PurchaseNotSettled = 39, "purchase_not_settled";
+    /// The purchase is settled already (or refunded since).
+    PurchaseAlreadySettled = 40, "purchase_already_settled";
+    /// The purchase failed: nothing more can happen to it.
+    PurchaseFailed = 41, "purchase_failed";
+    /// Failing a purchase refunded whole: nothing is left to take back.
+    PurchaseAlreadyRefunded = 42, "purchase_already_refunded";
+    /// A refund above what is left of the purchase.
+    RefundExceedsPurchase = 43, "refund_exceeds_purchase";
+    /// A refund of nothing: an amount of 0, or lines that earned nothing.
+    RefundZero = 44, "refund_zero";
+    /// A refund by lines of a purchase refunded by amount before, or the other way round.
+    RefundBasisMismatch = 45, "refund_basis_mismatch";
+    /// The member spent points (or cashback) the refund must take back, and the programme's
+    /// rule version names no clawback class to record what they owe.
+    ClawbackUnavailable = 46, "clawback_unavailable";
 }
 
 impl fmt::Display for RejectCode {

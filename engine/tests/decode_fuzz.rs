@@ -22,8 +22,9 @@ use proptest::prelude::*;
 
 const SECOND: u64 = 1_000_000_000;
 
-/// Every record kind (docs/wal-format.md): the nine of transactions and the two definitions.
-const KINDS: [u16; 11] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17];
+/// Every record kind (docs/wal-format.md): the fifteen of transactions and the three
+/// definitions.
+const KINDS: [u16; 18] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
 
 /// Records (kind, payload) of a run, the snapshot file of shard 0 taken at its end, and the
 /// ledger configuration to decode it with.
@@ -58,6 +59,26 @@ fn corpus() -> &'static Corpus {
         engine.execute(loyalty.transfer(11, 1, 0, 7));
         clock.advance(3 * SECOND); // the last hold expires
         engine.execute(loyalty.redeem(12, 2, 1));
+        // The loyalty programme: a rule version, purchases settled, refunded, held, released
+        // and failed, lots expired.
+        let accounts = loyalty.define_programme(&engine);
+        let mut rules = ledger_engine::loyalty::RuleSet::flat(1, 1);
+        rules.purchases.pending = ledger_engine::loyalty::rules::PendingPoints::Held { days: 1 };
+        engine.define_rules(rules, accounts, None).unwrap();
+        let bought = |key, customer, receipt| {
+            let purchase =
+                loyalty.purchase_with_receipt(key, customer, (3, receipt), &[(1, 90, false)]);
+            engine.execute(purchase).committed().unwrap().tx_id
+        };
+        let (first, second, third) = (bought(13, 1, "R"), bought(14, 2, "R"), bought(19, 1, "S"));
+        engine.execute(loyalty.settle(15, first)).committed().unwrap();
+        engine.execute(loyalty.refund_lines(16, first, &[(1, 30, false)])).committed().unwrap();
+        engine.execute(loyalty.settle(20, third)).committed().unwrap();
+        engine.execute(loyalty.refund_by_receipt(17, 1, (3, "S"), 10)).committed().unwrap();
+        clock.advance(2 * 86_400 * SECOND); // the next turn releases the second purchase
+        engine.execute(loyalty.fail(18, second)).committed().unwrap();
+        clock.advance(25 * 31 * 86_400 * SECOND); // every lot expires
+        engine.execute(loyalty.member_query(1, 0));
         engine.snapshot_now().unwrap();
         engine.shutdown();
 

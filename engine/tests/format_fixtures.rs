@@ -545,3 +545,116 @@ fn version_7_files_still_decode_to_the_same_history() {
     assert_eq!(ledger.member(43).unwrap().lots.total(), 160);
     assert_eq!(ledger.member(42).unwrap().lots.total(), 900);
 }
+
+/// The rules of the v8 fixture: 1 point per unit; purchases refundable for 30 days; pending
+/// points held for 2 days; a point worth 1/100 of a minor unit.
+fn v8_rules() -> RuleSet {
+    let mut rules = RuleSet::flat(1, 1);
+    rules.purchases.refund_days = 30;
+    rules.purchases.pending = ledger_engine::loyalty::rules::PendingPoints::Held { days: 2 };
+    rules.purchases.point_value =
+        ledger_engine::loyalty::rules::PointValue { minor_units: 1, points: 100 };
+    rules
+}
+
+/// The history the v8 fixture holds (WAL format 5 with the purchase lifecycle and the rule
+/// settings, snapshot format 8 with the refundable purchases): the v4 writes; the programme's
+/// classes with the clawback classes and `v8_rules`; purchases by 42 (200, settled, 50
+/// refunded) and 43 (210, held); a snapshot; then 3 days later the release of 43's points and
+/// the failure of its purchase.
+fn write_fixture_v8(dir: &Path) {
+    let (engine, clock) = new_fixture_engine(dir, 1);
+    let loyalty = Loyalty::define(&engine);
+    let writes = v4_writes(&engine, &loyalty);
+    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    let accounts = loyalty.define_programme(&engine);
+    engine.define_rules(v8_rules(), accounts, None).unwrap();
+    let [first, second] = v8_purchases(&engine, &loyalty);
+    engine.execute(loyalty.settle(23, first)).committed().expect("settled");
+    engine.execute(loyalty.refund(24, first, 50)).committed().expect("refunded");
+    engine.snapshot_now().unwrap();
+    clock.advance(3 * 86_400 * SECOND);
+    let released = || match engine.execute(loyalty.balance_query(43)) {
+        Response::Account(view) => view.counters.credits_posted == 210,
+        _ => false,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !released() {
+        assert!(std::time::Instant::now() < deadline, "the release was not written");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    engine.execute(loyalty.fail(25, second)).committed().expect("failed");
+    engine.shutdown();
+}
+
+/// The v8 fixture's purchases (keys 20 and 21), answered again when retried.
+fn v8_purchases(engine: &Engine, loyalty: &Loyalty) -> [TxId; 2] {
+    [v7_purchases(loyalty)[0].1.clone(), v7_purchases(loyalty)[1].1.clone()]
+        .map(|command| engine.execute(command).committed().expect("purchased").tx_id)
+}
+
+#[test]
+fn version_8_files_still_decode_to_the_same_history() {
+    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        write_fixture_v8(&dir);
+        eprintln!("fixture written to {}", dir.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ledger_engine::testing::copy_dir(&fixture(8), dir.path()).unwrap();
+    let kinds = record_kinds(dir.path());
+    use RecordKind::*;
+    let programme =
+        [ClassDefine, AssetDefine, ClassDefine, ClassDefine, ClassDefine, ClassDefine, RulesDefine];
+    let later = [Purchase, Purchase, PurchaseSettle, PurchaseRefund, PurchaseRelease, PurchaseFail];
+    assert_eq!(kinds[11..], [&programme[..], &later[..]].concat());
+
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    assert_eq!(engine.recovery_reports()[0].snapshot_lsn, Lsn(22), "from the v8 snapshot");
+    let versions = engine.programme();
+    assert_eq!(*versions.versions()[0].rules, v8_rules());
+    assert!(versions.versions()[0].accounts.clawback.is_some());
+    let loyalty = Loyalty::define(&engine);
+    let points = |customer| match engine.execute(loyalty.balance_query(customer)) {
+        Response::Account(view) => view.counters.balance_posted(),
+        other => panic!("{other:?}"),
+    };
+    // 42: 700 before the programme, 200 earned, 50 refunded; 43: 210 released, then failed.
+    assert_eq!((points(42), points(43)), (850, 0));
+    // The purchases' states are what replay made of their records.
+    let mut purchases = Vec::new();
+    reader::scan(&ShardPaths::new(dir.path(), 0).wal, &ScanOptions::all(), |record| {
+        if let Body::Purchase(purchase) = record.decode().unwrap().body {
+            purchases.push(purchase.header.id);
+        }
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    let [first, second] = purchases[..] else { panic!("two purchases") };
+    let state = |tx| match engine
+        .execute(ledger_engine::Command::Read(ledger_engine::Query::Purchase { tx }))
+    {
+        Response::Purchase(entry) => (entry.state, entry.refunded),
+        other => panic!("{other:?}"),
+    };
+    use ledger_engine::loyalty::lifecycle::LifecycleState;
+    assert_eq!(state(first), (LifecycleState::PartlyRefunded, 50));
+    assert_eq!(state(second), (LifecycleState::Failed, 210));
+    // And from the snapshot alone (before the release): 43's purchase held its points.
+    let meta = ledger_engine::datadir::read_meta(dir.path()).unwrap();
+    engine.shutdown();
+    let snapshots = ShardPaths::new(&fixture(8), 0).snapshots;
+    let (_, path) = ledger_engine::snapshot::find_snapshots(&snapshots).unwrap().remove(0);
+    let config = ledger_config(&meta, ledger_engine::ShardId::new(0).unwrap(), &Limits::test_min());
+    let (header, ledger) = ledger_engine::snapshot::load(&path, config, meta.cluster_id).unwrap();
+    assert_eq!(header.version, 8);
+    let entries: Vec<_> = ledger
+        .purchases()
+        .iter()
+        .map(|(entry, _)| (entry.customer, entry.state, entry.held(), entry.refunded))
+        .collect();
+    assert_eq!(
+        entries,
+        [(42, LifecycleState::PartlyRefunded, false, 50), (43, LifecycleState::Pending, true, 0)]
+    );
+}

@@ -129,8 +129,15 @@ fn wrong_versions_are_refused_and_record_nothing() {
         "breakage class holds another asset",
     );
     // Cashback needs its accounts.
-    let no_cashback = ProgrammeAccounts { cashback: None, ..accounts };
+    let no_cashback = ProgrammeAccounts { cashback: None, cashback_clawback: None, ..accounts };
     conflict(engine.define_rules(example_rules(), no_cashback, None), "no cashback accounts");
+    let orphan = ProgrammeAccounts { cashback: None, ..accounts };
+    conflict(engine.define_rules(RuleSet::flat(1, 100), orphan, None), "without cashback");
+    // A clawback class may go below zero and holds what it takes back.
+    let strict = ProgrammeAccounts { clawback: Some(accounts.points), ..accounts };
+    conflict(engine.define_rules(RuleSet::flat(1, 100), strict, None), "below zero");
+    let crossed = ProgrammeAccounts { clawback: accounts.cashback_clawback, ..accounts };
+    conflict(engine.define_rules(RuleSet::flat(1, 100), crossed, None), "another asset");
     engine.define_rules(RuleSet::flat(1, 100), accounts, Some(later)).unwrap();
     conflict(
         engine.define_rules(RuleSet::flat(2, 100), accounts, Some(later)),

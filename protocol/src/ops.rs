@@ -40,11 +40,14 @@ pub const LINE_BYTES: usize = 2 + 8 + 1;
 /// a server's `frame_bytes_max` holds `batch_ops_max` of them.
 pub const FIXED_OP_BYTES_MAX: usize =
     OP_HEADER_BYTES + WRITE_META_BYTES + 8 + 8 + 8 + 1 + RECEIPT_BYTES_MAX;
-/// The largest operation on the wire (a basket purchase of 32 lines with the longest receipt),
-/// header included: a server's `frame_bytes_max` holds at least one.
+/// The largest operation on the wire (a refund of 32 lines with the longest receipt: the
+/// purchase's reference, the basis, the lines), header included: a server's `frame_bytes_max`
+/// holds at least one.
 pub const OP_BYTES_MAX: usize = OP_HEADER_BYTES
     + WRITE_META_BYTES
+    + 1
     + 8
+    + 1
     + 1
     + BASKET_LINES_MAX * LINE_BYTES
     + 1
@@ -61,6 +64,8 @@ pub const EXPLAIN_FIXED_BYTES: usize = 8 * 4 + 4 + 4 + 8 + 7 * 8 + 4 + 8 + 8;
 pub const EXPLAIN_PROMOTIONS_MAX: usize = 16;
 /// Bytes of a name: a length byte and up to 32 bytes of UTF-8.
 pub const NAME_BYTES_MAX: usize = 1 + 32;
+/// Bytes of a purchase's lifecycle (`purchase_state`, and after an explanation that asks).
+pub const LIFECYCLE_BYTES: usize = 8 + 8 + 1 + 1 + 2 + 4 + 6 * 8;
 /// The largest explanation result body.
 pub const EXPLAIN_BYTES_MAX: usize = EXPLAIN_FIXED_BYTES
     + 2 * NAME_BYTES_MAX
@@ -81,6 +86,8 @@ pub enum Opcode {
     Member = 4,
     /// Why a purchase earned what it did.
     Explain = 5,
+    /// A purchase's lifecycle: its state, what it gave and what was refunded.
+    PurchaseState = 6,
     /// A purchase of one line: earns what the loyalty rules give it.
     Purchase = 16,
     /// Spend points.
@@ -97,6 +104,12 @@ pub enum Opcode {
     Transfer = 22,
     /// A purchase of a basket of 1..=32 lines, priced by the loyalty rules.
     PurchaseBasket = 23,
+    /// A purchase's payment is confirmed.
+    Settle = 24,
+    /// A purchase's payment failed or was charged back: what it gave is taken back.
+    Fail = 25,
+    /// Part of a purchase is refunded (an amount, or lines): its share is taken back.
+    Refund = 26,
 }
 
 impl Opcode {
@@ -107,6 +120,7 @@ impl Opcode {
         Opcode::History,
         Opcode::Member,
         Opcode::Explain,
+        Opcode::PurchaseState,
         Opcode::Purchase,
         Opcode::Redeem,
         Opcode::Hold,
@@ -115,6 +129,9 @@ impl Opcode {
         Opcode::Reverse,
         Opcode::Transfer,
         Opcode::PurchaseBasket,
+        Opcode::Settle,
+        Opcode::Fail,
+        Opcode::Refund,
     ];
 
     /// The opcode with this number.
@@ -130,6 +147,7 @@ impl Opcode {
             Opcode::History => "history",
             Opcode::Member => "member",
             Opcode::Explain => "explain",
+            Opcode::PurchaseState => "purchase_state",
             Opcode::Purchase => "purchase",
             Opcode::Redeem => "redeem",
             Opcode::Hold => "hold",
@@ -138,6 +156,9 @@ impl Opcode {
             Opcode::Reverse => "reverse",
             Opcode::Transfer => "transfer",
             Opcode::PurchaseBasket => "purchase_basket",
+            Opcode::Settle => "settle",
+            Opcode::Fail => "fail",
+            Opcode::Refund => "refund",
         }
     }
 
@@ -145,7 +166,12 @@ impl Opcode {
     pub fn is_write(self) -> bool {
         !matches!(
             self,
-            Opcode::Ping | Opcode::Balance | Opcode::History | Opcode::Member | Opcode::Explain
+            Opcode::Ping
+                | Opcode::Balance
+                | Opcode::History
+                | Opcode::Member
+                | Opcode::Explain
+                | Opcode::PurchaseState
         )
     }
 }
@@ -250,6 +276,35 @@ impl std::fmt::Debug for Basket {
     }
 }
 
+/// How a lifecycle operation names its purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PurchaseRef {
+    /// By the purchase's transaction id.
+    Id(u64),
+    /// By the operation's store and receipt, for this member.
+    Receipt {
+        /// The member who made the purchase.
+        customer: u64,
+    },
+}
+
+/// What a refund gives back. The lines are inline, like a basket purchase's, so that decoding
+/// never allocates.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefundBy {
+    /// An amount of the purchase's spend, in minor currency units.
+    Amount(u64),
+    /// Lines of the purchase, as the receipt shows them.
+    Lines(Basket),
+}
+
+const BY_ID: u8 = 1;
+const BY_RECEIPT: u8 = 2;
+const REFUND_AMOUNT: u8 = 1;
+const REFUND_LINES: u8 = 2;
+const EXPLAIN_LIFECYCLE: u8 = 1;
+
 /// One operation of a request.
 ///
 /// The basket is inline (about 520 bytes) so that decoding never allocates; operations are
@@ -282,6 +337,37 @@ pub enum Op {
     Explain {
         /// The purchase's transaction id.
         tx: u64,
+        /// Whether the result ends with the purchase's lifecycle (a 9-byte body).
+        lifecycle: bool,
+    },
+    /// A purchase's lifecycle.
+    PurchaseState {
+        /// The purchase's transaction id.
+        tx: u64,
+    },
+    /// Confirm a purchase's payment.
+    Settle {
+        /// Key, store, category, receipt (the receipt names the purchase when `purchase` is
+        /// by receipt).
+        meta: WriteMeta,
+        /// The purchase.
+        purchase: PurchaseRef,
+    },
+    /// A purchase's payment failed or was charged back.
+    Fail {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The purchase.
+        purchase: PurchaseRef,
+    },
+    /// Refund part of a purchase.
+    Refund {
+        /// Key, store, category, receipt.
+        meta: WriteMeta,
+        /// The purchase.
+        purchase: PurchaseRef,
+        /// What is refunded.
+        refund: RefundBy,
     },
     /// A purchase of `amount` minor currency units in `meta.category`: a basket of one line.
     Purchase {
@@ -374,6 +460,10 @@ impl Op {
             Op::Reverse { .. } => Opcode::Reverse,
             Op::Transfer { .. } => Opcode::Transfer,
             Op::PurchaseBasket { .. } => Opcode::PurchaseBasket,
+            Op::PurchaseState { .. } => Opcode::PurchaseState,
+            Op::Settle { .. } => Opcode::Settle,
+            Op::Fail { .. } => Opcode::Fail,
+            Op::Refund { .. } => Opcode::Refund,
         }
     }
 
@@ -384,7 +474,8 @@ impl Op {
             | Op::Balance { .. }
             | Op::History { .. }
             | Op::Member { .. }
-            | Op::Explain { .. } => None,
+            | Op::Explain { .. }
+            | Op::PurchaseState { .. } => None,
             Op::Purchase { meta, .. }
             | Op::PurchaseBasket { meta, .. }
             | Op::Redeem { meta, .. }
@@ -392,7 +483,10 @@ impl Op {
             | Op::Capture { meta, .. }
             | Op::Void { meta, .. }
             | Op::Reverse { meta, .. }
-            | Op::Transfer { meta, .. } => Some(meta),
+            | Op::Transfer { meta, .. }
+            | Op::Settle { meta, .. }
+            | Op::Fail { meta, .. }
+            | Op::Refund { meta, .. } => Some(meta),
         }
     }
 
@@ -420,14 +514,31 @@ impl Op {
                 writer.u64(customer);
                 writer.u16(within_days);
             }
-            Op::Explain { tx } => writer.u64(tx),
+            Op::Explain { tx, lifecycle } => {
+                writer.u64(tx);
+                if lifecycle {
+                    writer.u8(EXPLAIN_LIFECYCLE);
+                }
+            }
+            Op::PurchaseState { tx } => writer.u64(tx),
             Op::PurchaseBasket { customer, basket, .. } => {
                 writer.u64(customer);
-                writer.u8(basket.len);
-                for line in basket.lines() {
-                    writer.u16(line.category);
-                    writer.u64(line.amount);
-                    writer.u8(u8::from(line.excluded));
+                put_basket(&mut writer, &basket);
+            }
+            Op::Settle { purchase, .. } | Op::Fail { purchase, .. } => {
+                put_purchase_ref(&mut writer, purchase);
+            }
+            Op::Refund { purchase, refund, .. } => {
+                put_purchase_ref(&mut writer, purchase);
+                match refund {
+                    RefundBy::Amount(amount) => {
+                        writer.u8(REFUND_AMOUNT);
+                        writer.u64(amount);
+                    }
+                    RefundBy::Lines(basket) => {
+                        writer.u8(REFUND_LINES);
+                        put_basket(&mut writer, &basket);
+                    }
                 }
             }
             Op::Purchase { customer, amount, .. } => {
@@ -496,25 +607,32 @@ impl Op {
                 customer: u64(&mut reader, "customer")?,
                 within_days: reader.u16("within days").map_err(malformed)?,
             },
-            Opcode::Explain => Op::Explain { tx: u64(&mut reader, "tx")? },
+            Opcode::Explain => {
+                let tx = u64(&mut reader, "tx")?;
+                let lifecycle = match reader.remaining() {
+                    0 => false,
+                    _ => match reader.u8("explain flags").map_err(malformed)? {
+                        EXPLAIN_LIFECYCLE => true,
+                        _ => return Err(Status::Malformed),
+                    },
+                };
+                Op::Explain { tx, lifecycle }
+            }
+            Opcode::PurchaseState => Op::PurchaseState { tx: u64(&mut reader, "tx")? },
             Opcode::PurchaseBasket => {
                 let customer = u64(&mut reader, "customer")?;
-                let count = reader.u8("line count").map_err(malformed)?;
-                if usize::from(count) > BASKET_LINES_MAX {
-                    return Err(Status::BasketInvalid);
-                }
-                let mut basket = Basket::new(&[])?;
-                for _ in 0..count {
-                    let category = reader.u16("line category").map_err(malformed)?;
-                    let amount = u64(&mut reader, "line amount")?;
-                    let excluded = match reader.u8("line flags").map_err(malformed)? {
-                        0 => false,
-                        1 => true,
-                        _ => return Err(Status::Malformed),
-                    };
-                    basket.push(BasketLine { category, amount, excluded })?;
-                }
-                Op::PurchaseBasket { meta, customer, basket }
+                Op::PurchaseBasket { meta, customer, basket: take_basket(&mut reader)? }
+            }
+            Opcode::Settle => Op::Settle { meta, purchase: take_purchase_ref(&mut reader)? },
+            Opcode::Fail => Op::Fail { meta, purchase: take_purchase_ref(&mut reader)? },
+            Opcode::Refund => {
+                let purchase = take_purchase_ref(&mut reader)?;
+                let refund = match reader.u8("refund basis").map_err(malformed)? {
+                    REFUND_AMOUNT => RefundBy::Amount(u64(&mut reader, "refund amount")?),
+                    REFUND_LINES => RefundBy::Lines(take_basket(&mut reader)?),
+                    _ => return Err(Status::Malformed),
+                };
+                Op::Refund { meta, purchase, refund }
             }
             Opcode::Purchase => Op::Purchase {
                 meta,
@@ -565,7 +683,11 @@ impl Op {
             | Op::Balance { .. }
             | Op::History { .. }
             | Op::Member { .. }
-            | Op::Explain { .. } => {}
+            | Op::Explain { .. }
+            | Op::PurchaseState { .. } => {}
+            Op::Settle { meta, .. } | Op::Fail { meta, .. } | Op::Refund { meta, .. } => {
+                *meta = new;
+            }
             Op::Purchase { meta, .. }
             | Op::PurchaseBasket { meta, .. }
             | Op::Redeem { meta, .. }
@@ -576,6 +698,60 @@ impl Op {
             | Op::Transfer { meta, .. } => *meta = new,
         }
         op
+    }
+}
+
+fn put_basket(writer: &mut Writer<'_>, basket: &Basket) {
+    writer.u8(basket.len);
+    for line in basket.lines() {
+        writer.u16(line.category);
+        writer.u64(line.amount);
+        writer.u8(u8::from(line.excluded));
+    }
+}
+
+/// A basket: its count (more than 32 is `basket_invalid`) and lines.
+fn take_basket(reader: &mut Reader<'_>) -> Result<Basket, Status> {
+    let malformed = |_: WireError| Status::Malformed;
+    let count = reader.u8("line count").map_err(malformed)?;
+    if usize::from(count) > BASKET_LINES_MAX {
+        return Err(Status::BasketInvalid);
+    }
+    let mut basket = Basket::new(&[])?;
+    for _ in 0..count {
+        let category = reader.u16("line category").map_err(malformed)?;
+        let amount = reader.u64("line amount").map_err(malformed)?;
+        let excluded = match reader.u8("line flags").map_err(malformed)? {
+            0 => false,
+            1 => true,
+            _ => return Err(Status::Malformed),
+        };
+        basket.push(BasketLine { category, amount, excluded })?;
+    }
+    Ok(basket)
+}
+
+fn put_purchase_ref(writer: &mut Writer<'_>, purchase: PurchaseRef) {
+    match purchase {
+        PurchaseRef::Id(tx) => {
+            writer.u8(BY_ID);
+            writer.u64(tx);
+        }
+        PurchaseRef::Receipt { customer } => {
+            writer.u8(BY_RECEIPT);
+            writer.u64(customer);
+        }
+    }
+}
+
+fn take_purchase_ref(reader: &mut Reader<'_>) -> Result<PurchaseRef, Status> {
+    let malformed = |_: WireError| Status::Malformed;
+    let by = reader.u8("purchase by").map_err(malformed)?;
+    let value = reader.u64("purchase").map_err(malformed)?;
+    match by {
+        BY_ID => Ok(PurchaseRef::Id(value)),
+        BY_RECEIPT => Ok(PurchaseRef::Receipt { customer: value }),
+        _ => Err(Status::Malformed),
     }
 }
 
@@ -604,7 +780,9 @@ pub fn result_bytes_max(raw: RawOp<'_>) -> usize {
         }
         Some(Opcode::Balance) => BALANCE_BYTES,
         Some(Opcode::Member) => MEMBER_BYTES + MEMBER_LOTS_MAX * LOT_BYTES,
+        Some(Opcode::Explain) if raw.body.len() > 8 => EXPLAIN_BYTES_MAX + LIFECYCLE_BYTES,
         Some(Opcode::Explain) => EXPLAIN_BYTES_MAX,
+        Some(Opcode::PurchaseState) => LIFECYCLE_BYTES,
         Some(opcode) if opcode.is_write() => COMMITTED_BYTES,
         Some(_) | None => 0,
     };
@@ -844,6 +1022,78 @@ pub struct ExplainReply {
     pub promotions: Vec<PromotionItem>,
     /// The basket.
     pub lines: Vec<BasketLine>,
+    /// The purchase's lifecycle, when the operation asked for it.
+    pub lifecycle: Option<Lifecycle>,
+}
+
+/// A purchase's lifecycle (docs/protocol.md, "Lifecycle").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Lifecycle {
+    /// The purchase.
+    pub tx_id: u64,
+    /// The member.
+    pub customer: u64,
+    /// 1 pending, 2 settled, 3 failed, 4 partly refunded, 5 refunded; 0: the server no longer
+    /// keeps it (older than the refund window), the rest 0.
+    pub state: u8,
+    /// Bit 0: refunded by lines (`refunded` counts weight); bit 1: its points are held.
+    pub flags: u8,
+    /// Its UTC day, days since 1970-01-01.
+    pub day: u32,
+    /// Its whole spend, minor currency units.
+    pub spend: u64,
+    /// Its weighted eligible spend.
+    pub weight: u64,
+    /// Refunded so far, of the spend (or of the weight, with flag bit 0).
+    pub refunded: u64,
+    /// Earned points it gave.
+    pub earned: u64,
+    /// Bonus points it gave.
+    pub bonus: u64,
+    /// Cashback it gave.
+    pub cashback: u64,
+}
+
+fn put_lifecycle(writer: &mut Writer<'_>, lifecycle: &Lifecycle) {
+    writer.u64(lifecycle.tx_id);
+    writer.u64(lifecycle.customer);
+    writer.u8(lifecycle.state);
+    writer.u8(lifecycle.flags);
+    writer.u16(0);
+    writer.u32(lifecycle.day);
+    for value in [
+        lifecycle.spend,
+        lifecycle.weight,
+        lifecycle.refunded,
+        lifecycle.earned,
+        lifecycle.bonus,
+        lifecycle.cashback,
+    ] {
+        writer.u64(value);
+    }
+}
+
+fn take_lifecycle(body: &mut Reader<'_>) -> Result<Lifecycle, WireError> {
+    let tx_id = body.u64("tx id")?;
+    let customer = body.u64("customer")?;
+    let state = body.u8("state")?;
+    let flags = body.u8("flags")?;
+    if state > 5 || flags > 3 || body.u16("reserved")? != 0 {
+        return Err(WireError::Invalid { field: "lifecycle" });
+    }
+    Ok(Lifecycle {
+        tx_id,
+        customer,
+        state,
+        flags,
+        day: body.u32("day")?,
+        spend: body.u64("spend")?,
+        weight: body.u64("weight")?,
+        refunded: body.u64("refunded")?,
+        earned: body.u64("earned")?,
+        bonus: body.u64("bonus")?,
+        cashback: body.u64("cashback")?,
+    })
 }
 
 /// What a successful operation returns.
@@ -861,6 +1111,8 @@ pub enum Reply {
     Member(MemberReply),
     /// Why a purchase earned what it did.
     Explanation(Box<ExplainReply>),
+    /// A purchase's lifecycle.
+    Lifecycle(Lifecycle),
 }
 
 /// The result of one operation.
@@ -987,7 +1239,11 @@ pub fn encode_result(out: &mut Vec<u8>, opcode: u8, result: &OpResult) {
                 writer.u64(line.amount);
                 writer.u8(u8::from(line.excluded));
             }
+            if let Some(lifecycle) = &explain.lifecycle {
+                put_lifecycle(&mut writer, lifecycle);
+            }
         }
+        OpResult::Ok(Reply::Lifecycle(lifecycle)) => put_lifecycle(&mut writer, lifecycle),
     }
     let body_len = writer.position() - start;
     writer.patch_u16(length_at, u16::try_from(body_len).expect("results are small"));
@@ -1230,6 +1486,10 @@ fn decode_reply(opcode: Opcode, body: &mut Reader<'_>) -> Result<Reply, WireErro
                 };
                 basket.push(BasketLine { category, amount, excluded });
             }
+            let lifecycle = match body.remaining() {
+                0 => None,
+                _ => Some(take_lifecycle(body)?),
+            };
             Reply::Explanation(Box::new(ExplainReply {
                 tx_id,
                 timestamp,
@@ -1251,9 +1511,14 @@ fn decode_reply(opcode: Opcode, body: &mut Reader<'_>) -> Result<Reply, WireErro
                 monthly_cap,
                 promotions: named,
                 lines: basket,
+                lifecycle,
             }))
         }
-        Opcode::PurchaseBasket
+        Opcode::PurchaseState => Reply::Lifecycle(take_lifecycle(body)?),
+        Opcode::Settle
+        | Opcode::Fail
+        | Opcode::Refund
+        | Opcode::PurchaseBasket
         | Opcode::Purchase
         | Opcode::Redeem
         | Opcode::Hold
@@ -1296,8 +1561,22 @@ mod tests {
             Op::Reverse { meta: meta(6), tx: 77 },
             Op::Transfer { meta: meta(7), source: 1, destination: 2, points: 3 },
             Op::Member { customer: 42, within_days: 30 },
-            Op::Explain { tx: 77 },
+            Op::Explain { tx: 77, lifecycle: false },
+            Op::Explain { tx: 77, lifecycle: true },
+            Op::PurchaseState { tx: 77 },
             Op::PurchaseBasket { meta: meta(8), customer: 42, basket: largest_basket() },
+            Op::Settle { meta: meta(9), purchase: PurchaseRef::Id(77) },
+            Op::Fail { meta: meta(10), purchase: PurchaseRef::Receipt { customer: 42 } },
+            Op::Refund {
+                meta: meta(11),
+                purchase: PurchaseRef::Id(77),
+                refund: RefundBy::Amount(1_250),
+            },
+            Op::Refund {
+                meta: meta(12),
+                purchase: PurchaseRef::Receipt { customer: 42 },
+                refund: RefundBy::Lines(largest_basket()),
+            },
         ]
     }
 
@@ -1351,6 +1630,23 @@ mod tests {
                 .map(|index| PromotionItem { index, points: 9, name: name.clone() })
                 .collect(),
             lines: largest_basket().lines().to_vec(),
+            lifecycle: None,
+        }
+    }
+
+    fn lifecycle() -> Lifecycle {
+        Lifecycle {
+            tx_id: 1,
+            customer: 2,
+            state: 4,
+            flags: 3,
+            day: 5,
+            spend: 6,
+            weight: 7,
+            refunded: 8,
+            earned: 9,
+            bonus: 10,
+            cashback: 11,
         }
     }
 
@@ -1359,7 +1655,7 @@ mod tests {
         let ops = every_op();
         let mut body = Vec::new();
         encode_request_body(&ops, &mut body);
-        let view = RequestView::parse(&body, 16).unwrap();
+        let view = RequestView::parse(&body, 32).unwrap();
         assert_eq!(view.len(), ops.len());
         let decoded: Vec<Op> = view.ops().map(|raw| Op::decode(raw).unwrap()).collect();
         assert_eq!(decoded, ops);
@@ -1377,11 +1673,11 @@ mod tests {
         assert_eq!(RequestView::parse(&body, 3).unwrap_err(), Status::BatchTooLarge);
         assert_eq!(RequestView::parse(&[0, 0, 0, 0], 3).unwrap_err(), Status::BatchTooLarge);
         for cut in 0..body.len() {
-            assert!(RequestView::parse(&body[..cut], 16).is_err(), "cut at {cut}");
+            assert!(RequestView::parse(&body[..cut], 32).is_err(), "cut at {cut}");
         }
         let mut trailing = body.clone();
         trailing.push(0);
-        assert_eq!(RequestView::parse(&trailing, 16).unwrap_err(), Status::Malformed);
+        assert_eq!(RequestView::parse(&trailing, 32).unwrap_err(), Status::Malformed);
 
         let unknown = RawOp { opcode: 200, body: &[] };
         assert_eq!(Op::decode(unknown), Err(Status::UnknownOpcode));
@@ -1397,6 +1693,20 @@ mod tests {
         big.extend_from_slice(&[0; 33 * LINE_BYTES + 1]);
         let raw = RawOp { opcode: Opcode::PurchaseBasket as u8, body: &big };
         assert_eq!(Op::decode(raw), Err(Status::BasketInvalid));
+        // The lifecycle operations' selectors: by 1 or 2, basis 1 or 2, explain flags 1.
+        let mut refund = Vec::new();
+        Op::Refund { meta: meta(9), purchase: PurchaseRef::Id(5), refund: RefundBy::Amount(1) }
+            .encode(&mut refund);
+        for (at, value) in [(WRITE_META_BYTES, 3), (WRITE_META_BYTES + 9, 0)] {
+            let mut bad = refund.clone();
+            bad[OP_HEADER_BYTES + at] = value;
+            let raw = RawOp { opcode: bad[0], body: &bad[OP_HEADER_BYTES..] };
+            assert_eq!(Op::decode(raw), Err(Status::Malformed), "byte {at} = {value}");
+        }
+        let explain = RawOp { opcode: Opcode::Explain as u8, body: &[7, 0, 0, 0, 0, 0, 0, 0, 2] };
+        assert_eq!(Op::decode(explain), Err(Status::Malformed));
+        let old = RawOp { opcode: Opcode::Explain as u8, body: &[7, 0, 0, 0, 0, 0, 0, 0] };
+        assert_eq!(Op::decode(old), Ok(Op::Explain { tx: 7, lifecycle: false }));
         // A line flag other than 0 or 1 is malformed.
         let mut flagged = Vec::new();
         let one = Basket::new(&[BasketLine { category: 1, amount: 2, excluded: false }]).unwrap();
@@ -1429,7 +1739,15 @@ mod tests {
                 Opcode::Balance => Reply::Balance(BalanceView { posted: 1, available: 1, held: 0 }),
                 Opcode::History => Reply::History(vec![item; 10]),
                 Opcode::Member => Reply::Member(largest_member()),
-                Opcode::Explain => Reply::Explanation(Box::new(largest_explanation())),
+                Opcode::Explain => {
+                    let asked = matches!(op, Op::Explain { lifecycle: true, .. });
+                    let lifecycle = asked.then(lifecycle);
+                    Reply::Explanation(Box::new(ExplainReply {
+                        lifecycle,
+                        ..largest_explanation()
+                    }))
+                }
+                Opcode::PurchaseState => Reply::Lifecycle(lifecycle()),
                 _ => Reply::Committed(committed),
             };
             let mut encoded = Vec::new();
@@ -1460,17 +1778,26 @@ mod tests {
                 Opcode::Explain as u8,
                 OpResult::Ok(Reply::Explanation(Box::new(largest_explanation()))),
             ),
+            (
+                Opcode::Explain as u8,
+                OpResult::Ok(Reply::Explanation(Box::new(ExplainReply {
+                    lifecycle: Some(lifecycle()),
+                    ..largest_explanation()
+                }))),
+            ),
+            (Opcode::PurchaseState as u8, OpResult::Ok(Reply::Lifecycle(lifecycle()))),
+            (Opcode::Refund as u8, OpResult::Ok(Reply::Committed(committed))),
             (Opcode::Redeem as u8, OpResult::Refused(Status::InsufficientFunds)),
             (250, OpResult::Refused(Status::UnknownOpcode)),
         ];
-        let mut body = vec![8, 0, 0, 0];
+        let mut body = vec![11, 0, 0, 0];
         for (opcode, result) in &results {
             encode_result(&mut body, *opcode, result);
         }
-        assert_eq!(decode_response_body(&body, 8).unwrap(), results);
-        assert!(decode_response_body(&body, 7).is_err());
+        assert_eq!(decode_response_body(&body, 11).unwrap(), results);
+        assert!(decode_response_body(&body, 10).is_err());
         for cut in 0..body.len() {
-            assert!(decode_response_body(&body[..cut], 8).is_err());
+            assert!(decode_response_body(&body[..cut], 11).is_err());
         }
     }
 }

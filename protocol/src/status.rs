@@ -123,6 +123,27 @@ statuses! {
     LineAmountZero = 35, "line_amount_zero";
     /// No version of the programme's rules is in force: the server has no rules yet.
     RulesNotInForce = 36, "rules_not_in_force";
+    /// No purchase with this id (or this store, receipt and member) is kept by its shard: it
+    /// never existed, or it is older than the refund window.
+    PurchaseNotFound = 37, "purchase_not_found";
+    /// The purchase is older than the refund window: an operator makes a manual adjustment.
+    PurchaseNotRefundable = 38, "purchase_not_refundable";
+    /// A refund of a purchase whose payment is not confirmed: settle or fail it first.
+    PurchaseNotSettled = 39, "purchase_not_settled";
+    /// The purchase is settled already.
+    PurchaseAlreadySettled = 40, "purchase_already_settled";
+    /// The purchase failed: nothing more can happen to it.
+    PurchaseFailed = 41, "purchase_failed";
+    /// Failing a purchase refunded whole: nothing is left to take back.
+    PurchaseAlreadyRefunded = 42, "purchase_already_refunded";
+    /// A refund above what is left of the purchase.
+    RefundExceedsPurchase = 43, "refund_exceeds_purchase";
+    /// A refund of lines that earned nothing.
+    RefundZero = 44, "refund_zero";
+    /// A refund by lines of a purchase refunded by amount, or the other way round.
+    RefundBasisMismatch = 45, "refund_basis_mismatch";
+    /// Points or cashback to take back were spent, and the programme has no clawback class.
+    ClawbackUnavailable = 46, "clawback_unavailable";
     /// An operation's (or a frame's) bytes do not decode.
     Malformed = 100, "malformed";
     /// An operation code the server does not know.
@@ -205,7 +226,7 @@ mod tests {
         // The engine range is dense from 1, as the engine's own table is.
         let engine: Vec<u16> =
             Status::ALL.iter().map(|s| s.code()).filter(|c| (1..100).contains(c)).collect();
-        assert_eq!(engine, (1..=36).collect::<Vec<u16>>());
+        assert_eq!(engine, (1..=46).collect::<Vec<u16>>());
         assert_eq!(Status::from_code(99), None);
         assert_eq!(Status::from_code(u16::MAX), None);
     }

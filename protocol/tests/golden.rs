@@ -13,8 +13,9 @@ use std::path::Path;
 use hmac::{KeyInit, Mac};
 use ledger_protocol::frame::{self, FRAME_HEADER_BYTES, FrameType};
 use ledger_protocol::ops::{
-    self, BalanceView, Basket, BasketLine, Committed, ExplainReply, HistoryItem, LotItem,
-    MemberReply, Op, OpResult, Opcode, PromotionItem, Receipt, Reply, WriteMeta,
+    self, BalanceView, Basket, BasketLine, Committed, ExplainReply, HistoryItem, Lifecycle,
+    LotItem, MemberReply, Op, OpResult, Opcode, PromotionItem, PurchaseRef, Receipt, RefundBy,
+    Reply, WriteMeta,
 };
 use ledger_protocol::session::{self, AUTH_CONTEXT, NONCE_BYTES, Welcome};
 use ledger_protocol::status::Status;
@@ -45,6 +46,52 @@ const fn sequence(first: u8) -> [u8; 32] {
 
 /// The golden bytes of each example, by name, as lowercase hex (whitespace is ignored).
 const GOLDEN: &[(&str, &str)] = &[
+    (
+        "lifecycle-request",
+        concat!(
+            "68000000 01 10 0000 0900000000000000 ",
+            "0200 0000 ",
+            "18 00 2000 ",
+            "09000000000000000000000000000000 07000000 0200 01 05100000ba73ac02 00 ",
+            "1a 00 3000 ",
+            "0a000000000000000000000000000000 07000000 0200 02 2a00000000000000 02 01 1400 c409000000000000 00 03 522d36 ",
+        ),
+    ),
+    (
+        "lifecycle-response",
+        concat!(
+            "5e000000 01 11 0000 0900000000000000 ",
+            "0200 0000 ",
+            "18 00 0000 2100 ",
+            "051000faba73ac02 00ca89a0ba3f4918 1300000000000000 0000000000000000 00 ",
+            "1a 00 0000 2100 ",
+            "061000faba73ac02 00ca89a0ba3f4918 1400000000000000 4b00000000000000 00 ",
+        ),
+    ),
+    (
+        "state-request",
+        concat!(
+            "29000000 01 10 0000 0a00000000000000 ",
+            "0200 0000 ",
+            "06 00 0800 06100000ba73ac02 ",
+            "05 00 0900 06100000ba73ac02 01 ",
+        ),
+    ),
+    (
+        "state-response",
+        concat!(
+            "5c010000 01 11 0000 0a00000000000000 ",
+            "0200 0000 ",
+            "06 00 0000 4800 ",
+            "06100000ba73ac02 2a00000000000000 05 01 0000 1e4f0000 ac0d000000000000 8813000000000000 8813000000000000 3200000000000000 1900000000000000 0c00000000000000 ",
+            "05 00 0000 f800 ",
+            "06100000ba73ac02 0000ef64ba3f4918 1200000000000000 2a00000000000000 07000000 02000000 00603634743c4918 1900000000000000 1900000000000000 0000000000000000 0000000000000000 3200000000000000 1900000000000000 0c00000000000000 01 01 01 02 8813000000000000 0000000000000000 ",
+            "06 73696c766572 06 73696c766572 ",
+            "00 1900000000000000 06 73756d6d6572 ",
+            "1400 c409000000000000 00 2800 e803000000000000 01 ",
+            "06100000ba73ac02 2a00000000000000 05 01 0000 1e4f0000 ac0d000000000000 8813000000000000 8813000000000000 3200000000000000 1900000000000000 0c00000000000000 ",
+        ),
+    ),
     ("hello", "14000000 01 01 0000 0000000000000000 01000000 00000000"),
     (
         "challenge",
@@ -303,7 +350,71 @@ fn explain_reply() -> ExplainReply {
             Op::PurchaseBasket { basket, .. } => basket.lines().to_vec(),
             _ => unreachable!(),
         },
+        lifecycle: None,
     }
+}
+
+/// The lifecycle operations of the examples: the purchase settled by its id, then 25.00 of
+/// electronics returned from the basket purchase, found by its store and receipt.
+fn lifecycle_ops() -> Vec<Op> {
+    let returned = [BasketLine { category: 20, amount: 2_500, excluded: false }];
+    vec![
+        Op::Settle { meta: meta(9, ""), purchase: PurchaseRef::Id(PURCHASE_TX) },
+        Op::Refund {
+            meta: meta(10, "R-6"),
+            purchase: PurchaseRef::Receipt { customer: CUSTOMER },
+            refund: RefundBy::Lines(Basket::new(&returned).unwrap()),
+        },
+    ]
+}
+
+fn lifecycle_results() -> Vec<(u8, OpResult)> {
+    let committed = |tx_id, lsn, points| {
+        OpResult::Ok(Reply::Committed(Committed {
+            tx_id,
+            timestamp: PURCHASE_TIME + 1_000_000_000,
+            lsn,
+            points,
+            duplicate: false,
+        }))
+    };
+    vec![
+        (Opcode::Settle as u8, committed(PURCHASE_TX + (1_000 << 22), 19, 0)),
+        (Opcode::Refund as u8, committed(PURCHASE_TX + (1_000 << 22) + 1, 20, 75)),
+    ]
+}
+
+/// The basket purchase's lifecycle after the refund of its electronics: refunded by lines,
+/// its whole weight (2,500 × 2) returned.
+fn lifecycle() -> Lifecycle {
+    Lifecycle {
+        tx_id: PURCHASE_TX + 1,
+        customer: CUSTOMER,
+        state: 5,
+        flags: 1,
+        day: 20_254,
+        spend: 3_500,
+        weight: 5_000,
+        refunded: 5_000,
+        earned: 50,
+        bonus: 25,
+        cashback: 12,
+    }
+}
+
+fn state_ops() -> Vec<Op> {
+    vec![
+        Op::PurchaseState { tx: PURCHASE_TX + 1 },
+        Op::Explain { tx: PURCHASE_TX + 1, lifecycle: true },
+    ]
+}
+
+fn state_results() -> Vec<(u8, OpResult)> {
+    let explanation = ExplainReply { lifecycle: Some(lifecycle()), ..explain_reply() };
+    vec![
+        (Opcode::PurchaseState as u8, OpResult::Ok(Reply::Lifecycle(lifecycle()))),
+        (Opcode::Explain as u8, OpResult::Ok(Reply::Explanation(Box::new(explanation)))),
+    ]
 }
 
 fn welcome() -> Welcome {
@@ -393,7 +504,9 @@ fn encode(name: &str) -> Vec<u8> {
             out =
                 response(7, &[(Opcode::Member as u8, OpResult::Ok(Reply::Member(member_reply())))]);
         }
-        "explain-request" => out = request(8, &[Op::Explain { tx: PURCHASE_TX + 1 }]),
+        "explain-request" => {
+            out = request(8, &[Op::Explain { tx: PURCHASE_TX + 1, lifecycle: false }])
+        }
         "explain-response" => {
             let result = OpResult::Ok(Reply::Explanation(Box::new(explain_reply())));
             out = response(8, &[(Opcode::Explain as u8, result)]);
@@ -401,6 +514,10 @@ fn encode(name: &str) -> Vec<u8> {
         "error-connection" => {
             session::encode_error(&mut out, 0, Status::AuthFailed, "unknown terminal or wrong mac")
         }
+        "lifecycle-request" => out = request(9, &lifecycle_ops()),
+        "lifecycle-response" => out = response(9, &lifecycle_results()),
+        "state-request" => out = request(10, &state_ops()),
+        "state-response" => out = response(10, &state_results()),
         other => panic!("no example named {other}"),
     }
     out
@@ -530,7 +647,9 @@ fn the_golden_bytes_decode_to_the_examples() {
         ("balance-request", 3, vec![Op::Balance { customer: CUSTOMER }]),
         ("basket-request", 6, vec![basket_purchase()]),
         ("member-request", 7, vec![Op::Member { customer: CUSTOMER, within_days: 30 }]),
-        ("explain-request", 8, vec![Op::Explain { tx: PURCHASE_TX + 1 }]),
+        ("explain-request", 8, vec![Op::Explain { tx: PURCHASE_TX + 1, lifecycle: false }]),
+        ("lifecycle-request", 9, lifecycle_ops()),
+        ("state-request", 10, state_ops()),
     ];
     for (name, request_id, expected) in requests {
         let (header, body) = split(name);
@@ -566,6 +685,8 @@ fn the_golden_bytes_decode_to_the_examples() {
                 OpResult::Ok(Reply::Explanation(Box::new(explain_reply()))),
             )],
         ),
+        ("lifecycle-response", 9, lifecycle_results()),
+        ("state-response", 10, state_results()),
     ];
     for (name, request_id, expected) in responses {
         let (header, body) = split(name);

@@ -10,8 +10,11 @@
 //! | `house:adjustment` | PTS | – | operator corrections |
 //! | `customer:<id>:cashback` | CASHBACK (scale 2) | no overdraft | a member's cashback |
 //! | `house:cashback` | CASHBACK | – | debited when cashback is earned |
+//! | `customer:<id>:clawback` | PTS | – (may go below zero) | points a refund could not take back: owed by the member |
+//! | `customer:<id>:cashback_clawback` | CASHBACK | – (may go below zero) | cashback owed back |
 //!
-//! The loyalty programme posts to `points`, `issuance`, `expiry` and the cashback pair. Its rules
+//! The loyalty programme posts to `points`, `issuance`, `expiry`, the cashback pair and the
+//! clawback classes. Its rules
 //! come from `--rules FILE` (a new version when the file differs from the version in force),
 //! or, for a data directory with no rules yet, from `[pos] earn_points` and
 //! `earn_per_minor_units`: a flat rate, nothing else.
@@ -48,6 +51,10 @@ pub fn define_defaults(engine: &Engine) -> Result<Defined, DefineError> {
     let cashback =
         engine.define_class(Namespace::Customer, "cashback", cash, AccountFlags::NO_OVERDRAFT)?;
     let funding = engine.define_class(Namespace::House, "cashback", cash, AccountFlags::NONE)?;
+    let clawback =
+        engine.define_class(Namespace::Customer, "clawback", points, AccountFlags::NONE)?;
+    let cashback_clawback =
+        engine.define_class(Namespace::Customer, "cashback_clawback", cash, AccountFlags::NONE)?;
     let registry = engine.registry();
     Ok(Defined {
         assets: registry.assets().len(),
@@ -57,6 +64,8 @@ pub fn define_defaults(engine: &Engine) -> Result<Defined, DefineError> {
             issuance: house[0],
             breakage: house[2],
             cashback: Some((cashback, funding)),
+            clawback: Some(clawback),
+            cashback_clawback: Some(cashback_clawback),
         },
     })
 }

@@ -84,7 +84,7 @@ fn starts_on_an_empty_directory_and_stops_cleanly_on_sigterm_and_sigint() {
     // file is kept; the acknowledged purchase is there.
     let (mut child, lines) = start(&data);
     let ready = wait_for(&lines, "ledgerd ready");
-    assert!(ready.contains("assets=2") && ready.contains("classes=7"), "{ready}");
+    assert!(ready.contains("assets=2") && ready.contains("classes=9"), "{ready}");
     let addr = listening_addr(&lines);
     assert_eq!(ledger_protocol::Credentials::load(&credentials_path).unwrap(), credentials);
     assert_eq!(balance_of(addr), 10);

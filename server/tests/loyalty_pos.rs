@@ -94,7 +94,7 @@ async fn member(client: &Client, customer: u64, within_days: u16) -> MemberReply
 }
 
 async fn explain(client: &Client, tx: u64) -> ExplainReply {
-    match client.call_one(Op::Explain { tx }).await.unwrap() {
+    match client.call_one(Op::Explain { tx, lifecycle: false }).await.unwrap() {
         OpResult::Ok(Reply::Explanation(explanation)) => *explanation,
         other => panic!("{other:?}"),
     }
@@ -243,6 +243,7 @@ async fn black_friday_baskets_earn_what_the_rules_give_and_member_and_explain_sh
                 PromotionItem { index: 1, points: 250, name: "flagship-opening".into() },
             ],
             lines: lines1.to_vec(),
+            lifecycle: None,
         }
     );
     let explained = explain(&client, second.tx_id).await;
@@ -277,11 +278,12 @@ async fn black_friday_baskets_earn_what_the_rules_give_and_member_and_explain_sh
 
     // Anything but a purchase the shard holds is transaction_not_found: an unknown id, and a
     // redemption's.
-    let unknown = client.call_one(Op::Explain { tx: 12_345 }).await.unwrap();
+    let unknown = client.call_one(Op::Explain { tx: 12_345, lifecycle: false }).await.unwrap();
     assert_eq!(unknown, OpResult::Refused(Status::TransactionNotFound));
     let redeem = Op::Redeem { meta: meta(4, 1), customer, points: 52 };
     let redeem = committed(&client.call_one(redeem).await.unwrap());
-    let not_a_purchase = client.call_one(Op::Explain { tx: redeem.tx_id }).await.unwrap();
+    let not_a_purchase =
+        client.call_one(Op::Explain { tx: redeem.tx_id, lifecycle: false }).await.unwrap();
     assert_eq!(not_a_purchase, OpResult::Refused(Status::TransactionNotFound));
     // The redemption spent the lot that expires first.
     let view = member(&client, customer, 0).await;
@@ -538,6 +540,146 @@ async fn refused_baskets_change_nothing() {
     // 15 base + 5 electronics + 15 Black Friday.
     assert_eq!(good.points, 35);
     assert_eq!(balance(&client, customer).await, Some(55));
+    drop(client);
+    server.stop().await;
+}
+
+async fn call(client: &Client, op: Op) -> OpResult {
+    client.call_one(op).await.unwrap()
+}
+
+async fn state(client: &Client, tx: u64) -> ledger_protocol::ops::Lifecycle {
+    match client.call_one(Op::PurchaseState { tx }).await.unwrap() {
+        OpResult::Ok(Reply::Lifecycle(lifecycle)) => lifecycle,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A basket's lifecycle over the wire: settled by id, refunded by receipt (lines) and by id
+/// (amount), its state read by `purchase_state` and by an `explain` that asks for it; a second
+/// purchase failed; a retry of a refund is a duplicate; illegal transitions are refused with
+/// their statuses and change nothing; an 8-byte `explain` is answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purchases_settle_fail_and_refund_over_the_wire() {
+    use ledger_protocol::ops::{Lifecycle, PurchaseRef, RefundBy};
+    let at = black_friday();
+    let (server, _clock, file) = server_at(at).await;
+    let client = server.client().await;
+    let customer = 701;
+    let write = |key, receipt: &str| WriteMeta {
+        key,
+        store: 3,
+        category: 0,
+        receipt: Receipt::new(receipt).unwrap(),
+    };
+    // 25.00 of electronics and a 10.00 gift card: 75 points, 12 cashback.
+    let lines = [line(20, 2_500, false), line(40, 1_000, false)];
+    let expected = priced(&file, &lines, 3, at, 0, (0, 0));
+    assert_eq!((expected.points(), expected.cashback), (75, 12));
+    let bought =
+        committed(&client.call_one(basket(write(1, "L-1"), customer, &lines)).await.unwrap());
+    let tx = bought.tx_id;
+    let pending = state(&client, tx).await;
+    assert_eq!(
+        pending,
+        Lifecycle {
+            tx_id: tx,
+            customer,
+            state: 1,
+            flags: 0,
+            day: u32::try_from(at.0 / 86_400_000_000_000).unwrap(),
+            spend: 3_500,
+            weight: 5_000,
+            refunded: 0,
+            earned: expected.earned,
+            bonus: expected.bonus,
+            cashback: expected.cashback,
+        }
+    );
+    // A pending purchase is not refundable.
+    let early = Op::Refund {
+        meta: write(2, ""),
+        purchase: PurchaseRef::Id(tx),
+        refund: RefundBy::Amount(100),
+    };
+    assert_eq!(call(&client, early).await, OpResult::Refused(Status::PurchaseNotSettled));
+    let settled = committed(
+        &call(&client, Op::Settle { meta: write(3, ""), purchase: PurchaseRef::Id(tx) }).await,
+    );
+    assert_eq!(settled.points, 0);
+    assert_eq!(
+        call(&client, Op::Settle { meta: write(4, ""), purchase: PurchaseRef::Id(tx) }).await,
+        OpResult::Refused(Status::PurchaseAlreadySettled)
+    );
+    // The gift card earned nothing: its return takes back nothing.
+    let gift = Op::Refund {
+        meta: write(5, "L-1"),
+        purchase: PurchaseRef::Receipt { customer },
+        refund: RefundBy::Lines(Basket::new(&[line(40, 1_000, false)]).unwrap()),
+    };
+    assert_eq!(call(&client, gift).await, OpResult::Refused(Status::RefundZero));
+    // Half the electronics line by receipt: half its weight, half of each component.
+    let half = Op::Refund {
+        meta: write(6, "L-1"),
+        purchase: PurchaseRef::Receipt { customer },
+        refund: RefundBy::Lines(Basket::new(&[line(20, 1_250, false)]).unwrap()),
+    };
+    let first = committed(&call(&client, half).await);
+    assert_eq!(first.points, 37);
+    let retry = committed(&call(&client, half).await);
+    assert!(retry.duplicate);
+    assert_eq!((retry.tx_id, retry.points), (first.tx_id, 37));
+    assert_eq!(balance(&client, customer).await, Some(75 - 37));
+    let now = state(&client, tx).await;
+    assert_eq!((now.state, now.flags, now.refunded), (4, 1, 2_500));
+    // By amount after by lines: another basis.
+    let by_amount = Op::Refund {
+        meta: write(7, ""),
+        purchase: PurchaseRef::Id(tx),
+        refund: RefundBy::Amount(100),
+    };
+    assert_eq!(call(&client, by_amount).await, OpResult::Refused(Status::RefundBasisMismatch));
+    // The explanation, with the lifecycle when asked, as before when not.
+    match call(&client, Op::Explain { tx, lifecycle: true }).await {
+        OpResult::Ok(Reply::Explanation(explained)) => {
+            assert_eq!(explained.lifecycle, Some(now));
+            assert_eq!(explained.earned, expected.earned);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(explain(&client, tx).await.lifecycle, None);
+    // A chargeback of the rest: everything the purchase gave is back with the programme.
+    let charged = committed(
+        &call(&client, Op::Fail { meta: write(8, ""), purchase: PurchaseRef::Id(tx) }).await,
+    );
+    assert_eq!(charged.points, 75 - 37);
+    assert_eq!(balance(&client, customer).await, Some(0));
+    assert_eq!(state(&client, tx).await.state, 3);
+    assert_eq!(
+        call(
+            &client,
+            Op::Refund {
+                meta: write(9, ""),
+                purchase: PurchaseRef::Id(tx),
+                refund: RefundBy::Amount(1)
+            }
+        )
+        .await,
+        OpResult::Refused(Status::PurchaseFailed)
+    );
+    // Unknown purchases.
+    assert_eq!(
+        call(&client, Op::PurchaseState { tx: tx + 1 }).await,
+        OpResult::Refused(Status::PurchaseNotFound)
+    );
+    assert_eq!(
+        call(
+            &client,
+            Op::Settle { meta: write(10, "nope"), purchase: PurchaseRef::Receipt { customer } }
+        )
+        .await,
+        OpResult::Refused(Status::PurchaseNotFound)
+    );
     drop(client);
     server.stop().await;
 }

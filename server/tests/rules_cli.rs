@@ -350,7 +350,8 @@ fn purchase_explained(
         };
         let result = client.call_one(op).await.unwrap();
         let committed = *result.committed().unwrap_or_else(|| panic!("{result:?}"));
-        match client.call_one(Op::Explain { tx: committed.tx_id }).await.unwrap() {
+        match client.call_one(Op::Explain { tx: committed.tx_id, lifecycle: false }).await.unwrap()
+        {
             OpResult::Ok(Reply::Explanation(explained)) => {
                 assert_eq!(explained.lines, vec![line]);
                 (explained.rules_version, explained.base)

@@ -69,6 +69,14 @@ pub enum Operation {
         /// The basket: 1..=32 lines.
         lines: Lines,
     },
+    /// A settlement, failure or refund of a purchase (docs/loyalty.md, "Purchase lifecycle
+    /// and refunds"). By receipt, the store and receipt are the request's metadata.
+    PurchaseChange {
+        /// The purchase.
+        reference: super::record::PurchaseRef,
+        /// What happens to it.
+        event: super::record::PurchaseEvent,
+    },
     /// Move `amount` from one customer account to another customer account of the same asset,
     /// on the same shard or on another one.
     Transfer {
@@ -109,6 +117,12 @@ pub enum Query {
     },
     /// The points in the shard's lots by the month they expire in (`Response::Liability`).
     Liability,
+    /// A refundable purchase's lifecycle entry (state, spend, what it gave and what was
+    /// refunded), on the shard of its id.
+    Purchase {
+        /// The purchase.
+        tx: TxId,
+    },
     /// Whether the shard of `account` remembers a committed write of `terminal` under `key`
     /// (answered `Response::Remembered`): how a write that would post nothing learns whether
     /// its key is taken, in order with the writes around it.
@@ -217,6 +231,8 @@ pub enum Response {
     Explanation(Box<crate::loyalty::explain::Explanation>),
     /// Points in lots by expiry month (`year × 12 + month − 1`), of one shard.
     Liability(std::collections::BTreeMap<u32, u64>),
+    /// A purchase's lifecycle entry (`Query::Purchase`).
+    Purchase(crate::loyalty::purchases::Refundable),
 }
 
 impl Response {

@@ -169,6 +169,14 @@ impl History {
         }
     }
 
+    /// Clears `flag` of entry `sequence`, if the ring still holds it.
+    pub(crate) fn unmark(&mut self, sequence: u64, flag: u8) {
+        if self.get(sequence).is_some() {
+            let index = self.index(sequence);
+            self.ring[index].flags &= !flag;
+        }
+    }
+
     /// Live entries, oldest first, with their sequences (for snapshots).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, &HistoryEntry)> {
         (self.oldest()..self.next).map(|sequence| (sequence, &self.ring[self.index(sequence)]))

@@ -143,6 +143,8 @@ impl Ledger {
         }
         pricing::check_basket(&purchase.lines).map_err(basket_code)?;
         let accounts = version.accounts;
+        let held = Ledger::holds_pending(version) && Ledger::refundable_outcome(outcome);
+        let weight = crate::loyalty::purchases::weight(&version.rules, &purchase.lines);
         let window = version.rules.tier_window_months;
         let tiers = version.rules.tiers.len();
         if usize::from(outcome.tier_before.max(outcome.tier_after)) >= tiers {
@@ -160,7 +162,7 @@ impl Ledger {
                 AccountId::new(accounts.points, purchase.customer),
                 asset,
                 points,
-                (0, postings),
+                (0, postings, held),
             )?;
         }
         if outcome.cashback > 0 {
@@ -172,14 +174,15 @@ impl Ledger {
                 AccountId::new(customer_class, purchase.customer),
                 asset,
                 outcome.cashback,
-                (postings - 1, postings),
+                (postings - 1, postings, held),
             )?;
         }
         // Nothing fails from here on.
         self.moved = points;
         let origin = purchase.header.id;
         for (kind, amount) in [(LotKind::Earned, outcome.earned), (LotKind::Bonus, outcome.bonus)] {
-            if amount > 0 {
+            // Held points open their lots when they are posted (settlement or release).
+            if amount > 0 && !held {
                 let part = self.lot_part(origin, kind, amount, now);
                 self.members.credit(purchase.customer, part);
             }
@@ -192,24 +195,24 @@ impl Ledger {
             tier_after: outcome.tier_after,
         };
         self.members.record_purchase(purchase.customer, effect);
+        self.file_purchase(purchase, weight, held, now);
         Ok(())
     }
 
+    /// One posting of a purchase: posted, or credited as pending when `held`.
     fn post_one(
         &mut self,
         debit: AccountId,
         credit: AccountId,
         asset: AssetId,
         amount: u64,
-        (index, count): (usize, usize),
+        (index, count, held): (usize, usize, bool),
     ) -> Result<(), RejectCode> {
-        self.move_value(
-            debit,
-            credit,
-            asset,
-            Leg::Post(u128::from(amount)),
-            PostingContext::of(index, count, true),
-        )
+        let leg = match held {
+            true => Leg::Reserve(u128::from(amount)),
+            false => Leg::Post(u128::from(amount)),
+        };
+        self.move_value(debit, credit, asset, leg, PostingContext::of(index, count, !held))
     }
 
     /// The lots of a record's postings, once they all applied: a credit to a customer's points
@@ -481,7 +484,9 @@ impl Ledger {
     pub fn explain(&self, tx: TxId) -> Option<Explanation> {
         let (lsn, timestamp, purchase) = self.recent_purchases.get(tx)?;
         let version = self.programme.version(purchase.outcome.rules_version)?;
-        Some(Explanation::new(purchase, *lsn, *timestamp, version))
+        let mut explanation = Explanation::new(purchase, *lsn, *timestamp, version);
+        explanation.lifecycle = self.purchases.get(tx).copied();
+        Some(explanation)
     }
 
     /// Keeps `rules` alive for a caller outside the shard (explain, tools).

@@ -18,6 +18,7 @@ pub mod command;
 pub mod history;
 pub mod keys;
 mod loyalty;
+mod purchases;
 pub mod record;
 pub mod registry;
 mod retained;
@@ -362,6 +363,8 @@ pub struct Ledger {
     programme: Programme,
     /// The loyalty state of this shard's customers: lots, tiers, caps, parked points.
     members: Members,
+    /// The purchases still refundable (settle, fail, refund), in id order.
+    purchases: crate::loyalty::purchases::Purchases,
     /// The last purchases applied, for explain queries. Not state: not compared, not in
     /// snapshots.
     recent_purchases: crate::loyalty::explain::RecentPurchases,
@@ -433,6 +436,7 @@ impl PartialEq for Ledger {
             && self.history == other.history
             && self.programme == other.programme
             && self.members == other.members
+            && self.purchases == other.purchases
             && self.accounts.iter().all(|(id, _)| self.history_head(id) == other.history_head(id))
     }
 }
@@ -463,6 +467,7 @@ impl Ledger {
             history: History::new(config.limits.history_entries_max),
             programme: Programme::default(),
             members: Members::default(),
+            purchases: crate::loyalty::purchases::Purchases::default(),
             recent_purchases: crate::loyalty::explain::RecentPurchases::new(
                 config.limits.explain_purchases_max,
             ),
@@ -739,7 +744,8 @@ impl Ledger {
             }
             command::Operation::Capture { .. }
             | command::Operation::Void { .. }
-            | command::Operation::Reverse { .. } => {}
+            | command::Operation::Reverse { .. }
+            | command::Operation::PurchaseChange { .. } => {}
         }
     }
 
@@ -879,6 +885,8 @@ impl Ledger {
             Body::RulesDefine(define) => self.apply_rules_define(define, now),
             Body::Purchase(purchase) => self.apply_purchase(purchase, now),
             Body::LotsExpire(expire) => self.apply_lots_expire(expire, now),
+            Body::PurchaseChange(change) => self.apply_purchase_change(change, now),
+            Body::PurchaseRelease(release) => self.apply_purchase_release(release, now),
         };
         if let Err(code) = result {
             self.rollback();
@@ -1472,7 +1480,9 @@ impl Ledger {
         } else {
             RejectCode::TransactionNotReversible
         };
-        postings.into_iter().map(|posting| posting.ok_or(missing)).collect()
+        let postings = postings.into_iter().map(|posting| posting.ok_or(missing)).collect();
+        self.check_purchase_reversible(original)?;
+        postings
     }
 
     fn apply_reversal(&mut self, reversal: &Reversal) -> Result<(), RejectCode> {
@@ -1494,6 +1504,7 @@ impl Ledger {
         for sequence in self.history.entries_of(reversal.original) {
             self.history.mark(sequence, HistoryEntry::REVERSED);
         }
+        self.note_purchase_reversed(reversal.original);
         Ok(())
     }
 
@@ -1611,13 +1622,16 @@ impl Ledger {
         if !indexed || self.transfers_out_by_tx.len() != self.transfers_out.len() {
             return fail("unsettled transfers and their index by id disagree".to_string());
         }
-        // Pending counters are exactly the open holds: each hold reserves its amount on its
-        // debit and credit account, and nothing else is pending.
+        // Pending counters are exactly the open holds and the pending credits of purchases
+        // whose points are held: each reserves its amount on its debit and credit account, and
+        // nothing else is pending.
         let mut held: HashMap<AccountId, (u128, u128), Hasher> =
             HashMap::with_hasher(Hasher::default());
-        for (id, hold) in &self.holds {
-            let amount = hold.posting.amount.wide();
-            let sides = [(hold.posting.debit, (amount, 0)), (hold.posting.credit, (0, amount))];
+        let holds = self.holds.iter().map(|(id, hold)| {
+            (*id, hold.posting.debit, hold.posting.credit, hold.posting.amount.wide())
+        });
+        for (id, debit, credit, amount) in holds.chain(self.held_purchase_credits()) {
+            let sides = [(debit, (amount, 0)), (credit, (0, amount))];
             for (account, (debit, credit)) in sides {
                 let entry = held.entry(account).or_default();
                 match (entry.0.checked_add(debit), entry.1.checked_add(credit)) {

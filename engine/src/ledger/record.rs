@@ -348,6 +348,102 @@ pub struct LotsExpire {
     pub lots: Parts,
 }
 
+/// How a request names a purchase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurchaseRef {
+    /// By its transaction id.
+    Id(TxId),
+    /// By the store and receipt of the request's metadata, for this member.
+    Receipt {
+        /// The member (it routes the request to their shard).
+        customer: u64,
+    },
+}
+
+/// What happens to a purchase after the till (docs/loyalty.md, "Purchase lifecycle and
+/// refunds").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurchaseEvent {
+    /// Its payment is confirmed.
+    Settle,
+    /// Its payment failed or was charged back: what is left of it is taken back.
+    Fail,
+    /// Part of its spend is refunded.
+    RefundAmount(Amount),
+    /// Some of its lines are returned, as the receipt shows them (1..=32).
+    RefundLines(Lines),
+}
+
+/// What a transition of a purchase did, decided by the shard and checked again at replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransitionOutcome {
+    /// The purchase.
+    pub purchase: TxId,
+    /// Its member.
+    pub customer: u64,
+    /// Its state after (`LifecycleState` as a byte).
+    pub state: u8,
+    /// How much of its refund basis (spend, or weighted spend for refunds by lines) is
+    /// refunded after this transition.
+    pub refunded: u64,
+    /// Earned points taken back.
+    pub earned: u64,
+    /// Bonus points taken back.
+    pub bonus: u64,
+    /// Cashback taken back.
+    pub cashback: u64,
+    /// Of `earned + bonus`, what the member's lots could not give: owed on their clawback
+    /// account.
+    pub points_owed: u64,
+    /// Of `cashback`, what their cashback balance could not give: owed on their cashback
+    /// clawback account.
+    pub cashback_owed: u64,
+    /// The member's tier after it (a refund or failure never raises it).
+    pub tier_after: u8,
+}
+
+impl Default for TransitionOutcome {
+    /// Nothing decided yet (a request refused before the shard decided it).
+    fn default() -> TransitionOutcome {
+        TransitionOutcome {
+            purchase: TxId(0),
+            customer: 0,
+            state: 0,
+            refunded: 0,
+            earned: 0,
+            bonus: 0,
+            cashback: 0,
+            points_owed: 0,
+            cashback_owed: 0,
+            tier_after: 0,
+        }
+    }
+}
+
+/// A settlement, failure or refund of a purchase: a client write, one record of kind 12, 13
+/// or 14 by its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseChange {
+    /// Id, kind, terminal, key; the store and receipt find the purchase by receipt.
+    pub header: TxHeader,
+    /// The purchase, as the request named it.
+    pub reference: PurchaseRef,
+    /// What happens to it.
+    pub event: PurchaseEvent,
+    /// What the shard decided.
+    pub outcome: TransitionOutcome,
+}
+
+/// The end of a pending purchase's hold on its points, `pending_hold_days` after it, written
+/// by the shard: its points and cashback become available though its payment is not confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurchaseRelease {
+    /// The release's own transaction id.
+    pub id: TxId,
+    /// The purchase.
+    pub purchase: TxId,
+}
+
 /// The body of one WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -379,6 +475,10 @@ pub enum Body {
     Purchase(Purchase),
     /// Due lots of a customer expired.
     LotsExpire(LotsExpire),
+    /// A purchase was settled, failed or refunded.
+    PurchaseChange(PurchaseChange),
+    /// A pending purchase's points stopped being held.
+    PurchaseRelease(PurchaseRelease),
 }
 
 /// The kind field of a record frame (docs/wal-format.md, "Record kinds").
@@ -407,6 +507,14 @@ pub enum RecordKind {
     Purchase = 10,
     /// `Body::LotsExpire` (format version 4).
     LotsExpire = 11,
+    /// `Body::PurchaseChange` settling a purchase (format version 5).
+    PurchaseSettle = 12,
+    /// `Body::PurchaseChange` failing a purchase (format version 5).
+    PurchaseFail = 13,
+    /// `Body::PurchaseChange` refunding part of a purchase (format version 5).
+    PurchaseRefund = 14,
+    /// `Body::PurchaseRelease` (format version 5).
+    PurchaseRelease = 15,
     /// `Body::AssetDefine`.
     AssetDefine = 16,
     /// `Body::ClassDefine`.
@@ -430,6 +538,10 @@ impl RecordKind {
             9 => RecordKind::Reversal,
             10 => RecordKind::Purchase,
             11 => RecordKind::LotsExpire,
+            12 => RecordKind::PurchaseSettle,
+            13 => RecordKind::PurchaseFail,
+            14 => RecordKind::PurchaseRefund,
+            15 => RecordKind::PurchaseRelease,
             16 => RecordKind::AssetDefine,
             17 => RecordKind::ClassDefine,
             18 => RecordKind::RulesDefine,
@@ -451,6 +563,10 @@ impl RecordKind {
             RecordKind::Reversal => "reversal",
             RecordKind::Purchase => "purchase",
             RecordKind::LotsExpire => "lots_expire",
+            RecordKind::PurchaseSettle => "purchase_settle",
+            RecordKind::PurchaseFail => "purchase_fail",
+            RecordKind::PurchaseRefund => "purchase_refund",
+            RecordKind::PurchaseRelease => "purchase_release",
             RecordKind::AssetDefine => "asset_define",
             RecordKind::ClassDefine => "class_define",
             RecordKind::RulesDefine => "rules_define",
@@ -476,6 +592,14 @@ impl Body {
             Body::RulesDefine(_) => RecordKind::RulesDefine,
             Body::Purchase(_) => RecordKind::Purchase,
             Body::LotsExpire(_) => RecordKind::LotsExpire,
+            Body::PurchaseChange(change) => match change.event {
+                PurchaseEvent::Settle => RecordKind::PurchaseSettle,
+                PurchaseEvent::Fail => RecordKind::PurchaseFail,
+                PurchaseEvent::RefundAmount(_) | PurchaseEvent::RefundLines(_) => {
+                    RecordKind::PurchaseRefund
+                }
+            },
+            Body::PurchaseRelease(_) => RecordKind::PurchaseRelease,
         }
     }
 
@@ -489,8 +613,10 @@ impl Body {
             Body::TransferOut(transfer) => Some(&transfer.header),
             Body::Reversal(reversal) => Some(&reversal.header),
             Body::Purchase(purchase) => Some(&purchase.header),
+            Body::PurchaseChange(change) => Some(&change.header),
             Body::HoldExpire(_)
             | Body::LotsExpire(_)
+            | Body::PurchaseRelease(_)
             | Body::TransferIn(_)
             | Body::TransferSettle(_)
             | Body::AssetDefine(_)
@@ -504,6 +630,7 @@ impl Body {
         match self {
             Body::HoldExpire(expire) => Some(expire.id),
             Body::LotsExpire(expire) => Some(expire.id),
+            Body::PurchaseRelease(release) => Some(release.id),
             Body::TransferIn(transfer) => Some(transfer.id),
             Body::TransferSettle(settle) => Some(settle.id),
             Body::AssetDefine(_) | Body::ClassDefine(_) | Body::RulesDefine(_) => None,

@@ -72,6 +72,7 @@ pub struct StateCapture {
     history: Vec<HistoryEntry>,
     programme: crate::loyalty::programme::Programme,
     members: crate::loyalty::members::Members,
+    purchases: crate::loyalty::purchases::Purchases,
 }
 
 /// Bytes of an encoded history entry.
@@ -111,6 +112,7 @@ impl StateCapture {
             history: Vec::new(),
             programme: crate::loyalty::programme::Programme::default(),
             members: crate::loyalty::members::Members::default(),
+            purchases: crate::loyalty::purchases::Purchases::default(),
         }
     }
 
@@ -188,7 +190,8 @@ impl StateCapture {
     /// refunds in the idempotency entries and the origin of transfers; 3: without the amount of
     /// each remembered write; 4: without what the key index needs: the LSN forgotten through
     /// and each unsettled transfer's fingerprint and time; 5: without the loyalty programme; 6:
-    /// without the members and parked points),
+    /// without the members and parked points; 7: without the rule versions' settings and the
+    /// refundable purchases),
     /// so that tools can compare an old snapshot with a replayed state.
     pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
@@ -311,17 +314,28 @@ impl StateCapture {
         }
         let versions = self.programme.versions();
         encoder.u32(u32::try_from(versions.len()).expect("at most RULE_VERSIONS_MAX"));
-        for version in versions {
-            encoder.u32(version.version);
-            encoder.u64(version.requested_at.0);
-            encoder.u64(version.effective_at.0);
-            crate::loyalty::codec::encode_accounts(&mut encoder, &version.accounts);
-            crate::loyalty::codec::encode_rules(&mut encoder, &version.rules);
+        for rules_version in versions {
+            encoder.u32(rules_version.version);
+            encoder.u64(rules_version.requested_at.0);
+            encoder.u64(rules_version.effective_at.0);
+            crate::loyalty::codec::encode_accounts(&mut encoder, &rules_version.accounts);
+            crate::loyalty::codec::encode_rules(&mut encoder, &rules_version.rules);
+            if version >= 8 {
+                crate::loyalty::codec::encode_settings(
+                    &mut encoder,
+                    &rules_version.accounts,
+                    &rules_version.rules,
+                );
+            }
         }
         if version < 7 {
             return;
         }
         encode_members(&mut encoder, &self.members);
+        if version < 8 {
+            return;
+        }
+        encode_purchases(&mut encoder, &self.purchases);
     }
 }
 
@@ -364,6 +378,78 @@ fn encode_members(encoder: &mut Encoder<'_>, members: &crate::loyalty::members::
             crate::loyalty::codec::encode_part(encoder, part);
         }
     }
+}
+
+/// Bytes of one entry of section 16.
+const PURCHASE_ENTRY_BYTES: usize = 8 * 5 + 4 * 4 + 2 + 1 + 1 + 8;
+
+/// Section 16: the refundable purchases, by id.
+fn encode_purchases(encoder: &mut Encoder<'_>, purchases: &crate::loyalty::purchases::Purchases) {
+    encoder.u64(length(purchases.len()));
+    for (entry, receipt) in purchases.iter() {
+        let gave = entry.gave();
+        encoder.u64(entry.id.0);
+        encoder.u64(entry.customer);
+        encoder.u64(entry.spend);
+        encoder.u64(entry.weight);
+        encoder.u64(entry.refunded);
+        encoder.u32(u32::try_from(gave.earned).expect("entries hold u32 components"));
+        encoder.u32(u32::try_from(gave.bonus).expect("entries hold u32 components"));
+        encoder.u32(u32::try_from(gave.cashback).expect("entries hold u32 components"));
+        encoder.u32(entry.day);
+        encoder.u16(entry.version);
+        encoder.u8(entry.state as u8);
+        encoder.u8(entry.flags);
+        encoder.u64(receipt);
+    }
+}
+
+/// Reads section 16.
+fn decode_purchases(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), DecodeError> {
+    use crate::loyalty::lifecycle::LifecycleState;
+    use crate::loyalty::purchases::{Gave, Refundable};
+    let invalid = |field: &'static str, value: u128| DecodeError::Invalid { field, value };
+    let entries = count(decoder, "purchase count", PURCHASE_ENTRY_BYTES)?;
+    let mut previous = None;
+    for _ in 0..entries {
+        let id = TxId(decoder.u64("purchase")?);
+        if previous.is_some_and(|previous| previous >= id) {
+            return Err(invalid("purchase order", u128::from(id.0)));
+        }
+        previous = Some(id);
+        let customer = decoder.u64("purchase customer")?;
+        let spend = decoder.u64("purchase spend")?;
+        let weight = decoder.u64("purchase weight")?;
+        let refunded = decoder.u64("purchase refunded")?;
+        let gave = Gave {
+            earned: u64::from(decoder.u32("purchase earned")?),
+            bonus: u64::from(decoder.u32("purchase bonus")?),
+            cashback: u64::from(decoder.u32("purchase cashback")?),
+        };
+        let day = decoder.u32("purchase day")?;
+        let version = decoder.u16("purchase rule version")?;
+        let state = decoder.u8("purchase state")?;
+        let state =
+            LifecycleState::from_u8(state).ok_or(invalid("purchase state", state.into()))?;
+        let flags = decoder.u8("purchase flags")?;
+        if flags & !(Refundable::BY_LINES | Refundable::HELD) != 0 {
+            return Err(invalid("purchase flags", flags.into()));
+        }
+        let receipt = decoder.u64("purchase receipt key")?;
+        let basis = if flags & Refundable::BY_LINES != 0 { weight } else { spend };
+        let held = flags & Refundable::HELD != 0;
+        if refunded > basis
+            || ledger.programme.version(u32::from(version)).is_none()
+            || (held && (state != LifecycleState::Pending || refunded != 0))
+        {
+            return Err(invalid("purchase entry", u128::from(id.0)));
+        }
+        let mut entry = Refundable::new(id, customer, (spend, weight), gave, (day, version), held)
+            .expect("u32 components");
+        (entry.refunded, entry.state, entry.flags) = (refunded, state, flags);
+        ledger.purchases.push(entry, receipt);
+    }
+    Ok(())
 }
 
 /// Reads sections 14 and 15.
@@ -485,6 +571,7 @@ impl Ledger {
         capture.history.extend(history.map(|(_, entry)| *entry));
         capture.programme.clone_from(&self.programme);
         capture.members.clone_from(&self.members);
+        capture.purchases.clone_from(&self.purchases);
     }
 
     /// A copy of the state for a snapshot.
@@ -737,7 +824,7 @@ impl Ledger {
             decode_history(&mut decoder, &mut ledger)?;
         }
         if version >= 6 {
-            decode_programme(&mut decoder, &mut ledger)?;
+            decode_programme(&mut decoder, &mut ledger, version)?;
         }
         if version >= 7 {
             decode_members(&mut decoder, &mut ledger)?;
@@ -747,21 +834,30 @@ impl Ledger {
             let started = first.effective_at;
             ledger.lots_at_programme_start(started);
         }
+        if version >= 8 {
+            decode_purchases(&mut decoder, &mut ledger)?;
+        }
         decoder.finish()?;
         Ok(ledger)
     }
 }
 
 /// Reads the programme section: every rule version, in version order.
-fn decode_programme(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), DecodeError> {
+fn decode_programme(
+    decoder: &mut Decoder<'_>,
+    ledger: &mut Ledger,
+    snapshot_version: u16,
+) -> Result<(), DecodeError> {
+    use crate::loyalty::codec::Settings;
     use crate::loyalty::programme::{RULE_VERSIONS_MAX, RulesVersion};
     let count = decoder.count("rule version count", RULE_VERSIONS_MAX)?;
     for _ in 0..count {
         let version = decoder.u32("rule version")?;
         let requested_at = Timestamp(decoder.u64("rule requested at")?);
         let effective_at = Timestamp(decoder.u64("rule effective at")?);
-        let accounts = crate::loyalty::codec::decode_accounts(decoder)?;
-        let rules = crate::loyalty::codec::decode_rules(decoder)?;
+        let mut accounts = crate::loyalty::codec::decode_accounts(decoder)?;
+        let settings = if snapshot_version >= 8 { Settings::Present } else { Settings::Absent };
+        let rules = crate::loyalty::codec::decode_version_rules(decoder, &mut accounts, settings)?;
         ledger
             .programme_mut()
             .restore(RulesVersion {

@@ -10,8 +10,8 @@ use super::pricing::{BASKET_LINES_MAX, Line, Lines, PromotionPoints, PurchaseOut
 use super::programme::ProgrammeAccounts;
 use super::rules::{
     BaseRate, CATEGORIES_MAX, Caps, Cashback, CategoryRule, Expiry, PROMOTION_SCOPE_MAX,
-    PROMOTIONS_MAX, Promotion, PromotionEffect, PromotionScope, RULE_NAME_BYTES_MAX, RuleSet,
-    TIERS_MAX, TierRule,
+    PROMOTIONS_MAX, PendingPoints, PointValue, Promotion, PromotionEffect, PromotionScope,
+    PurchaseSettings, RULE_NAME_BYTES_MAX, RuleSet, TIERS_MAX, TierRule,
 };
 use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::ids::{Timestamp, TxId};
@@ -179,7 +179,14 @@ pub fn decode_accounts(decoder: &mut Decoder<'_>) -> Result<ProgrammeAccounts, D
         (ClassId(0), _) | (_, ClassId(0)) => return Err(invalid("cashback classes", 0_u8)),
         pair => Some(pair),
     };
-    Ok(ProgrammeAccounts { points, issuance, breakage, cashback })
+    Ok(ProgrammeAccounts {
+        points,
+        issuance,
+        breakage,
+        cashback,
+        clawback: None,
+        cashback_clawback: None,
+    })
 }
 
 /// Appends `rules` (already validated) to `encoder`.
@@ -283,8 +290,88 @@ fn cap(value: u64) -> Option<u64> {
     (value != 0).then_some(value)
 }
 
-/// Reads a rule set written by `encode_rules` and checks it.
+/// Bytes of the settings `encode_settings` appends.
+pub const SETTINGS_BYTES: usize = 29;
+
+const PENDING_AVAILABLE: u8 = 0;
+const PENDING_HELD: u8 = 1;
+
+/// Appends what format 5 added to a rule version, after its rule set: the clawback classes
+/// and the purchase settings (docs/wal-format.md, "rules_define").
+pub fn encode_settings(encoder: &mut Encoder<'_>, accounts: &ProgrammeAccounts, rules: &RuleSet) {
+    encoder.u32(accounts.clawback.map_or(0, |class| class.0));
+    encoder.u32(accounts.cashback_clawback.map_or(0, |class| class.0));
+    let settings = rules.purchases;
+    encoder.u16(settings.refund_days);
+    match settings.pending {
+        PendingPoints::Available => {
+            encoder.u8(PENDING_AVAILABLE);
+            encoder.u16(0);
+        }
+        PendingPoints::Held { days } => {
+            encoder.u8(PENDING_HELD);
+            encoder.u16(days);
+        }
+    }
+    encoder.u64(settings.point_value.minor_units);
+    encoder.u64(settings.point_value.points);
+}
+
+/// Whether a rule version carries the settings of format 5 after its rule set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settings {
+    /// Written before format 5 (snapshots before version 8): the defaults, no clawback classes.
+    Absent,
+    /// Always there (snapshots from version 8).
+    Present,
+    /// There when bytes are left (the `rules_define` payload, whose rule set ends it).
+    IfAny,
+}
+
+/// Reads a rule version's rule set and, as `settings` says, the settings after it; checks the
+/// rule set and fills in `accounts`' clawback classes.
+pub fn decode_version_rules(
+    decoder: &mut Decoder<'_>,
+    accounts: &mut ProgrammeAccounts,
+    settings: Settings,
+) -> Result<RuleSet, DecodeError> {
+    let mut rules = decode_rules_unchecked(decoder)?;
+    let present = match settings {
+        Settings::Absent => false,
+        Settings::Present => true,
+        Settings::IfAny => decoder.remaining() > 0,
+    };
+    if present {
+        let class = |value: u32| (value != 0).then_some(ClassId(value));
+        accounts.clawback = class(decoder.u32("clawback class")?);
+        accounts.cashback_clawback = class(decoder.u32("cashback clawback class")?);
+        if accounts.cashback_clawback.is_some() && accounts.cashback.is_none() {
+            return Err(invalid("cashback clawback class without cashback", 0_u8));
+        }
+        let refund_days = decoder.u16("refund days")?;
+        let pending = match (decoder.u8("pending points")?, decoder.u16("pending hold days")?) {
+            (PENDING_AVAILABLE, 0) => PendingPoints::Available,
+            (PENDING_HELD, days) => PendingPoints::Held { days },
+            (other, _) => return Err(invalid("pending points", other)),
+        };
+        let point_value = PointValue {
+            minor_units: decoder.u64("point value minor units")?,
+            points: decoder.u64("point value points")?,
+        };
+        rules.purchases = PurchaseSettings { refund_days, pending, point_value };
+    }
+    rules.validate().map_err(|_| invalid("rule set (fails its checks)", 0_u8))?;
+    Ok(rules)
+}
+
+/// Reads a rule set written by `encode_rules` (no settings after it) and checks it.
 pub fn decode_rules(decoder: &mut Decoder<'_>) -> Result<RuleSet, DecodeError> {
+    let rules = decode_rules_unchecked(decoder)?;
+    rules.validate().map_err(|_| invalid("rule set (fails its checks)", 0_u8))?;
+    Ok(rules)
+}
+
+fn decode_rules_unchecked(decoder: &mut Decoder<'_>) -> Result<RuleSet, DecodeError> {
     let base = BaseRate {
         points: decoder.u32("base points")?,
         per_minor_units: decoder.u64("base per minor units")?,
@@ -380,7 +467,7 @@ pub fn decode_rules(decoder: &mut Decoder<'_>) -> Result<RuleSet, DecodeError> {
         caps,
         cashback,
         expiry,
+        purchases: PurchaseSettings::default(),
     };
-    rules.validate().map_err(|_| invalid("rule set (fails its checks)", 0_u8))?;
     Ok(rules)
 }

@@ -42,6 +42,9 @@ pub struct Explanation {
     pub promotions: Vec<ExplainedPromotion>,
     /// The caps in force (points per UTC day and month).
     pub caps: super::rules::Caps,
+    /// The purchase's lifecycle entry, while its shard keeps it (the refund window); `None`
+    /// from the WAL alone.
+    pub lifecycle: Option<super::purchases::Refundable>,
 }
 
 impl Explanation {
@@ -81,6 +84,7 @@ impl Explanation {
                 })
                 .collect(),
             caps: rules.caps,
+            lifecycle: None,
         }
     }
 }

@@ -93,6 +93,9 @@ pub enum LifecycleError {
     /// Failing a purchase refunded whole: nothing is left to take back.
     #[error("the purchase is refunded whole")]
     AlreadyRefunded,
+    /// A refund by lines of a purchase refunded by amount before, or the other way round.
+    #[error("the purchase was refunded by the other basis (amount or lines)")]
+    RefundBasisMismatch,
 }
 
 /// The state after `event`, or why `event` cannot happen in `state`.

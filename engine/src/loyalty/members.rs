@@ -127,6 +127,27 @@ impl Member {
     pub fn tier_in(&self, rules: &RuleSet, month: u32) -> u8 {
         rules.tier_for(self.qualifying(month, rules.tier_window_months))
     }
+
+    /// Gives back `points` of a purchase made on `day` (a refund or a failure): they leave the
+    /// qualifying points of its month and the cap counters that still count its day and
+    /// month; the recorded tier becomes the lower of itself and what `rules` give the points
+    /// left in `month_now`. A give-back never raises the tier.
+    pub fn give_back(&mut self, day: u32, points: u64, rules: &RuleSet, month_now: u32) {
+        let month = month_of_day(day);
+        if let Some(entry) = self.months.iter_mut().find(|entry| entry.month == month) {
+            entry.points -= entry.points.min(points);
+        }
+        self.months.retain(|entry| entry.points > 0);
+        let standing = &mut self.standing;
+        if standing.day == day {
+            standing.day_points -= standing.day_points.min(points);
+        }
+        if standing.day != 0 && caps_month(standing.day) == month {
+            standing.month_points -= standing.month_points.min(points);
+        }
+        let tier = rules.tier_for(self.qualifying(month_now, rules.tier_window_months));
+        self.standing.tier = self.standing.tier.min(tier);
+    }
 }
 
 /// Points taken out of a customer's lots by an open hold or a transfer in flight.
@@ -472,6 +493,14 @@ impl Members {
                 }
                 _ => member.months.push(MonthPoints { month: effect.month, points: effect.points }),
             }
+        }
+    }
+
+    /// Gives back a purchase's points (`Member::give_back`); a customer without a member
+    /// state has nothing to give back.
+    pub fn give_back(&mut self, customer: u64, day: u32, points: u64, rules: &RuleSet, month: u32) {
+        if let Some(member) = self.members.get_mut(&customer) {
+            member.give_back(day, points, rules, month);
         }
     }
 

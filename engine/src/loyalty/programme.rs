@@ -40,6 +40,12 @@ pub struct ProgrammeAccounts {
     /// Customer class of cashback and the house class that funds it, when the programme pays
     /// cashback; `None` otherwise.
     pub cashback: Option<(ClassId, ClassId)>,
+    /// Customer class of points owed back (`customer:<id>:clawback`, overdraft allowed): what a
+    /// refund could not take from the customer's lots. `None` before format 5; a refund
+    /// short of points is then refused.
+    pub clawback: Option<ClassId>,
+    /// Customer class of cashback owed back, in the cashback asset (overdraft allowed).
+    pub cashback_clawback: Option<ClassId>,
 }
 
 /// A recorded rule version, as one shard holds it.
@@ -196,6 +202,45 @@ fn check_accounts(
                 format!("the {role} class holds another asset than the points class"),
             ));
         }
+    }
+    let owed = |id: Option<ClassId>, asset, role: &str| -> Result<(), VersionRefused> {
+        let Some(id) = id else { return Ok(()) };
+        let owed = class(id, Namespace::Customer, role)?;
+        if owed.asset != asset {
+            return Err(refuse(
+                RejectCode::AssetMismatch,
+                format!("the {role} class holds another asset than what it takes back"),
+            ));
+        }
+        if owed.flags.contains(AccountFlags::NO_OVERDRAFT) {
+            return Err(refuse(
+                RejectCode::DefinitionConflict,
+                format!("the {role} class {} must allow a balance below zero", owed.name),
+            ));
+        }
+        Ok(())
+    };
+    owed(accounts.clawback, points.asset, "clawback")?;
+    if accounts.cashback.is_some_and(|(customer, _)| accounts.cashback_clawback == Some(customer)) {
+        return Err(refuse(
+            RejectCode::DefinitionConflict,
+            "the cashback clawback class is the cashback class itself",
+        ));
+    }
+    match (accounts.cashback, accounts.cashback_clawback) {
+        (None, Some(_)) => {
+            return Err(refuse(
+                RejectCode::DefinitionConflict,
+                "a cashback clawback class without cashback accounts",
+            ));
+        }
+        (Some((customer, _)), owed_class) => {
+            let asset = registry.class(customer).map(|class| class.asset);
+            if let Some(asset) = asset {
+                owed(owed_class, asset, "cashback clawback")?;
+            }
+        }
+        (None, None) => {}
     }
     let pays_cashback = !rules.cashback.is_none()
         || rules.categories.iter().any(|category| category.cashback.is_some_and(|c| !c.is_none()));

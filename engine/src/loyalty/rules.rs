@@ -159,6 +159,73 @@ impl Default for Expiry {
     }
 }
 
+/// The longest refund window, in days (ten years).
+pub const REFUND_DAYS_MAX: u16 = 3_650;
+/// The longest a pending purchase's points stay held, in days.
+pub const PENDING_HOLD_DAYS_MAX: u16 = 365;
+/// The largest term of a point's money value.
+pub const POINT_VALUE_TERM_MAX: u64 = 1_000_000_000;
+
+/// What a pending purchase's points may do until its payment is confirmed
+/// (docs/loyalty.md, "Purchase lifecycle and refunds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PendingPoints {
+    /// Spendable at once (the default).
+    #[default]
+    Available,
+    /// Credited as pending (not spendable) until the purchase settles, or for at most `days`
+    /// days; a failure then takes them back from the pending credit.
+    Held {
+        /// 1..=`PENDING_HOLD_DAYS_MAX`.
+        days: u16,
+    },
+}
+
+/// What one point is worth in the programme's money: `minor_units` minor units of money per
+/// `points` points (1 and 1: a point is worth one cent of a two-decimal currency).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PointValue {
+    /// Minor units of money: 1..=`POINT_VALUE_TERM_MAX`.
+    pub minor_units: u64,
+    /// Points: 1..=`POINT_VALUE_TERM_MAX`.
+    pub points: u64,
+}
+
+impl Default for PointValue {
+    fn default() -> PointValue {
+        PointValue { minor_units: 1, points: 1 }
+    }
+}
+
+impl PointValue {
+    /// What `points` points are worth, rounded down.
+    pub fn money(&self, points: u128) -> u128 {
+        points.saturating_mul(u128::from(self.minor_units)) / u128::from(self.points)
+    }
+}
+
+/// How the programme treats purchases after the till.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurchaseSettings {
+    /// Days a purchase stays refundable (and can be settled or failed): 1..=`REFUND_DAYS_MAX`,
+    /// 90 by default.
+    pub refund_days: u16,
+    /// What a pending purchase's points may do.
+    pub pending: PendingPoints,
+    /// The money value of a point, for the liability figures.
+    pub point_value: PointValue,
+}
+
+impl Default for PurchaseSettings {
+    fn default() -> PurchaseSettings {
+        PurchaseSettings {
+            refund_days: 90,
+            pending: PendingPoints::Available,
+            point_value: PointValue::default(),
+        }
+    }
+}
+
 /// A whole rule set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
@@ -181,6 +248,8 @@ pub struct RuleSet {
     pub cashback: Cashback,
     /// Lot lives.
     pub expiry: Expiry,
+    /// Refund window, pending points and the point's value.
+    pub purchases: PurchaseSettings,
 }
 
 /// The part of a rule set an error is about.
@@ -204,6 +273,8 @@ pub enum RuleItem {
     Cashback,
     /// The lot lives.
     Expiry,
+    /// The purchase settings (refund window, pending points, point value).
+    Purchases,
     /// The rule set as a whole (its encoded size).
     Whole,
 }
@@ -220,6 +291,7 @@ impl fmt::Display for RuleItem {
             RuleItem::Caps => f.write_str("caps"),
             RuleItem::Cashback => f.write_str("cashback"),
             RuleItem::Expiry => f.write_str("expiry"),
+            RuleItem::Purchases => f.write_str("purchases"),
             RuleItem::Whole => f.write_str("the rule set"),
         }
     }
@@ -290,6 +362,7 @@ impl RuleSet {
             caps: Caps::default(),
             cashback: Cashback::default(),
             expiry: Expiry::default(),
+            purchases: PurchaseSettings::default(),
         }
     }
 
@@ -390,6 +463,7 @@ impl RuleSet {
                 format!("{what} points live {months} months: must be 1..={MONTHS_MAX}")
             })?;
         }
+        self.validate_purchases()?;
         let bytes = super::codec::encoded_len(self);
         check(bytes <= RULES_BYTES_MAX, RuleItem::Whole, || {
             format!(
@@ -398,6 +472,32 @@ impl RuleSet {
             )
         })?;
         Ok(())
+    }
+
+    fn validate_purchases(&self) -> Result<(), RuleError> {
+        let settings = self.purchases;
+        let item = RuleItem::Purchases;
+        check((1..=REFUND_DAYS_MAX).contains(&settings.refund_days), item, || {
+            format!("refund_days {} must be 1..={REFUND_DAYS_MAX}", settings.refund_days)
+        })?;
+        if let PendingPoints::Held { days } = settings.pending {
+            check((1..=PENDING_HOLD_DAYS_MAX).contains(&days), item, || {
+                format!("pending_hold_days {days} must be 1..={PENDING_HOLD_DAYS_MAX}")
+            })?;
+        }
+        let value = settings.point_value;
+        check(
+            (1..=POINT_VALUE_TERM_MAX).contains(&value.minor_units)
+                && (1..=POINT_VALUE_TERM_MAX).contains(&value.points),
+            item,
+            || {
+                format!(
+                    "point value {} minor units per {} points: both must be \
+                     1..={POINT_VALUE_TERM_MAX}",
+                    value.minor_units, value.points
+                )
+            },
+        )
     }
 
     fn validate_promotion(&self, index: usize, promotion: &Promotion) -> Result<(), RuleError> {

@@ -16,8 +16,8 @@ use toml::value::{Datetime, Offset};
 use super::calendar::{self, Date};
 use super::decimal::Ratio;
 use super::rules::{
-    Caps, Cashback, CategoryRule, Expiry, Promotion, PromotionEffect, PromotionScope, RuleItem,
-    RuleSet, TierRule,
+    Caps, Cashback, CategoryRule, Expiry, PendingPoints, PointValue, Promotion, PromotionEffect,
+    PromotionScope, PurchaseSettings, RuleItem, RuleSet, TierRule,
 };
 use crate::ids::Timestamp;
 
@@ -52,6 +52,7 @@ struct File {
     cashback: Option<Spanned<CashbackFile>>,
     caps: Option<Spanned<CapsFile>>,
     expiry: Option<Spanned<ExpiryFile>>,
+    purchases: Option<Spanned<PurchasesFile>>,
     #[serde(default)]
     tier: Vec<Spanned<TierFile>>,
     #[serde(default)]
@@ -88,6 +89,16 @@ struct ExpiryFile {
     earned_months: Option<u8>,
     bonus_months: Option<u8>,
     transfer_months: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchasesFile {
+    refund_days: Option<u16>,
+    pending_points: Option<Spanned<String>>,
+    pending_hold_days: Option<u16>,
+    point_value_minor_units: Option<u64>,
+    point_value_points: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -169,6 +180,7 @@ pub fn parse(text: &str) -> Result<RulesFile, RulesFileError> {
             RuleItem::Caps => file.caps.as_ref().map(Spanned::span),
             RuleItem::Cashback => file.cashback.as_ref().map(Spanned::span),
             RuleItem::Expiry => file.expiry.as_ref().map(Spanned::span),
+            RuleItem::Purchases => file.purchases.as_ref().map(Spanned::span),
             RuleItem::Whole => None,
         };
         // A list too long points at its first item past the limit, or at the file.
@@ -192,6 +204,45 @@ struct Spans {
 }
 
 type Located<T> = Result<T, (Range<usize>, String)>;
+
+fn purchase_settings(file: &Spanned<PurchasesFile>) -> Located<PurchaseSettings> {
+    let span = file.span();
+    let file = file.get_ref();
+    let defaults = PurchaseSettings::default();
+    let pending = match (file.pending_points.as_ref(), file.pending_hold_days) {
+        (None, None) => PendingPoints::Available,
+        (Some(mode), days) if mode.get_ref() == "available" => match days {
+            None => PendingPoints::Available,
+            Some(_) => {
+                return Err((
+                    span,
+                    "pending_hold_days is only for pending_points = \"held\"".into(),
+                ));
+            }
+        },
+        (Some(mode), Some(days)) if mode.get_ref() == "held" => PendingPoints::Held { days },
+        (Some(mode), None) if mode.get_ref() == "held" => {
+            return Err((mode.span(), "pending_points = \"held\" needs pending_hold_days".into()));
+        }
+        (Some(mode), _) => {
+            return Err((
+                mode.span(),
+                format!("pending_points {:?}: \"available\" or \"held\"", mode.get_ref()),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err((span, "pending_hold_days needs pending_points = \"held\"".into()));
+        }
+    };
+    Ok(PurchaseSettings {
+        refund_days: file.refund_days.unwrap_or(defaults.refund_days),
+        pending,
+        point_value: PointValue {
+            minor_units: file.point_value_minor_units.unwrap_or(defaults.point_value.minor_units),
+            points: file.point_value_points.unwrap_or(defaults.point_value.points),
+        },
+    })
+}
 
 fn build(file: &File) -> Located<(RuleSet, Spans)> {
     let mut spans = Spans::default();
@@ -220,6 +271,9 @@ fn build(file: &File) -> Located<(RuleSet, Spans)> {
             bonus_months: expiry.bonus_months.unwrap_or(defaults.bonus_months),
             transfer_months: expiry.transfer_months.unwrap_or(defaults.transfer_months),
         };
+    }
+    if let Some(purchases) = &file.purchases {
+        rules.purchases = purchase_settings(purchases)?;
     }
     if !file.tier.is_empty() {
         rules.tiers.clear();

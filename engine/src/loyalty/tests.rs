@@ -504,6 +504,40 @@ fn bad_rule_files_are_refused_with_the_line_and_the_reason() {
     assert_eq!(parse(&huge).unwrap_err().line, 0);
 }
 
+#[test]
+fn the_purchase_settings_read_from_their_table_and_bad_ones_name_it() {
+    use super::rules::{PendingPoints, PointValue, PurchaseSettings};
+    assert_eq!(parse(FILE).unwrap().rules.purchases, PurchaseSettings::default());
+    let with = |table: &str| format!("{FILE}\n[purchases]\n{table}\n");
+    let held = parse(&with(
+        "refund_days = 30\npending_points = \"held\"\npending_hold_days = 5\n\
+         point_value_minor_units = 1\npoint_value_points = 2",
+    ))
+    .unwrap();
+    assert_eq!(
+        held.rules.purchases,
+        PurchaseSettings {
+            refund_days: 30,
+            pending: PendingPoints::Held { days: 5 },
+            point_value: PointValue { minor_units: 1, points: 2 },
+        }
+    );
+    let purchases_line = with("").lines().count() - 1;
+    for (table, reason) in [
+        ("refund_days = 0", "refund_days 0 must be 1..=3650"),
+        ("pending_points = \"held\"", "needs pending_hold_days"),
+        ("pending_points = \"later\"", "\"available\" or \"held\""),
+        ("pending_hold_days = 3", "needs pending_points"),
+        ("pending_points = \"available\"\npending_hold_days = 3", "only for"),
+        ("pending_points = \"held\"\npending_hold_days = 366", "must be 1..=365"),
+        ("point_value_points = 0", "both must be"),
+    ] {
+        let error = parse(&with(table)).expect_err(table);
+        assert!(error.message.contains(reason), "{table:?}: {error}");
+        assert!(error.line >= purchases_line, "{table:?}: {error}");
+    }
+}
+
 fn any_rules() -> impl Strategy<Value = RuleSet> {
     (
         (1_u32..=1000, 1_u64..=10_000, 0_u64..=5_000),

@@ -27,6 +27,7 @@ use crate::keyindex::{KEYS_DIR, KeyIndex};
 use crate::ledger::account::Namespace;
 use crate::ledger::command::HISTORY_PAGE_MAX;
 use crate::ledger::command::{Command, Committed, Operation, Query, Request, Response};
+use crate::ledger::record::PurchaseRef;
 use crate::ledger::record::{
     Body, HoldCapture, HoldCreate, HoldExpire, HoldVoid, LotsExpire, Posting, Postings, Record,
     Reversal, Transaction, TransferIn, TransferOut, TransferSettle, TxHeader,
@@ -332,6 +333,22 @@ impl ShardActor {
         self.install_key_runs();
         self.expire_due_holds();
         self.expire_due_lots();
+        self.release_held_purchases();
+    }
+
+    /// Ends the hold on the points of pending purchases past `pending_hold_days`: a
+    /// `PurchaseRelease` record for each, up to what the batch has room for.
+    fn release_held_purchases(&mut self) {
+        if self.poisoned() {
+            return;
+        }
+        let limit = self.ledger.config().limits.batch_records_max;
+        let room =
+            limit.saturating_sub(self.batch_records()).min(self.tuning.lots_expired_per_turn);
+        for purchase in self.ledger.purchases_due_release(self.now, room) {
+            let release = self.ledger.release_body(purchase, self.now);
+            self.append(Body::PurchaseRelease(release)).expect("due holds of purchases end");
+        }
     }
 
     /// The expiry sweep: a `LotsExpire` record for each of up to `lots_expired_per_turn`
@@ -375,6 +392,17 @@ impl ShardActor {
                 Operation::Post { postings } => postings.iter().for_each(|p| add(p.debit)),
                 Operation::Hold { posting, .. } => add(posting.debit),
                 Operation::Transfer { source, .. } => add(*source),
+                Operation::PurchaseChange { reference, .. } => {
+                    let customer = match reference {
+                        PurchaseRef::Id(id) => {
+                            self.ledger.purchases().get(*id).map(|entry| entry.customer)
+                        }
+                        PurchaseRef::Receipt { customer } => Some(*customer),
+                    };
+                    if let Some(customer) = customer.filter(|_| points.is_some()) {
+                        customers.push(customer);
+                    }
+                }
                 Operation::Purchase { .. }
                 | Operation::Capture { .. }
                 | Operation::Void { .. }
@@ -598,6 +626,10 @@ impl ShardActor {
             Query::Liability => {
                 Response::Liability(self.ledger.members().liability_by_expiry_month().clone())
             }
+            Query::Purchase { tx } => match self.ledger.purchases().get(tx) {
+                Some(entry) => Response::Purchase(*entry),
+                None => Response::Rejected(RejectCode::PurchaseNotFound),
+            },
             Query::Explain { tx } => match self.ledger.explain(tx) {
                 Some(explanation) => Response::Explanation(Box::new(explanation)),
                 None => Response::Rejected(RejectCode::TransactionNotFound),
@@ -648,6 +680,22 @@ impl ShardActor {
                             header,
                             customer,
                             lines,
+                            outcome,
+                        });
+                        return Some(self.refuse_unbuilt(probe, code));
+                    }
+                }
+            }
+            Operation::PurchaseChange { reference, event } => {
+                match self.ledger.decide_purchase_change(header, reference, event.clone(), self.now)
+                {
+                    Ok(change) => Body::PurchaseChange(change),
+                    Err(code) => {
+                        let outcome = crate::ledger::record::TransitionOutcome::default();
+                        let probe = Body::PurchaseChange(crate::ledger::record::PurchaseChange {
+                            header,
+                            reference,
+                            event,
                             outcome,
                         });
                         return Some(self.refuse_unbuilt(probe, code));

@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::ids::{IdempotencyKey, TerminalId, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Namespace};
 use crate::ledger::command::{Command, Operation, Query, Request, Response};
-use crate::ledger::record::{Metadata, Posting, Receipt, TxKind};
+use crate::ledger::record::{Metadata, Posting, PurchaseEvent, PurchaseRef, Receipt, TxKind};
 use crate::loyalty::programme::ProgrammeAccounts;
 use crate::shard::ReplySink;
 
@@ -66,11 +66,19 @@ impl Loyalty {
         let funding = engine
             .define_class(Namespace::House, "cashback", cash, AccountFlags::NONE)
             .expect("define house cashback");
+        let clawback = engine
+            .define_class(Namespace::Customer, "clawback", self.pts, AccountFlags::NONE)
+            .expect("define clawback");
+        let cashback_clawback = engine
+            .define_class(Namespace::Customer, "cashback_clawback", cash, AccountFlags::NONE)
+            .expect("define cashback clawback");
         ProgrammeAccounts {
             points: self.points,
             issuance: self.issuance,
             breakage,
             cashback: Some((cashback, funding)),
+            clawback: Some(clawback),
+            cashback_clawback: Some(cashback_clawback),
         }
     }
 
@@ -209,6 +217,74 @@ impl Loyalty {
         command
     }
 
+    /// A purchase with its own receipt.
+    pub fn purchase_with_receipt(
+        &self,
+        key: u128,
+        customer: u64,
+        (store, receipt): (u32, &str),
+        lines: &[(u16, u64, bool)],
+    ) -> Command {
+        let lines = basket(lines);
+        let mut command =
+            self.request(key, TxKind::PURCHASE, Operation::Purchase { customer, lines });
+        if let Command::Write(request) = &mut command {
+            request.metadata.store = store;
+            request.metadata.receipt = Receipt::new(receipt).expect("short receipt");
+        }
+        command
+    }
+
+    /// A settlement, failure or refund of purchase `purchase`.
+    pub fn change(&self, key: u128, purchase: TxId, event: PurchaseEvent) -> Command {
+        let kind = match event {
+            PurchaseEvent::Settle => TxKind::PURCHASE,
+            _ => TxKind::REFUND,
+        };
+        let reference = PurchaseRef::Id(purchase);
+        self.request(key, kind, Operation::PurchaseChange { reference, event })
+    }
+
+    /// Settle purchase `purchase`.
+    pub fn settle(&self, key: u128, purchase: TxId) -> Command {
+        self.change(key, purchase, PurchaseEvent::Settle)
+    }
+
+    /// Fail purchase `purchase`.
+    pub fn fail(&self, key: u128, purchase: TxId) -> Command {
+        self.change(key, purchase, PurchaseEvent::Fail)
+    }
+
+    /// Refund `amount` of purchase `purchase`'s spend.
+    pub fn refund(&self, key: u128, purchase: TxId, amount: u64) -> Command {
+        let amount = Amount::new(amount).expect("positive amount");
+        self.change(key, purchase, PurchaseEvent::RefundAmount(amount))
+    }
+
+    /// Refund lines (`(category, amount, excluded)`) of purchase `purchase`.
+    pub fn refund_lines(&self, key: u128, purchase: TxId, lines: &[(u16, u64, bool)]) -> Command {
+        self.change(key, purchase, PurchaseEvent::RefundLines(basket(lines)))
+    }
+
+    /// Refund `amount` of the purchase of `customer` with this store and receipt.
+    pub fn refund_by_receipt(
+        &self,
+        key: u128,
+        customer: u64,
+        (store, receipt): (u32, &str),
+        amount: u64,
+    ) -> Command {
+        let event = PurchaseEvent::RefundAmount(Amount::new(amount).expect("positive amount"));
+        let reference = PurchaseRef::Receipt { customer };
+        let mut command =
+            self.request(key, TxKind::REFUND, Operation::PurchaseChange { reference, event });
+        if let Command::Write(request) = &mut command {
+            request.metadata.store = store;
+            request.metadata.receipt = Receipt::new(receipt).expect("short receipt");
+        }
+        command
+    }
+
     /// Read a member's loyalty state, counting points that expire within `within_days`.
     pub fn member_query(&self, customer: u64, within_days: u16) -> Command {
         Command::Read(Query::Member { customer, within_days })
@@ -223,6 +299,14 @@ impl Loyalty {
     pub fn balance_query(&self, customer: u64) -> Command {
         Command::Read(Query::Account(self.customer(customer)))
     }
+}
+
+/// Lines of `(category, amount, excluded)`.
+fn basket(lines: &[(u16, u64, bool)]) -> crate::loyalty::Lines {
+    lines
+        .iter()
+        .map(|&(category, amount, excluded)| crate::loyalty::Line { category, amount, excluded })
+        .collect()
 }
 
 /// A sink that collects answers until a given number arrived.

@@ -11,7 +11,7 @@ use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::limits::RECORD_BYTES_MAX;
 
 /// Version of the segment and record format. Version history: docs/wal-format.md.
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 
 /// The oldest format version readers still accept. Version 2 only added a record kind
 /// (`Reversal`), so a version 1 segment reads as it always did; version 3 added commit-group

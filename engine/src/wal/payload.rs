@@ -11,8 +11,9 @@ use crate::ids::{IdempotencyKey, ShardId, TerminalId, Timestamp, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
 use crate::ledger::record::{
     AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, LotsExpire,
-    Metadata, Posting, Purchase, Receipt, RecordKind, Reversal, RulesDefine, Transaction,
-    TransferIn, TransferOut, TransferSettle, TxHeader, TxKind,
+    Metadata, Posting, Purchase, PurchaseChange, PurchaseEvent, PurchaseRef, PurchaseRelease,
+    Receipt, RecordKind, Reversal, RulesDefine, Transaction, TransferIn, TransferOut,
+    TransferSettle, TransitionOutcome, TxHeader, TxKind,
 };
 use crate::limits::{NAME_BYTES_MAX, RECEIPT_BYTES_MAX, TRANSACTION_POSTINGS_MAX};
 
@@ -52,10 +53,142 @@ pub fn fingerprint(kind: RecordKind, payload: &[u8]) -> u64 {
                 customer_end + crate::loyalty::codec::lines_len(usize::from(*count))
             })
         }),
+        // A transition's outcome is decided by the shard: the request is the header, the
+        // purchase's reference and, for a refund, its amount or lines.
+        RecordKind::PurchaseSettle | RecordKind::PurchaseFail | RecordKind::PurchaseRefund => {
+            change_request_len(kind, payload).unwrap_or(payload.len())
+        }
         _ => payload.len(),
     };
     let covered = payload.get(FINGERPRINT_OFFSET..end.min(payload.len())).unwrap_or(&[]);
     xxhash_rust::xxh3::xxh3_64_with_seed(covered, kind as u64)
+}
+
+/// Bytes of a purchase transition's request (header, reference, refund): where the shard's
+/// outcome starts. `None` if the payload is too short to tell.
+fn change_request_len(kind: RecordKind, payload: &[u8]) -> Option<usize> {
+    let reference_end =
+        RECEIPT_LENGTH_OFFSET + 1 + usize::from(*payload.get(RECEIPT_LENGTH_OFFSET)?) + 9;
+    if kind != RecordKind::PurchaseRefund {
+        return Some(reference_end);
+    }
+    match *payload.get(reference_end)? {
+        REFUND_BY_AMOUNT => Some(reference_end + 1 + 8),
+        _ => {
+            let count = *payload.get(reference_end + 1)?;
+            Some(reference_end + 1 + crate::loyalty::codec::lines_len(usize::from(count)))
+        }
+    }
+}
+
+const REFERENCE_BY_ID: u8 = 1;
+const REFERENCE_BY_RECEIPT: u8 = 2;
+const REFUND_BY_AMOUNT: u8 = 1;
+const REFUND_BY_LINES: u8 = 2;
+
+/// Bytes of a purchase transition's outcome.
+pub const TRANSITION_OUTCOME_BYTES: usize = 8 + 8 + 1 + 8 * 7 + 1;
+
+fn encode_change(encoder: &mut Encoder<'_>, change: &PurchaseChange) {
+    encode_header(encoder, &change.header);
+    match change.reference {
+        PurchaseRef::Id(id) => {
+            encoder.u8(REFERENCE_BY_ID);
+            encoder.u64(id.0);
+        }
+        PurchaseRef::Receipt { customer } => {
+            encoder.u8(REFERENCE_BY_RECEIPT);
+            encoder.u64(customer);
+        }
+    }
+    match &change.event {
+        PurchaseEvent::Settle | PurchaseEvent::Fail => {}
+        PurchaseEvent::RefundAmount(amount) => {
+            encoder.u8(REFUND_BY_AMOUNT);
+            encoder.u64(amount.get());
+        }
+        PurchaseEvent::RefundLines(lines) => {
+            encoder.u8(REFUND_BY_LINES);
+            crate::loyalty::codec::encode_lines(encoder, lines);
+        }
+    }
+    // Decided by the shard: after the request, outside the fingerprint.
+    let outcome = &change.outcome;
+    encoder.u64(outcome.purchase.0);
+    encoder.u64(outcome.customer);
+    encoder.u8(outcome.state);
+    for value in [
+        outcome.refunded,
+        outcome.earned,
+        outcome.bonus,
+        outcome.cashback,
+        outcome.points_owed,
+        outcome.cashback_owed,
+    ] {
+        encoder.u64(value);
+    }
+    encoder.u8(outcome.tier_after);
+}
+
+fn decode_change(kind: RecordKind, decoder: &mut Decoder<'_>) -> Result<Body, DecodeError> {
+    let header = decode_header(decoder)?;
+    let reference = match decoder.u8("purchase reference")? {
+        REFERENCE_BY_ID => PurchaseRef::Id(TxId(decoder.u64("purchase")?)),
+        REFERENCE_BY_RECEIPT => PurchaseRef::Receipt { customer: decoder.u64("customer")? },
+        other => {
+            return Err(DecodeError::Invalid { field: "purchase reference", value: other.into() });
+        }
+    };
+    let event = match kind {
+        RecordKind::PurchaseSettle => PurchaseEvent::Settle,
+        RecordKind::PurchaseFail => PurchaseEvent::Fail,
+        _ => match decoder.u8("refund basis")? {
+            REFUND_BY_AMOUNT => {
+                PurchaseEvent::RefundAmount(decode_amount(decoder, "refund amount")?)
+            }
+            REFUND_BY_LINES => {
+                PurchaseEvent::RefundLines(crate::loyalty::codec::decode_lines(decoder)?)
+            }
+            other => {
+                return Err(DecodeError::Invalid { field: "refund basis", value: other.into() });
+            }
+        },
+    };
+    let purchase = TxId(decoder.u64("purchase")?);
+    let customer = decoder.u64("customer")?;
+    let state = decoder.u8("purchase state")?;
+    if crate::loyalty::lifecycle::LifecycleState::from_u8(state).is_none() {
+        return Err(DecodeError::Invalid { field: "purchase state", value: state.into() });
+    }
+    let mut values = [0_u64; 6];
+    for (value, field) in values.iter_mut().zip([
+        "refunded",
+        "earned taken back",
+        "bonus taken back",
+        "cashback taken back",
+        "points owed",
+        "cashback owed",
+    ]) {
+        *value = decoder.u64(field)?;
+    }
+    let [refunded, earned, bonus, cashback, points_owed, cashback_owed] = values;
+    let tier_after = decoder.u8("tier after")?;
+    if points_owed > earned.saturating_add(bonus) || cashback_owed > cashback {
+        return Err(DecodeError::Invalid { field: "owed above what is taken back", value: 0 });
+    }
+    let outcome = TransitionOutcome {
+        purchase,
+        customer,
+        state,
+        refunded,
+        earned,
+        bonus,
+        cashback,
+        points_owed,
+        cashback_owed,
+        tier_after,
+    };
+    Ok(Body::PurchaseChange(PurchaseChange { header, reference, event, outcome }))
 }
 
 pub(crate) fn encode_account_id(encoder: &mut Encoder<'_>, id: AccountId) {
@@ -249,6 +382,12 @@ pub fn encode_body(body: &Body, out: &mut Vec<u8>) {
             encoder.u64(define.effective_at.0);
             crate::loyalty::codec::encode_accounts(&mut encoder, &define.accounts);
             crate::loyalty::codec::encode_rules(&mut encoder, &define.rules);
+            crate::loyalty::codec::encode_settings(&mut encoder, &define.accounts, &define.rules);
+        }
+        Body::PurchaseChange(change) => encode_change(&mut encoder, change),
+        Body::PurchaseRelease(release) => {
+            encoder.u64(release.id.0);
+            encoder.u64(release.purchase.0);
         }
     }
 }
@@ -355,8 +494,12 @@ pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError
         RecordKind::RulesDefine => {
             let version = decoder.u32("rule version")?;
             let effective_at = Timestamp(decoder.u64("effective at")?);
-            let accounts = crate::loyalty::codec::decode_accounts(&mut decoder)?;
-            let rules = crate::loyalty::codec::decode_rules(&mut decoder)?;
+            let mut accounts = crate::loyalty::codec::decode_accounts(&mut decoder)?;
+            let rules = crate::loyalty::codec::decode_version_rules(
+                &mut decoder,
+                &mut accounts,
+                crate::loyalty::codec::Settings::IfAny,
+            )?;
             Body::RulesDefine(RulesDefine {
                 version,
                 effective_at,
@@ -364,6 +507,13 @@ pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError
                 rules: std::sync::Arc::new(rules),
             })
         }
+        RecordKind::PurchaseSettle | RecordKind::PurchaseFail | RecordKind::PurchaseRefund => {
+            decode_change(kind, &mut decoder)?
+        }
+        RecordKind::PurchaseRelease => Body::PurchaseRelease(PurchaseRelease {
+            id: TxId(decoder.u64("tx id")?),
+            purchase: TxId(decoder.u64("purchase")?),
+        }),
     };
     decoder.finish()?;
     Ok(body)
@@ -391,6 +541,61 @@ mod tests {
             asset: AssetId(0),
             amount: Amount::new(amount).unwrap(),
         }
+    }
+
+    fn change(reference: PurchaseRef, event: PurchaseEvent) -> PurchaseChange {
+        let outcome = TransitionOutcome {
+            purchase: TxId(77),
+            customer: 99,
+            state: 4,
+            refunded: 1_234,
+            earned: 12,
+            bonus: 3,
+            cashback: 4,
+            points_owed: 2,
+            cashback_owed: 1,
+            tier_after: 1,
+        };
+        PurchaseChange { header: header(6), reference, event, outcome }
+    }
+
+    #[test]
+    fn a_transitions_fingerprint_covers_the_request_not_the_outcome() {
+        let encode = |body: &PurchaseChange| {
+            let mut bytes = Vec::new();
+            let body = Body::PurchaseChange(body.clone());
+            encode_body(&body, &mut bytes);
+            fingerprint(body.kind(), &bytes)
+        };
+        for event in [
+            PurchaseEvent::Settle,
+            PurchaseEvent::RefundAmount(Amount::new(5).unwrap()),
+            PurchaseEvent::RefundLines(smallvec::smallvec![crate::loyalty::Line {
+                category: 1,
+                amount: 5,
+                excluded: false
+            }]),
+        ] {
+            let base = change(PurchaseRef::Id(TxId(77)), event);
+            let decided = PurchaseChange {
+                outcome: TransitionOutcome { earned: 1, ..base.outcome },
+                ..base.clone()
+            };
+            assert_eq!(encode(&base), encode(&decided));
+            let other = PurchaseChange { reference: PurchaseRef::Id(TxId(78)), ..base.clone() };
+            assert_ne!(encode(&base), encode(&other));
+        }
+        let amount = |value| {
+            change(
+                PurchaseRef::Id(TxId(77)),
+                PurchaseEvent::RefundAmount(Amount::new(value).unwrap()),
+            )
+        };
+        assert_ne!(encode(&amount(5)), encode(&amount(6)));
+        // A settlement and a failure of one purchase differ by their kind (the seed).
+        let settle = change(PurchaseRef::Id(TxId(77)), PurchaseEvent::Settle);
+        let fail = change(PurchaseRef::Id(TxId(77)), PurchaseEvent::Fail);
+        assert_ne!(encode(&settle), encode(&fail));
     }
 
     #[test]
@@ -459,17 +664,51 @@ mod tests {
                     issuance: ClassId(2),
                     breakage: ClassId(3),
                     cashback: Some((ClassId(4), ClassId(5))),
+                    clawback: Some(ClassId(6)),
+                    cashback_clawback: Some(ClassId(7)),
                 },
-                rules: std::sync::Arc::new(crate::testing::loyalty::example_rules()),
+                rules: std::sync::Arc::new({
+                    let mut rules = crate::testing::loyalty::example_rules();
+                    rules.purchases.refund_days = 30;
+                    rules.purchases.pending =
+                        crate::loyalty::rules::PendingPoints::Held { days: 5 };
+                    rules.purchases.point_value =
+                        crate::loyalty::rules::PointValue { minor_units: 3, points: 4 };
+                    rules
+                }),
             }),
+            Body::PurchaseChange(change(PurchaseRef::Id(TxId(77)), PurchaseEvent::Settle)),
+            Body::PurchaseChange(change(PurchaseRef::Id(TxId(77)), PurchaseEvent::Fail)),
+            Body::PurchaseChange(change(
+                PurchaseRef::Receipt { customer: 99 },
+                PurchaseEvent::RefundAmount(Amount::new(1_234).unwrap()),
+            )),
+            Body::PurchaseChange(change(
+                PurchaseRef::Id(TxId(77)),
+                PurchaseEvent::RefundLines(smallvec::smallvec![
+                    crate::loyalty::Line { category: 20, amount: 5_000, excluded: false },
+                    crate::loyalty::Line { category: 40, amount: 2_500, excluded: true },
+                ]),
+            )),
+            Body::PurchaseRelease(PurchaseRelease { id: TxId(11), purchase: TxId(77) }),
         ];
         for body in bodies {
             let mut bytes = Vec::new();
             encode_body(&body, &mut bytes);
             assert_eq!(decode_body(body.kind(), &bytes), Ok(body.clone()));
-            // Any truncation is a typed error.
+            // Any truncation is a typed error, but one: a rule version cut before its settings
+            // is a rule version of format 4 (the frame's length and CRC say where it ends).
+            let settings_start = match &body {
+                Body::RulesDefine(_) => bytes.len() - crate::loyalty::codec::SETTINGS_BYTES,
+                _ => usize::MAX,
+            };
             for len in 0..bytes.len() {
-                assert!(decode_body(body.kind(), &bytes[..len]).is_err());
+                let decoded = decode_body(body.kind(), &bytes[..len]);
+                if len == settings_start {
+                    assert!(decoded.is_ok_and(|decoded| decoded != body));
+                } else {
+                    assert!(decoded.is_err());
+                }
             }
             bytes.push(0);
             assert_eq!(decode_body(body.kind(), &bytes), Err(DecodeError::Trailing(1)));

@@ -120,6 +120,8 @@ enum Phase {
 /// One operation of a request waiting for its answer.
 struct OpSlot {
     opcode: u8,
+    /// An `explain` that asked for the purchase's lifecycle too.
+    lifecycle: bool,
     result: Option<OpResult>,
 }
 
@@ -522,7 +524,9 @@ impl Connection {
                 },
                 Err(status) => Some(OpResult::Refused(status)),
             };
-            ops.push(OpSlot { opcode: raw.opcode, result });
+            let lifecycle =
+                raw.opcode == ledger_protocol::ops::Opcode::Explain as u8 && raw.body.len() > 8;
+            ops.push(OpSlot { opcode: raw.opcode, lifecycle, result });
         }
         self.in_flight += 1;
         self.ids_in_flight.insert(request_id);
@@ -552,7 +556,7 @@ impl Connection {
             };
             let op = &mut waiting.ops[index];
             assert!(op.result.is_none(), "one answer per operation");
-            op.result = Some(handler::answer(op.opcode, response));
+            op.result = Some(handler::answer(op.opcode, op.lifecycle, response));
             waiting.remaining -= 1;
             if waiting.remaining == 0 {
                 let waiting = self.waiting[slot].take().expect("checked above");

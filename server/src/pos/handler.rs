@@ -17,16 +17,18 @@
 //! rule version in force (docs/loyalty.md).
 
 use ledger_engine::ledger::history::HistoryEntry;
+use ledger_engine::ledger::record::{PurchaseEvent, PurchaseRef as EnginePurchaseRef};
 use ledger_engine::loyalty::Line;
 use ledger_engine::loyalty::explain::Explanation;
+use ledger_engine::loyalty::purchases::Refundable;
 use ledger_engine::{
     AccountId, Amount, ClassId, Command, IdempotencyKey, Metadata, Namespace, Operation, Posting,
     Query, Receipt, Request, Response, TerminalId, TxId, TxKind,
 };
 use ledger_protocol::Status;
 use ledger_protocol::ops::{
-    BalanceView, BasketLine, Committed, ExplainReply, HistoryItem, LotItem, MemberReply, Op,
-    OpResult, PromotionItem, Reply, WriteMeta,
+    BalanceView, Basket, BasketLine, Committed, ExplainReply, HistoryItem, Lifecycle, LotItem,
+    MemberReply, Op, OpResult, PromotionItem, PurchaseRef, RefundBy, Reply, WriteMeta,
 };
 
 /// The accounts and rates the POS operations post with.
@@ -107,8 +109,28 @@ impl Book {
             Op::Member { customer, within_days } => {
                 Plan::Submit { command: Command::Read(Query::Member { customer, within_days }) }
             }
-            Op::Explain { tx } => {
+            Op::Explain { tx, .. } => {
                 Plan::Submit { command: Command::Read(Query::Explain { tx: TxId(tx) }) }
+            }
+            Op::PurchaseState { tx } => {
+                Plan::Submit { command: Command::Read(Query::Purchase { tx: TxId(tx) }) }
+            }
+            Op::Settle { ref meta, purchase } => {
+                let operation = change(purchase, PurchaseEvent::Settle);
+                Plan::Submit { command: write(meta, TxKind::PURCHASE, operation)? }
+            }
+            Op::Fail { ref meta, purchase } => {
+                let operation = change(purchase, PurchaseEvent::Fail);
+                Plan::Submit { command: write(meta, TxKind::REFUND, operation)? }
+            }
+            Op::Refund { ref meta, purchase, ref refund } => {
+                let event = match refund {
+                    RefundBy::Amount(amount) => {
+                        PurchaseEvent::RefundAmount(Amount::new(*amount).ok_or(Status::AmountZero)?)
+                    }
+                    RefundBy::Lines(basket) => PurchaseEvent::RefundLines(lines_of(basket)),
+                };
+                Plan::Submit { command: write(meta, TxKind::REFUND, change(purchase, event))? }
             }
             Op::Purchase { ref meta, customer, amount } => {
                 let line = Line { category: meta.category, amount, excluded: false };
@@ -116,16 +138,7 @@ impl Book {
                 Plan::Submit { command: write(meta, TxKind::PURCHASE, operation)? }
             }
             Op::PurchaseBasket { ref meta, customer, ref basket } => {
-                let lines = basket
-                    .lines()
-                    .iter()
-                    .map(|line| Line {
-                        category: line.category,
-                        amount: line.amount,
-                        excluded: line.excluded,
-                    })
-                    .collect();
-                let operation = Operation::Purchase { customer, lines };
+                let operation = Operation::Purchase { customer, lines: lines_of(basket) };
                 Plan::Submit { command: write(meta, TxKind::PURCHASE, operation)? }
             }
             Op::Redeem { ref meta, customer, points } => {
@@ -165,6 +178,43 @@ impl Book {
     }
 }
 
+/// A basket's lines as the engine takes them.
+fn lines_of(basket: &Basket) -> ledger_engine::loyalty::Lines {
+    basket
+        .lines()
+        .iter()
+        .map(|line| Line { category: line.category, amount: line.amount, excluded: line.excluded })
+        .collect()
+}
+
+/// A settlement, failure or refund of the purchase a lifecycle operation names.
+fn change(purchase: PurchaseRef, event: PurchaseEvent) -> Operation {
+    let reference = match purchase {
+        PurchaseRef::Id(tx) => EnginePurchaseRef::Id(TxId(tx)),
+        PurchaseRef::Receipt { customer } => EnginePurchaseRef::Receipt { customer },
+    };
+    Operation::PurchaseChange { reference, event }
+}
+
+/// A purchase's lifecycle on the wire; `None` is a purchase the shard no longer keeps.
+fn lifecycle_reply(tx: TxId, entry: Option<&Refundable>) -> Lifecycle {
+    let Some(entry) = entry else { return Lifecycle { tx_id: tx.0, ..Lifecycle::default() } };
+    let gave = entry.gave();
+    Lifecycle {
+        tx_id: entry.id.0,
+        customer: entry.customer,
+        state: entry.state as u8,
+        flags: entry.flags,
+        day: entry.day,
+        spend: entry.spend,
+        weight: entry.weight,
+        refunded: entry.refunded,
+        earned: gave.earned,
+        bonus: gave.bonus,
+        cashback: gave.cashback,
+    }
+}
+
 /// The wire status of an engine refusal: the same number (the tables are checked to agree).
 pub fn status_of(code: ledger_engine::RejectCode) -> Status {
     Status::from_code(code.code()).unwrap_or(Status::InternalError)
@@ -173,7 +223,8 @@ pub fn status_of(code: ledger_engine::RejectCode) -> Status {
 /// The result of an operation from the engine's response. A committed write reports the
 /// points the engine says it moved (`Committed::amount`): for a whole capture the points
 /// captured, for a void the points released, for a reversal the points turned round.
-pub fn answer(opcode: u8, response: Response) -> OpResult {
+/// `lifecycle`: an `explain` that asked for the purchase's lifecycle too.
+pub fn answer(opcode: u8, lifecycle: bool, response: Response) -> OpResult {
     let committed = |c: ledger_engine::Committed, duplicate| {
         OpResult::Ok(Reply::Committed(Committed {
             tx_id: c.tx_id.0,
@@ -215,7 +266,15 @@ pub fn answer(opcode: u8, response: Response) -> OpResult {
         )),
         Response::Member(view) => OpResult::Ok(Reply::Member(member_reply(&view))),
         Response::Explanation(explanation) => {
-            OpResult::Ok(Reply::Explanation(Box::new(explain_reply(&explanation))))
+            let mut reply = explain_reply(&explanation);
+            if lifecycle {
+                let entry = explanation.lifecycle.as_ref();
+                reply.lifecycle = Some(lifecycle_reply(explanation.tx_id, entry));
+            }
+            OpResult::Ok(Reply::Explanation(Box::new(reply)))
+        }
+        Response::Purchase(entry) => {
+            OpResult::Ok(Reply::Lifecycle(lifecycle_reply(entry.id, Some(&entry))))
         }
         // No POS operation asks for a hold's view, whether a key is taken or the liability;
         // an answer of the wrong shape is a bug somewhere between here and the engine,
@@ -294,6 +353,7 @@ fn explain_reply(explanation: &Explanation) -> ExplainReply {
                 excluded: line.excluded,
             })
             .collect(),
+        lifecycle: None,
     }
 }
 
@@ -363,7 +423,7 @@ mod tests {
             ]
         );
         assert!(matches!(
-            book.plan(1, &Op::Explain { tx: 77 }),
+            book.plan(1, &Op::Explain { tx: 77, lifecycle: true }),
             Plan::Submit { command: Command::Read(Query::Explain { tx: TxId(77) }) }
         ));
     }

@@ -8,8 +8,9 @@ use anyhow::Context;
 use ledger_engine::amount::Amount;
 use ledger_engine::datadir;
 use ledger_engine::ledger::account::AccountId;
-use ledger_engine::ledger::record::{Body, Posting};
+use ledger_engine::ledger::record::{Body, Posting, PurchaseEvent, PurchaseRef};
 use ledger_engine::ledger::registry::{AssetDef, ClassDef, Registry};
+use ledger_engine::loyalty::lifecycle::LifecycleState;
 use ledger_engine::recovery::ShardPaths;
 use ledger_engine::wal::reader::{self, ScanOptions};
 use ledger_engine::{Lsn, ShardId};
@@ -30,6 +31,15 @@ fn posting_json(registry: &Registry, posting: &Posting) -> serde_json::Value {
         "asset": registry.asset(posting.asset).map_or_else(|| posting.asset.0.to_string(), |a| a.code.to_string()),
         "amount": posting.amount.get(),
     })
+}
+
+fn lines_json(lines: &[ledger_engine::loyalty::Line]) -> serde_json::Value {
+    lines
+        .iter()
+        .map(|line| {
+            json!({ "category": line.category, "amount": line.amount, "excluded": line.excluded })
+        })
+        .collect()
 }
 
 fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
@@ -97,9 +107,7 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
                 "store": purchase.header.metadata.store,
                 "receipt": purchase.header.metadata.receipt.as_str(),
                 "customer": purchase.customer,
-                "lines": purchase.lines.iter().map(|line| json!({
-                    "category": line.category, "amount": line.amount, "excluded": line.excluded,
-                })).collect::<Vec<_>>(),
+                "lines": lines_json(&purchase.lines),
                 "rules_version": outcome.rules_version,
                 "tier_before": outcome.tier_before,
                 "tier_after": outcome.tier_after,
@@ -115,6 +123,39 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
                 "cashback": outcome.cashback,
             })
         }
+        Body::PurchaseChange(change) => {
+            let (by, reference) = match change.reference {
+                PurchaseRef::Id(id) => ("id", id.0),
+                PurchaseRef::Receipt { customer } => ("receipt", customer),
+            };
+            let (amount, lines) = match &change.event {
+                PurchaseEvent::RefundAmount(amount) => (Some(amount.get()), None),
+                PurchaseEvent::RefundLines(lines) => (None, Some(lines_json(lines))),
+                PurchaseEvent::Settle | PurchaseEvent::Fail => (None, None),
+            };
+            let outcome = &change.outcome;
+            json!({
+                "tx_kind": change.header.kind.to_string(),
+                "terminal": change.header.terminal.0,
+                "store": change.header.metadata.store,
+                "receipt": change.header.metadata.receipt.as_str(),
+                "by": by,
+                "reference": reference,
+                "refund_amount": amount,
+                "refund_lines": lines,
+                "purchase": outcome.purchase.0,
+                "customer": outcome.customer,
+                "state": LifecycleState::from_u8(outcome.state).map(LifecycleState::name),
+                "refunded": outcome.refunded,
+                "earned": outcome.earned,
+                "bonus": outcome.bonus,
+                "cashback": outcome.cashback,
+                "points_owed": outcome.points_owed,
+                "cashback_owed": outcome.cashback_owed,
+                "tier_after": outcome.tier_after,
+            })
+        }
+        Body::PurchaseRelease(release) => json!({ "purchase": release.purchase.0 }),
         Body::LotsExpire(expire) => json!({
             "customer": expire.customer,
             "lots": expire.lots.iter().map(|part| json!({

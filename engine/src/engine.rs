@@ -617,16 +617,19 @@ impl Engine {
     pub fn liability_by_expiry_month(
         &self,
     ) -> Result<std::collections::BTreeMap<u32, u64>, RejectCode> {
-        let mut total = std::collections::BTreeMap::<u32, u64>::new();
+        Ok(self.liability()?.by_expiry_month)
+    }
+
+    /// The programme's liability figures, every shard's added up (docs/loyalty.md,
+    /// "Liability and breakage"): each customer class's total, points flows per day, the
+    /// liability by expiry month, members per tier. Each shard keeps its figures as records
+    /// apply; this asks each for them.
+    pub fn liability(&self) -> Result<crate::ledger::liability::ShardLiability, RejectCode> {
+        let mut total = crate::ledger::liability::ShardLiability::default();
         for index in 0..self.shard_count {
             let shard = ShardId::new(index).expect("bounded");
             match self.query_shard(shard, Query::Liability) {
-                Response::Liability(months) => {
-                    for (month, points) in months {
-                        let sum = total.entry(month).or_default();
-                        *sum = sum.checked_add(points).ok_or(RejectCode::Overflow)?;
-                    }
-                }
+                Response::Liability(figures) => total.merge(&figures)?,
                 Response::Rejected(code) => return Err(code),
                 other => unreachable!("a liability query answers {other:?}"),
             }

@@ -396,3 +396,62 @@ fn available_pending_points_are_spendable_at_once_and_a_failure_claws_them_back(
     assert_eq!((cashback(&setup, 7), owed_cashback), (0, -30));
     assert_replay_matches(setup.engine, &setup.clock, dir.path(), 1);
 }
+
+#[test]
+fn the_liability_figures_follow_every_record_and_equal_a_replay() {
+    use ledger_engine::loyalty::liability::breakage_ppm;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rules = short_bonus();
+    rules.purchases.point_value =
+        ledger_engine::loyalty::rules::PointValue { minor_units: 1, points: 2 };
+    let day0 = at(2026, 11, 10, 12);
+    let setup = setup(dir.path(), 2, day0, rules.clone());
+    // Day 0: two purchases (152 points each: 112 earned, 40 bonus) and a redemption.
+    let first = purchase(&setup, 1, 7, "R-1");
+    let second = purchase(&setup, 2, 8, "R-2");
+    committed(setup.engine.execute(setup.loyalty.redeem(3, 8, 100)));
+    // Day 1: the first refunded in part, the second failed (52 of its points left: 100 owed).
+    setup.clock.set(at(2026, 11, 11, 12));
+    committed(setup.engine.execute(setup.loyalty.settle(4, first)));
+    committed(setup.engine.execute(setup.loyalty.refund(5, first, 4367)));
+    committed(setup.engine.execute(setup.loyalty.fail(6, second)));
+    // A month later the first purchase's bonus lot expires.
+    setup.clock.set(at(2026, 12, 11, 1));
+    wait_until(|| points(&setup, 7) < 152 - 76);
+    let figures = setup.engine.liability().unwrap();
+    let day = |timestamp: Timestamp| ledger_engine::loyalty::calendar::day_index(timestamp);
+    let flows: Vec<_> = figures.flows.days().collect();
+    let (refunded_earned, refunded_bonus) = (56, 20); // ⌊112 × 4367 / 8734⌋, ⌊40 × …⌋
+    assert_eq!(flows.len(), 3);
+    assert_eq!(flows[0].0, day(day0));
+    assert_eq!((flows[0].1.issued, flows[0].1.redeemed), (304, 100));
+    // The refund took 76 from the first's lots; the failure 52 from the second's, 100 owed.
+    assert_eq!(flows[1].1.refunded, refunded_earned + refunded_bonus + 52);
+    assert_eq!(flows[2].1.expired, 40 - refunded_bonus);
+    let (points_class, clawback) = (setup.accounts.points, setup.accounts.clawback.unwrap());
+    let held = points(&setup, 7) + points(&setup, 8);
+    assert_eq!(figures.class_total(points_class), held);
+    assert_eq!(held, 152 - 76 - 20);
+    assert_eq!(figures.class_total(clawback), -100);
+    assert_eq!(figures.by_expiry_month.values().sum::<u64>(), u64::try_from(held).unwrap());
+    assert_eq!(figures.tiers[0], 2, "two members, both bronze");
+    // Breakage over the three days: 20 expired of 304 issued.
+    let rate = breakage_ppm(&figures.flows, day(day0), day(at(2026, 12, 11, 1)));
+    assert_eq!(rate, Some(20 * 1_000_000 / 304));
+    assert_eq!(rules.purchases.point_value.money(u128::try_from(held).unwrap()), 28);
+    // A replay of every shard's WAL alone adds up to the same figures.
+    setup.engine.shutdown();
+    let meta = ledger_engine::datadir::read_meta(dir.path()).unwrap();
+    let limits =
+        ledger_engine::Limits { idempotency_keys_max: 4096, ..ledger_engine::Limits::test_min() };
+    let mut replayed = ledger_engine::ledger::liability::ShardLiability::default();
+    for shard in 0..2 {
+        let shard = ledger_engine::ShardId::new(shard).unwrap();
+        let config = ledger_engine::engine::ledger_config(&meta, shard, &limits);
+        let ledger =
+            ledger_engine::engine::replay_shard_offline(dir.path(), shard, config, None).unwrap();
+        ledger.check_invariants().unwrap();
+        replayed.merge(&ledger.liability()).unwrap();
+    }
+    assert_eq!(replayed, figures);
+}

@@ -229,8 +229,8 @@ pub enum Response {
     Member(Box<MemberView>),
     /// Why a purchase earned what it did.
     Explanation(Box<crate::loyalty::explain::Explanation>),
-    /// Points in lots by expiry month (`year × 12 + month − 1`), of one shard.
-    Liability(std::collections::BTreeMap<u32, u64>),
+    /// One shard's liability figures (`Query::Liability`).
+    Liability(Box<super::liability::ShardLiability>),
     /// A purchase's lifecycle entry (`Query::Purchase`).
     Purchase(crate::loyalty::purchases::Refundable),
 }

@@ -17,6 +17,7 @@ pub mod account;
 pub mod command;
 pub mod history;
 pub mod keys;
+pub mod liability;
 mod loyalty;
 mod purchases;
 pub mod record;
@@ -365,6 +366,18 @@ pub struct Ledger {
     members: Members,
     /// The purchases still refundable (settle, fail, refund), in id order.
     purchases: crate::loyalty::purchases::Purchases,
+    /// Posted balance of every customer class, summed over its accounts (index: class id):
+    /// what members hold, and owe on the clawback classes. Derived from the accounts, kept as
+    /// postings apply (`check_invariants` recomputes it).
+    class_totals: Vec<i128>,
+    /// Points issued, redeemed, expired and refunded per UTC day.
+    flows: crate::loyalty::liability::Flows,
+    /// The classes that classify points flows (`liability::Flow`), from the rule versions.
+    flow_classes: FlowClasses,
+    /// Scratch: class total changes and flows of the record being applied, kept at commit.
+    liability_pending: Vec<LiabilityChange>,
+    /// Scratch: the UTC day of the record being applied.
+    applying_day: u32,
     /// The last purchases applied, for explain queries. Not state: not compared, not in
     /// snapshots.
     recent_purchases: crate::loyalty::explain::RecentPurchases,
@@ -381,6 +394,30 @@ pub struct Ledger {
     /// order, for the key index (`drain_key_events`), while `key_events_on`. Not state.
     key_events: Vec<KeyEntry>,
     key_events_on: bool,
+}
+
+/// The programme's classes that tell points flows apart: points (a member's), issuance and
+/// breakage (of every rule version).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FlowClasses {
+    points: Option<ClassId>,
+    issuance: smallvec::SmallVec<[ClassId; 2]>,
+    breakage: smallvec::SmallVec<[ClassId; 2]>,
+}
+
+/// `totals` without its trailing zeros: classes whose accounts add up to nothing.
+fn trimmed(totals: &[i128]) -> &[i128] {
+    let end = totals.iter().rposition(|total| *total != 0).map_or(0, |last| last + 1);
+    &totals[..end]
+}
+
+/// A change a record makes to the liability figures, kept when it commits.
+#[derive(Debug, Clone, Copy)]
+enum LiabilityChange {
+    /// A customer class's total moves by this much.
+    Class(u32, i128),
+    /// A points flow.
+    Flow(crate::loyalty::liability::Flow, u64),
 }
 
 /// A history entry waiting for its record to commit.
@@ -437,6 +474,8 @@ impl PartialEq for Ledger {
             && self.programme == other.programme
             && self.members == other.members
             && self.purchases == other.purchases
+            && trimmed(&self.class_totals) == trimmed(&other.class_totals)
+            && self.flows == other.flows
             && self.accounts.iter().all(|(id, _)| self.history_head(id) == other.history_head(id))
     }
 }
@@ -468,6 +507,11 @@ impl Ledger {
             programme: Programme::default(),
             members: Members::default(),
             purchases: crate::loyalty::purchases::Purchases::default(),
+            class_totals: Vec::new(),
+            flows: crate::loyalty::liability::Flows::default(),
+            flow_classes: FlowClasses::default(),
+            liability_pending: Vec::new(),
+            applying_day: 0,
             recent_purchases: crate::loyalty::explain::RecentPurchases::new(
                 config.limits.explain_purchases_max,
             ),
@@ -517,7 +561,23 @@ impl Ledger {
         if first {
             self.lots_at_programme_start(now);
         }
+        self.refresh_flow_classes();
         Ok(())
+    }
+
+    /// The classes `move_value` classifies points flows by, from every rule version.
+    pub(crate) fn refresh_flow_classes(&mut self) {
+        let mut classes =
+            FlowClasses { points: self.programme.points_class(), ..FlowClasses::default() };
+        for version in self.programme.versions() {
+            if !classes.issuance.contains(&version.accounts.issuance) {
+                classes.issuance.push(version.accounts.issuance);
+            }
+            if !classes.breakage.contains(&version.accounts.breakage) {
+                classes.breakage.push(version.accounts.breakage);
+            }
+        }
+        self.flow_classes = classes;
     }
 
     /// The configuration.
@@ -806,6 +866,7 @@ impl Ledger {
         assert!(record.timestamp >= self.timestamp, "record timestamps never decrease");
         assert!(self.undo.is_empty());
         let now = record.timestamp;
+        self.applying_day = crate::loyalty::calendar::day_index(now);
         let events_before = self.key_events.len();
         let header = record.body.header();
         if header.is_some_and(|header| header.idempotency.is_none()) {
@@ -969,6 +1030,7 @@ impl Ledger {
         self.undo.clear();
         let now = record.timestamp;
         self.append_history(record);
+        self.keep_liability_changes();
         if let Body::AssetDefine(_) = record.body {
             self.totals.push(AssetTotals::default());
             assert_eq!(self.totals.len(), self.registry.assets().len());
@@ -1002,6 +1064,7 @@ impl Ledger {
 
     fn rollback(&mut self) {
         self.history_pending.clear();
+        self.liability_pending.clear();
         self.moved = 0;
         while let Some(undo) = self.undo.pop() {
             match undo {
@@ -1316,6 +1379,7 @@ impl Ledger {
     ) -> Result<(), RejectCode> {
         let debit_namespace = self.change_account(debit, Side::Debit, leg)?;
         let credit_namespace = self.change_account(credit, Side::Credit, leg)?;
+        self.note_liability(debit, credit, leg, [debit_namespace, credit_namespace]);
         let index = usize::from(asset.0);
         let before = self.totals[index];
         let mut after = before;
@@ -1653,6 +1717,12 @@ impl Ledger {
         }
         if let Some((account, _)) = held.into_iter().next() {
             return fail(format!("an open hold names account {account:?}, which does not exist"));
+        }
+        if !self.class_totals_match() {
+            return fail("the customer classes' totals do not add up to their accounts".into());
+        }
+        if !self.members.tier_counts_match() {
+            return fail("the members per tier do not match the members' tiers".into());
         }
         self.check_lot_invariants().or_else(fail)
     }

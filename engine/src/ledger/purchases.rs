@@ -292,10 +292,15 @@ impl Ledger {
                 self.open_purchase_lots(&entry, &version);
             }
         } else if points > 0 {
-            let first = [LotKind::Earned, LotKind::Bonus]
-                .map(|kind| (kind, own_lot_day(&entry, &version, kind)));
-            let back = self.members.take_back(entry.customer, &first, points);
-            assert_eq!(back.short, outcome.points_owed, "decided above");
+            // Earned points from the purchase's earned lot, bonus points from its bonus lot;
+            // then from the member's other lots.
+            let mut short = 0;
+            let parts = [(LotKind::Earned, outcome.earned), (LotKind::Bonus, outcome.bonus)];
+            for (kind, amount) in parts {
+                let first = [(kind, own_lot_day(&entry, &version, kind))];
+                short += self.members.take_back(entry.customer, &first, amount).short;
+            }
+            assert_eq!(short, outcome.points_owed, "decided above");
         }
         if points > 0 {
             let rules = self.programme.in_force(now).unwrap_or(&version).rules.clone();

@@ -73,6 +73,7 @@ pub struct StateCapture {
     programme: crate::loyalty::programme::Programme,
     members: crate::loyalty::members::Members,
     purchases: crate::loyalty::purchases::Purchases,
+    flows: crate::loyalty::liability::Flows,
 }
 
 /// Bytes of an encoded history entry.
@@ -113,6 +114,7 @@ impl StateCapture {
             programme: crate::loyalty::programme::Programme::default(),
             members: crate::loyalty::members::Members::default(),
             purchases: crate::loyalty::purchases::Purchases::default(),
+            flows: crate::loyalty::liability::Flows::default(),
         }
     }
 
@@ -336,6 +338,7 @@ impl StateCapture {
             return;
         }
         encode_purchases(&mut encoder, &self.purchases);
+        encode_flows(&mut encoder, &self.flows);
     }
 }
 
@@ -402,6 +405,38 @@ fn encode_purchases(encoder: &mut Encoder<'_>, purchases: &crate::loyalty::purch
         encoder.u8(entry.flags);
         encoder.u64(receipt);
     }
+}
+
+/// Section 17: points flows by UTC day, oldest first.
+fn encode_flows(encoder: &mut Encoder<'_>, flows: &crate::loyalty::liability::Flows) {
+    encoder.u64(length(flows.len()));
+    for (day, day_flows) in flows.days() {
+        encoder.u32(day);
+        encoder.u64(day_flows.issued);
+        encoder.u64(day_flows.redeemed);
+        encoder.u64(day_flows.expired);
+        encoder.u64(day_flows.refunded);
+    }
+}
+
+/// Reads section 17.
+fn decode_flows(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), DecodeError> {
+    use crate::loyalty::liability::DayFlows;
+    let days = count(decoder, "flow day count", 4 + 4 * 8)?;
+    for _ in 0..days {
+        let day = decoder.u32("flow day")?;
+        let flows = DayFlows {
+            issued: decoder.u64("points issued")?,
+            redeemed: decoder.u64("points redeemed")?,
+            expired: decoder.u64("points expired")?,
+            refunded: decoder.u64("points refunded")?,
+        };
+        ledger
+            .flows_mut()
+            .restore(day, flows)
+            .map_err(|field| DecodeError::Invalid { field, value: u128::from(day) })?;
+    }
+    Ok(())
 }
 
 /// Reads section 16.
@@ -572,6 +607,7 @@ impl Ledger {
         capture.programme.clone_from(&self.programme);
         capture.members.clone_from(&self.members);
         capture.purchases.clone_from(&self.purchases);
+        capture.flows.clone_from(&self.flows);
     }
 
     /// A copy of the state for a snapshot.
@@ -836,7 +872,10 @@ impl Ledger {
         }
         if version >= 8 {
             decode_purchases(&mut decoder, &mut ledger)?;
+            decode_flows(&mut decoder, &mut ledger)?;
         }
+        ledger.refresh_flow_classes();
+        ledger.restore_class_totals();
         decoder.finish()?;
         Ok(ledger)
     }

@@ -193,6 +193,8 @@ pub struct PurchaseEffect {
 struct Table {
     slots: HashMap<u64, u32, Hasher>,
     chunks: Vec<Vec<Member>>,
+    /// Members per recorded tier (kept as members are made and their tier changes).
+    tiers: [u64; super::rules::TIERS_MAX],
 }
 
 /// Members per chunk of the table.
@@ -234,6 +236,7 @@ impl Table {
             .entry(customer)
             .or_insert_with(|| u32::try_from(next).expect("members of one shard fit in 32 bits"));
         if slot as usize == next {
+            self.tiers[0] += 1;
             if self.chunks.last().is_none_or(|chunk| chunk.len() == CHUNK_SLOTS) {
                 self.chunks.push(Vec::with_capacity(CHUNK_SLOTS));
             }
@@ -247,7 +250,10 @@ impl Table {
         if self.slots.contains_key(&customer) {
             return false;
         }
+        let tier = usize::from(member.tier());
         *self.get_or_default(customer) = member;
+        self.tiers[0] -= 1;
+        self.tiers[tier] += 1;
         true
     }
 
@@ -476,6 +482,7 @@ impl Members {
     /// Counts a purchase's points towards caps and tiers and records the tier it left.
     pub fn record_purchase(&mut self, customer: u64, effect: PurchaseEffect) {
         let member = self.members.get_or_default(customer);
+        let before = usize::from(member.tier());
         let used = member.caps().used(effect.day, effect.month);
         member.standing = Standing {
             day_points: used.day.saturating_add(effect.points),
@@ -494,14 +501,34 @@ impl Members {
                 _ => member.months.push(MonthPoints { month: effect.month, points: effect.points }),
             }
         }
+        self.members.tiers[before] -= 1;
+        self.members.tiers[usize::from(effect.tier_after)] += 1;
     }
 
     /// Gives back a purchase's points (`Member::give_back`); a customer without a member
     /// state has nothing to give back.
     pub fn give_back(&mut self, customer: u64, day: u32, points: u64, rules: &RuleSet, month: u32) {
         if let Some(member) = self.members.get_mut(&customer) {
+            let before = usize::from(member.tier());
             member.give_back(day, points, rules, month);
+            let after = usize::from(member.tier());
+            self.members.tiers[before] -= 1;
+            self.members.tiers[after] += 1;
         }
+    }
+
+    /// Members per recorded tier.
+    pub fn tier_counts(&self) -> [u64; super::rules::TIERS_MAX] {
+        self.members.tiers
+    }
+
+    /// Whether the tier counts equal a count of the members' tiers.
+    pub fn tier_counts_match(&self) -> bool {
+        let mut counted = [0_u64; super::rules::TIERS_MAX];
+        for (_, member) in self.members.iter() {
+            counted[usize::from(member.tier())] += 1;
+        }
+        counted == self.members.tiers
     }
 
     /// Points in a customer's lots plus what holds parked from them: equal to the customer's

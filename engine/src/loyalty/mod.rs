@@ -23,6 +23,7 @@ pub mod codec;
 pub mod decimal;
 pub mod exchange;
 pub mod explain;
+pub mod liability;
 pub mod lifecycle;
 pub mod lots;
 pub mod members;

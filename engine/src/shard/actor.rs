@@ -623,9 +623,7 @@ impl ShardActor {
                         ));
                 Response::Remembered(remembered)
             }
-            Query::Liability => {
-                Response::Liability(self.ledger.members().liability_by_expiry_month().clone())
-            }
+            Query::Liability => Response::Liability(Box::new(self.ledger.liability())),
             Query::Purchase { tx } => match self.ledger.purchases().get(tx) {
                 Some(entry) => Response::Purchase(*entry),
                 None => Response::Rejected(RejectCode::PurchaseNotFound),

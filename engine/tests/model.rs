@@ -89,6 +89,9 @@ impl Driver {
             ModelOp::Purchase { customer, ref lines, store } => {
                 loyalty.purchase(key, customer, store, lines)
             }
+            ModelOp::Settle { op } => loyalty.settle(key, self.tx_id_of(op)),
+            ModelOp::Fail { op } => loyalty.fail(key, self.tx_id_of(op)),
+            ModelOp::Refund { op, amount } => loyalty.refund(key, self.tx_id_of(op), amount),
             _ => unreachable!("not a write: {op:?}"),
         }
     }
@@ -120,7 +123,10 @@ impl Driver {
         let unknown_transaction = |op: usize| self.model.transaction_of(op).is_some_and(unanswered);
         let needs = |op: &ModelOp| match op {
             ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => unknown_hold(*hold),
-            ModelOp::Reverse { op } => unknown_transaction(*op),
+            ModelOp::Reverse { op }
+            | ModelOp::Settle { op }
+            | ModelOp::Fail { op }
+            | ModelOp::Refund { op, .. } => unknown_transaction(*op),
             _ => false,
         };
         match op {
@@ -239,6 +245,23 @@ impl Driver {
                 "customer {customer} after chunk {chunk:?}"
             );
         }
+        // What refunds could not take from the members' lots, they owe on their clawback
+        // accounts.
+        let clawback = self.accounts.clawback.expect("the programme has clawback classes");
+        let queries: Vec<Command> = (0..CUSTOMERS)
+            .map(|customer| {
+                Command::Read(ledger_engine::Query::Account(ledger_engine::AccountId::new(
+                    clawback, customer,
+                )))
+            })
+            .collect();
+        for (customer, response) in (0..CUSTOMERS).zip(execute_all(&self.engine, queries)) {
+            let owed = match response {
+                Response::Account(view) => view.counters.balance_posted(),
+                _ => 0,
+            };
+            assert_eq!(owed, self.model.owed(customer), "owed by {customer} after {chunk:?}");
+        }
     }
 
     /// Every customer's lots (expiry day, kind, points left) and tier agree with the model's,
@@ -328,6 +351,9 @@ fn op_strategy() -> impl Strategy<Value = ModelOp> {
                 lines: lines.into_iter().map(|(c, amount)| ([0, 10, 20, 30, 40, 50][c], amount)).collect(),
                 store: [1, 7][store],
             }),
+        4 => any::<usize>().prop_map(|op| ModelOp::Settle { op }),
+        2 => any::<usize>().prop_map(|op| ModelOp::Fail { op }),
+        5 => (any::<usize>(), 1..30_000u64).prop_map(|(op, amount)| ModelOp::Refund { op, amount }),
         // Whole days: the clock stays in the morning, and midnights pass only here.
         1 => (20..120u64).prop_map(|days| ModelOp::Advance { nanos: days * DAY }),
     ]

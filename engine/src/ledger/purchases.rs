@@ -23,18 +23,6 @@ use crate::loyalty::purchases::{Basis, Gave, Refundable, Transition, receipt_key
 use crate::loyalty::rules::PendingPoints;
 use crate::reject::RejectCode;
 
-fn lifecycle_code(error: LifecycleError) -> RejectCode {
-    match error {
-        LifecycleError::AlreadySettled => RejectCode::PurchaseAlreadySettled,
-        LifecycleError::PurchaseFailed => RejectCode::PurchaseFailed,
-        LifecycleError::NotSettled => RejectCode::PurchaseNotSettled,
-        LifecycleError::RefundExceedsPurchase => RejectCode::RefundExceedsPurchase,
-        LifecycleError::RefundZero => RejectCode::RefundZero,
-        LifecycleError::AlreadyRefunded => RejectCode::PurchaseAlreadyRefunded,
-        LifecycleError::RefundBasisMismatch => RejectCode::RefundBasisMismatch,
-    }
-}
-
 /// The first nanosecond of day `day`.
 fn start_of_day(day: u32) -> Timestamp {
     Timestamp(u64::from(day) * NANOS_PER_DAY)
@@ -203,7 +191,7 @@ impl Ledger {
                 (LifecycleEvent::Refund { amount: weight, left: 0 }, Basis::Weight)
             }
         };
-        let transition = entry.transition(lifecycle, basis).map_err(lifecycle_code)?;
+        let transition = entry.transition(lifecycle, basis).map_err(LifecycleError::code)?;
         let accounts = version.accounts;
         let points = transition.earned + transition.bonus;
         let held = entry.held();

@@ -98,6 +98,22 @@ pub enum LifecycleError {
     RefundBasisMismatch,
 }
 
+impl LifecycleError {
+    /// The engine's reject code for it.
+    pub fn code(self) -> crate::reject::RejectCode {
+        use crate::reject::RejectCode;
+        match self {
+            LifecycleError::AlreadySettled => RejectCode::PurchaseAlreadySettled,
+            LifecycleError::PurchaseFailed => RejectCode::PurchaseFailed,
+            LifecycleError::NotSettled => RejectCode::PurchaseNotSettled,
+            LifecycleError::RefundExceedsPurchase => RejectCode::RefundExceedsPurchase,
+            LifecycleError::RefundZero => RejectCode::RefundZero,
+            LifecycleError::AlreadyRefunded => RejectCode::PurchaseAlreadyRefunded,
+            LifecycleError::RefundBasisMismatch => RejectCode::RefundBasisMismatch,
+        }
+    }
+}
+
 /// The state after `event`, or why `event` cannot happen in `state`.
 ///
 /// | from \ event | settle | fail | refund (part) | refund (the rest) |

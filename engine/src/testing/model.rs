@@ -18,9 +18,16 @@ use std::collections::BTreeMap;
 use crate::ids::{CustomerId, ShardId, Timestamp, shard_for_customer};
 use crate::loyalty::RuleSet;
 use crate::loyalty::calendar::{day_index, expiry_after, month_index};
+use crate::loyalty::lifecycle::{
+    LifecycleError, LifecycleEvent, LifecycleState, next_state, refund_share,
+};
 use crate::loyalty::pricing::{CapsUsed, Line, price};
 use crate::loyalty::rules::Expiry;
 use crate::reject::RejectCode;
+
+/// The UTC day of the id the driver sends for a write that has none (`TxId(1)`: the first
+/// millisecond of 2024).
+const TX_ID_DAY_ONE: u32 = 19_723;
 
 /// An operation of the generated workloads. Amounts are positive; hold references index the
 /// holds created so far (modulo their count).
@@ -51,6 +58,29 @@ pub enum ModelOp {
     Advance { nanos: u64 },
     /// A purchase of a basket (category, amount) at a store, priced by the programme.
     Purchase { customer: u64, lines: Vec<(u16, u64)>, store: u32 },
+    /// Settlement of the `op`-th purchase committed so far (modulo their count; of the `op`-th
+    /// write before there is any).
+    Settle { op: usize },
+    /// Failure (a chargeback) of the `op`-th purchase committed so far.
+    Fail { op: usize },
+    /// Refund of `amount` of the spend of the `op`-th purchase committed so far.
+    Refund { op: usize, amount: u64 },
+}
+
+/// A purchase's lifecycle as the model keeps it.
+#[derive(Debug, Clone, Copy)]
+struct ModelPurchase {
+    customer: u64,
+    spend: u64,
+    earned: u64,
+    bonus: u64,
+    day: u32,
+    month: u32,
+    /// The lots it credited.
+    earned_lot: LotKey,
+    bonus_lot: LotKey,
+    state: LifecycleState,
+    refunded: u64,
 }
 
 /// A lot's place in a customer's spending order: its expiry day, then its kind
@@ -156,10 +186,17 @@ pub struct Model {
     months: BTreeMap<u64, BTreeMap<u32, u64>>,
     /// Caps counters: (day, points that day, month, points that month).
     caps: BTreeMap<u64, (u32, u64, u32, u64)>,
-    /// Points each committed purchase credited, by write.
+    /// Points each committed purchase credited, and each settlement, failure or refund took
+    /// back, by write.
     purchase_points: BTreeMap<usize, u64>,
     /// house:expiry.
     breakage: i128,
+    /// When each write was made.
+    write_times: Vec<Timestamp>,
+    /// Every committed purchase's lifecycle, by write.
+    purchases: BTreeMap<usize, ModelPurchase>,
+    /// What each customer owes back (their clawback account: 0 or below).
+    owed: BTreeMap<u64, i128>,
 }
 
 impl Model {
@@ -195,6 +232,9 @@ impl Model {
             caps: BTreeMap::new(),
             purchase_points: BTreeMap::new(),
             breakage: 0,
+            write_times: Vec::new(),
+            purchases: BTreeMap::new(),
+            owed: BTreeMap::new(),
         }
     }
 
@@ -228,6 +268,41 @@ impl Model {
         self.breakage
     }
 
+    /// A customer's clawback balance: what they owe back (0 or below).
+    pub fn owed(&self, customer: u64) -> i128 {
+        self.owed.get(&customer).copied().unwrap_or(0)
+    }
+
+    /// The lot `kind` credited now would go to.
+    fn lot_key(&self, kind: u8) -> LotKey {
+        let expiry = self.rules_at(self.now).map_or_else(Expiry::default, |rules| rules.expiry);
+        let months = match kind {
+            1 => expiry.earned_months,
+            2 => expiry.bonus_months,
+            _ => expiry.transfer_months,
+        };
+        (day_index(expiry_after(self.now, u32::from(months))), kind)
+    }
+
+    /// Takes back up to `amount` of a customer's points: from lot `first`, then the earliest
+    /// others. Returns what the lots could not give.
+    fn take_back_lots(&mut self, customer: u64, first: LotKey, amount: u64) -> u64 {
+        let lots = self.lots.entry(customer).or_default();
+        let mut left = amount;
+        if let Some(points) = lots.get_mut(&first) {
+            let part = (*points).min(left);
+            *points -= part;
+            left -= part;
+            if *points == 0 {
+                lots.remove(&first);
+            }
+        }
+        let held: u64 = lots.values().sum();
+        let from_others = left.min(held);
+        self.take_lots(customer, from_others);
+        left - from_others
+    }
+
     /// A customer's tier now, by the rules in force.
     pub fn tier(&self, customer: u64) -> u8 {
         self.rules_at(self.now).map_or(0, |rules| rules.tier_for(self.qualifying(customer, rules)))
@@ -246,14 +321,8 @@ impl Model {
         if self.versions.is_empty() || amount == 0 {
             return;
         }
-        let expiry = self.rules_at(self.now).map_or_else(Expiry::default, |rules| rules.expiry);
-        let months = match kind {
-            1 => expiry.earned_months,
-            2 => expiry.bonus_months,
-            _ => expiry.transfer_months,
-        };
-        let day = day_index(expiry_after(self.now, u32::from(months)));
-        *self.lots.entry(customer).or_default().entry((day, kind)).or_default() += amount;
+        let key = self.lot_key(kind);
+        *self.lots.entry(customer).or_default().entry(key).or_default() += amount;
     }
 
     /// Takes `amount` from a customer's lots, the earliest first.
@@ -382,6 +451,12 @@ impl Model {
         };
         let write_index =
             |op: usize| if self.writes.is_empty() { 0 } else { op % self.writes.len() };
+        // A lifecycle operation names the `op`-th purchase that committed (the write of
+        // `op`-th write when there is none yet).
+        let purchase_index = |op: usize| match self.purchases.len() {
+            0 => write_index(op),
+            count => *self.purchases.keys().nth(op % count).expect("in range"),
+        };
         match *op {
             ModelOp::Capture { hold, amount } => {
                 ModelOp::Capture { hold: hold_index(hold), amount }
@@ -390,6 +465,9 @@ impl Model {
             ModelOp::Retry { op } => ModelOp::Retry { op: write_index(op) },
             ModelOp::Conflict { op } => ModelOp::Conflict { op: write_index(op) },
             ModelOp::Reverse { op } => ModelOp::Reverse { op: write_index(op) },
+            ModelOp::Settle { op } => ModelOp::Settle { op: purchase_index(op) },
+            ModelOp::Fail { op } => ModelOp::Fail { op: purchase_index(op) },
+            ModelOp::Refund { op, amount } => ModelOp::Refund { op: purchase_index(op), amount },
             ref other => other.clone(),
         }
     }
@@ -419,6 +497,9 @@ impl Model {
                 let customer = (0..).find(|c| self.shard(*c) == shard).expect("a customer");
                 ModelOp::Earn { customer, amount: 1 }
             }
+            ModelOp::Settle { op } => ModelOp::Fail { op },
+            ModelOp::Fail { op } => ModelOp::Settle { op },
+            ModelOp::Refund { op, amount } => ModelOp::Refund { op, amount: amount + 1 },
             ref other => unreachable!("{other:?} is not stored as a write"),
         }
     }
@@ -458,6 +539,7 @@ impl Model {
     fn keyed_write(&mut self, op: ModelOp, key: u128) -> ModelOutcome {
         let write = self.writes.len();
         self.writes.push((op.clone(), key));
+        self.write_times.push(self.now);
         if let Some(original) = self.committed_keys.get(&key).copied() {
             let outcome = if self.writes[original].0 == op {
                 ModelOutcome::Duplicate { write: original }
@@ -490,7 +572,10 @@ impl Model {
                 self.shard(self.holds[*hold].customer)
             }
             // The shard of the transaction; a reversal that names none goes to shard 0.
-            ModelOp::Reverse { op } => match self.transaction_of(*op) {
+            ModelOp::Reverse { op }
+            | ModelOp::Settle { op }
+            | ModelOp::Fail { op }
+            | ModelOp::Refund { op, .. } => match self.transaction_of(*op) {
                 Some(write) => self.key_shard(&self.writes[write].0.clone()),
                 None => ShardId::new(0).expect("shard 0"),
             },
@@ -593,6 +678,21 @@ impl Model {
                     *self.balances.entry(customer).or_default() += i128::from(points);
                     self.issuance -= i128::from(points);
                 }
+                self.purchases.insert(
+                    write,
+                    ModelPurchase {
+                        customer,
+                        spend: lines.iter().map(|(_, amount)| amount).sum(),
+                        earned: breakdown.earned,
+                        bonus: breakdown.bonus,
+                        day,
+                        month,
+                        earned_lot: self.lot_key(1),
+                        bonus_lot: self.lot_key(2),
+                        state: LifecycleState::Pending,
+                        refunded: 0,
+                    },
+                );
                 self.credit_lot(customer, 1, breakdown.earned);
                 self.credit_lot(customer, 2, breakdown.bonus);
                 self.caps.insert(customer, (day, used.day + points, month, used.month + points));
@@ -671,10 +771,28 @@ impl Model {
                         0 => return Err(RejectCode::TransactionNotFound),
                         points => vec![(Some(customer), None, points)],
                     },
+                    // A settlement, failure or refund posts what it takes back, if anything,
+                    // and is undone by nothing but its own kind.
+                    ModelOp::Settle { .. } | ModelOp::Fail { .. } | ModelOp::Refund { .. } => {
+                        return Err(match self.purchase_points[&original] {
+                            0 => RejectCode::TransactionNotFound,
+                            _ => RejectCode::TransactionNotReversible,
+                        });
+                    }
                     _ => return Err(RejectCode::TransactionNotReversible),
                 };
                 if self.reversed.contains(&original) {
                     return Err(RejectCode::AlreadyReversed);
+                }
+                // A purchase refunded or failed in part or whole is not reversible.
+                if self.purchases.get(&original).is_some_and(|purchase| {
+                    purchase.refunded > 0
+                        || !matches!(
+                            purchase.state,
+                            LifecycleState::Pending | LifecycleState::Settled
+                        )
+                }) {
+                    return Err(RejectCode::TransactionNotReversible);
                 }
                 // The original turned round: (debit, credit, amount); `None` is the house.
                 for (debit, _, amount) in &postings {
@@ -699,12 +817,93 @@ impl Model {
                     }
                 }
                 self.reversed.insert(original);
+                // A reversed purchase's lifecycle ends failed.
+                if let Some(purchase) = self.purchases.get_mut(&original) {
+                    purchase.state = LifecycleState::Failed;
+                    purchase.refunded = purchase.spend;
+                }
                 Ok(())
+            }
+            ModelOp::Settle { op } => self.change(op, LifecycleEvent::Settle),
+            ModelOp::Fail { op } => self.change(op, LifecycleEvent::Fail),
+            ModelOp::Refund { op, amount } => {
+                self.change(op, LifecycleEvent::Refund { amount, left: 0 })
             }
             ModelOp::Retry { .. } | ModelOp::Conflict { .. } | ModelOp::Advance { .. } => {
                 unreachable!("handled by apply")
             }
         }
+    }
+
+    /// A settlement, failure or refund of the purchase of write `op` (docs/loyalty.md,
+    /// "Purchase lifecycle and refunds").
+    fn change(&mut self, op: usize, event: LifecycleEvent) -> Result<(), RejectCode> {
+        let window = self.rules_at(self.now).map_or(90, |rules| rules.purchases.refund_days);
+        let (today, window) = (day_index(self.now), u32::from(window));
+        let original = self.transaction_of(op);
+        let Some(mut purchase) = original.and_then(|write| self.purchases.get(&write).copied())
+        else {
+            // No purchase: an id from before the window may have named one.
+            let day = original.map_or(TX_ID_DAY_ONE, |write| day_index(self.write_times[write]));
+            return Err(if day + window <= today {
+                RejectCode::PurchaseNotRefundable
+            } else {
+                RejectCode::PurchaseNotFound
+            });
+        };
+        if purchase.day + window <= today {
+            return Err(RejectCode::PurchaseNotRefundable);
+        }
+        let event = match event {
+            LifecycleEvent::Refund { amount, .. } => {
+                LifecycleEvent::Refund { amount, left: purchase.spend - purchase.refunded }
+            }
+            other => other,
+        };
+        let state = next_state(purchase.state, event).map_err(LifecycleError::code)?;
+        let now_refunded = match event {
+            LifecycleEvent::Settle => 0,
+            LifecycleEvent::Fail => purchase.spend - purchase.refunded,
+            LifecycleEvent::Refund { amount, .. } => amount,
+        };
+        let share =
+            |component| refund_share(component, purchase.spend, purchase.refunded, now_refunded);
+        let (earned, bonus) = (share(purchase.earned), share(purchase.bonus));
+        let customer = purchase.customer;
+        let short = self.take_back_lots(customer, purchase.earned_lot, earned)
+            + self.take_back_lots(customer, purchase.bonus_lot, bonus);
+        let points = earned + bonus;
+        if points > short {
+            *self.balances.entry(customer).or_default() -= i128::from(points - short);
+        }
+        if short > 0 {
+            *self.owed.entry(customer).or_default() -= i128::from(short);
+        }
+        self.issuance += i128::from(points);
+        if points > 0 {
+            if let Some(months) = self.months.get_mut(&customer)
+                && let Some(month_points) = months.get_mut(&purchase.month)
+            {
+                *month_points -= (*month_points).min(points);
+                if *month_points == 0 {
+                    months.remove(&purchase.month);
+                }
+            }
+            if let Some(caps) = self.caps.get_mut(&customer) {
+                if caps.0 == purchase.day {
+                    caps.1 -= caps.1.min(points);
+                }
+                if caps.2 == purchase.month {
+                    caps.3 -= caps.3.min(points);
+                }
+            }
+        }
+        purchase.state = state;
+        purchase.refunded += now_refunded;
+        let write = original.expect("a purchase");
+        self.purchases.insert(write, purchase);
+        self.purchase_points.insert(self.writes.len() - 1, points);
+        Ok(())
     }
 
     fn find_hold(&self, index: usize) -> Result<usize, RejectCode> {

@@ -11,6 +11,11 @@
 //!   exactly the balances the engine holds, two-posting earns included;
 //! - every shard's invariants hold (checked by recovery), and all accounts sum to zero.
 //!
+//! Some customers only buy, settle and return: a purchase with its own receipt, its settlement
+//! and its whole refund by receipt, in that order, so purchases, lifecycle records and their
+//! retries are killed in flight too, and a return must take back exactly what its purchase
+//! gave.
+//!
 //! Rounds run on the same data directory, so later rounds recover snapshots, rolled segments
 //! and torn tails left by earlier kills. At the end every write that ever committed is retried
 //! once more: with an idempotency table of 4,096 keys and far more writes, most of these
@@ -25,7 +30,15 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ledger_engine::testing::crash::{CUSTOMERS, CrashRequest, crash_engine_config};
+use ledger_engine::testing::crash::{
+    CUSTOMERS, CrashRequest, LIFECYCLE_CUSTOMERS, LIFECYCLE_FIRST, crash_engine_config,
+};
+
+/// Every customer the crash workload touches: the random ones and those that buy, settle and
+/// return.
+fn all_customers() -> Vec<u64> {
+    (0..CUSTOMERS).chain(LIFECYCLE_FIRST..LIFECYCLE_FIRST + LIFECYCLE_CUSTOMERS).collect()
+}
 use ledger_engine::testing::loyalty::{Loyalty, execute_all};
 use std::sync::Arc;
 
@@ -133,9 +146,9 @@ fn acknowledged_writes_survive_sigkill_and_nothing_is_half_applied() {
             assert!(Instant::now() < deadline, "round {round}: transfers never settled");
             std::thread::sleep(Duration::from_millis(5));
         }
-        let queries = (0..CUSTOMERS).map(|c| loyalty.balance_query(c)).collect();
+        let queries = all_customers().into_iter().map(|c| loyalty.balance_query(c)).collect();
         let mut customers_total = 0i128;
-        for (customer, response) in (0..CUSTOMERS).zip(execute_all(&engine, queries)) {
+        for (customer, response) in all_customers().into_iter().zip(execute_all(&engine, queries)) {
             let balance = match response {
                 Response::Account(view) => view.counters.balance_posted(),
                 _ => 0,
@@ -171,8 +184,8 @@ fn acknowledged_writes_survive_sigkill_and_nothing_is_half_applied() {
             );
         }
     }
-    let queries = (0..CUSTOMERS).map(|c| loyalty.balance_query(c)).collect();
-    for (customer, response) in (0..CUSTOMERS).zip(execute_all(&engine, queries)) {
+    let queries = all_customers().into_iter().map(|c| loyalty.balance_query(c)).collect();
+    for (customer, response) in all_customers().into_iter().zip(execute_all(&engine, queries)) {
         let balance = match response {
             Response::Account(view) => view.counters.balance_posted(),
             _ => 0,

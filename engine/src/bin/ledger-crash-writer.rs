@@ -49,6 +49,12 @@ fn main() {
     let seed: u64 = seed.parse().expect("seed is a number");
     let engine = Arc::new(Engine::open(crash_engine_config(dir.as_ref())).expect("engine opens"));
     let loyalty = Loyalty::define(&engine);
+    // Purchases of the lifecycle customers earn 1 point per unit (recorded once: a later
+    // round finds the same version in force).
+    let accounts = loyalty.define_programme(&engine);
+    engine
+        .define_rules(ledger_engine::loyalty::RuleSet::flat(1, 1), accounts, None)
+        .expect("the flat rules are recorded");
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let workers: Vec<_> = (0..WORKERS)
         .map(|worker| {
@@ -61,8 +67,11 @@ fn main() {
                     let mut requests = Vec::new();
                     for _ in 0..BATCH {
                         let key = u128::from(round << 32 | counter);
+                        let step = (round << 32 | counter) / WORKERS;
                         counter += WORKERS;
-                        requests.push(CrashRequest::random(key, &mut rng, engine.shard_count()));
+                        let shards = engine.shard_count();
+                        let at = (worker, step);
+                        requests.push(CrashRequest::at_step(key, at, &mut rng, shards));
                     }
                     submit_reported(&engine, &loyalty, &out, &requests);
                 }

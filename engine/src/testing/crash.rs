@@ -93,6 +93,36 @@ pub enum CrashOp {
     /// A one-line purchase under the flat rule set of 1 point per minor unit: earns `amount`
     /// points in a lot (the expiry crash test).
     Purchase { customer: u64, amount: u64 },
+    /// A purchase of a lifecycle customer with its own receipt (`C-<receipt>`, store 9).
+    Buy { customer: u64, amount: u64, receipt: u64 },
+    /// The settlement of that purchase, by its receipt.
+    Settle { customer: u64, receipt: u64 },
+    /// The refund of all of that purchase, by its receipt: takes back `amount` points.
+    Return { customer: u64, amount: u64, receipt: u64 },
+}
+
+/// The first of the customers that only buy, settle and return (never redeem or transfer, so
+/// that a whole refund always finds its points in their lots).
+pub const LIFECYCLE_FIRST: u64 = 1_000;
+/// How many there are.
+pub const LIFECYCLE_CUSTOMERS: u64 = 16;
+/// One request in this many of a writer starts a purchase, settlement and return.
+const LIFECYCLE_EVERY: u64 = 24;
+
+/// The lifecycle request at a writer's `step` (its requests numbered 0, 1, 2…), if any: a
+/// purchase at every `LIFECYCLE_EVERY`-th step, its settlement at the next, its return at
+/// the one after. Everything follows from the purchase's step, so a writer needs no memory.
+fn lifecycle_op(step: u64, writer: u64) -> Option<CrashOp> {
+    let start = step - step % LIFECYCLE_EVERY;
+    let receipt = (writer << 40) | start;
+    let customer = LIFECYCLE_FIRST + (receipt.wrapping_mul(0x9E37_79B9)) % LIFECYCLE_CUSTOMERS;
+    let amount = 1 + receipt.wrapping_mul(7_919) % 500;
+    match step % LIFECYCLE_EVERY {
+        0 => Some(CrashOp::Buy { customer, amount, receipt }),
+        1 => Some(CrashOp::Settle { customer, receipt }),
+        2 => Some(CrashOp::Return { customer, amount, receipt }),
+        _ => None,
+    }
 }
 
 /// A keyed crash-test request.
@@ -112,6 +142,19 @@ fn next(rng: &mut u64, bound: u64) -> u64 {
 }
 
 impl CrashRequest {
+    /// The request of a writer's `step`: a lifecycle request (`lifecycle_op`) or a random one.
+    pub fn at_step(
+        key: u128,
+        (writer, step): (u64, u64),
+        rng: &mut u64,
+        shard_count: u16,
+    ) -> CrashRequest {
+        match lifecycle_op(step, writer) {
+            Some(op) => CrashRequest { key, op },
+            None => CrashRequest::random(key, rng, shard_count),
+        }
+    }
+
     /// A random request.
     pub fn random(key: u128, rng: &mut u64, shard_count: u16) -> CrashRequest {
         let customer = next(rng, CUSTOMERS);
@@ -158,6 +201,26 @@ impl CrashRequest {
             CrashOp::Purchase { customer, amount } => {
                 loyalty.purchase(self.key, customer, 1, &[(0, amount)])
             }
+            CrashOp::Buy { customer, amount, receipt } => {
+                let receipt = format!("C-{receipt}");
+                loyalty.purchase_with_receipt(
+                    self.key,
+                    customer,
+                    (9, &receipt),
+                    &[(0, amount, false)],
+                )
+            }
+            CrashOp::Settle { customer, receipt } => {
+                let receipt = format!("C-{receipt}");
+                let settle = crate::ledger::record::PurchaseEvent::Settle;
+                loyalty.change_by_receipt(self.key, customer, (9, &receipt), settle)
+            }
+            CrashOp::Return { customer, amount, receipt } => {
+                let receipt = format!("C-{receipt}");
+                let amount = Amount::new(amount).expect("positive");
+                let refund = crate::ledger::record::PurchaseEvent::RefundAmount(amount);
+                loyalty.change_by_receipt(self.key, customer, (9, &receipt), refund)
+            }
         }
     }
 
@@ -165,9 +228,11 @@ impl CrashRequest {
     pub fn apply_to(&self, balances: &mut BTreeMap<u64, i128>) {
         let mut add = |customer: u64, delta: i128| *balances.entry(customer).or_default() += delta;
         match self.op {
-            CrashOp::Earn { customer, amount } | CrashOp::Purchase { customer, amount } => {
-                add(customer, i128::from(amount));
-            }
+            CrashOp::Earn { customer, amount }
+            | CrashOp::Purchase { customer, amount }
+            | CrashOp::Buy { customer, amount, .. } => add(customer, i128::from(amount)),
+            CrashOp::Settle { .. } => {}
+            CrashOp::Return { customer, amount, .. } => add(customer, -i128::from(amount)),
             CrashOp::SplitEarn { first, second, amount } => {
                 add(first, i128::from(amount));
                 add(second, i128::from(amount));
@@ -195,6 +260,15 @@ impl fmt::Display for CrashRequest {
             CrashOp::Purchase { customer, amount } => {
                 write!(f, "{} P {customer} {amount}", self.key)
             }
+            CrashOp::Buy { customer, amount, receipt } => {
+                write!(f, "{} B {customer} {amount} {receipt}", self.key)
+            }
+            CrashOp::Settle { customer, receipt } => {
+                write!(f, "{} Y {customer} {receipt}", self.key)
+            }
+            CrashOp::Return { customer, amount, receipt } => {
+                write!(f, "{} U {customer} {amount} {receipt}", self.key)
+            }
         }
     }
 }
@@ -221,6 +295,13 @@ impl FromStr for CrashRequest {
             Some("R") => CrashOp::Redeem { customer: number(2)?, amount: number(3)? },
             Some("T") => CrashOp::Transfer { from: number(2)?, to: number(3)?, amount: number(4)? },
             Some("P") => CrashOp::Purchase { customer: number(2)?, amount: number(3)? },
+            Some("B") => {
+                CrashOp::Buy { customer: number(2)?, amount: number(3)?, receipt: number(4)? }
+            }
+            Some("Y") => CrashOp::Settle { customer: number(2)?, receipt: number(3)? },
+            Some("U") => {
+                CrashOp::Return { customer: number(2)?, amount: number(3)?, receipt: number(4)? }
+            }
             _ => return Err(format!("unknown request {text:?}")),
         };
         Ok(CrashRequest { key, op })

@@ -266,6 +266,28 @@ impl Loyalty {
         self.change(key, purchase, PurchaseEvent::RefundLines(basket(lines)))
     }
 
+    /// A settlement, failure or refund of the purchase of `customer` with this store and
+    /// receipt.
+    pub fn change_by_receipt(
+        &self,
+        key: u128,
+        customer: u64,
+        (store, receipt): (u32, &str),
+        event: PurchaseEvent,
+    ) -> Command {
+        let kind = match event {
+            PurchaseEvent::Settle => TxKind::PURCHASE,
+            _ => TxKind::REFUND,
+        };
+        let reference = PurchaseRef::Receipt { customer };
+        let mut command = self.request(key, kind, Operation::PurchaseChange { reference, event });
+        if let Command::Write(request) = &mut command {
+            request.metadata.store = store;
+            request.metadata.receipt = Receipt::new(receipt).expect("short receipt");
+        }
+        command
+    }
+
     /// Refund `amount` of the purchase of `customer` with this store and receipt.
     pub fn refund_by_receipt(
         &self,
@@ -275,14 +297,7 @@ impl Loyalty {
         amount: u64,
     ) -> Command {
         let event = PurchaseEvent::RefundAmount(Amount::new(amount).expect("positive amount"));
-        let reference = PurchaseRef::Receipt { customer };
-        let mut command =
-            self.request(key, TxKind::REFUND, Operation::PurchaseChange { reference, event });
-        if let Command::Write(request) = &mut command {
-            request.metadata.store = store;
-            request.metadata.receipt = Receipt::new(receipt).expect("short receipt");
-        }
-        command
+        self.change_by_receipt(key, customer, (store, receipt), event)
     }
 
     /// Read a member's loyalty state, counting points that expire within `within_days`.

@@ -507,8 +507,8 @@ fn decode_members(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), 
             month: decoder.u32("caps month")?,
             month_points: decoder.u64("caps month points")?,
         };
-        let mut member = Member::restore(tier, caps)
-            .map_err(|_| invalid("caps month", u128::from(caps.month)))?;
+        let mut member =
+            Member::restore(tier, caps).map_err(|field| invalid(field, u128::from(customer)))?;
         let months = usize::from(decoder.u8("month count")?);
         if months > MONTHS_KEPT_MAX {
             return Err(invalid("month count", months as u128));

@@ -87,6 +87,9 @@ impl Member {
     /// A member as a snapshot holds it: its recorded tier and caps counters (whose month must
     /// be their day's).
     pub fn restore(tier: u8, caps: CapsCounters) -> Result<Member, &'static str> {
+        if usize::from(tier) >= super::rules::TIERS_MAX {
+            return Err("tier beyond the tiers a rule set may have");
+        }
         if caps.month != caps_month(caps.day) {
             return Err("caps month is not the month of the caps day");
         }
@@ -607,6 +610,18 @@ impl Members {
 mod tests {
     use super::*;
     use crate::loyalty::lots::part;
+
+    #[test]
+    fn a_restored_member_has_a_tier_a_rule_set_can_have_and_is_counted_in_it() {
+        assert!(Member::restore(8, CapsCounters::default()).is_err(), "8 tiers at most: 0..=7");
+        let mut members = Members::default();
+        members.restore_member(1, Member::restore(7, CapsCounters::default()).unwrap()).unwrap();
+        members.credit(2, part(1, LotKind::Earned, 300, 5));
+        let mut expected = [0; crate::loyalty::rules::TIERS_MAX];
+        (expected[0], expected[7]) = (1, 1);
+        assert_eq!(members.tier_counts(), expected);
+        assert!(members.tier_counts_match());
+    }
 
     #[test]
     fn the_expiry_index_follows_each_members_earliest_lot() {

@@ -391,8 +391,8 @@ fn available_pending_points_are_spendable_at_once_and_a_failure_claws_them_back(
     committed(setup.engine.execute(spend_cashback(&setup, 3, 7, 30)));
     committed(setup.engine.execute(setup.loyalty.fail(4, tx)));
     assert_eq!((points(&setup, 7), owed(&setup, 7)), (0, -100));
-    let (_, owed_cashback) = (0, setup.accounts.cashback_clawback.unwrap());
-    let owed_cashback = balance(&setup.engine, AccountId::new(owed_cashback, 7));
+    let owed_class = setup.accounts.cashback_clawback.unwrap();
+    let owed_cashback = balance(&setup.engine, AccountId::new(owed_class, 7));
     assert_eq!((cashback(&setup, 7), owed_cashback), (0, -30));
     assert_replay_matches(setup.engine, &setup.clock, dir.path(), 1);
 }

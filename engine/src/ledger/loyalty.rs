@@ -24,7 +24,7 @@ use crate::reject::RejectCode;
 /// Lots one `lots_expire` record expires at most (the rest wait for the next record).
 pub const LOTS_PER_EXPIRY_MAX: usize = 255;
 
-fn basket_code(error: BasketError) -> RejectCode {
+pub(super) fn basket_code(error: BasketError) -> RejectCode {
     match error {
         BasketError::LineCount => RejectCode::BasketInvalid,
         BasketError::LineAmountZero => RejectCode::LineAmountZero,

@@ -186,7 +186,7 @@ impl Ledger {
                 (LifecycleEvent::Refund { amount: amount.get(), left: 0 }, Basis::Spend)
             }
             PurchaseEvent::RefundLines(lines) => {
-                pricing::check_basket(lines).map_err(|_| RejectCode::BasketInvalid)?;
+                pricing::check_basket(lines).map_err(super::loyalty::basket_code)?;
                 let weight = weight(&version.rules, lines);
                 (LifecycleEvent::Refund { amount: weight, left: 0 }, Basis::Weight)
             }
@@ -463,7 +463,7 @@ impl Ledger {
         let version = self.programme.version(u32::from(entry.version))?;
         match version.rules.purchases.pending {
             PendingPoints::Held { days } => Some(entry.day + u32::from(days)),
-            PendingPoints::Available => Some(entry.day),
+            PendingPoints::Available => None,
         }
     }
 

@@ -72,7 +72,9 @@ pub struct StateCapture {
     history: Vec<HistoryEntry>,
     programme: crate::loyalty::programme::Programme,
     members: crate::loyalty::members::Members,
-    purchases: crate::loyalty::purchases::Purchases,
+    /// The refundable purchases and their receipt keys (the receipt index and the queue of held
+    /// purchases follow from them on load, and are not copied).
+    purchases: Vec<(crate::loyalty::purchases::Refundable, u64)>,
     flows: crate::loyalty::liability::Flows,
 }
 
@@ -113,7 +115,7 @@ impl StateCapture {
             history: Vec::new(),
             programme: crate::loyalty::programme::Programme::default(),
             members: crate::loyalty::members::Members::default(),
-            purchases: crate::loyalty::purchases::Purchases::default(),
+            purchases: Vec::new(),
             flows: crate::loyalty::liability::Flows::default(),
         }
     }
@@ -387,9 +389,12 @@ fn encode_members(encoder: &mut Encoder<'_>, members: &crate::loyalty::members::
 const PURCHASE_ENTRY_BYTES: usize = 8 * 5 + 4 * 4 + 2 + 1 + 1 + 8;
 
 /// Section 16: the refundable purchases, by id.
-fn encode_purchases(encoder: &mut Encoder<'_>, purchases: &crate::loyalty::purchases::Purchases) {
+fn encode_purchases(
+    encoder: &mut Encoder<'_>,
+    purchases: &[(crate::loyalty::purchases::Refundable, u64)],
+) {
     encoder.u64(length(purchases.len()));
-    for (entry, receipt) in purchases.iter() {
+    for &(ref entry, receipt) in purchases {
         let gave = entry.gave();
         encoder.u64(entry.id.0);
         encoder.u64(entry.customer);
@@ -606,7 +611,8 @@ impl Ledger {
         capture.history.extend(history.map(|(_, entry)| *entry));
         capture.programme.clone_from(&self.programme);
         capture.members.clone_from(&self.members);
-        capture.purchases.clone_from(&self.purchases);
+        capture.purchases.clear();
+        capture.purchases.extend(self.purchases.iter().map(|(entry, receipt)| (*entry, receipt)));
         capture.flows.clone_from(&self.flows);
     }
 

@@ -247,10 +247,14 @@ pub fn receipt_key(store: u32, receipt: &str) -> u64 {
     if receipt.is_empty() {
         return 0;
     }
-    let mut bytes = Vec::with_capacity(4 + receipt.len());
-    bytes.extend_from_slice(&store.to_le_bytes());
-    bytes.extend_from_slice(receipt.as_bytes());
-    xxhash_rust::xxh3::xxh3_64(&bytes).max(1)
+    // The store and the receipt (at most `RECEIPT_BYTES_MAX`) side by side, on the stack: this
+    // runs for every purchase.
+    let mut bytes = [0_u8; 4 + crate::limits::RECEIPT_BYTES_MAX];
+    let receipt = receipt.as_bytes();
+    let len = 4 + receipt.len().min(crate::limits::RECEIPT_BYTES_MAX);
+    bytes[..4].copy_from_slice(&store.to_le_bytes());
+    bytes[4..len].copy_from_slice(&receipt[..len - 4]);
+    xxhash_rust::xxh3::xxh3_64(&bytes[..len]).max(1)
 }
 
 impl Purchases {

@@ -86,9 +86,6 @@ const REFERENCE_BY_RECEIPT: u8 = 2;
 const REFUND_BY_AMOUNT: u8 = 1;
 const REFUND_BY_LINES: u8 = 2;
 
-/// Bytes of a purchase transition's outcome.
-pub const TRANSITION_OUTCOME_BYTES: usize = 8 + 8 + 1 + 8 * 7 + 1;
-
 fn encode_change(encoder: &mut Encoder<'_>, change: &PurchaseChange) {
     encode_header(encoder, &change.header);
     match change.reference {

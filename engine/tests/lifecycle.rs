@@ -152,6 +152,11 @@ fn illegal_transitions_are_typed_refusals_that_change_nothing() {
     // Lines that earned nothing (the gift card) take back nothing.
     let gift = setup.loyalty.refund_lines(13, second, &[(40, 2500, false)]);
     assert_eq!(rejected(&setup, gift), RejectCode::RefundZero);
+    // Returned lines are checked as a basket is.
+    let zero = setup.loyalty.refund_lines(16, second, &[(20, 0, false)]);
+    assert_eq!(rejected(&setup, zero), RejectCode::LineAmountZero);
+    let none = setup.loyalty.refund_lines(17, second, &[]);
+    assert_eq!(rejected(&setup, none), RejectCode::BasketInvalid);
     // A refund by lines after one by amount mixes bases.
     committed(setup.engine.execute(setup.loyalty.refund(14, second, 1000)));
     let lines = setup.loyalty.refund_lines(15, second, &[(20, 5000, false)]);

@@ -29,7 +29,7 @@ KINDS = {1: "transaction", 2: "hold_create", 3: "hold_capture", 4: "hold_void", 
          6: "transfer_out", 7: "transfer_in", 8: "transfer_settle", 9: "reversal",
          10: "purchase", 11: "lots_expire", 12: "purchase_settle", 13: "purchase_fail",
          14: "purchase_refund", 15: "purchase_release", 16: "asset_define",
-         17: "class_define", 18: "rules_define"}
+         17: "class_define", 18: "rules_define", 19: "rate_define", 20: "conversion"}
 
 
 def record_crc(record):
@@ -123,7 +123,7 @@ def check(wal_dir):
         version, shard, shard_count = struct.unpack_from("<HHH", header, 8)
         sequence, first_lsn = struct.unpack_from("<QQ", header, 24)
         segment_prev = header[56:88]
-        if version not in (1, 2, 3, 4, 5):
+        if version not in (1, 2, 3, 4, 5, 6):
             return [f"{name}: unsupported version {version}"], records
         if sequence != int(name[:20]):
             return [f"{name}: header says sequence {sequence}"], records

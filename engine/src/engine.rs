@@ -22,11 +22,12 @@ use crate::ledger::account::{
     Account, AccountAddress, AccountFlags, AccountId, AssetId, ClassId, Name, Namespace,
 };
 use crate::ledger::command::{Command, Operation, Query, Response};
-use crate::ledger::record::{AssetDefine, Body, ClassDefine, PurchaseRef, RulesDefine};
+use crate::ledger::record::{AssetDefine, Body, ClassDefine, PurchaseRef, RateDefine, RulesDefine};
 use crate::ledger::registry::Registry;
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::limits::{Limits, LimitsError};
 use crate::loyalty::RuleSet;
+use crate::loyalty::exchange::{ExchangeError, ExchangeRate, RateTerms, Rates};
 use crate::loyalty::programme::{Programme, ProgrammeAccounts, RulesVersion};
 use crate::recovery::{RecoveryError, RecoveryReport, ShardPaths};
 use crate::reject::RejectCode;
@@ -170,6 +171,9 @@ pub struct Engine {
     /// The loyalty programme's rule versions, as shard 0's would be (each shard decides with
     /// its own; they differ only in when an "at once" version took effect).
     programme: RwLock<Programme>,
+    /// The partner exchange's rates, as shard 0's would be (they differ between shards only
+    /// in when an "at once" rate took effect).
+    rates: RwLock<Rates>,
     clock: Arc<dyn Clock>,
     /// Serialises definitions, so every shard sees them in the same order.
     define_lock: Mutex<()>,
@@ -251,15 +255,17 @@ impl Engine {
         let mut reports = Vec::with_capacity(shards_usize);
         let mut registries = Vec::with_capacity(shards_usize);
         let mut programmes = Vec::with_capacity(shards_usize);
+        let mut rate_sets = Vec::with_capacity(shards_usize);
         let mut failure = None;
         for (index, receiver) in recovered_receivers.iter().enumerate() {
             let index = u16::try_from(index).expect("bounded");
             // A shard thread that dies drops its sender, which ends this wait.
             match receiver.recv() {
-                Ok(Ok((report, registry, programme))) => {
+                Ok(Ok((report, registry, programme, rates))) => {
                     reports.push(report);
                     registries.push(registry);
                     programmes.push(programme);
+                    rate_sets.push(rates);
                 }
                 Ok(Err(error)) => {
                     failure.get_or_insert(OpenError::Recovery { shard: index, error });
@@ -271,9 +277,9 @@ impl Engine {
         }
         let reconciled = match failure {
             Some(error) => Err(error),
-            None => reconcile(&registries, &programmes),
+            None => reconcile(&registries, &programmes, &rate_sets),
         };
-        let (reference, programme, missing) = match reconciled {
+        let (reference, (programme, rates), missing) = match reconciled {
             Ok(result) => result,
             Err(error) => {
                 for shard in &mut shards {
@@ -304,6 +310,7 @@ impl Engine {
             data_dir,
             registry: RwLock::new(reference),
             programme: RwLock::new(programme),
+            rates: RwLock::new(rates),
             clock: Arc::clone(&config.clock),
             define_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
@@ -542,6 +549,52 @@ impl Engine {
         Ok((version, true))
     }
 
+    /// A copy of the partner exchange's rates.
+    pub fn rates(&self) -> Rates {
+        self.rates.read().expect("rates lock").clone()
+    }
+
+    /// Records a rate of the partner exchange on every shard (docs/loyalty.md, "Partner
+    /// exchange"), effective at `effective_at` (`None`: at once), unless it would change
+    /// nothing: with no effective time, the same terms as the rate of the pair in force; with
+    /// one, a rate of the pair already asked for at that time with the same terms. Returns the
+    /// version and whether it is new.
+    ///
+    /// Refused (nothing recorded): a pair of one asset, terms out of range, accounts of the
+    /// wrong kinds, an effective time in the past, or one another rate of the pair already
+    /// takes effect at.
+    pub fn define_rate(
+        &self,
+        terms: RateTerms,
+        effective_at: Option<Timestamp>,
+    ) -> Result<(u32, bool), DefineError> {
+        let _guard = self.define_lock.lock().expect("define lock");
+        let now = self.clock.now();
+        let refused =
+            |error: ExchangeError| DefineError::Conflict(format!("rate refused: {error}"));
+        let body = {
+            let rates = self.rates.read().expect("rates lock");
+            let requested = effective_at.unwrap_or(Timestamp(0));
+            if effective_at.is_none()
+                && let Some(rate) = rates.in_force(terms.from.asset, terms.to.asset, now)
+                && rate.terms == terms
+            {
+                return Ok((rate.version, false));
+            }
+            if effective_at.is_some_and(|at| at < now) {
+                return Err(refused(ExchangeError::EffectiveTimePast));
+            }
+            let registry = self.registry.read().expect("registry lock");
+            if let Some(version) = rates.check(&terms, requested, &registry).map_err(refused)? {
+                return Ok((version, false));
+            }
+            RateDefine { version: rates.next_version(), effective_at: requested, terms }
+        };
+        let version = body.version;
+        self.broadcast_definition(Body::RateDefine(body))?;
+        Ok((version, true))
+    }
+
     fn broadcast_definition(&self, body: Body) -> Result<(), DefineError> {
         let mut replies = Vec::with_capacity(self.shards.len());
         for (index, shard) in self.shards.iter().enumerate() {
@@ -586,6 +639,12 @@ impl Engine {
                     define.rules,
                     self.clock.now(),
                 );
+                Ok(())
+            }
+            Body::RateDefine(define) => {
+                let now = self.clock.now();
+                let mut rates = self.rates.write().expect("rates lock");
+                rates.define(define.terms, define.effective_at, now);
                 Ok(())
             }
             _ => unreachable!("only definitions are broadcast"),
@@ -746,7 +805,7 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
                 .filter(|shard| shard.index() < shard_count)
                 .ok_or(RejectCode::TransactionNotFound)?,
             Operation::Transfer { source, .. } => customer_shard(*source).unwrap_or(shard_zero),
-            Operation::Purchase { customer, .. } => {
+            Operation::Purchase { customer, .. } | Operation::Convert { customer, .. } => {
                 shard_for_customer(CustomerId(*customer), shard_count)
             }
             Operation::PurchaseChange { reference, .. } => match reference {
@@ -775,13 +834,20 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
     })
 }
 
+/// What start-up agrees on from every shard's definitions: the most complete registry, rule
+/// versions and rates, and per shard the definitions it misses.
+type Reconciled = (Registry, (Programme, Rates), Vec<Vec<Body>>);
+
 /// Checks that every shard's registry is a prefix of the longest one and returns, per shard,
 /// the definitions it misses. A crash during a definition leaves some shards without it; any
 /// other difference means the shards were not written by the same history.
 fn reconcile(
     registries: &[Registry],
     programmes: &[Programme],
-) -> Result<(Registry, Programme, Vec<Vec<Body>>), OpenError> {
+    rate_sets: &[Rates],
+) -> Result<Reconciled, OpenError> {
+    let rates =
+        rate_sets.iter().max_by_key(|rates| rates.versions().len()).cloned().unwrap_or_default();
     let programme = programmes
         .iter()
         .max_by_key(|programme| programme.versions().len())
@@ -840,9 +906,28 @@ fn reconcile(
                 rules: Arc::clone(&version.rules),
             }));
         }
+        // Rates last: they name classes too.
+        let own = rate_sets.get(index).map_or(&[][..], Rates::versions);
+        let same = |a: &ExchangeRate, b: &ExchangeRate| {
+            (a.version, a.requested_at, a.terms) == (b.version, b.requested_at, b.terms)
+        };
+        if own.len() > rates.versions().len()
+            || !own.iter().zip(rates.versions()).all(|(a, b)| same(a, b))
+        {
+            return Err(OpenError::RegistryDiverged(format!(
+                "shard {index}'s exchange rates are not a prefix of the most complete shard's"
+            )));
+        }
+        for rate in &rates.versions()[own.len()..] {
+            bodies.push(Body::RateDefine(RateDefine {
+                version: rate.version,
+                effective_at: rate.requested_at,
+                terms: rate.terms,
+            }));
+        }
         missing.push(bodies);
     }
-    Ok((reference, programme, missing))
+    Ok((reference, (programme, rates), missing))
 }
 
 /// A sink that waits for exactly one answer.
@@ -922,32 +1007,69 @@ mod tests {
         programme
     }
 
-    /// A crash while a rule version was being recorded leaves it on some shards only: start-up
-    /// hands the others the versions they miss, in order, after any missing definitions.
+    /// Rates of a pair (their accounts are not reconcile's to check), at `requested` times.
+    fn rates(requested: &[u64]) -> Rates {
+        use crate::ledger::account::{AccountId, AssetId, ClassId};
+        let side = |asset| crate::loyalty::exchange::ExchangeSide {
+            asset: AssetId(asset),
+            customer: ClassId(1),
+            fund: AccountId::new(ClassId(2), 0),
+            money: AccountId::new(ClassId(3), 0),
+            value: crate::loyalty::rules::PointValue::default(),
+        };
+        let terms = RateTerms {
+            from: side(1),
+            to: side(0),
+            numerator: 1,
+            denominator: 1,
+            money: AssetId(2),
+        };
+        let mut rates = Rates::default();
+        for at in requested {
+            rates.define(terms, Timestamp(*at), Timestamp(1_000));
+        }
+        rates
+    }
+
+    /// A crash while a rule version or a rate was being recorded leaves it on some shards
+    /// only: start-up hands the others what they miss, in order, after any missing
+    /// definitions.
     #[test]
     fn shards_missing_rule_versions_get_them_at_start_up() {
         let registries = vec![Registry::default(); 3];
         let full = programme(&[(1, 0), (2, 5_000)]);
         let programmes = vec![full.clone(), programme(&[(1, 0)]), Programme::default()];
-        let (_, reference, missing) = reconcile(&registries, &programmes).unwrap();
+        let rate_sets = vec![rates(&[0]), rates(&[0, 7_000]), Rates::default()];
+        let (_, (reference, reference_rates), missing) =
+            reconcile(&registries, &programmes, &rate_sets).unwrap();
         assert_eq!(reference, full);
+        assert_eq!(reference_rates, rate_sets[1]);
         let versions = |bodies: &Vec<Body>| {
             bodies
                 .iter()
                 .map(|body| match body {
-                    Body::RulesDefine(define) => (define.version, define.effective_at.0),
+                    Body::RulesDefine(define) => ("rules", define.version, define.effective_at.0),
+                    Body::RateDefine(define) => ("rate", define.version, define.effective_at.0),
                     other => panic!("{other:?}"),
                 })
                 .collect::<Vec<_>>()
         };
-        assert_eq!(versions(&missing[0]), []);
-        assert_eq!(versions(&missing[1]), [(2, 5_000)]);
-        assert_eq!(versions(&missing[2]), [(1, 0), (2, 5_000)]);
+        assert_eq!(versions(&missing[0]), [("rate", 2, 7_000)]);
+        assert_eq!(versions(&missing[1]), [("rules", 2, 5_000)]);
+        assert_eq!(
+            versions(&missing[2]),
+            [("rules", 1, 0), ("rules", 2, 5_000), ("rate", 1, 0), ("rate", 2, 7_000)]
+        );
         // Shards whose versions differ were not written by one history: start-up refuses.
-        let diverged = vec![full, programme(&[(3, 0)]), Programme::default()];
+        let diverged = vec![full.clone(), programme(&[(3, 0)]), Programme::default()];
         assert!(matches!(
-            reconcile(&registries, &diverged),
+            reconcile(&registries, &diverged, &rate_sets),
             Err(OpenError::RegistryDiverged(message)) if message.contains("rule versions")
+        ));
+        let diverged_rates = vec![rates(&[0]), rates(&[9_000, 7_000]), Rates::default()];
+        assert!(matches!(
+            reconcile(&registries, &programmes, &diverged_rates),
+            Err(OpenError::RegistryDiverged(message)) if message.contains("exchange rates")
         ));
     }
 }

@@ -153,6 +153,12 @@ reject_codes! {
     /// The member spent points (or cashback) the refund must take back, and the programme's
     /// rule version names no clawback class to record what they owe.
     ClawbackUnavailable = 46, "clawback_unavailable";
+    /// No exchange rate from the conversion's asset to the other is in force at its time.
+    RateMissing = 47, "rate_missing";
+    /// A conversion (or a rate) from an asset to itself.
+    ExchangeSameAsset = 48, "exchange_same_asset";
+    /// The amount converts to no point at the rate in force: nothing is taken for nothing.
+    ConversionTooSmall = 49, "conversion_too_small";
 }
 
 impl fmt::Display for RejectCode {

@@ -21,7 +21,7 @@ use crate::wal::segment::sync_dir;
 /// First bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"LDGRSNAP";
 /// Version of the snapshot format. Version history: docs/snapshot-format.md.
-pub const SNAPSHOT_VERSION: u16 = 8;
+pub const SNAPSHOT_VERSION: u16 = 9;
 
 /// The oldest snapshot version `load` still reads (version 1 has no history section).
 pub const SNAPSHOT_VERSION_MIN: u16 = 1;

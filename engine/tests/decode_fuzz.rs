@@ -22,9 +22,9 @@ use proptest::prelude::*;
 
 const SECOND: u64 = 1_000_000_000;
 
-/// Every record kind (docs/wal-format.md): the fifteen of transactions and the three
+/// Every record kind (docs/wal-format.md): the sixteen of transactions and the four
 /// definitions.
-const KINDS: [u16; 18] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18];
+const KINDS: [u16; 20] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20];
 
 /// Records (kind, payload) of a run, the snapshot file of shard 0 taken at its end, and the
 /// ledger configuration to decode it with.
@@ -77,6 +77,12 @@ fn corpus() -> &'static Corpus {
         engine.execute(loyalty.refund_by_receipt(17, 1, (3, "S"), 10)).committed().unwrap();
         clock.advance(2 * 86_400 * SECOND); // the next turn releases the second purchase
         engine.execute(loyalty.fail(18, second)).committed().unwrap();
+        // The partner exchange: a rate and a conversion (whose lot expires too).
+        let partner = ledger_engine::testing::loyalty::Partner::define(&engine, &loyalty);
+        engine.define_rate(partner.inbound(&loyalty, (3, 2), (2, 1)), None).unwrap();
+        engine.execute(partner.credit(21, 1, 40)).committed().unwrap();
+        let pair = (partner.asset, loyalty.pts);
+        engine.execute(loyalty.convert(22, 1, pair, 7)).committed().unwrap();
         clock.advance(25 * 31 * 86_400 * SECOND); // every lot expires
         engine.execute(loyalty.member_query(1, 0));
         engine.snapshot_now().unwrap();

@@ -14,8 +14,9 @@ use ledger_engine::clock::ManualClock;
 use ledger_engine::engine::{ledger_config, replay_shard_offline};
 use ledger_engine::ledger::record::{Body, RecordKind};
 use ledger_engine::loyalty::RuleSet;
+use ledger_engine::loyalty::programme::ProgrammeAccounts;
 use ledger_engine::recovery::ShardPaths;
-use ledger_engine::testing::loyalty::{Loyalty, example_rules, execute_all};
+use ledger_engine::testing::loyalty::{Loyalty, Partner, example_rules, execute_all};
 use ledger_engine::wal::reader::{self, ScanOptions};
 use ledger_engine::{
     CustomerId, Engine, EngineConfig, Limits, Lsn, RejectCode, Response, ShardId, Timestamp, TxId,
@@ -25,6 +26,19 @@ const SECOND: u64 = 1_000_000_000;
 
 fn fixture(version: u16) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/v{version}"))
+}
+
+/// A copy of fixture `version` in a temporary directory; with `LEDGER_WRITE_FIXTURES` set,
+/// `write` first writes a new one elsewhere and prints where (to move into place by hand).
+fn fixture_copy(version: u16, write: fn(&Path)) -> tempfile::TempDir {
+    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
+        let dir = tempfile::tempdir().unwrap().keep();
+        write(&dir);
+        eprintln!("fixture written to {}", dir.display());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    ledger_engine::testing::copy_dir(&fixture(version), dir.path()).unwrap();
+    dir
 }
 
 /// Opens a copy of a fixture with a clock a little after the fixtures' own: their idempotency
@@ -147,13 +161,7 @@ fn write_fixture_v2(dir: &Path) {
 
 #[test]
 fn version_2_files_still_decode_to_the_same_history() {
-    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        write_fixture_v2(&dir);
-        eprintln!("fixture written to {}", dir.display());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    ledger_engine::testing::copy_dir(&fixture(2), dir.path()).unwrap();
+    let dir = fixture_copy(2, write_fixture_v2);
     let paths = ShardPaths::new(dir.path(), 0);
     let mut kinds = Vec::new();
     let mut original = None;
@@ -233,13 +241,7 @@ fn version_3_files_still_decode_to_the_same_history() {
     for (customer, shard) in [(V3_ALICE, 0), (V3_BOB, 1)] {
         assert_eq!(ledger_engine::ids::shard_for_customer(CustomerId(customer), 2).index(), shard);
     }
-    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        write_fixture_v3(&dir);
-        eprintln!("fixture written to {}", dir.display());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    ledger_engine::testing::copy_dir(&fixture(3), dir.path()).unwrap();
+    let dir = fixture_copy(3, write_fixture_v3);
     let kinds = |shard: u16| {
         let mut kinds = Vec::new();
         reader::scan(&ShardPaths::new(dir.path(), shard).wal, &ScanOptions::all(), |record| {
@@ -287,6 +289,16 @@ fn write_fixture_v4(dir: &Path) {
     engine.shutdown();
 }
 
+/// A fixture engine on `dir` with the v4 writes made and the programme's classes defined.
+fn v4_with_programme(dir: &Path) -> (Engine, Arc<ManualClock>, Loyalty, ProgrammeAccounts) {
+    let (engine, clock) = new_fixture_engine(dir, 1);
+    let loyalty = Loyalty::define(&engine);
+    let writes = v4_writes(&engine, &loyalty);
+    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    let accounts = loyalty.define_programme(&engine);
+    (engine, clock, loyalty, accounts)
+}
+
 /// What each write of `v4_writes` moved.
 const V4_AMOUNTS: [u64; 6] = [1_000, 300, 300, 200, 200, 77];
 
@@ -305,13 +317,7 @@ fn v4_writes(engine: &Engine, loyalty: &Loyalty) -> Vec<ledger_engine::Committed
 
 #[test]
 fn version_4_files_still_decode_to_the_same_history() {
-    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        write_fixture_v4(&dir);
-        eprintln!("fixture written to {}", dir.display());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    ledger_engine::testing::copy_dir(&fixture(4), dir.path()).unwrap();
+    let dir = fixture_copy(4, write_fixture_v4);
     let mut kinds = Vec::new();
     reader::scan(&ShardPaths::new(dir.path(), 0).wal, &ScanOptions::all(), |record| {
         record.decode().unwrap();
@@ -374,13 +380,7 @@ fn write_fixture_v5(dir: &Path) {
 
 #[test]
 fn version_5_files_still_decode_to_the_same_history() {
-    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        write_fixture_v5(&dir);
-        eprintln!("fixture written to {}", dir.display());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    ledger_engine::testing::copy_dir(&fixture(5), dir.path()).unwrap();
+    let dir = fixture_copy(5, write_fixture_v5);
     let wal = ShardPaths::new(dir.path(), 0).wal;
     let mut records = 0;
     reader::scan(&wal, &ScanOptions::all(), |record| {
@@ -427,11 +427,7 @@ fn record_kinds(dir: &Path) -> Vec<RecordKind> {
 /// programme's classes, rule version 1 (flat, at once) and version 2 (the example rules of
 /// docs/loyalty.md, scheduled a day later); a snapshot; one more earn.
 fn write_fixture_v6(dir: &Path) {
-    let (engine, clock) = new_fixture_engine(dir, 1);
-    let loyalty = Loyalty::define(&engine);
-    let writes = v4_writes(&engine, &loyalty);
-    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
-    let accounts = loyalty.define_programme(&engine);
+    let (engine, clock, loyalty, accounts) = v4_with_programme(dir);
     engine.define_rules(RuleSet::flat(1, 100), accounts, None).unwrap();
     let tomorrow = Timestamp((1_767_225_600 + 86_400) * SECOND);
     engine.define_rules(example_rules(), accounts, Some(tomorrow)).unwrap();
@@ -443,13 +439,7 @@ fn write_fixture_v6(dir: &Path) {
 
 #[test]
 fn version_6_files_still_decode_to_the_same_history() {
-    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        write_fixture_v6(&dir);
-        eprintln!("fixture written to {}", dir.display());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    ledger_engine::testing::copy_dir(&fixture(6), dir.path()).unwrap();
+    let dir = fixture_copy(6, write_fixture_v6);
     let kinds = record_kinds(dir.path());
     use RecordKind::*;
     let programme = [ClassDefine, AssetDefine, ClassDefine, ClassDefine, RulesDefine, RulesDefine];
@@ -473,11 +463,7 @@ fn version_6_files_still_decode_to_the_same_history() {
 /// rules (1 point per unit); purchases by customers 42 and 43; a hold of 43's points (parked);
 /// a snapshot; then 25 months later a query of 42, whose lots expire first.
 fn write_fixture_v7(dir: &Path) {
-    let (engine, clock) = new_fixture_engine(dir, 1);
-    let loyalty = Loyalty::define(&engine);
-    let writes = v4_writes(&engine, &loyalty);
-    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
-    let accounts = loyalty.define_programme(&engine);
+    let (engine, clock, loyalty, accounts) = v4_with_programme(dir);
     engine.define_rules(RuleSet::flat(1, 1), accounts, None).unwrap();
     for (key, command) in v7_purchases(&loyalty) {
         let committed = engine.execute(command).committed().expect("committed");
@@ -506,13 +492,7 @@ fn v7_hold(loyalty: &Loyalty) -> ledger_engine::Command {
 
 #[test]
 fn version_7_files_still_decode_to_the_same_history() {
-    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        write_fixture_v7(&dir);
-        eprintln!("fixture written to {}", dir.display());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    ledger_engine::testing::copy_dir(&fixture(7), dir.path()).unwrap();
+    let dir = fixture_copy(7, write_fixture_v7);
     let kinds = record_kinds(dir.path());
     use RecordKind::*;
     let programme = [ClassDefine, AssetDefine, ClassDefine, ClassDefine, RulesDefine];
@@ -563,11 +543,7 @@ fn v8_rules() -> RuleSet {
 /// refunded) and 43 (210, held); a snapshot; then 3 days later the release of 43's points and
 /// the failure of its purchase.
 fn write_fixture_v8(dir: &Path) {
-    let (engine, clock) = new_fixture_engine(dir, 1);
-    let loyalty = Loyalty::define(&engine);
-    let writes = v4_writes(&engine, &loyalty);
-    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
-    let accounts = loyalty.define_programme(&engine);
+    let (engine, clock, loyalty, accounts) = v4_with_programme(dir);
     engine.define_rules(v8_rules(), accounts, None).unwrap();
     let [first, second] = v8_purchases(&engine, &loyalty);
     engine.execute(loyalty.settle(23, first)).committed().expect("settled");
@@ -595,13 +571,7 @@ fn v8_purchases(engine: &Engine, loyalty: &Loyalty) -> [TxId; 2] {
 
 #[test]
 fn version_8_files_still_decode_to_the_same_history() {
-    if std::env::var_os("LEDGER_WRITE_FIXTURES").is_some() {
-        let dir = tempfile::tempdir().unwrap().keep();
-        write_fixture_v8(&dir);
-        eprintln!("fixture written to {}", dir.display());
-    }
-    let dir = tempfile::tempdir().unwrap();
-    ledger_engine::testing::copy_dir(&fixture(8), dir.path()).unwrap();
+    let dir = fixture_copy(8, write_fixture_v8);
     let kinds = record_kinds(dir.path());
     use RecordKind::*;
     let programme =
@@ -657,4 +627,72 @@ fn version_8_files_still_decode_to_the_same_history() {
         entries,
         [(42, LifecycleState::PartlyRefunded, false, 50), (43, LifecycleState::Pending, true, 0)]
     );
+}
+
+/// The history the v9 fixture holds (WAL format 6 with the partner exchange, snapshot format 9
+/// with the rates): the v4 writes; the programme (flat rules); partner A with a rate into the
+/// programme's points at once (3 for 2) and one out of them from 2 seconds later (1 for 2);
+/// 100 partner points for 42, 7 of them converted; a snapshot; then, 2 seconds later, 40 of
+/// 42's points converted out (worth as much as the 20 partner points they buy: no
+/// differential).
+fn write_fixture_v9(dir: &Path) {
+    let (engine, clock, loyalty, accounts) = v4_with_programme(dir);
+    engine.define_rules(RuleSet::flat(1, 1), accounts, None).unwrap();
+    let partner = Partner::define(&engine, &loyalty);
+    let later = Timestamp(ledger_engine::clock::Clock::now(&*clock).0 + 2 * SECOND);
+    engine.define_rate(partner.inbound(&loyalty, (3, 2), (2, 1)), None).unwrap();
+    engine.define_rate(partner.outbound(&loyalty, (1, 2), (2, 1)), Some(later)).unwrap();
+    engine.execute(partner.credit(30, 42, 100)).committed().expect("credited");
+    v9_conversion(&engine, &loyalty, &partner);
+    engine.snapshot_now().unwrap();
+    clock.advance(2 * SECOND);
+    let out = (loyalty.pts, partner.asset);
+    engine.execute(loyalty.convert(32, 42, out, 40)).committed().expect("converted out");
+    engine.shutdown();
+}
+
+/// The v9 fixture's conversion into the programme's points (key 31), answered again when
+/// retried: 10 points for 7 of partner A's.
+fn v9_conversion(engine: &Engine, loyalty: &Loyalty, partner: &Partner) -> u64 {
+    let pair = (partner.asset, loyalty.pts);
+    engine.execute(loyalty.convert(31, 42, pair, 7)).committed().expect("converted").amount
+}
+
+#[test]
+fn version_9_files_still_decode_to_the_same_history() {
+    let dir = fixture_copy(9, write_fixture_v9);
+    let kinds = record_kinds(dir.path());
+    use RecordKind::*;
+    let partner_definitions =
+        [AssetDefine, AssetDefine, ClassDefine, ClassDefine, ClassDefine, ClassDefine];
+    let later = [RateDefine, RateDefine, Transaction, Conversion, Conversion];
+    let tail = [&partner_definitions[..], &later[..]].concat();
+    assert_eq!(kinds[kinds.len() - tail.len()..], tail);
+
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    let rates = engine.rates();
+    assert_eq!(rates.versions().len(), 2);
+    let loyalty = Loyalty::define(&engine);
+    let partner = Partner::define(&engine, &loyalty);
+    assert_eq!(rates.versions()[0].terms, partner.inbound(&loyalty, (3, 2), (2, 1)));
+    assert_eq!(v9_conversion(&engine, &loyalty, &partner), 10, "a retry answers as before");
+    let balance = |account| match engine
+        .execute(ledger_engine::Command::Read(ledger_engine::Query::Account(account)))
+    {
+        Response::Account(view) => view.counters.balance_posted(),
+        other => panic!("{other:?}"),
+    };
+    // 42: 700 before the programme, 10 converted in, 40 converted out; partner points 93 + 20.
+    assert_eq!(balance(loyalty.customer(42)), 670);
+    assert_eq!(balance(partner.account(42)), 113);
+    // 14 cents given for 10 (partner A owes 4), then 40 cents for 40 (no differential).
+    assert_eq!(balance(partner.partner_money), -4);
+    let meta = ledger_engine::datadir::read_meta(dir.path()).unwrap();
+    engine.shutdown();
+    let snapshots = ShardPaths::new(&fixture(9), 0).snapshots;
+    let (_, path) = ledger_engine::snapshot::find_snapshots(&snapshots).unwrap().remove(0);
+    let config = ledger_config(&meta, ledger_engine::ShardId::new(0).unwrap(), &Limits::test_min());
+    let (header, ledger) = ledger_engine::snapshot::load(&path, config, meta.cluster_id).unwrap();
+    assert_eq!(header.version, 9);
+    assert_eq!(ledger.rates(), &rates);
 }

@@ -21,7 +21,7 @@ use ledger_engine::loyalty::RuleSet;
 use ledger_engine::loyalty::calendar::month_of_day;
 use ledger_engine::loyalty::programme::ProgrammeAccounts;
 use ledger_engine::loyalty::rules::Cashback;
-use ledger_engine::testing::loyalty::{Loyalty, example_rules, execute_all};
+use ledger_engine::testing::loyalty::{Loyalty, Partner, example_rules, execute_all};
 use ledger_engine::testing::model::{Model, ModelOp, ModelOutcome, NO_HOLD};
 use ledger_engine::{
     Command, Committed, Engine, EngineConfig, Limits, Query, RejectCode, Response, ShardId,
@@ -64,6 +64,7 @@ fn config(dir: &std::path::Path, clock: Arc<ManualClock>) -> EngineConfig {
 struct Driver {
     engine: Engine,
     loyalty: Loyalty,
+    partner: Partner,
     accounts: ProgrammeAccounts,
     model: Model,
     clock: Arc<ManualClock>,
@@ -92,6 +93,12 @@ impl Driver {
             ModelOp::Settle { op } => loyalty.settle(key, self.tx_id_of(op)),
             ModelOp::Fail { op } => loyalty.fail(key, self.tx_id_of(op)),
             ModelOp::Refund { op, amount } => loyalty.refund(key, self.tx_id_of(op), amount),
+            ModelOp::ConvertOut { customer, amount } => {
+                loyalty.convert(key, customer, (loyalty.pts, self.partner.asset), amount)
+            }
+            ModelOp::ConvertIn { customer, amount } => {
+                loyalty.convert(key, customer, (self.partner.asset, loyalty.pts), amount)
+            }
             _ => unreachable!("not a write: {op:?}"),
         }
     }
@@ -262,6 +269,17 @@ impl Driver {
             };
             assert_eq!(owed, self.model.owed(customer), "owed by {customer} after {chunk:?}");
         }
+        // What conversions gave and took of the partner's points.
+        let queries: Vec<Command> = (0..CUSTOMERS)
+            .map(|customer| Command::Read(Query::Account(self.partner.account(customer))))
+            .collect();
+        for (customer, response) in (0..CUSTOMERS).zip(execute_all(&self.engine, queries)) {
+            let held = match response {
+                Response::Account(view) => Some(view.counters.balance_posted()),
+                _ => None,
+            };
+            assert_eq!(held, self.model.partner_points(customer), "partner points of {customer}");
+        }
     }
 
     /// Every customer's lots (expiry day, kind, points left) and tier agree with the model's,
@@ -354,6 +372,8 @@ fn op_strategy() -> impl Strategy<Value = ModelOp> {
         4 => any::<usize>().prop_map(|op| ModelOp::Settle { op }),
         2 => any::<usize>().prop_map(|op| ModelOp::Fail { op }),
         5 => (any::<usize>(), 1..30_000u64).prop_map(|(op, amount)| ModelOp::Refund { op, amount }),
+        4 => (customer.clone(), 1..300u64).prop_map(|(customer, amount)| ModelOp::ConvertOut { customer, amount }),
+        4 => (customer.clone(), 1..200u64).prop_map(|(customer, amount)| ModelOp::ConvertIn { customer, amount }),
         // Whole days: the clock stays in the morning, and midnights pass only here.
         1 => (20..120u64).prop_map(|days| ModelOp::Advance { nanos: days * DAY }),
     ]
@@ -377,6 +397,11 @@ fn programme(start: Timestamp) -> Vec<(Timestamp, RuleSet)> {
     vec![(start, first), (start.plus_nanos(90 * DAY), second)]
 }
 
+/// The partner exchange's rates of the model test: `(effective at, out, in)`.
+fn exchange_rates(start: Timestamp) -> ledger_engine::testing::model::ModelRates {
+    vec![(start, Some((1, 2)), Some((2, 1))), (start.plus_nanos(60 * DAY), Some((1, 3)), None)]
+}
+
 /// Runs `ops` through the engine and the model, checks they agree (also after a restart),
 /// and returns the model.
 fn run_case(ops: &[ModelOp]) -> Model {
@@ -389,14 +414,38 @@ fn run_case(ops: &[ModelOp]) -> Model {
     let versions = programme(start);
     engine.define_rules(versions[0].1.clone(), accounts, None).unwrap();
     engine.define_rules(versions[1].1.clone(), accounts, Some(versions[1].0)).unwrap();
+    // Partner A: 1 of its points for 2 of ours, 1 for 3 from day 60; 2 of ours for 1 of its;
+    // 500 of its points for every even customer.
+    let partner = Partner::define(&engine, &loyalty);
+    let rates = exchange_rates(start);
+    for (at, out, inbound) in &rates {
+        let effective = (*at != start).then_some(*at);
+        if let Some(ratio) = out {
+            engine.define_rate(partner.outbound(&loyalty, *ratio, (1, 1)), effective).unwrap();
+        }
+        if let Some(ratio) = inbound {
+            engine.define_rate(partner.inbound(&loyalty, *ratio, (1, 1)), effective).unwrap();
+        }
+    }
+    let partner_points: Vec<(u64, u64)> = (0..CUSTOMERS).step_by(2).map(|c| (c, 500)).collect();
+    for (customer, points) in &partner_points {
+        // Keys far from the model's (1, 2, 3…).
+        let key = (1 << 100) + u128::from(*customer);
+        assert!(matches!(
+            engine.execute(partner.credit(key, *customer, *points)),
+            Response::Committed(_)
+        ));
+    }
     let limits = Limits { idempotency_keys_max: 96, ..Limits::test_min() };
     // With 96 keys in memory per shard, most retries of a case are answered from the key
     // index on disk: the model remembers every key for the whole window.
     let model = Model::new(2, limits.holds_open_max, 30 * 24 * 3600 * SECOND, start)
-        .with_programme(versions);
+        .with_programme(versions)
+        .with_exchange(rates, &partner_points);
     let mut driver = Driver {
         engine,
         loyalty,
+        partner,
         accounts,
         model,
         clock: Arc::clone(&clock),
@@ -421,11 +470,13 @@ fn run_case(ops: &[ModelOp]) -> Model {
     }
 
     // The same balances after a restart (snapshot + WAL replay).
-    let Driver { engine, loyalty, accounts, model, committed, .. } = driver;
+    let Driver { engine, loyalty, partner, accounts, model, committed, .. } = driver;
     engine.shutdown();
     let engine = Engine::open(config(dir.path(), Arc::clone(&clock))).unwrap();
     assert_eq!(Loyalty::define(&engine), loyalty, "definitions survive restart");
-    let driver = Driver { engine, loyalty, accounts, model, clock, committed, chunk: Vec::new() };
+    let driver =
+        Driver { engine, loyalty, partner, accounts, model, clock, committed, chunk: Vec::new() };
+    driver.check_customers(&[]);
     driver.check_balances();
     driver.check_members();
     driver.model
@@ -486,8 +537,17 @@ fn a_fixed_sequence_exercises_every_outcome() {
         ModelOp::Void { hold: 2 },   // 33
         ModelOp::Advance { nanos: 100 * DAY },
         ModelOp::Purchase { customer: 6, lines: vec![(10, 1_999)], store: 1 }, // 34
-        ModelOp::Advance { nanos: 250 * DAY }, // the transfer lot expires (6 months)
-        ModelOp::Advance { nanos: 800 * DAY }, // and everything else
+        // The partner exchange, after the rate out changed to 1 for 3 (day 60).
+        ModelOp::ConvertOut { customer: 6, amount: 2 }, // 35: converts to nothing
+        ModelOp::ConvertOut { customer: 6, amount: 30 }, // 36: 10 partner points
+        ModelOp::ConvertIn { customer: 7, amount: 5 },  // 37: 7 has no partner points
+        ModelOp::ConvertIn { customer: 6, amount: 10 }, // 38: 20 points, a lot
+        ModelOp::ConvertIn { customer: 6, amount: 1_000 }, // 39: more than 6 holds
+        ModelOp::Retry { op: 38 },                      // 40
+        ModelOp::Reverse { op: 36 },                    // 41: a conversion is not reversible
+        ModelOp::Conflict { op: 36 },                   // 42
+        ModelOp::Advance { nanos: 250 * DAY },          // the transfer lot expires (6 months)
+        ModelOp::Advance { nanos: 800 * DAY },          // and everything else
     ];
     let model = run_case(&ops);
     assert!(model.breakage() > 0);
@@ -510,6 +570,20 @@ fn a_fixed_sequence_exercises_every_outcome() {
             Committed { write: 26 },
             rejected(RejectCode::IdempotencyConflict),
             rejected(RejectCode::TransactionNotReversible),
+        ]
+    );
+    let outcomes: Vec<ModelOutcome> = (35..=42).map(|write| model.outcome(write)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            rejected(RejectCode::ConversionTooSmall),
+            Committed { write: 36 },
+            rejected(RejectCode::AccountNotFound),
+            Committed { write: 38 },
+            rejected(RejectCode::InsufficientFunds),
+            Duplicate { write: 38 },
+            rejected(RejectCode::TransactionNotReversible),
+            rejected(RejectCode::IdempotencyConflict),
         ]
     );
 }

@@ -144,6 +144,12 @@ statuses! {
     RefundBasisMismatch = 45, "refund_basis_mismatch";
     /// Points or cashback to take back were spent, and the programme has no clawback class.
     ClawbackUnavailable = 46, "clawback_unavailable";
+    /// No exchange rate from the conversion's asset to the other is in force at its time.
+    RateMissing = 47, "rate_missing";
+    /// A conversion (or a rate) from an asset to itself.
+    ExchangeSameAsset = 48, "exchange_same_asset";
+    /// The amount converts to no point at the rate in force: nothing is taken for nothing.
+    ConversionTooSmall = 49, "conversion_too_small";
     /// An operation's (or a frame's) bytes do not decode.
     Malformed = 100, "malformed";
     /// An operation code the server does not know.
@@ -226,7 +232,7 @@ mod tests {
         // The engine range is dense from 1, as the engine's own table is.
         let engine: Vec<u16> =
             Status::ALL.iter().map(|s| s.code()).filter(|c| (1..100).contains(c)).collect();
-        assert_eq!(engine, (1..=46).collect::<Vec<u16>>());
+        assert_eq!(engine, (1..=49).collect::<Vec<u16>>());
         assert_eq!(Status::from_code(99), None);
         assert_eq!(Status::from_code(u16::MAX), None);
     }

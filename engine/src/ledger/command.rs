@@ -77,6 +77,18 @@ pub enum Operation {
         /// What happens to it.
         event: super::record::PurchaseEvent,
     },
+    /// Convert `amount` of a member's points of `from` into `to` at the exchange rate in force
+    /// (docs/loyalty.md, "Partner exchange"): one transaction on the member's shard.
+    Convert {
+        /// The member.
+        customer: u64,
+        /// The asset given.
+        from: AssetId,
+        /// The asset received.
+        to: AssetId,
+        /// Points of `from` given.
+        amount: Amount,
+    },
     /// Move `amount` from one customer account to another customer account of the same asset,
     /// on the same shard or on another one.
     Transfer {
@@ -185,7 +197,8 @@ pub struct Committed {
     pub timestamp: Timestamp,
     /// What it moved: the sum of its postings' amounts (saturating at `u64::MAX`); for a hold
     /// the amount reserved, for a capture the amount captured, for a void the amount
-    /// released, for a cross-shard transfer the amount sent. A retry gets the same figure.
+    /// released, for a cross-shard transfer the amount sent, for a conversion the points
+    /// credited. A retry gets the same figure.
     pub amount: u64,
 }
 

@@ -73,7 +73,11 @@ impl Ledger {
         }
         let classes = &self.flow_classes;
         let Some(points) = classes.points else { return };
-        let flow = if credit.class() == points && classes.issuance.contains(&debit.class()) {
+        let from = |list: &[ClassId], class: ClassId| list.contains(&class);
+        let flow = if credit.class() == points
+            && (from(&classes.issuance, debit.class()) || from(&classes.exchange, debit.class()))
+        {
+            // Points from a partner's exchange fund are issued as much as earned ones are.
             Flow::Issued
         } else if debit.class() != points {
             return;
@@ -81,7 +85,7 @@ impl Ledger {
             Flow::Refunded
         } else if classes.breakage.contains(&credit.class()) {
             Flow::Expired
-        } else if namespaces[1] == Namespace::House {
+        } else if namespaces[1] == Namespace::House || classes.exchange.contains(&credit.class()) {
             Flow::Redeemed
         } else {
             return;

@@ -15,6 +15,7 @@
 
 pub mod account;
 pub mod command;
+mod exchange;
 pub mod history;
 pub mod keys;
 pub mod liability;
@@ -362,6 +363,8 @@ pub struct Ledger {
     history: History,
     /// The loyalty programme's rule versions.
     programme: Programme,
+    /// The partner exchange's rates (docs/loyalty.md, "Partner exchange").
+    rates: crate::loyalty::exchange::Rates,
     /// The loyalty state of this shard's customers: lots, tiers, caps, parked points.
     members: Members,
     /// The purchases still refundable (settle, fail, refund), in id order.
@@ -403,6 +406,8 @@ struct FlowClasses {
     points: Option<ClassId>,
     issuance: smallvec::SmallVec<[ClassId; 2]>,
     breakage: smallvec::SmallVec<[ClassId; 2]>,
+    /// Exchange funds of the pairs with the points on one side.
+    exchange: smallvec::SmallVec<[ClassId; 2]>,
 }
 
 /// `totals` without its trailing zeros: classes whose accounts add up to nothing.
@@ -474,6 +479,7 @@ impl PartialEq for Ledger {
             && self.programme == other.programme
             && self.members == other.members
             && self.purchases == other.purchases
+            && self.rates == other.rates
             && trimmed(&self.class_totals) == trimmed(&other.class_totals)
             && self.flows == other.flows
             && self.accounts.iter().all(|(id, _)| self.history_head(id) == other.history_head(id))
@@ -507,6 +513,7 @@ impl Ledger {
             programme: Programme::default(),
             members: Members::default(),
             purchases: crate::loyalty::purchases::Purchases::default(),
+            rates: crate::loyalty::exchange::Rates::default(),
             class_totals: Vec::new(),
             flows: crate::loyalty::liability::Flows::default(),
             flow_classes: FlowClasses::default(),
@@ -567,8 +574,13 @@ impl Ledger {
 
     /// The classes `move_value` classifies points flows by, from every rule version.
     pub(crate) fn refresh_flow_classes(&mut self) {
-        let mut classes =
-            FlowClasses { points: self.programme.points_class(), ..FlowClasses::default() };
+        let points = self.programme.points_class();
+        let exchange = points.map(|points| self.rates.fund_classes_of(points)).unwrap_or_default();
+        let mut classes = FlowClasses {
+            points,
+            exchange: exchange.into_iter().collect(),
+            ..FlowClasses::default()
+        };
         for version in self.programme.versions() {
             if !classes.issuance.contains(&version.accounts.issuance) {
                 classes.issuance.push(version.accounts.issuance);
@@ -805,7 +817,8 @@ impl Ledger {
             command::Operation::Capture { .. }
             | command::Operation::Void { .. }
             | command::Operation::Reverse { .. }
-            | command::Operation::PurchaseChange { .. } => {}
+            | command::Operation::PurchaseChange { .. }
+            | command::Operation::Convert { .. } => {}
         }
     }
 
@@ -948,6 +961,8 @@ impl Ledger {
             Body::LotsExpire(expire) => self.apply_lots_expire(expire, now),
             Body::PurchaseChange(change) => self.apply_purchase_change(change, now),
             Body::PurchaseRelease(release) => self.apply_purchase_release(release, now),
+            Body::RateDefine(define) => self.apply_rate_define(define, now),
+            Body::Conversion(conversion) => self.apply_conversion(conversion, now),
         };
         if let Err(code) = result {
             self.rollback();

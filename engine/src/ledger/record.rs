@@ -12,6 +12,7 @@ use super::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace}
 use crate::amount::Amount;
 use crate::ids::{IdempotencyKey, Lsn, ShardId, TerminalId, Timestamp, TxId};
 use crate::limits::RECEIPT_BYTES_MAX;
+use crate::loyalty::exchange::{Priced, RateTerms};
 use crate::loyalty::lots::Parts;
 use crate::loyalty::pricing::{Lines, PurchaseOutcome};
 use crate::loyalty::programme::ProgrammeAccounts;
@@ -444,6 +445,36 @@ pub struct PurchaseRelease {
     pub purchase: TxId,
 }
 
+/// A rate of the partner exchange (docs/loyalty.md, "Partner exchange"), recorded on every
+/// shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDefine {
+    /// The rate's version: the next one.
+    pub version: u32,
+    /// The effective time asked for; 0 for "at once" (each shard's record time).
+    pub effective_at: Timestamp,
+    /// The pair, its ratio and the accounts its conversions post to.
+    pub terms: RateTerms,
+}
+
+/// A conversion of a member's points of one asset into another at the rate in force: one
+/// transaction on the member's shard (postings: `exchange::conversion_postings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conversion {
+    /// Id, kind, terminal, key and metadata.
+    pub header: TxHeader,
+    /// The member.
+    pub customer: u64,
+    /// The asset converted from.
+    pub from: AssetId,
+    /// The asset converted to.
+    pub to: AssetId,
+    /// Points of `from` the member gives.
+    pub amount: Amount,
+    /// What the shard decided: the rate version, the points credited and the two values.
+    pub priced: Priced,
+}
+
 /// The body of one WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
@@ -479,6 +510,10 @@ pub enum Body {
     PurchaseChange(PurchaseChange),
     /// A pending purchase's points stopped being held.
     PurchaseRelease(PurchaseRelease),
+    /// A rate of the partner exchange was recorded.
+    RateDefine(RateDefine),
+    /// A member's points were converted into another asset.
+    Conversion(Conversion),
 }
 
 /// The kind field of a record frame (docs/wal-format.md, "Record kinds").
@@ -521,6 +556,10 @@ pub enum RecordKind {
     ClassDefine = 17,
     /// `Body::RulesDefine` (format version 4).
     RulesDefine = 18,
+    /// `Body::RateDefine` (format version 6).
+    RateDefine = 19,
+    /// `Body::Conversion` (format version 6).
+    Conversion = 20,
 }
 
 impl RecordKind {
@@ -545,6 +584,8 @@ impl RecordKind {
             16 => RecordKind::AssetDefine,
             17 => RecordKind::ClassDefine,
             18 => RecordKind::RulesDefine,
+            19 => RecordKind::RateDefine,
+            20 => RecordKind::Conversion,
             _ => return None,
         })
     }
@@ -570,6 +611,8 @@ impl RecordKind {
             RecordKind::AssetDefine => "asset_define",
             RecordKind::ClassDefine => "class_define",
             RecordKind::RulesDefine => "rules_define",
+            RecordKind::RateDefine => "rate_define",
+            RecordKind::Conversion => "conversion",
         }
     }
 }
@@ -600,6 +643,8 @@ impl Body {
                 }
             },
             Body::PurchaseRelease(_) => RecordKind::PurchaseRelease,
+            Body::RateDefine(_) => RecordKind::RateDefine,
+            Body::Conversion(_) => RecordKind::Conversion,
         }
     }
 
@@ -614,6 +659,7 @@ impl Body {
             Body::Reversal(reversal) => Some(&reversal.header),
             Body::Purchase(purchase) => Some(&purchase.header),
             Body::PurchaseChange(change) => Some(&change.header),
+            Body::Conversion(conversion) => Some(&conversion.header),
             Body::HoldExpire(_)
             | Body::LotsExpire(_)
             | Body::PurchaseRelease(_)
@@ -621,7 +667,8 @@ impl Body {
             | Body::TransferSettle(_)
             | Body::AssetDefine(_)
             | Body::ClassDefine(_)
-            | Body::RulesDefine(_) => None,
+            | Body::RulesDefine(_)
+            | Body::RateDefine(_) => None,
         }
     }
 
@@ -633,7 +680,10 @@ impl Body {
             Body::PurchaseRelease(release) => Some(release.id),
             Body::TransferIn(transfer) => Some(transfer.id),
             Body::TransferSettle(settle) => Some(settle.id),
-            Body::AssetDefine(_) | Body::ClassDefine(_) | Body::RulesDefine(_) => None,
+            Body::AssetDefine(_)
+            | Body::ClassDefine(_)
+            | Body::RulesDefine(_)
+            | Body::RateDefine(_) => None,
             _ => self.header().map(|header| header.id),
         }
     }

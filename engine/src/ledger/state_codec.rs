@@ -76,6 +76,7 @@ pub struct StateCapture {
     /// purchases follow from them on load, and are not copied).
     purchases: Vec<(crate::loyalty::purchases::Refundable, u64)>,
     flows: crate::loyalty::liability::Flows,
+    rates: crate::loyalty::exchange::Rates,
 }
 
 /// Bytes of an encoded history entry.
@@ -117,6 +118,7 @@ impl StateCapture {
             members: crate::loyalty::members::Members::default(),
             purchases: Vec::new(),
             flows: crate::loyalty::liability::Flows::default(),
+            rates: crate::loyalty::exchange::Rates::default(),
         }
     }
 
@@ -195,7 +197,7 @@ impl StateCapture {
     /// each remembered write; 4: without what the key index needs: the LSN forgotten through
     /// and each unsettled transfer's fingerprint and time; 5: without the loyalty programme; 6:
     /// without the members and parked points; 7: without the rule versions' settings and the
-    /// refundable purchases),
+    /// refundable purchases; 8: without the exchange rates),
     /// so that tools can compare an old snapshot with a replayed state.
     pub fn encode_version(&mut self, out: &mut Vec<u8>, version: u16) {
         self.accounts.sort_unstable_by_key(|(id, _)| *id);
@@ -341,7 +343,40 @@ impl StateCapture {
         }
         encode_purchases(&mut encoder, &self.purchases);
         encode_flows(&mut encoder, &self.flows);
+        if version < 9 {
+            return;
+        }
+        encode_rates(&mut encoder, &self.rates);
     }
+}
+
+/// Section 18: the exchange rates, in version order.
+fn encode_rates(encoder: &mut Encoder<'_>, rates: &crate::loyalty::exchange::Rates) {
+    let versions = rates.versions();
+    encoder.u32(u32::try_from(versions.len()).expect("at most RATE_VERSIONS_MAX"));
+    for rate in versions {
+        encoder.u32(rate.version);
+        encoder.u64(rate.requested_at.0);
+        encoder.u64(rate.effective_at.0);
+        crate::loyalty::codec::encode_rate_terms(encoder, &rate.terms);
+    }
+}
+
+fn decode_rates(decoder: &mut Decoder<'_>, ledger: &mut Ledger) -> Result<(), DecodeError> {
+    use crate::loyalty::exchange::{ExchangeRate, RATE_VERSIONS_MAX};
+    let count = decoder.count("rate count", RATE_VERSIONS_MAX)?;
+    for _ in 0..count {
+        let version = decoder.u32("rate version")?;
+        let requested_at = Timestamp(decoder.u64("rate requested at")?);
+        let effective_at = Timestamp(decoder.u64("rate effective at")?);
+        let terms = crate::loyalty::codec::decode_rate_terms(decoder)?;
+        let rate = ExchangeRate { version, terms, requested_at, effective_at };
+        ledger
+            .rates_mut()
+            .restore(rate)
+            .map_err(|field| DecodeError::Invalid { field, value: u128::from(version) })?;
+    }
+    Ok(())
 }
 
 /// Sections 14 (members, by customer) and 15 (parked points, by transaction).
@@ -614,6 +649,7 @@ impl Ledger {
         capture.purchases.clear();
         capture.purchases.extend(self.purchases.iter().map(|(entry, receipt)| (*entry, receipt)));
         capture.flows.clone_from(&self.flows);
+        capture.rates.clone_from(&self.rates);
     }
 
     /// A copy of the state for a snapshot.
@@ -879,6 +915,9 @@ impl Ledger {
         if version >= 8 {
             decode_purchases(&mut decoder, &mut ledger)?;
             decode_flows(&mut decoder, &mut ledger)?;
+        }
+        if version >= 9 {
+            decode_rates(&mut decoder, &mut ledger)?;
         }
         ledger.refresh_flow_classes();
         ledger.restore_class_totals();

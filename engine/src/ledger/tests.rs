@@ -904,3 +904,136 @@ fn a_wrapped_history_round_trips_and_keeps_working_after_decoding() {
     assert_eq!(decoded.history_of(account, 3)[0].tx_id, earn);
     assert_eq!(decoded.history_of(account, 3)[0].amount, 9);
 }
+
+/// The harness with partner A's points (asset 2), where members hold them (class 6), the two
+/// exchange funds (7 in PTS, 8 in partner points) and the money funds (class 9 in USD), and
+/// `customer` holding 100 partner points.
+fn exchange_harness(customer: u64) -> (Harness, crate::loyalty::exchange::RateTerms) {
+    use crate::loyalty::exchange::{ExchangeSide, RateTerms};
+    use crate::loyalty::rules::PointValue;
+    let mut harness = Harness::new();
+    harness.define_asset("PARTNER_A_POINTS", 0);
+    harness.define_class(Namespace::Customer, "partner_a", 2, AccountFlags::NO_OVERDRAFT);
+    harness.define_class(Namespace::House, "exchange_pts", 0, AccountFlags::NONE);
+    harness.define_class(Namespace::House, "exchange_partner_a", 2, AccountFlags::NONE);
+    harness.define_class(Namespace::Partner, "exchange", 1, AccountFlags::NONE);
+    let partner = AccountId::new(ClassId(6), customer);
+    let fund = AccountId::new(ClassId(8), 0);
+    let posting = Posting { debit: fund, credit: partner, asset: AssetId(2), amount: amount(100) };
+    harness.post(smallvec::smallvec![posting]).unwrap();
+    let terms = RateTerms {
+        from: ExchangeSide {
+            asset: AssetId(2),
+            customer: ClassId(6),
+            fund,
+            money: AccountId::new(ClassId(9), 7),
+            value: PointValue { minor_units: 2, points: 1 },
+        },
+        to: ExchangeSide {
+            asset: AssetId(0),
+            customer: harness.points,
+            fund: AccountId::new(ClassId(7), 0),
+            money: AccountId::new(ClassId(9), 0),
+            value: PointValue { minor_units: 1, points: 1 },
+        },
+        numerator: 1,
+        denominator: 1,
+        money: AssetId(1),
+    };
+    (harness, terms)
+}
+
+impl Harness {
+    fn define_rate(&mut self, terms: crate::loyalty::exchange::RateTerms) -> Result<(), Refusal> {
+        let version = self.ledger.rates().next_version();
+        let define = super::record::RateDefine { version, effective_at: Timestamp(0), terms };
+        self.apply(Body::RateDefine(define)).map(|_| ())
+    }
+
+    fn convert(
+        &mut self,
+        customer: u64,
+        value: u64,
+    ) -> Result<super::record::Conversion, RejectCode> {
+        let mut header = self.header();
+        header.kind = TxKind::EXCHANGE;
+        self.ledger.decide_conversion(
+            header,
+            customer,
+            (AssetId(2), AssetId(0)),
+            amount(value),
+            self.now,
+        )
+    }
+}
+
+/// Within one batch every record has the batch's time: a rate recorded between two
+/// conversions of the batch prices the second and not the first, and replay agrees.
+#[test]
+fn a_rate_recorded_between_two_conversions_of_one_batch_prices_only_the_second() {
+    let customer = 42;
+    let (mut harness, terms) = exchange_harness(customer);
+    assert_eq!(harness.convert(customer, 10).map(|_| ()), Err(RejectCode::RateMissing));
+    harness.define_rate(terms).unwrap();
+    let first = harness.convert(customer, 10).unwrap();
+    let second_request = harness.convert(customer, 10).unwrap();
+    harness.apply(Body::Conversion(first)).unwrap();
+    // The rate changes to 2 own points per partner point; the second request of the batch
+    // (same time) is decided after it.
+    harness.define_rate(crate::loyalty::exchange::RateTerms { numerator: 2, ..terms }).unwrap();
+    let mut second = harness.convert(customer, 10).unwrap();
+    second.header = second_request.header;
+    assert_eq!((first.priced.version, first.priced.credited), (1, 10));
+    assert_eq!((second.priced.version, second.priced.credited), (2, 20));
+    // The request decided before the rate changed no longer applies as it was priced.
+    harness.assert_rejected(Body::Conversion(second_request), RejectCode::DefinitionConflict);
+    let committed = harness.apply(Body::Conversion(second)).unwrap();
+    assert_eq!(committed.amount, 20);
+    assert_eq!(harness.balance(harness.customer(customer)), 30);
+    assert_eq!(harness.balance(AccountId::new(ClassId(6), customer)), 80);
+    // Differentials: 20 cents given for 10, then for 20: partner A owes 10 cents.
+    assert_eq!(harness.balance(AccountId::new(ClassId(9), 7)), -10);
+    assert_eq!(harness.balance(AccountId::new(ClassId(9), 0)), 10);
+    assert_eq!(harness.balance(AccountId::new(ClassId(7), 0)), -30);
+    assert_eq!(harness.balance(AccountId::new(ClassId(8), 0)), -100 + 20);
+}
+
+#[test]
+fn refused_rates_and_conversions_change_nothing() {
+    let customer = 42;
+    let (mut harness, terms) = exchange_harness(customer);
+    let version = |harness: &Harness| harness.ledger.rates().next_version();
+    // A rate of one asset, terms out of range, accounts of the wrong kind, a version out of
+    // order: refused whole.
+    let same = crate::loyalty::exchange::RateTerms { to: terms.from, ..terms };
+    let define = |terms, version| {
+        Body::RateDefine(super::record::RateDefine { version, effective_at: Timestamp(0), terms })
+    };
+    harness.assert_rejected(define(same, 1), RejectCode::ExchangeSameAsset);
+    let mut customer_fund = terms;
+    customer_fund.to.fund = harness.customer(1);
+    harness.assert_rejected(define(customer_fund, 1), RejectCode::ClassUnknown);
+    harness.assert_rejected(define(terms, 2), RejectCode::DefinitionConflict);
+    assert_eq!(version(&harness), 1);
+    harness.define_rate(terms).unwrap();
+    // More partner points than the member holds: the balance check refuses it, as a plain
+    // posting of the same amount would be.
+    let short = harness.convert(customer, 101).unwrap();
+    let plain = Posting {
+        debit: AccountId::new(ClassId(6), customer),
+        credit: AccountId::new(ClassId(8), 0),
+        asset: AssetId(2),
+        amount: amount(101),
+    };
+    let header = harness.header();
+    let Err(Refusal::Rejected(code)) = harness
+        .apply(Body::Transaction(Transaction { header, postings: smallvec::smallvec![plain] }))
+    else {
+        panic!("an overdraft was posted")
+    };
+    harness.assert_rejected(Body::Conversion(short), code);
+    // A record that says another price than the rate gives.
+    let mut tampered = harness.convert(customer, 10).unwrap();
+    tampered.priced.credited += 1;
+    harness.assert_rejected(Body::Conversion(tampered), RejectCode::DefinitionConflict);
+}

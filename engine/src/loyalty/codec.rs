@@ -471,3 +471,77 @@ fn decode_rules_unchecked(decoder: &mut Decoder<'_>) -> Result<RuleSet, DecodeEr
     };
     Ok(rules)
 }
+
+/// Bytes of an encoded exchange side: asset 2, customer class 4, fund account 12, money
+/// account 12, point value 8 + 8.
+pub const EXCHANGE_SIDE_BYTES: usize = 2 + 4 + 12 + 12 + 8 + 8;
+
+/// Bytes of encoded rate terms: numerator 8, denominator 8, liability asset 2, two sides.
+pub const RATE_TERMS_BYTES: usize = 8 + 8 + 2 + 2 * EXCHANGE_SIDE_BYTES;
+const _: () = assert!(RATE_TERMS_BYTES == 110);
+
+fn encode_side(encoder: &mut Encoder<'_>, side: &super::exchange::ExchangeSide) {
+    encoder.u16(side.asset.0);
+    encoder.u32(side.customer.0);
+    crate::wal::payload::encode_account_id(encoder, side.fund);
+    crate::wal::payload::encode_account_id(encoder, side.money);
+    encoder.u64(side.value.minor_units);
+    encoder.u64(side.value.points);
+}
+
+fn decode_side(decoder: &mut Decoder<'_>) -> Result<super::exchange::ExchangeSide, DecodeError> {
+    use crate::ledger::account::AssetId;
+    let asset = AssetId(decoder.u16("side asset")?);
+    let customer = ClassId(decoder.u32("side customer class")?);
+    let fund = crate::wal::payload::decode_account_id(decoder)?;
+    let money = crate::wal::payload::decode_account_id(decoder)?;
+    let minor_units = decoder.u64("side point value minor units")?;
+    let points = decoder.u64("side point value points")?;
+    let term = super::rules::POINT_VALUE_TERM_MAX;
+    for (field, value) in
+        [("side point value minor units", minor_units), ("side point value points", points)]
+    {
+        if !(1..=term).contains(&value) {
+            return Err(invalid(field, value));
+        }
+    }
+    Ok(super::exchange::ExchangeSide {
+        asset,
+        customer,
+        fund,
+        money,
+        value: PointValue { minor_units, points },
+    })
+}
+
+/// Appends rate terms (`RATE_TERMS_BYTES`): numerator, denominator, liability asset, the
+/// `from` side, the `to` side.
+pub fn encode_rate_terms(encoder: &mut Encoder<'_>, terms: &super::exchange::RateTerms) {
+    encoder.u64(terms.numerator);
+    encoder.u64(terms.denominator);
+    encoder.u16(terms.money.0);
+    encode_side(encoder, &terms.from);
+    encode_side(encoder, &terms.to);
+}
+
+/// Reads rate terms: ratio terms in range, two different assets, point values in range (the
+/// accounts are the registry's to check).
+pub fn decode_rate_terms(
+    decoder: &mut Decoder<'_>,
+) -> Result<super::exchange::RateTerms, DecodeError> {
+    use super::exchange::RATE_TERM_MAX;
+    let numerator = decoder.u64("rate numerator")?;
+    let denominator = decoder.u64("rate denominator")?;
+    for (field, value) in [("rate numerator", numerator), ("rate denominator", denominator)] {
+        if !(1..=RATE_TERM_MAX).contains(&value) {
+            return Err(invalid(field, value));
+        }
+    }
+    let money = crate::ledger::account::AssetId(decoder.u16("liability asset")?);
+    let from = decode_side(decoder)?;
+    let to = decode_side(decoder)?;
+    if from.asset == to.asset {
+        return Err(invalid("rate to asset", to.asset.0));
+    }
+    Ok(super::exchange::RateTerms { from, to, numerator, denominator, money })
+}

@@ -11,9 +11,11 @@ pub const FLOW_DAYS_MAX: usize = 400;
 /// What moved the programme's points in one UTC day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DayFlows {
-    /// Points credited to members from issuance (purchases, earns, released held points).
+    /// Points credited to members from issuance (purchases, earns, released held points) or
+    /// from a partner exchange fund (conversions into the programme's points).
     pub issued: u64,
-    /// Points members spent (to any house account but issuance and breakage).
+    /// Points members spent (to any house account but issuance and breakage, or to a
+    /// partner exchange fund).
     pub redeemed: u64,
     /// Points that expired into breakage.
     pub expired: u64,

@@ -64,10 +64,16 @@ pub(crate) struct ShardSetup {
     pub(crate) peers: Arc<Vec<Sender<PeerMessage>>>,
     pub(crate) shared: Arc<ShardShared>,
     /// Where the outcome of recovery is reported.
-    pub(crate) recovered: Sender<
-        Result<(RecoveryReport, Registry, crate::loyalty::programme::Programme), RecoveryError>,
-    >,
+    pub(crate) recovered: Sender<Result<Recovered, RecoveryError>>,
 }
+
+/// What a shard reports once recovered: how recovery went and the definitions it holds.
+pub(crate) type Recovered = (
+    RecoveryReport,
+    Registry,
+    crate::loyalty::programme::Programme,
+    crate::loyalty::exchange::Rates,
+);
 
 /// A request for a cross-shard transfer waiting for the transfer's acknowledgement before it
 /// is answered: the request that made it, or a retry of it.
@@ -185,7 +191,8 @@ impl ShardActor {
         setup.shared.durable_lsn.store(lsn.0, Ordering::Relaxed);
         let mut report = recovered.report;
         report.key_index = prepared.report;
-        let report = (report, ledger.registry().clone(), ledger.programme().clone());
+        let report =
+            (report, ledger.registry().clone(), ledger.programme().clone(), ledger.rates().clone());
         if setup.recovered.send(Ok(report)).is_err() {
             return;
         }
@@ -401,6 +408,11 @@ impl ShardActor {
                     };
                     if let Some(customer) = customer.filter(|_| points.is_some()) {
                         customers.push(customer);
+                    }
+                }
+                Operation::Convert { customer, .. } => {
+                    if points.is_some() {
+                        customers.push(*customer);
                     }
                 }
                 Operation::Purchase { .. }
@@ -695,6 +707,24 @@ impl ShardActor {
                             reference,
                             event,
                             outcome,
+                        });
+                        return Some(self.refuse_unbuilt(probe, code));
+                    }
+                }
+            }
+            Operation::Convert { customer, from, to, amount } => {
+                match self.ledger.decide_conversion(header, customer, (from, to), amount, self.now)
+                {
+                    Ok(conversion) => Body::Conversion(conversion),
+                    Err(code) => {
+                        let priced = crate::loyalty::exchange::Priced::default();
+                        let probe = Body::Conversion(crate::ledger::record::Conversion {
+                            header,
+                            customer,
+                            from,
+                            to,
+                            amount,
+                            priced,
                         });
                         return Some(self.refuse_unbuilt(probe, code));
                     }

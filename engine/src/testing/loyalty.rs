@@ -314,6 +314,128 @@ impl Loyalty {
     pub fn balance_query(&self, customer: u64) -> Command {
         Command::Read(Query::Account(self.customer(customer)))
     }
+
+    /// Convert `amount` of `customer`'s points of `from` into `to`.
+    pub fn convert(
+        &self,
+        key: u128,
+        customer: u64,
+        (from, to): (AssetId, AssetId),
+        amount: u64,
+    ) -> Command {
+        let amount = Amount::new(amount).expect("positive amount");
+        self.request(key, TxKind::EXCHANGE, Operation::Convert { customer, from, to, amount })
+    }
+}
+
+/// A partner programme set up for the exchange: its points asset, where members hold them,
+/// the two exchange funds in points and the money funds of both programmes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partner {
+    /// `PARTNER_A_POINTS`.
+    pub asset: AssetId,
+    /// `customer:<id>:partner_a`.
+    pub customer: ClassId,
+    /// `house:exchange_pts`, in the programme's points.
+    pub own_fund: AccountId,
+    /// `house:exchange_partner_a`, in the partner's points.
+    pub partner_fund: AccountId,
+    /// The money asset, `USD`.
+    pub money: AssetId,
+    /// `partner:0:exchange` (the programme itself) in `USD`.
+    pub own_money: AccountId,
+    /// `partner:7:exchange` (partner A) in `USD`.
+    pub partner_money: AccountId,
+}
+
+impl Partner {
+    /// Defines partner A next to `loyalty` on `engine`.
+    pub fn define(engine: &Engine, loyalty: &Loyalty) -> Partner {
+        let asset = engine.define_asset("PARTNER_A_POINTS", 0).expect("define partner points");
+        let money = engine.define_asset("USD", 2).expect("define USD");
+        let class = |namespace, name, asset, flags| {
+            engine.define_class(namespace, name, asset, flags).expect("define a class")
+        };
+        let customer = class(Namespace::Customer, "partner_a", asset, AccountFlags::NO_OVERDRAFT);
+        let own_fund = class(Namespace::House, "exchange_pts", loyalty.pts, AccountFlags::NONE);
+        let partner_fund = class(Namespace::House, "exchange_partner_a", asset, AccountFlags::NONE);
+        let exchange = class(Namespace::Partner, "exchange", money, AccountFlags::NONE);
+        Partner {
+            asset,
+            customer,
+            own_fund: AccountId::new(own_fund, 0),
+            partner_fund: AccountId::new(partner_fund, 0),
+            money,
+            own_money: AccountId::new(exchange, 0),
+            partner_money: AccountId::new(exchange, 7),
+        }
+    }
+
+    /// The terms of a rate from partner points into the programme's (`numerator` own points
+    /// per `denominator` partner points), a partner point worth `partner_value` cents and an
+    /// own point `own_value` (each per one point).
+    pub fn inbound(
+        &self,
+        loyalty: &Loyalty,
+        (numerator, denominator): (u64, u64),
+        (partner_value, own_value): (u64, u64),
+    ) -> crate::loyalty::exchange::RateTerms {
+        use crate::loyalty::exchange::{ExchangeSide, RateTerms};
+        use crate::loyalty::rules::PointValue;
+        RateTerms {
+            from: ExchangeSide {
+                asset: self.asset,
+                customer: self.customer,
+                fund: self.partner_fund,
+                money: self.partner_money,
+                value: PointValue { minor_units: partner_value, points: 1 },
+            },
+            to: ExchangeSide {
+                asset: loyalty.pts,
+                customer: loyalty.points,
+                fund: self.own_fund,
+                money: self.own_money,
+                value: PointValue { minor_units: own_value, points: 1 },
+            },
+            numerator,
+            denominator,
+            money: self.money,
+        }
+    }
+
+    /// The terms of the other direction, with the same accounts and values.
+    pub fn outbound(
+        &self,
+        loyalty: &Loyalty,
+        ratio: (u64, u64),
+        values: (u64, u64),
+    ) -> crate::loyalty::exchange::RateTerms {
+        let inbound = self.inbound(loyalty, ratio, values);
+        crate::loyalty::exchange::RateTerms { from: inbound.to, to: inbound.from, ..inbound }
+    }
+
+    /// Gives `customer` `amount` partner points (from the partner's fund, as a partner's own
+    /// feed would).
+    pub fn credit(&self, key: u128, customer: u64, amount: u64) -> Command {
+        let posting = Posting {
+            debit: self.partner_fund,
+            credit: AccountId::new(self.customer, customer),
+            asset: self.asset,
+            amount: Amount::new(amount).expect("positive amount"),
+        };
+        Command::Write(Request {
+            terminal: TerminalId(1),
+            idempotency: IdempotencyKey::new(key),
+            kind: TxKind::EXCHANGE,
+            metadata: Metadata::default(),
+            operation: Operation::Post { postings: smallvec::smallvec![posting] },
+        })
+    }
+
+    /// A member's partner points account.
+    pub fn account(&self, customer: u64) -> AccountId {
+        AccountId::new(self.customer, customer)
+    }
 }
 
 /// Lines of `(category, amount, excluded)`.

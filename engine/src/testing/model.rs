@@ -65,7 +65,15 @@ pub enum ModelOp {
     Fail { op: usize },
     /// Refund of `amount` of the spend of the `op`-th purchase committed so far.
     Refund { op: usize, amount: u64 },
+    /// Conversion of `amount` of the customer's points into a partner's, at the rate in force.
+    ConvertOut { customer: u64, amount: u64 },
+    /// Conversion of `amount` of the customer's partner points into points.
+    ConvertIn { customer: u64, amount: u64 },
 }
+
+/// Exchange rates as the model keeps them: `(effective at, out, in)`, each direction's ratio
+/// `(numerator, denominator)` or none.
+pub type ModelRates = Vec<(Timestamp, Option<(u64, u64)>, Option<(u64, u64)>)>;
 
 /// A purchase's lifecycle as the model keeps it.
 #[derive(Debug, Clone, Copy)]
@@ -197,6 +205,10 @@ pub struct Model {
     purchases: BTreeMap<usize, ModelPurchase>,
     /// What each customer owes back (their clawback account: 0 or below).
     owed: BTreeMap<u64, i128>,
+    /// The partner exchange's rates, in the order recorded.
+    rates: ModelRates,
+    /// Each customer's partner points, once they have an account.
+    partner: BTreeMap<u64, i128>,
 }
 
 impl Model {
@@ -235,6 +247,8 @@ impl Model {
             write_times: Vec::new(),
             purchases: BTreeMap::new(),
             owed: BTreeMap::new(),
+            rates: Vec::new(),
+            partner: BTreeMap::new(),
         }
     }
 
@@ -243,6 +257,64 @@ impl Model {
     pub fn with_programme(mut self, versions: Vec<(Timestamp, RuleSet)>) -> Model {
         self.versions = versions;
         self
+    }
+
+    /// The model with these exchange rates, recorded before any write, and `partner` points
+    /// credited to customers before any write.
+    pub fn with_exchange(mut self, rates: ModelRates, partner: &[(u64, u64)]) -> Model {
+        self.rates = rates;
+        for (customer, points) in partner {
+            *self.partner.entry(*customer).or_default() += i128::from(*points);
+        }
+        self
+    }
+
+    /// A customer's partner points (`None`: no account).
+    pub fn partner_points(&self, customer: u64) -> Option<i128> {
+        self.partner.get(&customer).copied()
+    }
+
+    /// The ratio of a direction in force now: of the rates that name it and are in effect,
+    /// the one recorded last among those that took effect last.
+    fn rate_now(&self, out: bool) -> Option<(u64, u64)> {
+        self.rates
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (at, out_rate, in_rate))| {
+                let rate = if out { *out_rate } else { *in_rate };
+                rate.filter(|_| *at <= self.now).map(|rate| ((*at, index), rate))
+            })
+            .max_by_key(|(order, _)| *order)
+            .map(|(_, rate)| rate)
+    }
+
+    /// A conversion of `amount` by `customer`, out of their points (`out`) or into them.
+    fn convert(&mut self, customer: u64, amount: u64, out: bool) -> Result<(), RejectCode> {
+        let (numerator, denominator) = self.rate_now(out).ok_or(RejectCode::RateMissing)?;
+        let credited =
+            u64::try_from(u128::from(amount) * u128::from(numerator) / u128::from(denominator))
+                .map_err(|_| RejectCode::Overflow)?;
+        if credited == 0 {
+            return Err(RejectCode::ConversionTooSmall);
+        }
+        if out {
+            self.debit_check(customer, amount)?;
+            *self.balances.entry(customer).or_default() -= i128::from(amount);
+            self.take_lots(customer, amount);
+            *self.partner.entry(customer).or_default() += i128::from(credited);
+        } else {
+            match self.partner.get(&customer) {
+                None => return Err(RejectCode::AccountNotFound),
+                Some(held) if *held < i128::from(amount) => {
+                    return Err(RejectCode::InsufficientFunds);
+                }
+                Some(_) => {}
+            }
+            *self.partner.entry(customer).or_default() -= i128::from(amount);
+            *self.balances.entry(customer).or_default() += i128::from(credited);
+            self.credit_lot(customer, 1, credited);
+        }
+        Ok(())
     }
 
     /// The version in force at `at`: of those in effect, the one that took effect last (of two
@@ -500,6 +572,12 @@ impl Model {
             ModelOp::Settle { op } => ModelOp::Fail { op },
             ModelOp::Fail { op } => ModelOp::Settle { op },
             ModelOp::Refund { op, amount } => ModelOp::Refund { op, amount: amount + 1 },
+            ModelOp::ConvertOut { customer, amount } => {
+                ModelOp::ConvertOut { customer, amount: amount + 1 }
+            }
+            ModelOp::ConvertIn { customer, amount } => {
+                ModelOp::ConvertIn { customer, amount: amount + 1 }
+            }
             ref other => unreachable!("{other:?} is not stored as a write"),
         }
     }
@@ -566,7 +644,9 @@ impl Model {
             ModelOp::Earn { customer, .. }
             | ModelOp::Redeem { customer, .. }
             | ModelOp::Hold { customer, .. }
-            | ModelOp::Purchase { customer, .. } => self.shard(*customer),
+            | ModelOp::Purchase { customer, .. }
+            | ModelOp::ConvertOut { customer, .. }
+            | ModelOp::ConvertIn { customer, .. } => self.shard(*customer),
             ModelOp::Transfer { from, .. } => self.shard(*from),
             ModelOp::Capture { hold, .. } | ModelOp::Void { hold } => {
                 self.shard(self.holds[*hold].customer)
@@ -829,6 +909,8 @@ impl Model {
             ModelOp::Refund { op, amount } => {
                 self.change(op, LifecycleEvent::Refund { amount, left: 0 })
             }
+            ModelOp::ConvertOut { customer, amount } => self.convert(customer, amount, true),
+            ModelOp::ConvertIn { customer, amount } => self.convert(customer, amount, false),
             ModelOp::Retry { .. } | ModelOp::Conflict { .. } | ModelOp::Advance { .. } => {
                 unreachable!("handled by apply")
             }

@@ -10,10 +10,10 @@ use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::ids::{IdempotencyKey, ShardId, TerminalId, Timestamp, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
 use crate::ledger::record::{
-    AssetDefine, Body, ClassDefine, HoldCapture, HoldCreate, HoldExpire, HoldVoid, LotsExpire,
-    Metadata, Posting, Purchase, PurchaseChange, PurchaseEvent, PurchaseRef, PurchaseRelease,
-    Receipt, RecordKind, Reversal, RulesDefine, Transaction, TransferIn, TransferOut,
-    TransferSettle, TransitionOutcome, TxHeader, TxKind,
+    AssetDefine, Body, ClassDefine, Conversion, HoldCapture, HoldCreate, HoldExpire, HoldVoid,
+    LotsExpire, Metadata, Posting, Purchase, PurchaseChange, PurchaseEvent, PurchaseRef,
+    PurchaseRelease, RateDefine, Receipt, RecordKind, Reversal, RulesDefine, Transaction,
+    TransferIn, TransferOut, TransferSettle, TransitionOutcome, TxHeader, TxKind,
 };
 use crate::limits::{NAME_BYTES_MAX, RECEIPT_BYTES_MAX, TRANSACTION_POSTINGS_MAX};
 
@@ -33,6 +33,10 @@ const _: () = assert!(RECEIPT_LENGTH_OFFSET == 36);
 /// sequence), which the fingerprint leaves out.
 pub const TRANSFER_OUT_ASSIGNED_BYTES: usize = 2 + 8;
 
+/// Bytes at the end of a `Conversion` payload that the shard decides (rate version, points
+/// credited, the two values), which the fingerprint leaves out.
+pub const CONVERSION_DECIDED_BYTES: usize = 4 + 8 + 8 + 8;
+
 /// The fingerprint of a client record: XXH3-64, seeded with the record kind, of the payload
 /// from `FINGERPRINT_OFFSET` to its end (minus `TRANSFER_OUT_ASSIGNED_BYTES` for a transfer).
 /// It covers everything the client chose except the key itself, and nothing the engine chose,
@@ -40,6 +44,7 @@ pub const TRANSFER_OUT_ASSIGNED_BYTES: usize = 2 + 8;
 pub fn fingerprint(kind: RecordKind, payload: &[u8]) -> u64 {
     let end = match kind {
         RecordKind::TransferOut => payload.len().saturating_sub(TRANSFER_OUT_ASSIGNED_BYTES),
+        RecordKind::Conversion => payload.len().saturating_sub(CONVERSION_DECIDED_BYTES),
         // A reversal's postings are derived by the engine from the original: the request is
         // the header and the original's id.
         RecordKind::Reversal => payload
@@ -386,6 +391,24 @@ pub fn encode_body(body: &Body, out: &mut Vec<u8>) {
             encoder.u64(release.id.0);
             encoder.u64(release.purchase.0);
         }
+        Body::RateDefine(define) => {
+            encoder.u32(define.version);
+            encoder.u64(define.effective_at.0);
+            crate::loyalty::codec::encode_rate_terms(&mut encoder, &define.terms);
+        }
+        Body::Conversion(conversion) => {
+            encode_header(&mut encoder, &conversion.header);
+            encoder.u64(conversion.customer);
+            encoder.u16(conversion.from.0);
+            encoder.u16(conversion.to.0);
+            encoder.u64(conversion.amount.get());
+            // Decided by the shard: last, outside the fingerprint.
+            let priced = &conversion.priced;
+            encoder.u32(priced.version);
+            encoder.u64(priced.credited);
+            encoder.u64(priced.from_value);
+            encoder.u64(priced.to_value);
+        }
     }
 }
 
@@ -511,6 +534,28 @@ pub fn decode_body(kind: RecordKind, payload: &[u8]) -> Result<Body, DecodeError
             id: TxId(decoder.u64("tx id")?),
             purchase: TxId(decoder.u64("purchase")?),
         }),
+        RecordKind::RateDefine => Body::RateDefine(RateDefine {
+            version: decoder.u32("rate version")?,
+            effective_at: Timestamp(decoder.u64("effective at")?),
+            terms: crate::loyalty::codec::decode_rate_terms(&mut decoder)?,
+        }),
+        RecordKind::Conversion => {
+            let header = decode_header(&mut decoder)?;
+            let customer = decoder.u64("customer")?;
+            let from = AssetId(decoder.u16("from asset")?);
+            let to = AssetId(decoder.u16("to asset")?);
+            let amount = decode_amount(&mut decoder, "amount")?;
+            let priced = crate::loyalty::exchange::Priced {
+                version: decoder.u32("rate version")?,
+                credited: decoder.u64("credited")?,
+                from_value: decoder.u64("from value")?,
+                to_value: decoder.u64("to value")?,
+            };
+            if priced.version == 0 || priced.credited == 0 {
+                return Err(DecodeError::Invalid { field: "conversion outcome", value: 0 });
+            }
+            Body::Conversion(Conversion { header, customer, from, to, amount, priced })
+        }
     };
     decoder.finish()?;
     Ok(body)
@@ -688,6 +733,8 @@ mod tests {
                 ]),
             )),
             Body::PurchaseRelease(PurchaseRelease { id: TxId(11), purchase: TxId(77) }),
+            Body::RateDefine(RateDefine { version: 3, effective_at: Timestamp(9), terms: terms() }),
+            Body::Conversion(conversion()),
         ];
         for body in bodies {
             let mut bytes = Vec::new();
@@ -710,6 +757,60 @@ mod tests {
             bytes.push(0);
             assert_eq!(decode_body(body.kind(), &bytes), Err(DecodeError::Trailing(1)));
         }
+    }
+
+    fn terms() -> crate::loyalty::exchange::RateTerms {
+        use crate::loyalty::exchange::{ExchangeSide, RateTerms};
+        use crate::loyalty::rules::PointValue;
+        let side = |asset, class| ExchangeSide {
+            asset: AssetId(asset),
+            customer: ClassId(class),
+            fund: AccountId::new(ClassId(class + 1), 0),
+            money: AccountId::new(ClassId(9), u64::from(asset) + 1),
+            value: PointValue { minor_units: u64::from(asset) + 1, points: 3 },
+        };
+        RateTerms {
+            from: side(1, 5),
+            to: side(0, 1),
+            numerator: 3,
+            denominator: 2,
+            money: AssetId(2),
+        }
+    }
+
+    fn conversion() -> Conversion {
+        Conversion {
+            header: header(12),
+            customer: 42,
+            from: AssetId(1),
+            to: AssetId(0),
+            amount: Amount::new(7).unwrap(),
+            priced: crate::loyalty::exchange::Priced {
+                version: 3,
+                credited: 10,
+                from_value: 4,
+                to_value: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn a_conversions_fingerprint_covers_the_request_not_the_price() {
+        let encode = |conversion: Conversion| {
+            let mut bytes = Vec::new();
+            let body = Body::Conversion(conversion);
+            encode_body(&body, &mut bytes);
+            fingerprint(body.kind(), &bytes)
+        };
+        let base = conversion();
+        let repriced = Conversion {
+            priced: crate::loyalty::exchange::Priced { version: 4, credited: 11, ..base.priced },
+            ..base
+        };
+        assert_eq!(encode(base), encode(repriced));
+        assert_ne!(encode(base), encode(Conversion { amount: Amount::new(8).unwrap(), ..base }));
+        assert_ne!(encode(base), encode(Conversion { to: AssetId(3), ..base }));
+        assert_ne!(encode(base), encode(Conversion { customer: 43, ..base }));
     }
 
     #[test]

@@ -24,11 +24,15 @@ fn account(registry: &Registry, id: AccountId) -> String {
         .map_or_else(|| format!("unknown:{}:{}", id.owner(), id.class().0), |a| a.to_string())
 }
 
+fn asset(registry: &Registry, id: ledger_engine::ledger::account::AssetId) -> String {
+    registry.asset(id).map_or_else(|| id.0.to_string(), |a| a.code.to_string())
+}
+
 fn posting_json(registry: &Registry, posting: &Posting) -> serde_json::Value {
     json!({
         "debit": account(registry, posting.debit),
         "credit": account(registry, posting.credit),
-        "asset": registry.asset(posting.asset).map_or_else(|| posting.asset.0.to_string(), |a| a.code.to_string()),
+        "asset": asset(registry, posting.asset),
         "amount": posting.amount.get(),
     })
 }
@@ -185,6 +189,39 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
                 "caps": { "daily": rules.caps.daily, "monthly": rules.caps.monthly },
             })
         }
+        Body::RateDefine(define) => {
+            let terms = &define.terms;
+            let side = |side: &ledger_engine::loyalty::exchange::ExchangeSide| {
+                json!({
+                    "asset": asset(registry, side.asset),
+                    "customer_class": side.customer.0,
+                    "fund": account(registry, side.fund),
+                    "money": account(registry, side.money),
+                    "point_value": format!("{} per {}", side.value.minor_units, side.value.points),
+                })
+            };
+            json!({
+                "version": define.version,
+                "effective_at": define.effective_at.0,
+                "rate": format!("{} per {}", terms.numerator, terms.denominator),
+                "liability_asset": asset(registry, terms.money),
+                "from": side(&terms.from),
+                "to": side(&terms.to),
+            })
+        }
+        Body::Conversion(conversion) => json!({
+            "tx_kind": conversion.header.kind.to_string(),
+            "terminal": conversion.header.terminal.0,
+            "customer": conversion.customer,
+            "from": asset(registry, conversion.from),
+            "to": asset(registry, conversion.to),
+            "amount": conversion.amount.get(),
+            "rate_version": conversion.priced.version,
+            "credited": conversion.priced.credited,
+            "from_value": conversion.priced.from_value,
+            "to_value": conversion.priced.to_value,
+            "differential": conversion.priced.differential().to_string(),
+        }),
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Guards invariant 4 (nothing acknowledged is lost, nothing unacknowledged is half there) and
 //! invariant 2 (every asset sums to zero) across real crashes: a writer process
-//! (`ledger-crash-writer`) submits earns, two-posting earns, redemptions and cross-shard
-//! transfers with many requests in flight, and is killed at a random moment; the test then
+//! (`ledger-crash-writer`) submits earns, two-posting earns, redemptions, conversions into a
+//! partner's points and cross-shard transfers with many requests in flight, and is killed at a random moment; the test then
 //! recovers the data directory in process and checks:
 //! - every acknowledged write is present: its retry is answered `Duplicate`;
 //! - every other write is present whole or absent: retrying each one (present: `Duplicate`,
@@ -31,7 +31,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ledger_engine::testing::crash::{
-    CUSTOMERS, CrashRequest, LIFECYCLE_CUSTOMERS, LIFECYCLE_FIRST, crash_engine_config,
+    CUSTOMERS, CrashAccounts, CrashRequest, LIFECYCLE_CUSTOMERS, LIFECYCLE_FIRST,
+    crash_engine_config,
 };
 
 /// Every customer the crash workload touches: the random ones and those that buy, settle and
@@ -39,7 +40,7 @@ use ledger_engine::testing::crash::{
 fn all_customers() -> Vec<u64> {
     (0..CUSTOMERS).chain(LIFECYCLE_FIRST..LIFECYCLE_FIRST + LIFECYCLE_CUSTOMERS).collect()
 }
-use ledger_engine::testing::loyalty::{Loyalty, execute_all};
+use ledger_engine::testing::loyalty::execute_all;
 use std::sync::Arc;
 
 use ledger_engine::{AccountId, Engine, Response};
@@ -98,6 +99,7 @@ fn acknowledged_writes_survive_sigkill_and_nothing_is_half_applied() {
     let mut total_acknowledged = 0usize;
     // Every write that committed, at first or on its retry after the crash.
     let mut committed: Vec<CrashRequest> = Vec::new();
+    let mut converted = 0;
     for round in 0..rounds {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -109,11 +111,12 @@ fn acknowledged_writes_survive_sigkill_and_nothing_is_half_applied() {
 
         let engine = Engine::open(crash_engine_config(dir.path()))
             .unwrap_or_else(|e| panic!("round {round}: recovery failed: {e}"));
-        let loyalty = Loyalty::define(&engine);
+        let accounts = CrashAccounts::define(&engine);
+        let loyalty = accounts.loyalty;
         let mut committed_now = 0;
         for chunk in outcome.sent.chunks(512) {
             let responses =
-                execute_all(&engine, chunk.iter().map(|r| r.command(&loyalty)).collect());
+                execute_all(&engine, chunk.iter().map(|r| r.command(&accounts)).collect());
             for (request, response) in chunk.iter().zip(responses) {
                 let answer = outcome.acknowledged.get(&request.key).map(String::as_str);
                 match (answer, response) {
@@ -162,8 +165,25 @@ fn acknowledged_writes_survive_sigkill_and_nothing_is_half_applied() {
             |account: AccountId| engine.account_total(account).map_or(0, |a| a.balance_posted());
         let house = total(loyalty.issuance())
             + total(loyalty.redemption())
-            + total(AccountId::transit(loyalty.pts));
+            + total(AccountId::transit(loyalty.pts))
+            + total(accounts.partner.own_fund);
         assert_eq!(customers_total + house, 0, "round {round}: the asset sums to zero");
+        // Points converted went to the exchange fund once each, and as many partner points
+        // to the members.
+        let queries = all_customers()
+            .into_iter()
+            .map(|c| accounts.partner.account(c))
+            .map(|a| ledger_engine::Command::Read(ledger_engine::Query::Account(a)));
+        let partner_points: i128 = execute_all(&engine, queries.collect())
+            .into_iter()
+            .map(|response| match response {
+                Response::Account(view) => view.counters.balance_posted(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(partner_points, total(accounts.partner.own_fund), "round {round}: converted");
+        assert_eq!(partner_points, -total(accounts.partner.partner_fund), "round {round}");
+        converted = partner_points;
         eprintln!(
             "round {round}: killed after {run_for:?}; {} sent, {acknowledged} acknowledged, {committed_now} committed on retry",
             outcome.sent.len()
@@ -171,12 +191,14 @@ fn acknowledged_writes_survive_sigkill_and_nothing_is_half_applied() {
         engine.shutdown();
     }
     assert!(total_acknowledged > 0, "the writer acknowledged writes before being killed");
+    assert!(converted > 0, "conversions committed");
 
     // Every committed write, retried long after: a duplicate each, and no balance moves.
     let engine = Engine::open(crash_engine_config(dir.path())).unwrap();
-    let loyalty = Loyalty::define(&engine);
+    let accounts = CrashAccounts::define(&engine);
+    let loyalty = accounts.loyalty;
     for chunk in committed.chunks(512) {
-        let responses = execute_all(&engine, chunk.iter().map(|r| r.command(&loyalty)).collect());
+        let responses = execute_all(&engine, chunk.iter().map(|r| r.command(&accounts)).collect());
         for (request, response) in chunk.iter().zip(responses) {
             assert!(
                 matches!(response, Response::Duplicate(_)),
@@ -288,7 +310,8 @@ fn expiries_in_flight_at_sigkill_end_exact() {
         let clock = Arc::new(ManualClock::new(EXPIRY_SWEEP_AT));
         let engine = Engine::open(expiry_engine_config(dir.path(), clock))
             .unwrap_or_else(|e| panic!("round {round}: recovery failed: {e}"));
-        let loyalty = Loyalty::define(&engine);
+        let crash_accounts = CrashAccounts::define(&engine);
+        let loyalty = crash_accounts.loyalty;
         let accounts = loyalty.define_programme(&engine);
         // The first phase was answered before the clock moved (`X`): every purchase of it is
         // acknowledged. Its keys are two years old now, far outside the idempotency window,
@@ -306,7 +329,7 @@ fn expiries_in_flight_at_sigkill_end_exact() {
         let mut issued = first_lots;
         for chunk in later_sent.chunks(1_024) {
             let responses =
-                execute_all(&engine, chunk.iter().map(|r| r.command(&loyalty)).collect());
+                execute_all(&engine, chunk.iter().map(|r| r.command(&crash_accounts)).collect());
             for (request, response) in chunk.iter().zip(responses) {
                 let answer = acknowledged.get(&request.key).map(String::as_str);
                 match (answer, response) {

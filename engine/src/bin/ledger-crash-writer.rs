@@ -20,7 +20,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ledger_engine::testing::crash::{CrashRequest, crash_engine_config};
+use ledger_engine::testing::crash::{CrashAccounts, CrashRequest, crash_engine_config};
 use ledger_engine::testing::loyalty::{CollectingSink, Loyalty};
 use ledger_engine::{Engine, ReplySink, Response};
 
@@ -48,10 +48,10 @@ fn main() {
     let round: u64 = round.parse().expect("round is a number");
     let seed: u64 = seed.parse().expect("seed is a number");
     let engine = Arc::new(Engine::open(crash_engine_config(dir.as_ref())).expect("engine opens"));
-    let loyalty = Loyalty::define(&engine);
+    let crash_accounts = CrashAccounts::define(&engine);
     // Purchases of the lifecycle customers earn 1 point per unit (recorded once: a later
     // round finds the same version in force).
-    let accounts = loyalty.define_programme(&engine);
+    let accounts = crash_accounts.loyalty.define_programme(&engine);
     engine
         .define_rules(ledger_engine::loyalty::RuleSet::flat(1, 1), accounts, None)
         .expect("the flat rules are recorded");
@@ -73,7 +73,7 @@ fn main() {
                         let at = (worker, step);
                         requests.push(CrashRequest::at_step(key, at, &mut rng, shards));
                     }
-                    submit_reported(&engine, &loyalty, &out, &requests);
+                    submit_reported(&engine, &crash_accounts, &out, &requests);
                 }
             })
         })
@@ -87,7 +87,7 @@ fn main() {
 /// each answer.
 fn submit_reported(
     engine: &Engine,
-    loyalty: &Loyalty,
+    accounts: &CrashAccounts,
     out: &Mutex<std::io::Stdout>,
     requests: &[CrashRequest],
 ) {
@@ -103,7 +103,7 @@ fn submit_reported(
     let commands = requests
         .iter()
         .enumerate()
-        .map(|(tag, request)| (tag as u64, request.command(loyalty)))
+        .map(|(tag, request)| (tag as u64, request.command(accounts)))
         .collect();
     engine.submit(&dyn_sink, commands);
     let replies = sink.take(requests.len(), Duration::from_secs(60));
@@ -131,8 +131,8 @@ fn expiry(dir: &std::path::Path, seed: u64) {
 
     let clock = Arc::new(ManualClock::new(EXPIRY_START));
     let engine = Engine::open(expiry_engine_config(dir, clock.clone())).expect("engine opens");
-    let loyalty = Loyalty::define(&engine);
-    let accounts = loyalty.define_programme(&engine);
+    let crash_accounts = CrashAccounts::define(&engine);
+    let accounts = crash_accounts.loyalty.define_programme(&engine);
     engine
         .define_rules(ledger_engine::loyalty::RuleSet::flat(1, 1), accounts, None)
         .expect("rules");
@@ -151,7 +151,7 @@ fn expiry(dir: &std::path::Path, seed: u64) {
         })
         .collect();
     for chunk in first.chunks(1_024) {
-        submit_reported(&engine, &loyalty, &out, chunk);
+        submit_reported(&engine, &crash_accounts, &out, chunk);
     }
     clock.set(EXPIRY_SWEEP_AT);
     {
@@ -168,7 +168,7 @@ fn expiry(dir: &std::path::Path, seed: u64) {
                 random_expiry_request(key, &mut rng)
             })
             .collect();
-        submit_reported(&engine, &loyalty, &out, &requests);
+        submit_reported(&engine, &crash_accounts, &out, &requests);
     }
 }
 

@@ -12,7 +12,7 @@ use crate::ids::{CustomerId, shard_for_customer};
 use crate::ledger::command::{Command, Operation, Request};
 use crate::ledger::record::{Metadata, Posting, TxKind};
 use crate::limits::Limits;
-use crate::testing::loyalty::Loyalty;
+use crate::testing::loyalty::{Loyalty, Partner};
 use crate::{Amount, IdempotencyKey, TerminalId};
 
 /// Customers of the crash workload.
@@ -99,6 +99,31 @@ pub enum CrashOp {
     Settle { customer: u64, receipt: u64 },
     /// The refund of all of that purchase, by its receipt: takes back `amount` points.
     Return { customer: u64, amount: u64, receipt: u64 },
+    /// A conversion of `amount` points into partner A's, one for one (`CrashAccounts`).
+    Convert { customer: u64, amount: u64 },
+}
+
+/// What the crash workload posts to: the loyalty setup, and partner A with a rate out of the
+/// programme's points, one partner point per point.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashAccounts {
+    /// Points, issuance and redemption.
+    pub loyalty: Loyalty,
+    /// Partner A.
+    pub partner: Partner,
+}
+
+impl CrashAccounts {
+    /// Defines them on `engine`, or finds them (the rate is recorded once: a later call finds
+    /// it in force).
+    pub fn define(engine: &crate::Engine) -> CrashAccounts {
+        let loyalty = Loyalty::define(engine);
+        let partner = Partner::define(engine, &loyalty);
+        engine
+            .define_rate(partner.outbound(&loyalty, (1, 1), (1, 1)), None)
+            .expect("the rate is recorded");
+        CrashAccounts { loyalty, partner }
+    }
 }
 
 /// The first of the customers that only buy, settle and return (never redeem or transfer, so
@@ -159,7 +184,7 @@ impl CrashRequest {
     pub fn random(key: u128, rng: &mut u64, shard_count: u16) -> CrashRequest {
         let customer = next(rng, CUSTOMERS);
         let amount = 1 + next(rng, 200);
-        let op = match next(rng, 10) {
+        let op = match next(rng, 11) {
             0..=3 => CrashOp::Earn { customer, amount },
             4 => {
                 let shard = shard_for_customer(CustomerId(customer), shard_count);
@@ -170,13 +195,15 @@ impl CrashRequest {
                 CrashOp::SplitEarn { first: customer, second, amount }
             }
             5..=7 => CrashOp::Redeem { customer, amount },
-            _ => CrashOp::Transfer { from: customer, to: next(rng, CUSTOMERS), amount },
+            8 | 9 => CrashOp::Transfer { from: customer, to: next(rng, CUSTOMERS), amount },
+            _ => CrashOp::Convert { customer, amount },
         };
         CrashRequest { key, op }
     }
 
     /// The engine command.
-    pub fn command(&self, loyalty: &Loyalty) -> Command {
+    pub fn command(&self, accounts: &CrashAccounts) -> Command {
+        let loyalty = &accounts.loyalty;
         match self.op {
             CrashOp::Earn { customer, amount } => loyalty.earn(self.key, customer, amount),
             CrashOp::SplitEarn { first, second, amount } => {
@@ -221,6 +248,10 @@ impl CrashRequest {
                 let refund = crate::ledger::record::PurchaseEvent::RefundAmount(amount);
                 loyalty.change_by_receipt(self.key, customer, (9, &receipt), refund)
             }
+            CrashOp::Convert { customer, amount } => {
+                let pair = (loyalty.pts, accounts.partner.asset);
+                loyalty.convert(self.key, customer, pair, amount)
+            }
         }
     }
 
@@ -237,7 +268,9 @@ impl CrashRequest {
                 add(first, i128::from(amount));
                 add(second, i128::from(amount));
             }
-            CrashOp::Redeem { customer, amount } => add(customer, -i128::from(amount)),
+            CrashOp::Redeem { customer, amount } | CrashOp::Convert { customer, amount } => {
+                add(customer, -i128::from(amount))
+            }
             CrashOp::Transfer { from, to, amount } => {
                 add(from, -i128::from(amount));
                 add(to, i128::from(amount));
@@ -268,6 +301,9 @@ impl fmt::Display for CrashRequest {
             }
             CrashOp::Return { customer, amount, receipt } => {
                 write!(f, "{} U {customer} {amount} {receipt}", self.key)
+            }
+            CrashOp::Convert { customer, amount } => {
+                write!(f, "{} V {customer} {amount}", self.key)
             }
         }
     }
@@ -302,6 +338,7 @@ impl FromStr for CrashRequest {
             Some("U") => {
                 CrashOp::Return { customer: number(2)?, amount: number(3)?, receipt: number(4)? }
             }
+            Some("V") => CrashOp::Convert { customer: number(2)?, amount: number(3)? },
             _ => return Err(format!("unknown request {text:?}")),
         };
         Ok(CrashRequest { key, op })

@@ -549,6 +549,11 @@ impl Engine {
         Ok((version, true))
     }
 
+    /// Now, by the engine's clock (the one its shards stamp records with).
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
     /// A copy of the partner exchange's rates.
     pub fn rates(&self) -> Rates {
         self.rates.read().expect("rates lock").clone()

@@ -41,7 +41,7 @@ impl Server {
         let mut child = Command::new(ledgerd_path())
             .arg("--data-dir")
             .arg(data)
-            .args(["--shards", "2", "--pos-addr", "127.0.0.1:0"])
+            .args(["--shards", "2", "--pos-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
             .env("LEDGER_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

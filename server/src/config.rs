@@ -71,6 +71,16 @@ pub struct Args {
     #[arg(long, env = "LEDGER_RULES")]
     pub rules: Option<PathBuf>,
 
+    /// Address of the admin HTTP API [default: 127.0.0.1:7401]. Loopback by default, like the
+    /// POS listener.
+    #[arg(long, env = "LEDGER_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Admin API tokens file [default: <data-dir>/admin-tokens.toml, created on first start
+    /// with one admin token, printed once].
+    #[arg(long, env = "LEDGER_ADMIN_TOKENS")]
+    pub admin_tokens: Option<PathBuf>,
+
     /// Print the effective configuration (secrets are never printed) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -130,6 +140,16 @@ struct PosFile {
     io_threads: Option<u16>,
 }
 
+/// The `[admin]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    addr: Option<SocketAddr>,
+    tokens: Option<PathBuf>,
+    body_bytes_max: Option<u64>,
+    timeout_ms: Option<u64>,
+}
+
 /// The `[snapshots]` table of the configuration file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -165,6 +185,8 @@ struct File {
     log_format: Option<LogFormat>,
     #[serde(default)]
     pos: PosFile,
+    #[serde(default)]
+    admin: AdminFile,
     #[serde(default)]
     snapshots: SnapshotsFile,
     #[serde(default)]
@@ -321,6 +343,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The POS protocol.
     pub pos: PosConfig,
+    /// The admin HTTP API.
+    pub admin: crate::admin::AdminConfig,
     /// Snapshots.
     pub snapshots: SnapshotConfig,
 }
@@ -399,6 +423,20 @@ impl Config {
                 earn_per_minor_units: pos.earn_per_minor_units.unwrap_or(100),
                 io_threads: usize::from(args.io_threads.or(pos.io_threads).unwrap_or(1)),
             },
+            admin: crate::admin::AdminConfig {
+                addr: args
+                    .admin_addr
+                    .or(file.admin.addr)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7401))),
+                tokens: args
+                    .admin_tokens
+                    .clone()
+                    .or(file.admin.tokens.clone())
+                    .unwrap_or_else(|| data_dir.join("admin-tokens.toml")),
+                body_bytes_max: usize::try_from(file.admin.body_bytes_max.unwrap_or(1024 * 1024))
+                    .unwrap_or(usize::MAX),
+                timeout: Duration::from_millis(file.admin.timeout_ms.unwrap_or(30_000)),
+            },
             snapshots: SnapshotConfig {
                 every_records: file.snapshots.every_records.unwrap_or(5_000_000),
                 every: Duration::from_secs(file.snapshots.every_secs.unwrap_or(600)),
@@ -459,6 +497,16 @@ impl Config {
         }
         if self.scrub.rate_mib_per_sec > 100_000 {
             bail!("scrub.rate_mib_per_sec must be at most 100000 (0 turns the scrub off)");
+        }
+        let admin = &self.admin;
+        if !(1..=64 * 1024 * 1024).contains(&admin.body_bytes_max) {
+            bail!("admin.body_bytes_max must be 1..=67108864");
+        }
+        if !(1..=600_000).contains(&admin.timeout.as_millis()) {
+            bail!("admin.timeout_ms must be 1..=600000");
+        }
+        if admin.addr == pos.addr && admin.addr.port() != 0 {
+            bail!("admin.addr and pos.addr must differ ({})", admin.addr);
         }
         if pos.io_threads > 64 {
             bail!("pos.io_threads must be at most 64");
@@ -549,6 +597,7 @@ impl Config {
              connections_max = {}\nhandshakes_max = {}\nrate_per_terminal = {}\n\
              handshake_timeout_ms = {}\n\
              drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n\n\
+             [admin]\naddr = \"{}\"\ntokens = {:?}\nbody_bytes_max = {}\ntimeout_ms = {}\n\n\
              [snapshots]\nevery_records = {}\nevery_secs = {}\n\n\
              [wal]\nsegment_bytes = {}\nbatch_records_max = {}\n\n\
              [scrub]\nrate_mib_per_sec = {}\ninterval_secs = {}\n",
@@ -573,6 +622,10 @@ impl Config {
             pos.earn_points,
             pos.earn_per_minor_units,
             pos.io_threads,
+            self.admin.addr,
+            self.admin.tokens.display().to_string(),
+            self.admin.body_bytes_max,
+            self.admin.timeout.as_millis(),
             self.snapshots.every_records,
             self.snapshots.every.as_secs(),
             self.wal.segment_bytes,

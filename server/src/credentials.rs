@@ -5,8 +5,6 @@
 //! written to a temporary file, fsync'd and renamed, and prints its path, so that a new
 //! operator can point a client (or `ledger-load`) at it. A file named explicitly must exist.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -27,17 +25,7 @@ pub fn load_or_create(config: &Config) -> anyhow::Result<Credentials> {
         println!("ledgerd: POS terminal credentials written to {}", path.display());
         tracing::info!(path = %path.display(), "created the credentials file with terminal 1");
     }
-    let mode = std::fs::metadata(path)
-        .with_context(|| format!("cannot read {}", path.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(
-            path = %path.display(),
-            mode = format!("{:o}", mode & 0o777),
-            "the credentials file is readable by others: chmod 600 it"
-        );
-    }
+    crate::private_file::warn_if_shared(path, "credentials")?;
     Credentials::load(path).with_context(|| format!("invalid credentials file {}", path.display()))
 }
 
@@ -45,19 +33,5 @@ fn create(path: &Path) -> anyhow::Result<()> {
     let mut secret = vec![0u8; 32];
     getrandom::fill(&mut secret).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
     let credentials = Credentials::new(vec![Terminal { id: 1, secret, rate_per_second: None }])?;
-    let tmp = path.with_extension("toml.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(credentials.to_toml().as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    crate::private_file::write(path, credentials.to_toml().as_bytes())
 }

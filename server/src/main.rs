@@ -3,9 +3,10 @@
 //!
 //! Start-up opens (or creates) the data directory, recovers every shard, makes sure the
 //! default loyalty definitions exist (`bootstrap`), loads (or on first start creates) the
-//! terminal credentials, binds the POS listener and logs its address. Shutdown on SIGTERM or
-//! SIGINT stops accepting, lets connections answer what is in flight, flushes, snapshots and
-//! exits 0; a second signal exits at once.
+//! terminal credentials, binds the POS listener and logs its address. The admin HTTP API
+//! (`admin`) listens from before recovery, answering "not ready" until the engine is up.
+//! Shutdown on SIGTERM or SIGINT stops accepting, lets connections answer what is in flight,
+//! stops the admin API, flushes, snapshots and exits 0; a second signal exits at once.
 //!
 //! Run with: `cargo run --release -p ledger-server --bin ledgerd -- --data-dir ./data`
 
@@ -16,7 +17,7 @@ use clap::Parser;
 use ledger_engine::{Engine, EngineConfig};
 
 use ledger_server::config::{self, Args, Config, LogFormat};
-use ledger_server::{bootstrap, credentials, pos};
+use ledger_server::{admin, bootstrap, credentials, pos};
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEDGER_LOG")
@@ -69,6 +70,33 @@ fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.pos.io_threads)
+        .thread_name("ledgerd-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // The admin API listens from before recovery: /healthz answers, /readyz says "not ready".
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let tokens = admin::auth::load_or_create(
+        &config.admin.tokens,
+        &config.data_dir.join("admin-tokens.toml"),
+    )?;
+    let admin_tokens = tokens.len();
+    let admin_state = Arc::new(admin::AdminState::new(config.admin.clone(), tokens));
+    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(config.admin.addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (admin API)", config.admin.addr))?;
+        let addr = listener.local_addr().context("no local address")?;
+        tracing::info!(%addr, tokens = admin_tokens, "admin API listening");
+        let stop = async move {
+            let _ = admin_stopped.await;
+        };
+        anyhow::Ok(tokio::spawn(admin::serve(listener, Arc::clone(&admin_state), stop)))
+    })?;
     let mut engine_config = EngineConfig::new(&config.data_dir);
     // A replay rule: it applies to a new directory; an existing one keeps its own.
     engine_config.hold_timeout_max_nanos = config.hold_timeout_max_nanos();
@@ -108,15 +136,10 @@ fn main() -> anyhow::Result<()> {
             if recorded.new { "recorded" } else { "unchanged" }
         );
     }
+    admin_state.set_engine(Arc::clone(&engine));
     let credentials = credentials::load_or_create(&config)?;
     let book = pos::handler::Book::new(&engine)?;
     let rates = pos::rate::RateLimits::new(&credentials, config.pos.rate_per_terminal);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.pos.io_threads)
-        .thread_name("ledgerd-io")
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let shared = Arc::new(pos::Shared {
         engine: Arc::clone(&engine),
         book,
@@ -126,6 +149,7 @@ fn main() -> anyhow::Result<()> {
         stats: pos::stats::PosStats::default(),
         ops_in_flight: Arc::default(),
     });
+    admin_state.set_pos(Arc::clone(&shared));
     let mut signals = runtime.block_on(async { ShutdownSignals::new() })?;
     // Ready only once a signal can no longer kill the process before a clean shutdown.
     tracing::info!(
@@ -167,6 +191,14 @@ fn main() -> anyhow::Result<()> {
         outcomes = outcomes.join(" "),
         "POS totals"
     );
+    // The admin API answers what is in flight, then lets go of the engine.
+    let _ = admin_stop.send(());
+    match runtime.block_on(admin_task) {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "the admin API stopped with an error"),
+        Err(error) => tracing::warn!(%error, "the admin API task failed"),
+    }
+    drop(admin_state);
     drop(shared);
     for stats in engine.stats() {
         tracing::info!(

@@ -12,6 +12,13 @@ use common::process::{
     Server, addr_of, listening_addr, signal, start_with, wait_exit, wait_for, wait_for_all,
 };
 
+/// The binary, its admin API (if it gets that far) on a free port.
+fn ledgerd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ledgerd"));
+    command.env("LEDGER_ADMIN_ADDR", "127.0.0.1:0");
+    command
+}
+
 fn start(dir: &std::path::Path) -> (Server, std::sync::mpsc::Receiver<String>) {
     start_with(dir, &["--shards", "2"])
 }
@@ -70,8 +77,7 @@ fn starts_on_an_empty_directory_and_stops_cleanly_on_sigterm_and_sigint() {
     assert!(data.join("shard-000/wal").is_dir() && data.join("shard-001/wal").is_dir());
 
     // A second ledgerd on the same directory is refused, with a clear message.
-    let second =
-        Command::new(env!("CARGO_BIN_EXE_ledgerd")).arg("--data-dir").arg(&data).output().unwrap();
+    let second = ledgerd().arg("--data-dir").arg(&data).output().unwrap();
     assert!(!second.status.success());
     let message = String::from_utf8_lossy(&second.stderr);
     assert!(message.contains("in use by another process"), "{message}");
@@ -101,13 +107,8 @@ fn a_different_shard_count_for_an_existing_directory_is_an_error() {
     let status = wait_exit(&mut child);
     let said: Vec<String> = lines.try_iter().collect();
     assert_eq!(status.code(), Some(0), "{status:?}: {said:#?}");
-    let output = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--shards")
-        .arg("3")
-        .output()
-        .unwrap();
+    let output =
+        ledgerd().arg("--data-dir").arg(dir.path()).arg("--shards").arg("3").output().unwrap();
     assert!(!output.status.success());
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(message.contains("has 2 shards but 3 were requested"), "{message}");
@@ -130,7 +131,7 @@ fn the_hold_timeout_maximum_is_fixed_per_data_directory_and_printed() {
     let file = dir.path().join("ledgerd.toml");
     std::fs::write(&file, "hold_timeout_max_ms = 60000\n").unwrap();
     let print = |args: &[&std::ffi::OsStr]| {
-        let output = Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+        let output = ledgerd()
             .arg("--data-dir")
             .arg(&data)
             .args(args)
@@ -185,11 +186,10 @@ fn the_hold_timeout_maximum_is_fixed_per_data_directory_and_printed() {
 
 #[test]
 fn bad_arguments_are_refused_with_usage() {
-    let output =
-        Command::new(env!("CARGO_BIN_EXE_ledgerd")).arg("--shards").arg("0").output().unwrap();
+    let output = ledgerd().arg("--shards").arg("0").output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--shards"));
-    let help = Command::new(env!("CARGO_BIN_EXE_ledgerd")).arg("--help").output().unwrap();
+    let help = ledgerd().arg("--help").output().unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--data-dir"));
 }

@@ -17,7 +17,11 @@ use ledger_protocol::ops::{Basket, BasketLine, Op, OpResult, Reply, WriteMeta};
 
 fn ledgerd() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ledgerd"));
-    command.env("NO_COLOR", "1").env("RUST_BACKTRACE", "0").env_remove("LEDGER_RULES");
+    command
+        .env("NO_COLOR", "1")
+        .env("RUST_BACKTRACE", "0")
+        .env("LEDGER_ADMIN_ADDR", "127.0.0.1:0")
+        .env_remove("LEDGER_RULES");
     command
 }
 

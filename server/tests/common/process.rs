@@ -25,7 +25,7 @@ pub fn start_with(
         .arg("--data-dir")
         .arg(dir)
         .args(args)
-        .args(["--pos-addr", "127.0.0.1:0"])
+        .args(["--pos-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
         .env("LEDGER_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())

@@ -1,0 +1,250 @@
+//! `/metrics`: Prometheus text format (prometheus-client), docs/admin-api.md, "Metrics".
+//!
+//! HTTP requests are counted and timed as they are answered. Everything else is read when
+//! Prometheus scrapes: the POS listener's atomics and each shard's counters
+//! (`Engine::stats`), so the hot paths pay nothing for being measured. Counters that come from
+//! those sources are advanced by the difference since the last scrape (scrapes are serialised),
+//! so they stay monotonic as Prometheus expects.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ledger_engine::Engine;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::pos::stats::PosStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteTimeLabels {
+    method: String,
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+type ShardCounter = Family<ShardLabels, Counter>;
+type ShardGauge = Family<ShardLabels, Gauge>;
+/// Reads one figure of a shard's stats.
+type Read = fn(&ledger_engine::ShardStats) -> u64;
+/// A metric's name, help and how it is read.
+type Described = (&'static str, &'static str, Read);
+
+/// The metrics of one `ledgerd`.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: Family<RouteLabels, Counter>,
+    http_seconds: Family<RouteTimeLabels, Histogram>,
+    pos_connections_open: Gauge,
+    pos_connections: Counter,
+    pos_auth_failures: Counter,
+    pos_requests: Counter,
+    pos_operations: Counter,
+    pos_outcomes: Family<StatusLabels, Counter>,
+    shard_counters: Vec<(Read, ShardCounter)>,
+    shard_gauges: Vec<(Read, ShardGauge)>,
+    fdatasync_seconds:
+        Family<ShardLabels, prometheus_client::metrics::counter::Counter<f64, AtomicU64>>,
+    scrape: Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Adds to `counter` what `now` has beyond it (sources only grow; a smaller one is ignored).
+fn advance(counter: &Counter, now: u64) {
+    let seen = counter.get();
+    if now > seen {
+        counter.inc_by(now - seen);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric of docs/admin-api.md, "Metrics".
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ledger");
+        let http_requests = Family::<RouteLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Admin API requests answered, by route and status",
+            http_requests.clone(),
+        );
+        let http_seconds = Family::<RouteTimeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "Admin API request latency, by route",
+            http_seconds.clone(),
+        );
+        let pos_connections_open = Gauge::default();
+        registry.register(
+            "pos_connections_open",
+            "POS connections open now",
+            pos_connections_open.clone(),
+        );
+        let pos_connections = Counter::default();
+        registry.register("pos_connections", "POS connections accepted", pos_connections.clone());
+        let pos_auth_failures = Counter::default();
+        registry.register(
+            "pos_auth_failures",
+            "POS handshakes that failed (unknown terminal, wrong MAC, timeout)",
+            pos_auth_failures.clone(),
+        );
+        let pos_requests = Counter::default();
+        registry.register("pos_requests", "POS request frames received", pos_requests.clone());
+        let pos_operations = Counter::default();
+        registry.register(
+            "pos_operations",
+            "POS operations in accepted requests",
+            pos_operations.clone(),
+        );
+        let pos_outcomes = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "pos_outcomes",
+            "POS outcomes (operation results and refused frames) by status: rejections by reason",
+            pos_outcomes.clone(),
+        );
+        let mut shard_counters: Vec<(Read, ShardCounter)> = Vec::new();
+        let counters: [Described; 9] = [
+            ("shard_records", "WAL records appended", |s| s.records),
+            ("shard_batches", "Commit groups handed to the WAL writer", |s| s.batches),
+            ("shard_rejected", "Commands refused", |s| s.rejected),
+            ("shard_busy", "Commands refused busy (inbox full)", |s| s.busy),
+            ("shard_fdatasyncs", "fdatasync calls", |s| s.syncs),
+            ("shard_wal_bytes", "Bytes written to the WAL", |s| s.wal_bytes),
+            ("shard_key_index_hits", "Retries answered from the key index on disk", |s| {
+                s.key_index_hits
+            }),
+            ("shard_scrub_bytes", "Bytes the background scrub read", |s| s.scrub_bytes),
+            ("shard_scrub_findings", "Damage the background scrub found", |s| s.scrub_findings),
+        ];
+        for (name, help, read) in counters {
+            let family = ShardCounter::default();
+            registry.register(name, help, family.clone());
+            shard_counters.push((read, family));
+        }
+        let mut shard_gauges: Vec<(Read, ShardGauge)> = Vec::new();
+        let gauges: [Described; 9] = [
+            ("shard_applied_lsn", "LSN of the last applied record", |s| s.applied_lsn),
+            ("shard_durable_lsn", "LSN up to which the WAL is durable", |s| s.durable_lsn),
+            ("shard_snapshot_lsn", "LSN of the last snapshot written", |s| s.last_snapshot_lsn),
+            ("shard_queue_depth", "Records applied and not yet durable", |s| {
+                s.applied_lsn.saturating_sub(s.durable_lsn)
+            }),
+            ("shard_poisoned", "1 when the shard stopped after an I/O error", |s| {
+                u64::from(s.poisoned)
+            }),
+            ("shard_accounts", "Accounts on the shard", |s| s.accounts),
+            ("shard_holds", "Open holds", |s| s.holds),
+            ("shard_idempotency_keys", "Idempotency keys in memory", |s| s.idempotency_keys),
+            ("shard_transfers_in_flight", "Cross-shard transfers not yet settled", |s| {
+                s.transfers_in_flight
+            }),
+        ];
+        for (name, help, read) in gauges {
+            let family = ShardGauge::default();
+            registry.register(name, help, family.clone());
+            shard_gauges.push((read, family));
+        }
+        let fdatasync_seconds = Family::default();
+        registry.register(
+            "shard_fdatasync_seconds",
+            "Time spent in fdatasync",
+            fdatasync_seconds.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_seconds,
+            pos_connections_open,
+            pos_connections,
+            pos_auth_failures,
+            pos_requests,
+            pos_operations,
+            pos_outcomes,
+            shard_counters,
+            shard_gauges,
+            fdatasync_seconds,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    /// Counts one answered admin request.
+    pub fn observe_http(&self, method: &str, route: &str, status: u16, seconds: f64) {
+        let (method, route) = (method.to_string(), route.to_string());
+        self.http_requests
+            .get_or_create(&RouteLabels { method: method.clone(), route: route.clone(), status })
+            .inc();
+        self.http_seconds.get_or_create(&RouteTimeLabels { method, route }).observe(seconds);
+    }
+
+    /// The text exposition, with the POS listener's and the shards' figures read now.
+    pub fn render(&self, pos: Option<&PosStats>, engine: Option<&Engine>) -> String {
+        let _serialised = self.scrape.lock().expect("scrape lock");
+        if let Some(pos) = pos {
+            let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+            self.pos_connections_open
+                .set(i64::try_from(load(&pos.connections_open)).unwrap_or(i64::MAX));
+            advance(&self.pos_connections, load(&pos.connections_accepted));
+            advance(&self.pos_auth_failures, load(&pos.auth_failures));
+            advance(&self.pos_requests, load(&pos.requests));
+            advance(&self.pos_operations, load(&pos.operations));
+            for (status, count) in pos.outcome_counts() {
+                let labels = StatusLabels { status: status.name().to_string() };
+                advance(&self.pos_outcomes.get_or_create(&labels), count);
+            }
+        }
+        if let Some(engine) = engine {
+            for stats in engine.stats() {
+                let labels = ShardLabels { shard: stats.shard };
+                for (read, family) in &self.shard_counters {
+                    advance(&family.get_or_create(&labels), read(&stats));
+                }
+                for (read, family) in &self.shard_gauges {
+                    family
+                        .get_or_create(&labels)
+                        .set(i64::try_from(read(&stats)).unwrap_or(i64::MAX));
+                }
+                let seconds = stats.sync_nanos_total as f64 / 1e9;
+                let counter = self.fdatasync_seconds.get_or_create(&labels);
+                let seen = counter.get();
+                if seconds > seen {
+                    counter.inc_by(seconds - seen);
+                }
+            }
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}

@@ -1,0 +1,471 @@
+//! The admin HTTP API over real sockets: an in-process ledgerd (real engine, real POS
+//! listener) with the admin API on `127.0.0.1:0`, and requests written by hand over TCP. Every
+//! route of the served OpenAPI document is checked against every role (the auth matrix), the
+//! `curl` lines of docs/admin-api.md run against it, `/metrics` parses and moves, and the
+//! routes answer `not_ready` before the engine is set.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::TestServer;
+use ledger_server::admin::auth::{self, Role, StoredToken, Tokens};
+use ledger_server::admin::{AdminConfig, AdminState};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request over a new connection (`Connection: close`), read to its end.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let text = String::from_utf8(raw).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    // Bodies of these answers are short: axum sends them with a length, not chunked.
+    Answer { status, headers, body: body.to_string() }
+}
+
+/// A token per role, by role.
+struct RoleTokens(BTreeMap<Role, String>);
+
+fn tokens() -> (Tokens, RoleTokens) {
+    let mut stored: Vec<StoredToken> = Vec::new();
+    let mut plain = BTreeMap::new();
+    for role in Role::ALL {
+        let (token, entry) = auth::generate(&format!("{}-1", role.name()), role).unwrap();
+        stored.push(entry);
+        plain.insert(role, token);
+    }
+    (Tokens::new(&stored).unwrap(), RoleTokens(plain))
+}
+
+fn admin_config() -> AdminConfig {
+    AdminConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        tokens: "unused".into(),
+        body_bytes_max: 64 * 1024,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+/// The admin API of `server`, listening.
+struct Admin {
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+    roles: RoleTokens,
+}
+
+impl Admin {
+    fn token(&self, role: Role) -> &str {
+        &self.roles.0[&role]
+    }
+
+    async fn get(&self, path: &str, role: Role) -> Answer {
+        request(self.addr, "GET", path, Some(self.token(role)), None).await
+    }
+}
+
+/// Starts the admin API; with `server`, serving its engine and POS counters at once.
+async fn start_admin(server: Option<&TestServer>) -> Admin {
+    let (tokens, roles) = tokens();
+    let state = Arc::new(AdminState::new(admin_config(), tokens));
+    if let Some(server) = server {
+        state.set_engine(Arc::clone(&server.shared.engine));
+        state.set_pos(Arc::clone(&server.shared));
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(ledger_server::admin::serve(listener, Arc::clone(&state), std::future::pending()));
+    Admin { addr, state, roles }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_answer_not_ready_until_the_engine_is_recovered() {
+    let admin = start_admin(None).await;
+    let health = request(admin.addr, "GET", "/healthz", None, None).await;
+    assert_eq!((health.status, health.json()["status"].as_str()), (200, Some("alive")));
+    let ready = request(admin.addr, "GET", "/readyz", None, None).await;
+    assert_eq!((ready.status, ready.json()["code"].as_str()), (503, Some("not_ready")));
+    let customer = admin.get("/v1/customers/1", Role::Admin).await;
+    assert_eq!((customer.status, customer.json()["code"].as_str()), (503, Some("not_ready")));
+    // Metrics answer while recovering (without the shards' figures).
+    let metrics = request(admin.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(metrics.status, 200);
+    assert!(!metrics.body.contains("ledger_shard_applied_lsn{"));
+
+    let server = TestServer::start().await;
+    admin.state.set_engine(Arc::clone(&server.shared.engine));
+    let ready = request(admin.addr, "GET", "/readyz", None, None).await;
+    assert_eq!((ready.status, ready.json()["status"].as_str()), (200, Some("ready")));
+}
+
+/// Every operation of the document with the least role its security names (`None`: open).
+fn operations(document: &Value) -> Vec<(String, String, Option<Role>)> {
+    let mut found = Vec::new();
+    for (path, item) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in item.as_object().unwrap() {
+            let role = operation["security"].as_array().map(|requirements| {
+                let scopes = requirements[0]["bearer"].as_array().expect("bearer scopes");
+                let name = scopes[0].as_str().unwrap();
+                *Role::ALL.iter().find(|role| role.name() == name).expect("a known role")
+            });
+            found.push((method.to_uppercase(), path.clone(), role));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_of_the_document_enforces_its_role() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let document = request(admin.addr, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(document.status, 200);
+    let document = document.json();
+    assert!(document["openapi"].as_str().unwrap().starts_with("3.1"), "{}", document["openapi"]);
+    let operations = operations(&document);
+    // The document lists the routes this build serves (a route added without its description
+    // would be missing here and from the matrix).
+    for expected in
+        ["/healthz", "/readyz", "/metrics", "/v1/openapi.json", "/v1/customers/{customer}"]
+    {
+        assert!(operations.iter().any(|(_, path, _)| path == expected), "{expected} listed");
+    }
+    for (method, path, role) in &operations {
+        assert!(
+            document["paths"][path][method.to_lowercase()]["responses"].is_object(),
+            "{method} {path} documents its answers"
+        );
+        let concrete = path.replace("{customer}", "1");
+        let Some(role) = role else {
+            let answer = request(admin.addr, method, &concrete, None, None).await;
+            assert!(answer.status < 400, "{method} {path} open: {}", answer.status);
+            continue;
+        };
+        assert!(path.starts_with("/v1/"), "{path}: only /v1/ routes need a token");
+        let none = request(admin.addr, method, &concrete, None, None).await;
+        assert_eq!((none.status, none.json()["code"].as_str()), (401, Some("unauthorized")));
+        let wrong = request(admin.addr, method, &concrete, Some("ldgr_0"), None).await;
+        assert_eq!((wrong.status, wrong.json()["code"].as_str()), (401, Some("unauthorized")));
+        for caller in Role::ALL {
+            let answer =
+                request(admin.addr, method, &concrete, Some(admin.token(caller)), None).await;
+            if caller < *role {
+                assert_eq!(answer.status, 403, "{caller:?} on {method} {path}: {}", answer.body);
+                assert_eq!(answer.json()["code"], "forbidden");
+            } else {
+                assert!(
+                    ![401, 403].contains(&answer.status),
+                    "{caller:?} on {method} {path}: {} {}",
+                    answer.status,
+                    answer.body
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_shows_balances_tier_and_lots() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    // A purchase over the POS protocol: 1 point per 100 minor units (the default flat rules).
+    let client = server.client().await;
+    let purchase = ledger_protocol::Op::Purchase {
+        meta: ledger_protocol::WriteMeta { key: 1, ..Default::default() },
+        customer: 42,
+        amount: 25_000,
+    };
+    assert!(client.call_one(purchase).await.unwrap().committed().is_some());
+    let answer = admin.get("/v1/customers/42?within_days=3650", Role::Auditor).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let view = answer.json();
+    assert_eq!(view["customer"], "42");
+    let points = view["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|account| account["address"] == "customer:42:points")
+        .expect("the points account");
+    assert_eq!(
+        (points["posted"].as_str(), points["available"].as_str()),
+        (Some("250"), Some("250"))
+    );
+    assert_eq!(points["asset"], "PTS");
+    let loyalty = &view["loyalty"];
+    assert_eq!(loyalty["lot_count"], 1);
+    assert_eq!(loyalty["lots"][0]["remaining"], "250");
+    assert_eq!(loyalty["expiring"], "250", "all of it expires within ten years");
+    assert_eq!(loyalty["tier"], 0);
+    // No such customer; a bad id; a parameter out of range or unknown: typed 4xx, JSON.
+    let missing = admin.get("/v1/customers/7", Role::Auditor).await;
+    assert_eq!((missing.status, missing.json()["code"].as_str()), (404, Some("not_found")));
+    for bad in ["/v1/customers/x", "/v1/customers/42?within_days=4000", "/v1/customers/42?nope=1"] {
+        let answer = admin.get(bad, Role::Auditor).await;
+        assert_eq!(
+            (answer.status, answer.json()["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+    }
+    let unknown = admin.get("/v1/nothing", Role::Auditor).await;
+    assert_eq!((unknown.status, unknown.json()["code"].as_str()), (404, Some("not_found")));
+    let wrong_method =
+        request(admin.addr, "DELETE", "/v1/customers/42", Some(admin.token(Role::Admin)), None)
+            .await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(wrong_method.json()["code"], "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_liability_rules_and_rates() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let client = server.client().await;
+    for key in 1..=3u128 {
+        let purchase = ledger_protocol::Op::Purchase {
+            meta: ledger_protocol::WriteMeta { key, ..Default::default() },
+            customer: 40 + key as u64,
+            amount: 10_000,
+        };
+        assert!(client.call_one(purchase).await.unwrap().committed().is_some());
+    }
+    let shards = admin.get("/v1/ops/shards", Role::Auditor).await.json();
+    assert_eq!(shards.as_array().unwrap().len(), 2);
+    let records: u64 =
+        shards.as_array().unwrap().iter().map(|s| s["records"].as_u64().unwrap()).sum();
+    assert!(records >= 3, "{shards}");
+    let taken =
+        request(admin.addr, "POST", "/v1/ops/snapshot", Some(admin.token(Role::Admin)), None).await;
+    assert_eq!(taken.status, 200, "{}", taken.body);
+    let lsns: Vec<u64> =
+        taken.json()["lsns"].as_array().unwrap().iter().map(|l| l.as_u64().unwrap()).collect();
+    let applied: Vec<u64> =
+        shards.as_array().unwrap().iter().map(|s| s["applied_lsn"].as_u64().unwrap()).collect();
+    assert_eq!(lsns, applied, "a snapshot of every shard at its last record");
+    let liability = admin.get("/v1/ops/liability?days=1", Role::Auditor).await.json();
+    assert_eq!(liability["points_outstanding"], "300");
+    let today = &liability["flows"][0];
+    assert_eq!(today["issued"], "300", "{liability}");
+    assert_eq!(liability["breakage_ppm"], 0);
+    let bad = admin.get("/v1/ops/liability?days=0", Role::Auditor).await;
+    assert_eq!(bad.status, 400);
+    let rules = admin.get("/v1/rules", Role::Auditor).await.json();
+    assert_eq!(rules[0]["version"], 1);
+    assert_eq!(rules[0]["in_force"], true);
+    let rates = admin.get("/v1/rates", Role::Auditor).await.json();
+    assert_eq!(rates.as_array().map(Vec::len), Some(0));
+}
+
+/// `name{labels} value` lines of a Prometheus text exposition, by name and labels.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            (key.to_string(), value.parse().unwrap_or_else(|_| panic!("{line:?}")))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let client = server.client().await;
+    let first = request(admin.addr, "GET", "/metrics", None, None).await;
+    assert_eq!(first.status, 200);
+    assert!(first.header("content-type").unwrap().starts_with("application/openmetrics-text"));
+    assert!(first.body.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
+    let before = samples(&first.body);
+    assert!(before.contains_key("ledger_shard_applied_lsn{shard=\"0\"}"), "{}", first.body);
+    let purchase = ledger_protocol::Op::Purchase {
+        meta: ledger_protocol::WriteMeta { key: 9, ..Default::default() },
+        customer: 5,
+        amount: 1_000,
+    };
+    assert!(client.call_one(purchase).await.unwrap().committed().is_some());
+    for _ in 0..3 {
+        assert_eq!(admin.get("/v1/ops/shards", Role::Auditor).await.status, 200);
+    }
+    let after = samples(&request(admin.addr, "GET", "/metrics", None, None).await.body);
+    let key = "ledger_http_requests_total{method=\"GET\",route=\"/v1/ops/shards\",status=\"200\"}";
+    assert_eq!(after.get(key).copied(), Some(3.0), "{after:?}");
+    assert!(after["ledger_pos_operations_total"] > before["ledger_pos_operations_total"]);
+    assert!(after["ledger_pos_outcomes_total{status=\"ok\"}"] >= 1.0);
+    let records = |samples: &BTreeMap<String, f64>| -> f64 {
+        samples
+            .iter()
+            .filter(|(k, _)| k.starts_with("ledger_shard_records_total"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert!(records(&after) > records(&before));
+    assert!(after.keys().any(|k| k.starts_with("ledger_http_request_duration_seconds_bucket")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_curl_lines_succeed() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    // The examples read customer 42.
+    let purchase = ledger_protocol::Op::Purchase {
+        meta: ledger_protocol::WriteMeta { key: 1, ..Default::default() },
+        customer: 42,
+        amount: 5_000,
+    };
+    assert!(server.client().await.call_one(purchase).await.unwrap().committed().is_some());
+    let document = include_str!("../../docs/admin-api.md");
+    let lines: Vec<&str> =
+        document.lines().filter(|line| line.trim_start().starts_with("curl ")).collect();
+    assert!(lines.len() >= 8, "the examples: {lines:?}");
+    let address = admin.addr.to_string();
+    let token = admin.token(Role::Admin).to_string();
+    for line in lines {
+        let (line_owned, address, token) = (line.to_string(), address.clone(), token.clone());
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&line_owned)
+                .env("ADMIN", &address)
+                .env("TOKEN", &token)
+                .output()
+                .expect("curl runs")
+        })
+        .await
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{line}: {:?} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.stdout.is_empty(), "{line}: an answer");
+    }
+}
+
+/// The real binary: the first start prints an admin token once and keeps only its hash; the
+/// API listens while the shards recover a large WAL, `/readyz` says `not_ready` then `ready`,
+/// and the printed token reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_is_not_ready_while_it_recovers_and_its_first_token_works() {
+    use common::process::{addr_of, signal, start_with, wait_exit, wait_for_all};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // A WAL of 600,000 records and no snapshot: recovery replays all of them.
+    tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || {
+            let mut config = ledger_engine::EngineConfig::new(&data);
+            config.shard_count = Some(1);
+            config.tuning.snapshot_on_shutdown = false;
+            config.tuning.snapshot_every_records = 0;
+            config.tuning.snapshot_every = Duration::ZERO;
+            let engine = ledger_engine::Engine::open(config).unwrap();
+            let loyalty = ledger_engine::testing::loyalty::Loyalty::define(&engine);
+            for chunk in 0..75u128 {
+                let earns = (0..8_000u128)
+                    .map(|i| loyalty.earn(1 + chunk * 8_000 + i, (i % 1_000) as u64, 1))
+                    .collect();
+                let answers = ledger_engine::testing::loyalty::execute_all(&engine, earns);
+                assert!(answers.iter().all(|a| a.committed().is_some()));
+            }
+            engine.shutdown();
+        }
+    })
+    .await
+    .unwrap();
+    let (mut child, lines) = start_with(&data, &[]);
+    // stdout and stderr arrive in either order.
+    let [token_line, listening] =
+        wait_for_all(&lines, ["admin API token (role admin, shown once)", "admin API listening"]);
+    let token = token_line.rsplit(' ').next().unwrap().to_string();
+    assert!(token.starts_with("ldgr_"));
+    let addr = addr_of(&listening);
+    let first = request(addr, "GET", "/readyz", None, None).await;
+    assert_eq!(
+        (first.status, first.json()["code"].as_str()),
+        (503, Some("not_ready")),
+        "recovering"
+    );
+    let health = request(addr, "GET", "/healthz", None, None).await;
+    assert_eq!(health.status, 200, "alive while recovering");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if request(addr, "GET", "/readyz", None, None).await.status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shards = request(addr, "GET", "/v1/ops/shards", Some(&token), None).await;
+    assert_eq!(shards.status, 200, "{}", shards.body);
+    assert!(shards.json()[0]["applied_lsn"].as_u64().unwrap() >= 600_000);
+    let stored = std::fs::read_to_string(data.join("admin-tokens.toml")).unwrap();
+    assert!(!stored.contains(&token) && stored.contains("role = \"admin\""), "{stored}");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    // A second start prints no token.
+    let (mut child, lines) = start_with(&data, &[]);
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.recv_timeout(Duration::from_secs(60)).expect("ledgerd starts");
+        if line.contains("ledgerd ready") {
+            break;
+        }
+        seen.push(line);
+    }
+    assert!(!seen.iter().any(|line| line.contains("ldgr_")), "{seen:#?}");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+}

@@ -825,7 +825,12 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
         Command::Read(Query::Member { customer, .. }) => {
             shard_for_customer(CustomerId(*customer), shard_count)
         }
-        Command::Read(Query::Explain { tx } | Query::Purchase { tx }) => ShardId::new(tx.shard())
+        Command::Read(Query::HistoryPage { customer, .. }) => {
+            shard_for_customer(CustomerId(*customer), shard_count)
+        }
+        Command::Read(
+            Query::Explain { tx } | Query::Purchase { tx } | Query::Transaction { tx },
+        ) => ShardId::new(tx.shard())
             .filter(|shard| shard.index() < shard_count)
             .ok_or(RejectCode::TransactionNotFound)?,
         Command::Read(

@@ -186,7 +186,7 @@ async fn every_route_of_the_document_enforces_its_role() {
             document["paths"][path][method.to_lowercase()]["responses"].is_object(),
             "{method} {path} documents its answers"
         );
-        let concrete = path.replace("{customer}", "1");
+        let concrete = path.replace("{customer}", "1").replace("{tx}", "1");
         let Some(role) = role else {
             let answer = request(admin.addr, method, &concrete, None, None).await;
             assert!(answer.status < 400, "{method} {path} open: {}", answer.status);
@@ -468,4 +468,91 @@ async fn the_binary_is_not_ready_while_it_recovers_and_its_first_token_works() {
     assert!(!seen.iter().any(|line| line.contains("ldgr_")), "{seen:#?}");
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_stay_stable_while_writes_continue_and_transactions_explain() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let client = server.client().await;
+    let buy = |key: u128, amount: u64| ledger_protocol::Op::Purchase {
+        meta: ledger_protocol::WriteMeta { key, ..Default::default() },
+        customer: 42,
+        amount,
+    };
+    for key in 1..=5u128 {
+        let op = buy(key, 100 * key as u64);
+        assert!(client.call_one(op).await.unwrap().committed().is_some());
+    }
+    let page = |path: String| {
+        let admin = &admin;
+        async move {
+            let answer = admin.get(&path, Role::Auditor).await;
+            assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+            answer.json()
+        }
+    };
+    let amounts = |page: &Value| -> Vec<String> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["amount"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = page("/v1/customers/42/history?limit=2".to_string()).await;
+    assert_eq!(amounts(&first), ["5", "4"], "newest first: 1 point per 100");
+    assert_eq!(first["entries"][0]["direction"], "credit");
+    assert_eq!(first["entries"][0]["kind"], "purchase");
+    assert!(first["retention"].as_str().unwrap().contains("PostgreSQL"));
+    // A write between pages does not move the next page.
+    assert!(client.call_one(buy(6, 600)).await.unwrap().committed().is_some());
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    let second = page(format!("/v1/customers/42/history?limit=2&cursor={cursor}")).await;
+    assert_eq!(amounts(&second), ["3", "2"]);
+    let cursor = second["next_cursor"].as_str().unwrap().to_string();
+    let third = page(format!("/v1/customers/42/history?limit=2&cursor={cursor}")).await;
+    assert_eq!(amounts(&third), ["1"]);
+    assert!(third["next_cursor"].is_null());
+    assert_eq!(third["older_entries_elsewhere"], false);
+    // A cursor is bound to its query: edited, or used with other filters, it is refused.
+    for bad in [
+        format!("/v1/customers/42/history?cursor={}", "0".repeat(32)),
+        format!("/v1/customers/42/history?cursor={cursor}&kind=purchase"),
+        format!("/v1/customers/43/history?cursor={cursor}"),
+        "/v1/customers/42/history?cursor=zz".to_string(),
+        "/v1/customers/42/history?limit=0".to_string(),
+        "/v1/customers/42/history?kind=nothing".to_string(),
+        "/v1/customers/42/history?class=nothing".to_string(),
+        "/v1/customers/42/history?from=yesterday".to_string(),
+    ] {
+        let answer = admin.get(&bad, Role::Auditor).await;
+        assert_eq!(
+            (answer.status, answer.json()["code"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}"
+        );
+    }
+    // Filters: a kind no entry has, a class, a time range that holds everything.
+    assert!(amounts(&page("/v1/customers/42/history?kind=redeem".to_string()).await).is_empty());
+    assert_eq!(amounts(&page("/v1/customers/42/history?class=points".to_string()).await).len(), 6);
+    let all = page(
+        "/v1/customers/42/history?from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z".to_string(),
+    )
+    .await;
+    assert_eq!(amounts(&all), ["6", "5", "4", "3", "2", "1"]);
+
+    // A transaction: its posting, what it earned and its lifecycle.
+    let tx = first["entries"][0]["tx_id"].as_str().unwrap();
+    let view = admin.get(&format!("/v1/transactions/{tx}"), Role::Auditor).await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    let view = view.json();
+    assert_eq!(view["postings"][0]["account"], "customer:42:points");
+    assert_eq!(view["purchase"]["earned"], "5");
+    assert_eq!(view["purchase"]["customer"], "42");
+    assert_eq!(view["lifecycle"]["state"], "pending");
+    let missing = admin.get("/v1/transactions/1", Role::Auditor).await;
+    assert_eq!((missing.status, missing.json()["code"].as_str()), (404, Some("not_found")));
+    let bad = admin.get("/v1/transactions/x", Role::Auditor).await;
+    assert_eq!(bad.status, 400);
 }

@@ -115,6 +115,23 @@ pub enum Query {
         /// Entries at most (the engine caps it at `HISTORY_PAGE_MAX`).
         limit: u16,
     },
+    /// A page of a customer's history, newest first (`Response::HistoryPage`): entries below
+    /// ring sequence `before` (all when `None`) that `filter` keeps.
+    HistoryPage {
+        /// The customer (it names the shard).
+        customer: u64,
+        /// Resume below this ring sequence.
+        before: Option<u64>,
+        /// Entries at most (the engine caps it at `HISTORY_PAGE_MAX`).
+        limit: u16,
+        /// Time range, kind and account class.
+        filter: super::pages::HistoryFilter,
+    },
+    /// The history entries of a transaction (`Response::History`), on the shard of its id.
+    Transaction {
+        /// The transaction.
+        tx: TxId,
+    },
     /// A member's tier, lots and points expiring within `within_days` days.
     Member {
         /// The member.
@@ -246,6 +263,8 @@ pub enum Response {
     Liability(Box<super::liability::ShardLiability>),
     /// A purchase's lifecycle entry (`Query::Purchase`).
     Purchase(crate::loyalty::purchases::Refundable),
+    /// A page of a customer's history (`Query::HistoryPage`).
+    HistoryPage(Box<super::pages::HistoryPage>),
 }
 
 impl Response {

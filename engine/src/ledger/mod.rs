@@ -20,6 +20,7 @@ pub mod history;
 pub mod keys;
 pub mod liability;
 mod loyalty;
+pub mod pages;
 mod purchases;
 pub mod record;
 pub mod registry;

@@ -1037,3 +1037,56 @@ fn refused_rates_and_conversions_change_nothing() {
     tampered.priced.credited += 1;
     harness.assert_rejected(Body::Conversion(tampered), RejectCode::DefinitionConflict);
 }
+
+/// A customer's history by pages: newest first across their accounts, resumed below a
+/// sequence however many writes came since, filtered by time, kind and class, and marked
+/// truncated once the ring forgot older entries.
+#[test]
+fn history_pages_are_stable_while_writes_continue() {
+    use super::pages::HistoryFilter;
+    let mut harness = Harness::new();
+    let customer = 7;
+    let start = harness.now;
+    // Ten earns a second apart.
+    for i in 0..10u64 {
+        harness.now = Timestamp(start.0 + i * SECOND);
+        harness.earn(customer, 100 + i);
+    }
+    let all = HistoryFilter::default();
+    let first = harness.ledger.history_page(customer, None, 4, &all);
+    let amounts = |page: &super::pages::HistoryPage| -> Vec<u64> {
+        page.entries.iter().map(|(_, entry)| entry.amount).collect()
+    };
+    assert_eq!(amounts(&first), [109, 108, 107, 106]);
+    let before = first.next_before.expect("more pages");
+    // Writes after the first page do not move the second.
+    harness.now = Timestamp(start.0 + 20 * SECOND);
+    harness.earn(customer, 1);
+    let second = harness.ledger.history_page(customer, Some(before), 4, &all);
+    assert_eq!(amounts(&second), [105, 104, 103, 102]);
+    let third = harness.ledger.history_page(customer, second.next_before, 4, &all);
+    assert_eq!(amounts(&third), [101, 100]);
+    assert_eq!((third.next_before, third.truncated), (None, false));
+    // Filters: a time range [start + 3 s, start + 6 s), a kind, a class.
+    let range = HistoryFilter {
+        from: Some(Timestamp(start.0 + 3 * SECOND)),
+        to: Some(Timestamp(start.0 + 6 * SECOND)),
+        ..HistoryFilter::default()
+    };
+    assert_eq!(amounts(&harness.ledger.history_page(customer, None, 10, &range)), [105, 104, 103]);
+    let redeems = HistoryFilter { kind: Some(TxKind::REDEEM), ..HistoryFilter::default() };
+    assert!(harness.ledger.history_page(customer, None, 10, &redeems).entries.is_empty());
+    let dollars = HistoryFilter { class: Some(harness.dollars), ..HistoryFilter::default() };
+    assert!(harness.ledger.history_page(customer, None, 10, &dollars).entries.is_empty());
+    // A transaction's entries by id.
+    let tx = first.entries[0].1.tx_id;
+    let entries = harness.ledger.transaction_entries(tx);
+    assert_eq!(entries.iter().map(|e| e.amount).collect::<Vec<_>>(), [109]);
+    // The ring (64 entries in these limits) forgets the oldest: the walk says so.
+    for _ in 0..70 {
+        harness.earn(customer + 1, 1);
+    }
+    let page = harness.ledger.history_page(customer, None, 100, &all);
+    assert!(page.truncated && page.next_before.is_none(), "{page:?}");
+    assert!(page.entries.is_empty(), "all of customer 7's entries were forgotten");
+}

@@ -636,6 +636,18 @@ impl ShardActor {
                 Response::Remembered(remembered)
             }
             Query::Liability => Response::Liability(Box::new(self.ledger.liability())),
+            Query::HistoryPage { customer, before, limit, filter } => {
+                let limit = usize::from(limit).min(HISTORY_PAGE_MAX);
+                Response::HistoryPage(Box::new(
+                    self.ledger.history_page(customer, before, limit, &filter),
+                ))
+            }
+            Query::Transaction { tx } => match self.ledger.transaction_entries(tx) {
+                entries if entries.is_empty() => {
+                    Response::Rejected(RejectCode::TransactionNotFound)
+                }
+                entries => Response::History(entries),
+            },
             Query::Purchase { tx } => match self.ledger.purchases().get(tx) {
                 Some(entry) => Response::Purchase(*entry),
                 None => Response::Rejected(RejectCode::PurchaseNotFound),

@@ -26,6 +26,22 @@ use super::{AdminState, Caller};
 
 type Shared = State<Arc<AdminState>>;
 
+/// Query parameters as given, or `400` with axum's reason.
+type Params<P> = Result<QueryParams<P>, axum::extract::rejection::QueryRejection>;
+
+/// A path's customer id and the query's parameters, or `400`.
+fn customer_and<P>(customer: &str, params: Params<P>) -> Result<(u64, P), ApiError> {
+    let customer = number(customer, "customer")?;
+    let QueryParams(params) =
+        params.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    Ok((customer, params))
+}
+
+/// A path segment that must be a number, or `400`.
+fn number(text: &str, what: &str) -> Result<u64, ApiError> {
+    text.parse().map_err(|_| ApiError::bad_request(format!("{what} {text:?} is not a number")))
+}
+
 /// A UTC day (days since 1970-01-01) as YYYY-MM-DD.
 fn date(day: u32) -> String {
     let date = civil_from_days(i64::from(day));
@@ -39,6 +55,8 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .routes(routes!(customer))
+        .routes(routes!(history))
+        .routes(routes!(transaction))
         .routes(routes!(shards))
         .routes(routes!(snapshot))
         .routes(routes!(liability))
@@ -233,14 +251,10 @@ async fn customer(
     State(state): Shared,
     caller: Caller,
     Path(customer): Path<String>,
-    params: Result<QueryParams<CustomerParams>, axum::extract::rejection::QueryRejection>,
+    params: Params<CustomerParams>,
 ) -> Result<Json<CustomerView>, ApiError> {
     caller.require(Role::Auditor)?;
-    let customer: u64 = customer
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("customer {customer:?} is not a number")))?;
-    let QueryParams(params) =
-        params.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let (customer, params) = customer_and(&customer, params)?;
     if params.within_days > 3_650 {
         return Err(ApiError::bad_request("within_days must be at most 3650"));
     }
@@ -477,7 +491,7 @@ pub struct LiabilityView {
 async fn liability(
     State(state): Shared,
     caller: Caller,
-    params: Result<QueryParams<LiabilityParams>, axum::extract::rejection::QueryRejection>,
+    params: Params<LiabilityParams>,
 ) -> Result<Json<LiabilityView>, ApiError> {
     caller.require(Role::Auditor)?;
     let QueryParams(params) =
@@ -669,4 +683,362 @@ async fn rates(State(state): Shared, caller: Caller) -> Result<Json<Vec<RateView
             })
             .collect(),
     ))
+}
+
+// ---- History and transactions ------------------------------------------------------------
+
+/// What the history answers say of older entries.
+const RETENTION: &str = "ledgerd keeps each shard's most recent postings to customer accounts \
+    in memory (history_entries_max a shard); older ones are in the WAL (ledger-wal) and, with \
+    replication, in the PostgreSQL replica (docs/admin-api.md, \"History\")";
+
+/// Options of a history page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// Entries per page, 1..=256 (default 50).
+    pub limit: Option<u16>,
+    /// The `next_cursor` of the previous page (with the same filters).
+    pub cursor: Option<String>,
+    /// Only entries at or after this time (RFC 3339).
+    pub from: Option<String>,
+    /// Only entries before this time (RFC 3339).
+    pub to: Option<String>,
+    /// Only entries of this kind (`purchase`, `redeem`, `adjustment`, `reversal`, `transfer`,
+    /// `refund`, `expiry`, `exchange`, `generic`).
+    pub kind: Option<String>,
+    /// Only the customer's account of this class (`points`, `cashback` …).
+    pub class: Option<String>,
+}
+
+/// One posting seen from a customer account.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryEntryView {
+    /// The transaction.
+    pub tx_id: String,
+    /// When it was applied (RFC 3339).
+    pub time: String,
+    /// Its kind.
+    pub kind: String,
+    /// The customer account.
+    pub account: String,
+    /// The other account of the posting.
+    pub counterparty: String,
+    /// The amount.
+    pub amount: String,
+    /// `credit` or `debit`, for `account`.
+    pub direction: String,
+    /// `posted`, `held` (reserved by a hold) or `released` (a hold's reservation ended).
+    pub effect: String,
+    /// Its position among its transaction's postings, and how many there are.
+    pub posting: u8,
+    /// See `posting`.
+    pub postings: u8,
+    /// Whether `reverse` may take it back, and whether it was.
+    pub reversible: bool,
+    /// See `reversible`.
+    pub reversed: bool,
+}
+
+/// A page of a customer's history, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HistoryView {
+    /// The entries.
+    pub entries: Vec<HistoryEntryView>,
+    /// The next (older) page, or none.
+    pub next_cursor: Option<String>,
+    /// Whether the customer has older entries that this server no longer holds in memory.
+    pub older_entries_elsewhere: bool,
+    /// Where older history is found.
+    pub retention: String,
+}
+
+fn entry_view(
+    registry: &ledger_engine::ledger::registry::Registry,
+    entry: &ledger_engine::ledger::history::HistoryEntry,
+) -> HistoryEntryView {
+    use ledger_engine::ledger::history::HistoryEntry as Entry;
+    let address =
+        |id: AccountId| registry.address(id).map_or_else(|| format!("{id:?}"), |a| a.to_string());
+    HistoryEntryView {
+        tx_id: entry.tx_id.0.to_string(),
+        time: rfc3339(entry.timestamp),
+        kind: entry.kind.to_string(),
+        account: address(entry.account),
+        counterparty: address(entry.counterparty),
+        amount: entry.amount.to_string(),
+        direction: if entry.has(Entry::CREDIT) { "credit" } else { "debit" }.to_string(),
+        effect: if entry.has(Entry::HOLD) {
+            "held"
+        } else if entry.has(Entry::RELEASE) {
+            "released"
+        } else {
+            "posted"
+        }
+        .to_string(),
+        posting: entry.posting,
+        postings: entry.postings,
+        reversible: entry.has(Entry::REVERSIBLE),
+        reversed: entry.has(Entry::REVERSED),
+    }
+}
+
+/// The cursor of a page: the ring sequence to resume below, bound to the request's customer
+/// and filters by a check (a cursor of another query, or edited, is refused).
+fn cursor_check(customer: u64, params: &HistoryParams, before: u64) -> [u8; 8] {
+    use sha2::Digest;
+    let text = format!(
+        "{customer}|{:?}|{:?}|{:?}|{:?}|{before}",
+        params.from, params.to, params.kind, params.class
+    );
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    digest[..8].try_into().expect("8 bytes")
+}
+
+fn encode_cursor(customer: u64, params: &HistoryParams, before: u64) -> String {
+    let mut bytes = before.to_be_bytes().to_vec();
+    bytes.extend_from_slice(&cursor_check(customer, params, before));
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn decode_cursor(customer: u64, params: &HistoryParams, cursor: &str) -> Result<u64, ApiError> {
+    let bad = || ApiError::bad_request("the cursor is not one this query returned");
+    if cursor.len() != 32 || !cursor.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&cursor[2 * i..2 * i + 2], 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let before = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+    if bytes[8..] != cursor_check(customer, params, before) {
+        return Err(bad());
+    }
+    Ok(before)
+}
+
+fn tx_kind(name: &str) -> Option<ledger_engine::TxKind> {
+    (0..=u16::MAX).map(ledger_engine::TxKind).take(64).find(|kind| kind.name() == Some(name))
+}
+
+/// A customer's history, newest first, by pages whose cursors stay valid while writes continue.
+#[utoipa::path(get, path = "/v1/customers/{customer}/history", tag = "customers",
+    params(("customer" = u64, Path, description = "the customer's id"), HistoryParams),
+    security(("bearer" = ["auditor"])),
+    responses(
+        (status = 200, description = "a page", body = HistoryView),
+        (status = 400, description = "a bad cursor, time, kind, class or limit", body = ErrorBody),
+    ))]
+async fn history(
+    State(state): Shared,
+    caller: Caller,
+    Path(customer): Path<String>,
+    params: Params<HistoryParams>,
+) -> Result<Json<HistoryView>, ApiError> {
+    caller.require(Role::Auditor)?;
+    let (customer, params) = customer_and(&customer, params)?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=256).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1..=256"));
+    }
+    let time =
+        |text: &Option<String>, name: &str| -> Result<Option<ledger_engine::Timestamp>, ApiError> {
+            text.as_deref()
+                .map(|text| {
+                    ledger_engine::loyalty::rules_file::parse_timestamp(text)
+                        .map_err(|error| ApiError::bad_request(format!("{name}: {error}")))
+                })
+                .transpose()
+        };
+    let engine = state.engine()?;
+    let registry = engine.registry();
+    let class = match &params.class {
+        Some(name) => {
+            let name = ledger_engine::ledger::account::Name::class(name)
+                .map_err(|error| ApiError::bad_request(format!("class: {error}")))?;
+            Some(
+                registry
+                    .class_by_name(Namespace::Customer, &name)
+                    .ok_or_else(|| ApiError::bad_request(format!("no customer class {name}")))?
+                    .id,
+            )
+        }
+        None => None,
+    };
+    let kind = match &params.kind {
+        Some(name) => Some(
+            tx_kind(name)
+                .ok_or_else(|| ApiError::bad_request(format!("no transaction kind {name:?}")))?,
+        ),
+        None => None,
+    };
+    let filter = ledger_engine::ledger::pages::HistoryFilter {
+        from: time(&params.from, "from")?,
+        to: time(&params.to, "to")?,
+        kind,
+        class,
+    };
+    let before =
+        params.cursor.as_deref().map(|c| decode_cursor(customer, &params, c)).transpose()?;
+    let query = Query::HistoryPage { customer, before, limit, filter };
+    let page = match super::ask::ask(engine, Command::Read(query)).await? {
+        ledger_engine::Response::HistoryPage(page) => page,
+        ledger_engine::Response::Rejected(code) => return Err(ApiError::rejected(code)),
+        other => return Err(ApiError::internal(format!("a history read answered {other:?}"))),
+    };
+    Ok(Json(HistoryView {
+        entries: page.entries.iter().map(|(_, entry)| entry_view(&registry, entry)).collect(),
+        next_cursor: page.next_before.map(|before| encode_cursor(customer, &params, before)),
+        older_entries_elsewhere: page.truncated,
+        retention: RETENTION.to_string(),
+    }))
+}
+
+/// A purchase's earning, as recorded.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PurchaseView {
+    /// The member.
+    pub customer: String,
+    /// The store and the receipt.
+    pub store: u32,
+    /// See `store`.
+    pub receipt: String,
+    /// The rule version that priced it.
+    pub rules_version: u32,
+    /// The member's tier before and after it, by name.
+    pub tier_before: String,
+    /// See `tier_before`.
+    pub tier_after: String,
+    /// Base points, category extra, tier extra, promotions, cut by caps.
+    pub base: String,
+    /// See `base`.
+    pub category: String,
+    /// See `base`.
+    pub tier_points: String,
+    /// See `base`.
+    pub promotions: Vec<(String, String)>,
+    /// See `base`.
+    pub cap_cut: String,
+    /// What it earned: points, bonus points, cashback.
+    pub earned: String,
+    /// See `earned`.
+    pub bonus: String,
+    /// See `earned`.
+    pub cashback: String,
+}
+
+/// A purchase's lifecycle.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LifecycleView {
+    /// `pending`, `settled`, `partly_refunded`, `refunded` or `failed`.
+    pub state: String,
+    /// Its spend, and how much of its basis was refunded.
+    pub spend: String,
+    /// See `spend`.
+    pub refunded: String,
+    /// Whether it was refunded by lines (the basis is then its weighted spend).
+    pub by_lines: bool,
+    /// Whether its points are still held.
+    pub held: bool,
+}
+
+/// A transaction as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TransactionView {
+    /// Its id.
+    pub tx_id: String,
+    /// The shard that wrote it.
+    pub shard: u16,
+    /// Its postings to customer accounts, as the history holds them.
+    pub postings: Vec<HistoryEntryView>,
+    /// For a purchase the shard still explains: what it earned and why.
+    pub purchase: Option<PurchaseView>,
+    /// For a purchase still refundable: where it stands.
+    pub lifecycle: Option<LifecycleView>,
+    /// Where older transactions are found.
+    pub retention: String,
+}
+
+/// A transaction by id: its postings to customer accounts, the earning explanation and the
+/// lifecycle of a purchase, while the shard remembers them.
+#[utoipa::path(get, path = "/v1/transactions/{tx}", tag = "transactions",
+    params(("tx" = u64, Path, description = "the transaction id")),
+    security(("bearer" = ["auditor"])),
+    responses(
+        (status = 200, description = "the transaction", body = TransactionView),
+        (status = 404, description = "not remembered (see retention)", body = ErrorBody),
+    ))]
+async fn transaction(
+    State(state): Shared,
+    caller: Caller,
+    Path(tx): Path<String>,
+) -> Result<Json<TransactionView>, ApiError> {
+    caller.require(Role::Auditor)?;
+    let id = ledger_engine::TxId(number(&tx, "transaction")?);
+    let engine = state.engine()?;
+    if id.shard() >= engine.shard_count() {
+        return Err(ApiError::not_found(format!("no transaction {tx}")));
+    }
+    let commands = vec![
+        Command::Read(Query::Transaction { tx: id }),
+        Command::Read(Query::Explain { tx: id }),
+        Command::Read(Query::Purchase { tx: id }),
+    ];
+    let answers = ask_all(engine, commands).await?;
+    let registry = engine.registry();
+    let postings = match &answers[0] {
+        ledger_engine::Response::History(entries) => {
+            entries.iter().map(|entry| entry_view(&registry, entry)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let purchase = match &answers[1] {
+        ledger_engine::Response::Explanation(explanation) => {
+            let purchase = &explanation.purchase;
+            let outcome = &purchase.outcome;
+            Some(PurchaseView {
+                customer: purchase.customer.to_string(),
+                store: purchase.header.metadata.store,
+                receipt: purchase.header.metadata.receipt.as_str().to_string(),
+                rules_version: outcome.rules_version,
+                tier_before: explanation.tier_before.clone(),
+                tier_after: explanation.tier_after.clone(),
+                base: outcome.base.to_string(),
+                category: outcome.category.to_string(),
+                tier_points: outcome.tier_points.to_string(),
+                promotions: explanation
+                    .promotions
+                    .iter()
+                    .map(|p| (p.name.clone(), p.points.to_string()))
+                    .collect(),
+                cap_cut: outcome.cap_cut.to_string(),
+                earned: outcome.earned.to_string(),
+                bonus: outcome.bonus.to_string(),
+                cashback: outcome.cashback.to_string(),
+            })
+        }
+        _ => None,
+    };
+    let lifecycle = match &answers[2] {
+        ledger_engine::Response::Purchase(entry) => Some(LifecycleView {
+            state: entry.state.name().to_string(),
+            spend: entry.spend.to_string(),
+            refunded: entry.refunded.to_string(),
+            by_lines: entry.flags & ledger_engine::loyalty::purchases::Refundable::BY_LINES != 0,
+            held: entry.held(),
+        }),
+        _ => None,
+    };
+    if postings.is_empty() && purchase.is_none() && lifecycle.is_none() {
+        return Err(ApiError::not_found(format!("no transaction {tx} in this server's memory")));
+    }
+    Ok(Json(TransactionView {
+        tx_id: id.0.to_string(),
+        shard: id.shard(),
+        postings,
+        purchase,
+        lifecycle,
+        retention: RETENTION.to_string(),
+    }))
 }

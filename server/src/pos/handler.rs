@@ -276,10 +276,13 @@ pub fn answer(opcode: u8, lifecycle: bool, response: Response) -> OpResult {
         Response::Purchase(entry) => {
             OpResult::Ok(Reply::Lifecycle(lifecycle_reply(entry.id, Some(&entry))))
         }
-        // No POS operation asks for a hold's view, whether a key is taken or the liability;
-        // an answer of the wrong shape is a bug somewhere between here and the engine,
-        // reported rather than guessed at.
-        Response::Hold(_) | Response::Remembered(_) | Response::Liability(_) => {
+        // No POS operation asks for a hold's view, whether a key is taken, the liability or a
+        // history page; an answer of the wrong shape is a bug somewhere between here and the
+        // engine, reported rather than guessed at.
+        Response::Hold(_)
+        | Response::Remembered(_)
+        | Response::Liability(_)
+        | Response::HistoryPage(_) => {
             tracing::error!(opcode, "the engine answered a POS operation with the wrong shape");
             OpResult::Refused(Status::InternalError)
         }

@@ -100,6 +100,7 @@ fn header(ledger: &Ledger, key: u128, kind: TxKind, at: Timestamp) -> TxHeader {
             store: 3,
             category: 0,
             receipt: Receipt::new(&format!("R-{key}")).unwrap(),
+            annotation: None,
         },
     }
 }

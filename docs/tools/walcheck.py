@@ -123,7 +123,7 @@ def check(wal_dir):
         version, shard, shard_count = struct.unpack_from("<HHH", header, 8)
         sequence, first_lsn = struct.unpack_from("<QQ", header, 24)
         segment_prev = header[56:88]
-        if version not in (1, 2, 3, 4, 5, 6):
+        if version not in (1, 2, 3, 4, 5, 6, 7):
             return [f"{name}: unsupported version {version}"], records
         if sequence != int(name[:20]):
             return [f"{name}: header says sequence {sequence}"], records

@@ -17,6 +17,12 @@ pub const TRANSACTION_POSTINGS_MAX: usize = 64;
 /// receipt numbers are short; a bound keeps records small and fixed-cost to decode.
 pub const RECEIPT_BYTES_MAX: usize = 32;
 
+/// Longest actor (an admin token's name) an annotated record names.
+pub const ANNOTATION_ACTOR_BYTES_MAX: usize = 64;
+
+/// Longest reason an annotated record gives.
+pub const ANNOTATION_REASON_BYTES_MAX: usize = 512;
+
 /// Bytes of an account class or asset name (format limit): short, human-chosen identifiers.
 pub const NAME_BYTES_MAX: usize = 32;
 

@@ -696,3 +696,78 @@ fn version_9_files_still_decode_to_the_same_history() {
     assert_eq!(header.version, 9);
     assert_eq!(ledger.rates(), &rates);
 }
+
+/// An operator's adjustment with who and why (key `key`, terminal 0), as the admin API makes it.
+fn v10_adjustment(
+    loyalty: &Loyalty,
+    key: u128,
+    amount: u64,
+    reason: &str,
+) -> ledger_engine::Command {
+    use ledger_engine::ledger::record::Annotation;
+    let annotation = Annotation::new("ops.anna", reason).unwrap();
+    ledger_engine::Command::Write(ledger_engine::Request {
+        terminal: ledger_engine::TerminalId(0),
+        idempotency: ledger_engine::IdempotencyKey::new(key),
+        kind: ledger_engine::TxKind::ADJUSTMENT,
+        metadata: ledger_engine::Metadata {
+            annotation: Some(Arc::new(annotation)),
+            ..Default::default()
+        },
+        operation: ledger_engine::Operation::Post {
+            postings: smallvec::smallvec![ledger_engine::Posting {
+                debit: loyalty.issuance(),
+                credit: loyalty.customer(42),
+                asset: loyalty.pts,
+                amount: ledger_engine::Amount::new(amount).unwrap(),
+            }],
+        },
+    })
+}
+
+/// The history the v10 fixture holds (WAL format 7, with annotated client headers; snapshot
+/// format 9): the v4 writes; an operator's adjustment of 25 with who and why (key 40); a
+/// snapshot; a second one of 5 (key 41).
+fn write_fixture_v10(dir: &Path) {
+    let (engine, _clock) = new_fixture_engine(dir, 1);
+    let loyalty = Loyalty::define(&engine);
+    let writes = v4_writes(&engine, &loyalty);
+    assert_eq!(writes.iter().map(|c| c.amount).collect::<Vec<_>>(), V4_AMOUNTS);
+    engine.execute(v10_adjustment(&loyalty, 40, 25, "goodwill, ticket 881")).committed().unwrap();
+    engine.snapshot_now().unwrap();
+    engine.execute(v10_adjustment(&loyalty, 41, 5, "rounding")).committed().unwrap();
+    engine.shutdown();
+}
+
+#[test]
+fn version_10_files_still_decode_to_the_same_history() {
+    let dir = fixture_copy(10, write_fixture_v10);
+    let mut annotated = Vec::new();
+    reader::scan(&ShardPaths::new(dir.path(), 0).wal, &ScanOptions::all(), |record| {
+        let decoded = record.decode().unwrap();
+        if let Some(annotation) = decoded.body.header().and_then(|h| h.metadata.annotation.clone())
+        {
+            annotated.push((annotation.actor().to_string(), annotation.reason().to_string()));
+        }
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    assert_eq!(
+        annotated,
+        [
+            ("ops.anna".to_string(), "goodwill, ticket 881".to_string()),
+            ("ops.anna".to_string(), "rounding".to_string())
+        ]
+    );
+    let (engine, _clock) = open_at_fixture_time(dir.path());
+    let loyalty = Loyalty::define(&engine);
+    // Retries answer as before; the same key with another reason is another request.
+    let retry = engine.execute(v10_adjustment(&loyalty, 41, 5, "rounding"));
+    assert!(matches!(retry, Response::Duplicate(_)), "{retry:?}");
+    let other = engine.execute(v10_adjustment(&loyalty, 41, 5, "another reason"));
+    assert_eq!(other.rejected(), Some(RejectCode::IdempotencyConflict));
+    match engine.execute(loyalty.balance_query(42)) {
+        Response::Account(view) => assert_eq!(view.counters.balance_posted(), 700 + 25 + 5),
+        other => panic!("{other:?}"),
+    }
+}

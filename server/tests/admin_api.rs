@@ -186,7 +186,9 @@ async fn every_route_of_the_document_enforces_its_role() {
             document["paths"][path][method.to_lowercase()]["responses"].is_object(),
             "{method} {path} documents its answers"
         );
-        let concrete = path.replace("{customer}", "1").replace("{tx}", "1");
+        let concrete = ["{customer}", "{tx}", "{hold}", "{purchase}"]
+            .iter()
+            .fold(path.clone(), |path, parameter| path.replace(parameter, "1"));
         let Some(role) = role else {
             let answer = request(admin.addr, method, &concrete, None, None).await;
             assert!(answer.status < 400, "{method} {path} open: {}", answer.status);
@@ -555,4 +557,220 @@ async fn history_pages_stay_stable_while_writes_continue_and_transactions_explai
     assert_eq!((missing.status, missing.json()["code"].as_str()), (404, Some("not_found")));
     let bad = admin.get("/v1/transactions/x", Role::Auditor).await;
     assert_eq!(bad.status, 400);
+}
+
+/// A write with a key and a JSON body.
+async fn post(admin: &Admin, role: Role, path: &str, key: &str, body: &str) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(admin.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\
+         Idempotency-Key: {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        admin.token(role),
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Answer { status, headers: Vec::new(), body: body.to_string() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_writes_are_idempotent_by_key_and_recorded_with_who_and_why() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let points = |customer: u64| {
+        let admin = &admin;
+        async move {
+            let view = admin.get(&format!("/v1/customers/{customer}"), Role::Auditor).await.json();
+            view["accounts"]
+                .as_array()
+                .and_then(|accounts| {
+                    accounts.iter().find(|a| a["address"] == format!("customer:{customer}:points"))
+                })
+                .map(|a| a["posted"].as_str().unwrap().to_string())
+        }
+    };
+    // An adjustment: credited, then the same key and body again (the original answer), then
+    // the same key with another reason (a conflict).
+    let body = r#"{"amount": "300", "reason": "welcome bonus, ticket 17"}"#;
+    let first = post(&admin, Role::Operator, "/v1/customers/42/adjustments", "adj-1", body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    assert_eq!(
+        (first["amount"].as_str(), first["duplicate"].as_bool()),
+        (Some("300"), Some(false))
+    );
+    let again =
+        post(&admin, Role::Operator, "/v1/customers/42/adjustments", "adj-1", body).await.json();
+    assert_eq!(
+        (again["tx_id"].clone(), again["duplicate"].as_bool()),
+        (first["tx_id"].clone(), Some(true))
+    );
+    let other = r#"{"amount": "300", "reason": "another reason"}"#;
+    let conflict =
+        post(&admin, Role::Operator, "/v1/customers/42/adjustments", "adj-1", other).await;
+    assert_eq!(
+        (conflict.status, conflict.json()["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
+    assert_eq!(points(42).await.as_deref(), Some("300"));
+    // Debits below zero are refused and change nothing; the key stays free.
+    let overdraw = r#"{"amount": "-301", "reason": "correction"}"#;
+    let refused =
+        post(&admin, Role::Operator, "/v1/customers/42/adjustments", "adj-2", overdraw).await;
+    assert_eq!(
+        (refused.status, refused.json()["code"].as_str()),
+        (422, Some("insufficient_funds"))
+    );
+    let fine = r#"{"amount": "-100", "reason": "correction"}"#;
+    assert_eq!(
+        post(&admin, Role::Operator, "/v1/customers/42/adjustments", "adj-2", fine).await.status,
+        200
+    );
+    // A transfer across customers (they may be on two shards).
+    let transfer = r#"{"from": 42, "to": 43, "amount": "50", "reason": "household merge"}"#;
+    let moved = post(&admin, Role::Operator, "/v1/transfers", "tr-1", transfer).await;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    assert_eq!(
+        (points(42).await.as_deref(), points(43).await.as_deref()),
+        (Some("150"), Some("50"))
+    );
+    // A purchase over the POS protocol, settled, refunded in part, through the API.
+    let client = server.client().await;
+    let purchase = ledger_protocol::Op::Purchase {
+        meta: ledger_protocol::WriteMeta { key: 1, ..Default::default() },
+        customer: 44,
+        amount: 10_000,
+    };
+    let bought = client.call_one(purchase).await.unwrap().committed().unwrap().tx_id;
+    let settle = post(
+        &admin,
+        Role::Operator,
+        &format!("/v1/purchases/{bought}/settle"),
+        "s-1",
+        r#"{"reason": "bank confirmed"}"#,
+    )
+    .await;
+    assert_eq!(settle.status, 200, "{}", settle.body);
+    let refund = post(
+        &admin,
+        Role::Support,
+        &format!("/v1/purchases/{bought}/refund"),
+        "r-1",
+        r#"{"amount": "2500", "reason": "one item returned"}"#,
+    )
+    .await;
+    assert_eq!(refund.status, 200, "{}", refund.body);
+    assert_eq!(points(44).await.as_deref(), Some("75"), "a quarter of 100 points taken back");
+    let again = post(
+        &admin,
+        Role::Operator,
+        &format!("/v1/purchases/{bought}/settle"),
+        "s-2",
+        r#"{"reason": "twice"}"#,
+    )
+    .await;
+    assert_eq!(again.json()["code"], "purchase_already_settled");
+    // Roles: support may refund but not adjust.
+    let denied = post(&admin, Role::Support, "/v1/customers/42/adjustments", "adj-3", body).await;
+    assert_eq!(denied.status, 403);
+    // Bad bodies and keys: typed 4xx, nothing posted.
+    for (path, key, body, status, code) in [
+        (
+            "/v1/customers/42/adjustments",
+            "bad-1",
+            r#"{"amount": "0", "reason": "x"}"#,
+            400,
+            "bad_request",
+        ),
+        ("/v1/customers/42/adjustments", "bad-2", r#"{"amount": "1"}"#, 400, "bad_request"),
+        (
+            "/v1/customers/42/adjustments",
+            "bad-3",
+            r#"{"amount": "1", "reason": " "}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/customers/42/adjustments",
+            "bad-4",
+            r#"{"amount": "1", "reason": "x", "extra": 1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/customers/42/adjustments",
+            "bad-5",
+            r#"{"amount": 1, "reason": "x"}"#,
+            400,
+            "bad_request",
+        ),
+        ("/v1/customers/42/adjustments", "bad-6", "{", 400, "bad_request"),
+        (
+            "/v1/conversions",
+            "bad-7",
+            r#"{"customer": 42, "from": "PTS", "to": "NOPE", "amount": "1", "reason": "x"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/v1/conversions",
+            "bad-8",
+            r#"{"customer": 42, "from": "PTS", "to": "CASHBACK", "amount": "1", "reason": "x"}"#,
+            422,
+            "rate_missing",
+        ),
+        ("/v1/holds/77/void", "bad-9", r#"{"reason": "x"}"#, 404, "hold_not_found"),
+    ] {
+        let answer = post(&admin, Role::Admin, path, key, body).await;
+        assert_eq!(
+            (answer.status, answer.json()["code"].as_str()),
+            (status, Some(code)),
+            "{path} {body}"
+        );
+    }
+    let too_big = format!(r#"{{"amount": "1", "reason": "{}"}}"#, "x".repeat(70_000));
+    let answer = post(&admin, Role::Admin, "/v1/customers/42/adjustments", "big", &too_big).await;
+    assert_eq!((answer.status, answer.json()["code"].as_str()), (413, Some("payload_too_large")));
+    let no_key = request(
+        admin.addr,
+        "POST",
+        "/v1/customers/42/adjustments",
+        Some(admin.token(Role::Admin)),
+        Some(body),
+    )
+    .await;
+    assert_eq!((no_key.status, no_key.json()["code"].as_str()), (400, Some("bad_request")));
+    assert_eq!(points(42).await.as_deref(), Some("150"), "nothing refused was posted");
+
+    // The WAL says who and why.
+    let engine = Arc::clone(&server.shared.engine);
+    let tx = first["tx_id"].as_str().unwrap().parse::<u64>().unwrap();
+    let shard = ledger_engine::TxId(tx).shard();
+    let wal = ledger_engine::recovery::ShardPaths::new(server.dir.path(), shard).wal;
+    let mut found = None;
+    ledger_engine::wal::reader::scan(
+        &wal,
+        &ledger_engine::wal::reader::ScanOptions::all(),
+        |record| {
+            let decoded = record.decode().unwrap();
+            if decoded.body.tx_id() == Some(ledger_engine::TxId(tx)) {
+                let header = decoded.body.header().unwrap();
+                let annotation = header.metadata.annotation.clone().unwrap();
+                found = Some((
+                    header.terminal.0,
+                    annotation.actor().to_string(),
+                    annotation.reason().to_string(),
+                ));
+            }
+            Ok::<(), ()>(())
+        },
+    )
+    .unwrap();
+    drop(engine);
+    assert_eq!(found, Some((0, "operator-1".to_string(), "welcome bonus, ticket 17".to_string())));
 }

@@ -70,11 +70,21 @@ impl Ledger {
         amount: Amount,
         now: Timestamp,
     ) -> Result<Conversion, RejectCode> {
+        let priced = self.price_conversion(customer, (from, to), amount, now)?;
+        Ok(Conversion { header, customer, from, to, amount, priced })
+    }
+
+    fn price_conversion(
+        &self,
+        customer: u64,
+        (from, to): (AssetId, AssetId),
+        amount: Amount,
+        now: Timestamp,
+    ) -> Result<crate::loyalty::exchange::Priced, RejectCode> {
         if shard_for_customer(CustomerId(customer), self.config.shard_count) != self.config.shard {
             return Err(RejectCode::AccountsOnDifferentShards);
         }
-        let priced = self.rates.convert(from, to, amount.get(), now).map_err(exchange_code)?;
-        Ok(Conversion { header, customer, from, to, amount, priced })
+        self.rates.convert(from, to, amount.get(), now).map_err(exchange_code)
     }
 
     /// Applies a conversion as recorded: priced again by the rate in force (the record must
@@ -84,14 +94,13 @@ impl Ledger {
         conversion: &Conversion,
         now: Timestamp,
     ) -> Result<(), RejectCode> {
-        let decided = self.decide_conversion(
-            conversion.header,
+        let priced = self.price_conversion(
             conversion.customer,
             (conversion.from, conversion.to),
             conversion.amount,
             now,
         )?;
-        if decided.priced != conversion.priced {
+        if priced != conversion.priced {
             return Err(RejectCode::DefinitionConflict);
         }
         let rate = self.rates.version(conversion.priced.version).expect("priced by a rate");

@@ -113,8 +113,50 @@ impl Default for Receipt {
     }
 }
 
-/// Bounded, fixed-size facts about where a transaction came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Who made an operator's write and why (the admin API's writes; WAL format 7): kept in the
+/// write's record, so the WAL itself says it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Annotation {
+    actor: String,
+    reason: String,
+}
+
+impl Annotation {
+    /// An annotation: `actor` 1..=`ANNOTATION_ACTOR_BYTES_MAX` bytes of `[A-Za-z0-9_.@-]` (a
+    /// token's name), `reason` 1..=`ANNOTATION_REASON_BYTES_MAX` bytes of UTF-8 without control
+    /// characters and not blank.
+    pub fn new(actor: &str, reason: &str) -> Result<Annotation, &'static str> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "_.@-".contains(c);
+        if actor.is_empty()
+            || actor.len() > crate::limits::ANNOTATION_ACTOR_BYTES_MAX
+            || !actor.chars().all(allowed)
+        {
+            return Err("the actor must be 1 to 64 characters of A-Z a-z 0-9 _ . @ -");
+        }
+        if reason.trim().is_empty()
+            || reason.len() > crate::limits::ANNOTATION_REASON_BYTES_MAX
+            || reason.chars().any(char::is_control)
+        {
+            return Err(
+                "the reason must be 1 to 512 bytes of text, not blank, no control characters",
+            );
+        }
+        Ok(Annotation { actor: actor.to_string(), reason: reason.to_string() })
+    }
+
+    /// Who made the write.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Why.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// Bounded facts about where a transaction came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Metadata {
     /// The store (0 = none).
     pub store: u32,
@@ -122,6 +164,8 @@ pub struct Metadata {
     pub category: u16,
     /// The receipt number printed at the till.
     pub receipt: Receipt,
+    /// For an operator's write: who and why (shared, since headers are copied around).
+    pub annotation: Option<Arc<Annotation>>,
 }
 
 /// One movement of value: `amount` of `asset` from `debit` to `credit`.
@@ -142,7 +186,7 @@ pub struct Posting {
 pub type Postings = smallvec::SmallVec<[Posting; 2]>;
 
 /// What every client-originated record carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxHeader {
     /// The transaction's id, assigned by the shard.
     pub id: TxId,
@@ -166,7 +210,7 @@ pub struct Transaction {
 }
 
 /// A hold: one posting reserved (pending) until captured, voided or expired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldCreate {
     /// Id (the hold's id), kind, idempotency and metadata.
     pub header: TxHeader,
@@ -179,7 +223,7 @@ pub struct HoldCreate {
 }
 
 /// Capture of a hold, whole (`amount: None`) or part; the rest is released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldCapture {
     /// Id, kind, idempotency and metadata of the capture itself.
     pub header: TxHeader,
@@ -190,7 +234,7 @@ pub struct HoldCapture {
 }
 
 /// Void of a hold: its reservation is released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HoldVoid {
     /// Id, kind, idempotency and metadata of the void itself.
     pub header: TxHeader,
@@ -209,7 +253,7 @@ pub struct HoldExpire {
 
 /// Step 1 of a cross-shard transfer, on the source shard: the source customer is debited and
 /// the source shard's transit account credited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferOut {
     /// Id, kind, idempotency and metadata of the transfer.
     pub header: TxHeader,
@@ -459,7 +503,7 @@ pub struct RateDefine {
 
 /// A conversion of a member's points of one asset into another at the rate in force: one
 /// transaction on the member's shard (postings: `exchange::conversion_postings`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversion {
     /// Id, kind, terminal, key and metadata.
     pub header: TxHeader,

@@ -110,7 +110,12 @@ impl Harness {
             kind: TxKind::PURCHASE,
             terminal: TerminalId(1),
             idempotency: IdempotencyKey::new(key),
-            metadata: Metadata { store: 1, category: 0, receipt: Receipt::new("R").unwrap() },
+            metadata: Metadata {
+                store: 1,
+                category: 0,
+                receipt: Receipt::new("R").unwrap(),
+                annotation: None,
+            },
         }
     }
 
@@ -604,14 +609,19 @@ fn cross_shard_transfer_steps_balance_each_shard() {
         asset: source.pts,
         amount: amount(400),
     };
-    source.apply(Body::TransferOut(transfer)).unwrap();
+    source.apply(Body::TransferOut(transfer.clone())).unwrap();
     assert_eq!(source.balance(source.customer(alice)), 600);
     assert_eq!(source.balance(AccountId::transit(source.pts)), 400);
     assert_eq!(source.ledger.transfers_out().count(), 1);
 
     // Too many in flight: the limit refuses the next one and changes nothing.
     for sequence in 2..=Limits::test_min().transfers_in_flight_max as u64 {
-        let next = TransferOut { header: source.header(), sequence, amount: amount(1), ..transfer };
+        let next = TransferOut {
+            header: source.header(),
+            sequence,
+            amount: amount(1),
+            ..transfer.clone()
+        };
         source.apply(Body::TransferOut(next)).unwrap();
     }
     let sequence = source.ledger.transfer_out_next(destination_shard);
@@ -977,12 +987,12 @@ fn a_rate_recorded_between_two_conversions_of_one_batch_prices_only_the_second()
     harness.define_rate(terms).unwrap();
     let first = harness.convert(customer, 10).unwrap();
     let second_request = harness.convert(customer, 10).unwrap();
-    harness.apply(Body::Conversion(first)).unwrap();
+    harness.apply(Body::Conversion(first.clone())).unwrap();
     // The rate changes to 2 own points per partner point; the second request of the batch
     // (same time) is decided after it.
     harness.define_rate(crate::loyalty::exchange::RateTerms { numerator: 2, ..terms }).unwrap();
     let mut second = harness.convert(customer, 10).unwrap();
-    second.header = second_request.header;
+    second.header = second_request.header.clone();
     assert_eq!((first.priced.version, first.priced.credited), (1, 10));
     assert_eq!((second.priced.version, second.priced.credited), (2, 20));
     // The request decided before the rate changed no longer applies as it was priced.

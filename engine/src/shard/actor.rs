@@ -694,7 +694,8 @@ impl ShardActor {
                 }
             },
             Operation::Purchase { customer, lines } => {
-                match self.ledger.price_purchase(header, customer, lines.clone(), self.now) {
+                match self.ledger.price_purchase(header.clone(), customer, lines.clone(), self.now)
+                {
                     Ok(purchase) => Body::Purchase(purchase),
                     Err(code) => {
                         let outcome = crate::loyalty::pricing::PurchaseOutcome::default();
@@ -709,8 +710,12 @@ impl ShardActor {
                 }
             }
             Operation::PurchaseChange { reference, event } => {
-                match self.ledger.decide_purchase_change(header, reference, event.clone(), self.now)
-                {
+                match self.ledger.decide_purchase_change(
+                    header.clone(),
+                    reference,
+                    event.clone(),
+                    self.now,
+                ) {
                     Ok(change) => Body::PurchaseChange(change),
                     Err(code) => {
                         let outcome = crate::ledger::record::TransitionOutcome::default();
@@ -725,8 +730,13 @@ impl ShardActor {
                 }
             }
             Operation::Convert { customer, from, to, amount } => {
-                match self.ledger.decide_conversion(header, customer, (from, to), amount, self.now)
-                {
+                match self.ledger.decide_conversion(
+                    header.clone(),
+                    customer,
+                    (from, to),
+                    amount,
+                    self.now,
+                ) {
                     Ok(conversion) => Body::Conversion(conversion),
                     Err(code) => {
                         let priced = crate::loyalty::exchange::Priced::default();
@@ -750,7 +760,7 @@ impl ShardActor {
             }
         };
         let outbound = match &body {
-            Body::TransferOut(transfer) => Some(*transfer),
+            Body::TransferOut(transfer) => Some(transfer.clone()),
             _ => None,
         };
         match (self.append(body), outbound) {
@@ -797,7 +807,7 @@ impl ShardActor {
     /// else) before the refusal: `probe` is the request with what the shard would decide left
     /// empty, which the fingerprint does not cover.
     fn refuse_unbuilt(&mut self, probe: Body, code: RejectCode) -> Response {
-        let header = *probe.header().expect("client writes have a header");
+        let header = probe.header().expect("client writes have a header");
         let Some(key) = header.idempotency else {
             return Response::Rejected(RejectCode::IdempotencyKeyMissing);
         };

@@ -106,6 +106,7 @@ impl Loyalty {
                 store: 1,
                 category: 0,
                 receipt: Receipt::new("T-1").expect("short"),
+                annotation: None,
             },
             operation,
         })

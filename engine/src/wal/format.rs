@@ -11,12 +11,13 @@ use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::limits::RECORD_BYTES_MAX;
 
 /// Version of the segment and record format. Version history: docs/wal-format.md.
-pub const FORMAT_VERSION: u16 = 6;
+pub const FORMAT_VERSION: u16 = 7;
 
 /// The oldest format version readers still accept. Version 2 only added a record kind
 /// (`Reversal`), so a version 1 segment reads as it always did; version 3 added commit-group
 /// alignment and trailers, and readers keep the version 1 and 2 rules for older segments;
-/// versions 4, 5 and 6 only added record kinds (loyalty, lifecycle, partner exchange).
+/// versions 4, 5 and 6 only added record kinds (loyalty, lifecycle, partner exchange), version
+/// 7 the annotation of a client header.
 pub const FORMAT_VERSION_MIN: u16 = 1;
 
 /// The first version whose commit groups start on a sector boundary and end with a trailer.

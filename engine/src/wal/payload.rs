@@ -10,8 +10,8 @@ use crate::codec::{DecodeError, Decoder, Encoder};
 use crate::ids::{IdempotencyKey, ShardId, TerminalId, Timestamp, TxId};
 use crate::ledger::account::{AccountFlags, AccountId, AssetId, ClassId, Name, Namespace};
 use crate::ledger::record::{
-    AssetDefine, Body, ClassDefine, Conversion, HoldCapture, HoldCreate, HoldExpire, HoldVoid,
-    LotsExpire, Metadata, Posting, Purchase, PurchaseChange, PurchaseEvent, PurchaseRef,
+    Annotation, AssetDefine, Body, ClassDefine, Conversion, HoldCapture, HoldCreate, HoldExpire,
+    HoldVoid, LotsExpire, Metadata, Posting, Purchase, PurchaseChange, PurchaseEvent, PurchaseRef,
     PurchaseRelease, RateDefine, Receipt, RecordKind, Reversal, RulesDefine, Transaction,
     TransferIn, TransferOut, TransferSettle, TransitionOutcome, TxHeader, TxKind,
 };
@@ -47,13 +47,11 @@ pub fn fingerprint(kind: RecordKind, payload: &[u8]) -> u64 {
         RecordKind::Conversion => payload.len().saturating_sub(CONVERSION_DECIDED_BYTES),
         // A reversal's postings are derived by the engine from the original: the request is
         // the header and the original's id.
-        RecordKind::Reversal => payload
-            .get(RECEIPT_LENGTH_OFFSET)
-            .map_or(payload.len(), |len| RECEIPT_LENGTH_OFFSET + 1 + usize::from(*len) + 8),
+        RecordKind::Reversal => header_len(payload).map_or(payload.len(), |header| header + 8),
         // A purchase's outcome is decided by the shard: the request is the header, the
         // customer and the basket.
-        RecordKind::Purchase => payload.get(RECEIPT_LENGTH_OFFSET).map_or(payload.len(), |len| {
-            let customer_end = RECEIPT_LENGTH_OFFSET + 1 + usize::from(*len) + 8;
+        RecordKind::Purchase => header_len(payload).map_or(payload.len(), |header| {
+            let customer_end = header + 8;
             payload.get(customer_end).map_or(payload.len(), |count| {
                 customer_end + crate::loyalty::codec::lines_len(usize::from(*count))
             })
@@ -72,8 +70,7 @@ pub fn fingerprint(kind: RecordKind, payload: &[u8]) -> u64 {
 /// Bytes of a purchase transition's request (header, reference, refund): where the shard's
 /// outcome starts. `None` if the payload is too short to tell.
 fn change_request_len(kind: RecordKind, payload: &[u8]) -> Option<usize> {
-    let reference_end =
-        RECEIPT_LENGTH_OFFSET + 1 + usize::from(*payload.get(RECEIPT_LENGTH_OFFSET)?) + 9;
+    let reference_end = header_len(payload)? + 9;
     if kind != RecordKind::PurchaseRefund {
         return Some(reference_end);
     }
@@ -247,6 +244,9 @@ fn decode_bool(decoder: &mut Decoder<'_>, field: &'static str) -> Result<bool, D
     }
 }
 
+/// Bit 7 of a client header's receipt length: an annotation follows the receipt (format 7).
+const ANNOTATED: u8 = 0x80;
+
 fn encode_header(encoder: &mut Encoder<'_>, header: &TxHeader) {
     encoder.u64(header.id.0);
     encoder.u32(header.terminal.0);
@@ -254,7 +254,32 @@ fn encode_header(encoder: &mut Encoder<'_>, header: &TxHeader) {
     encoder.u16(header.kind.0);
     encoder.u32(header.metadata.store);
     encoder.u16(header.metadata.category);
-    encoder.short_str(header.metadata.receipt.as_str());
+    let receipt = header.metadata.receipt.as_str();
+    match &header.metadata.annotation {
+        None => encoder.short_str(receipt),
+        Some(annotation) => {
+            let len = u8::try_from(receipt.len()).expect("receipts are at most 32 bytes");
+            encoder.u8(len | ANNOTATED);
+            encoder.bytes(receipt.as_bytes());
+            encoder.short_str(annotation.actor());
+            let reason = annotation.reason().as_bytes();
+            encoder.u16(u16::try_from(reason.len()).expect("reasons are at most 512 bytes"));
+            encoder.bytes(reason);
+        }
+    }
+}
+
+/// Bytes of the client header at the start of `payload` (docs/wal-format.md, "client
+/// header"), annotation included; `None` if the payload is too short to tell.
+fn header_len(payload: &[u8]) -> Option<usize> {
+    let flags = *payload.get(RECEIPT_LENGTH_OFFSET)?;
+    let receipt_end = RECEIPT_LENGTH_OFFSET + 1 + usize::from(flags & !ANNOTATED);
+    if flags & ANNOTATED == 0 {
+        return Some(receipt_end);
+    }
+    let actor_end = receipt_end + 1 + usize::from(*payload.get(receipt_end)?);
+    let reason = payload.get(actor_end..actor_end + 2)?;
+    Some(actor_end + 2 + usize::from(u16::from_le_bytes([reason[0], reason[1]])))
 }
 
 fn decode_header(decoder: &mut Decoder<'_>) -> Result<TxHeader, DecodeError> {
@@ -264,15 +289,36 @@ fn decode_header(decoder: &mut Decoder<'_>) -> Result<TxHeader, DecodeError> {
     let kind = TxKind(decoder.u16("tx kind")?);
     let store = decoder.u32("store")?;
     let category = decoder.u16("category")?;
-    let receipt = decoder.short_str("receipt", RECEIPT_BYTES_MAX)?;
-    let receipt = Receipt::new(receipt)
-        .map_err(|_| DecodeError::Invalid { field: "receipt", value: receipt.len() as u128 })?;
+    let flags = decoder.u8("receipt length")?;
+    let len = usize::from(flags & !ANNOTATED);
+    if len > RECEIPT_BYTES_MAX {
+        return Err(DecodeError::Invalid { field: "receipt length", value: u128::from(flags) });
+    }
+    let bytes = decoder.take("receipt", len)?;
+    let receipt = std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| Receipt::new(text).ok())
+        .ok_or(DecodeError::Invalid { field: "receipt", value: len as u128 })?;
+    let annotation = if flags & ANNOTATED == 0 {
+        None
+    } else {
+        let actor = decoder.short_str("actor", crate::limits::ANNOTATION_ACTOR_BYTES_MAX)?;
+        let reason_len = decoder.u16("reason length")?;
+        let reason = decoder.take("reason", usize::from(reason_len))?;
+        let reason = std::str::from_utf8(reason)
+            .map_err(|_| DecodeError::Invalid { field: "reason", value: u128::from(reason_len) })?;
+        let annotation = Annotation::new(actor, reason).map_err(|_| DecodeError::Invalid {
+            field: "annotation",
+            value: u128::from(reason_len),
+        })?;
+        Some(std::sync::Arc::new(annotation))
+    };
     Ok(TxHeader {
         id,
         kind,
         terminal,
         idempotency,
-        metadata: Metadata { store, category, receipt },
+        metadata: Metadata { store, category, receipt, annotation },
     })
 }
 
@@ -566,13 +612,77 @@ mod tests {
     use super::*;
     use crate::ids::TerminalId;
 
+    fn annotated(key: u128, reason: &str) -> TxHeader {
+        let mut header = header(key);
+        header.terminal = TerminalId(0);
+        header.metadata.annotation =
+            Some(std::sync::Arc::new(Annotation::new("ops.anna", reason).unwrap()));
+        header
+    }
+
+    #[test]
+    fn an_annotation_round_trips_and_is_part_of_the_request() {
+        let transaction = |header: TxHeader| {
+            Body::Transaction(Transaction { header, postings: smallvec::smallvec![posting(5)] })
+        };
+        let purchase = |header: TxHeader, earned: u64| {
+            let outcome = crate::loyalty::pricing::PurchaseOutcome {
+                earned,
+                base: earned,
+                rules_version: 1,
+                ..Default::default()
+            };
+            let lines = smallvec::smallvec![crate::loyalty::Line {
+                category: 1,
+                amount: 9,
+                excluded: false
+            }];
+            Body::Purchase(Purchase { header, customer: 5, lines, outcome })
+        };
+        let print = |body: &Body| {
+            let mut bytes = Vec::new();
+            encode_body(body, &mut bytes);
+            assert_eq!(decode_body(body.kind(), &bytes).as_ref(), Ok(body), "round trip");
+            for len in 0..bytes.len() {
+                assert!(decode_body(body.kind(), &bytes[..len]).is_err(), "cut at {len}");
+            }
+            fingerprint(body.kind(), &bytes)
+        };
+        let plain = print(&transaction(header(1)));
+        let noted = print(&transaction(annotated(1, "goodwill")));
+        assert_ne!(plain, noted);
+        assert_ne!(noted, print(&transaction(annotated(1, "another reason"))));
+        // The outcome of an annotated purchase stays outside its fingerprint: the header's
+        // end is found past the annotation.
+        assert_eq!(print(&purchase(annotated(2, "x"), 1)), print(&purchase(annotated(2, "x"), 7)));
+        assert_ne!(print(&purchase(annotated(2, "x"), 1)), print(&purchase(annotated(2, "y"), 1)));
+        // A bad actor or reason, or bit 6 set, does not decode.
+        let mut bytes = Vec::new();
+        encode_body(&transaction(annotated(1, "goodwill")), &mut bytes);
+        let mut flipped = bytes.clone();
+        flipped[RECEIPT_LENGTH_OFFSET] |= 0x40;
+        assert!(decode_body(RecordKind::Transaction, &flipped).is_err());
+        let reason_at = bytes.len() - 2 - POSTING_BYTES - "goodwill".len();
+        let mut control = bytes.clone();
+        control[reason_at] = b'\n';
+        assert!(decode_body(RecordKind::Transaction, &control).is_err());
+        assert!(Annotation::new("ops anna", "x").is_err());
+        assert!(Annotation::new("ops", " ").is_err());
+        assert!(Annotation::new("ops", &"x".repeat(513)).is_err());
+    }
+
     fn header(key: u128) -> TxHeader {
         TxHeader {
             id: TxId(42),
             kind: TxKind::PURCHASE,
             terminal: TerminalId(7),
             idempotency: IdempotencyKey::new(key),
-            metadata: Metadata { store: 12, category: 3, receipt: Receipt::new("R-1").unwrap() },
+            metadata: Metadata {
+                store: 12,
+                category: 3,
+                receipt: Receipt::new("R-1").unwrap(),
+                annotation: None,
+            },
         }
     }
 
@@ -805,12 +915,13 @@ mod tests {
         let base = conversion();
         let repriced = Conversion {
             priced: crate::loyalty::exchange::Priced { version: 4, credited: 11, ..base.priced },
-            ..base
+            ..base.clone()
         };
-        assert_eq!(encode(base), encode(repriced));
-        assert_ne!(encode(base), encode(Conversion { amount: Amount::new(8).unwrap(), ..base }));
-        assert_ne!(encode(base), encode(Conversion { to: AssetId(3), ..base }));
-        assert_ne!(encode(base), encode(Conversion { customer: 43, ..base }));
+        assert_eq!(encode(base.clone()), encode(repriced));
+        let other_amount = Conversion { amount: Amount::new(8).unwrap(), ..base.clone() };
+        assert_ne!(encode(base.clone()), encode(other_amount));
+        assert_ne!(encode(base.clone()), encode(Conversion { to: AssetId(3), ..base.clone() }));
+        assert_ne!(encode(base.clone()), encode(Conversion { customer: 43, ..base.clone() }));
     }
 
     #[test]

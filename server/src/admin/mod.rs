@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 mod routes;
+pub mod writes;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};

@@ -38,7 +38,7 @@ fn customer_and<P>(customer: &str, params: Params<P>) -> Result<(u64, P), ApiErr
 }
 
 /// A path segment that must be a number, or `400`.
-fn number(text: &str, what: &str) -> Result<u64, ApiError> {
+pub(super) fn number(text: &str, what: &str) -> Result<u64, ApiError> {
     text.parse().map_err(|_| ApiError::bad_request(format!("{what} {text:?} is not a number")))
 }
 
@@ -63,6 +63,13 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(rules))
         .routes(routes!(rates))
         .routes(routes!(openapi_document))
+        .routes(routes!(super::writes::adjustment))
+        .routes(routes!(super::writes::void_hold))
+        .routes(routes!(super::writes::refund))
+        .routes(routes!(super::writes::settle))
+        .routes(routes!(super::writes::fail))
+        .routes(routes!(super::writes::transfer))
+        .routes(routes!(super::writes::conversion))
 }
 
 /// This document (OpenAPI 3.1), generated from the handlers.

@@ -92,7 +92,12 @@ impl Book {
                 terminal: TerminalId(terminal),
                 idempotency: IdempotencyKey::new(meta.key),
                 kind,
-                metadata: Metadata { store: meta.store, category: meta.category, receipt },
+                metadata: Metadata {
+                    store: meta.store,
+                    category: meta.category,
+                    receipt,
+                    annotation: None,
+                },
                 operation,
             }))
         };

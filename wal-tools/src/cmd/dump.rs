@@ -279,7 +279,15 @@ pub fn run(
         printed += 1;
         let timestamp = crate::time::rfc3339(decoded.timestamp);
         let tx_id = decoded.body.tx_id().map(|id| id.0);
-        let details = describe(&registry, &decoded.body);
+        let mut details = describe(&registry, &decoded.body);
+        // An operator's write says who made it and why (WAL format 7).
+        if let Some(annotation) =
+            decoded.body.header().and_then(|header| header.metadata.annotation.as_ref())
+            && let Some(fields) = details.as_object_mut()
+        {
+            fields.insert("actor".to_string(), json!(annotation.actor()));
+            fields.insert("reason".to_string(), json!(annotation.reason()));
+        }
         let line = if as_json {
             json!({
                 "lsn": decoded.lsn.0,

@@ -701,6 +701,31 @@ impl Engine {
         Ok(total)
     }
 
+    /// Every asset's running sums over every account of every shard: the global
+    /// sum-of-balances check (each asset's debits equal its credits, posted and pending).
+    pub fn asset_totals(&self) -> Result<Vec<crate::ledger::AssetTotals>, RejectCode> {
+        let mut sums: Vec<crate::ledger::AssetTotals> = Vec::new();
+        for index in 0..self.shard_count {
+            let shard = ShardId::new(index).expect("bounded");
+            let totals = match self.query_shard(shard, Query::Totals) {
+                Response::Totals(totals) => totals,
+                Response::Rejected(code) => return Err(code),
+                other => unreachable!("a totals query answers {other:?}"),
+            };
+            if sums.len() < totals.len() {
+                sums.resize(totals.len(), crate::ledger::AssetTotals::default());
+            }
+            for (sum, shard_totals) in sums.iter_mut().zip(totals) {
+                let add = |a: u128, b: u128| a.checked_add(b).ok_or(RejectCode::Overflow);
+                sum.debits_posted = add(sum.debits_posted, shard_totals.debits_posted)?;
+                sum.credits_posted = add(sum.credits_posted, shard_totals.credits_posted)?;
+                sum.debits_pending = add(sum.debits_pending, shard_totals.debits_pending)?;
+                sum.credits_pending = add(sum.credits_pending, shard_totals.credits_pending)?;
+            }
+        }
+        Ok(sums)
+    }
+
     /// The global view of an account that exists as one slice per shard (house, partner,
     /// transit): the sum of the slices. Customer accounts have one slice, on their shard.
     pub fn account_total(&self, account: AccountId) -> Result<Account, RejectCode> {
@@ -840,7 +865,7 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
         ) => customer_shard(*account).unwrap_or(shard_zero),
         Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
         // One shard's figures; `Engine::liability_by_expiry_month` sums them all.
-        Command::Read(Query::Liability) => shard_zero,
+        Command::Read(Query::Liability | Query::Totals) => shard_zero,
     })
 }
 

@@ -774,3 +774,84 @@ async fn operator_writes_are_idempotent_by_key_and_recorded_with_who_and_why() {
     drop(engine);
     assert_eq!(found, Some((0, "operator-1".to_string(), "welcome bonus, ticket 17".to_string())));
 }
+
+/// The example rule file of docs/loyalty.md ("Rule files").
+fn example_rule_file() -> String {
+    let document = include_str!("../../docs/loyalty.md");
+    let section = &document[document.find("## Rule files").unwrap()..];
+    let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    section[start..end].to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_rates_dry_runs_conversions_and_the_balance_check() {
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let json = |value: Value| value.to_string();
+    // A dry run with the version in force (1 point per 100) and with the documented rules.
+    let basket = serde_json::json!({"lines": [{"category": 0, "amount": "2500"}]});
+    let dry =
+        post(&admin, Role::Auditor, "/v1/rules/dry-run", "unused", &json(basket.clone())).await;
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert_eq!(dry.json()["earned"], "25");
+    let with_rules = serde_json::json!({"rules": example_rule_file(), "lines": [{"category": 0, "amount": "2500"}]});
+    let dry = post(&admin, Role::Auditor, "/v1/rules/dry-run", "unused", &json(with_rules)).await;
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    assert!(dry.json()["earned"].as_str().unwrap().parse::<u64>().unwrap() > 0);
+    let bad = serde_json::json!({"rules": "[earning]\npoints = -1\n", "lines": [{"category": 0, "amount": "1"}]});
+    let refused = post(&admin, Role::Auditor, "/v1/rules/dry-run", "unused", &json(bad)).await;
+    assert_eq!((refused.status, refused.json()["code"].as_str()), (400, Some("bad_request")));
+    assert_eq!(admin.get("/v1/rules", Role::Auditor).await.json().as_array().unwrap().len(), 1);
+    // Recording the documented rules: a new version, then the same one again.
+    let body = json(serde_json::json!({"rules": example_rule_file()}));
+    let first = post(&admin, Role::Admin, "/v1/rules", "unused", &body).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(
+        (first.json()["version"].as_u64(), first.json()["new"].as_bool()),
+        (Some(2), Some(true))
+    );
+    let again = post(&admin, Role::Admin, "/v1/rules", "unused", &body).await.json();
+    assert_eq!((again["version"].as_u64(), again["new"].as_bool()), (Some(2), Some(false)));
+    let versions = admin.get("/v1/rules", Role::Auditor).await.json();
+    assert_eq!(versions[1]["in_force"], true);
+
+    // A partner and a rate by names, then a conversion through the API.
+    let engine = Arc::clone(&server.shared.engine);
+    let loyalty = ledger_engine::testing::loyalty::Loyalty::define(&engine);
+    let partner = ledger_engine::testing::loyalty::Partner::define(&engine, &loyalty);
+    assert!(engine.execute(partner.credit(900, 42, 100)).committed().is_some());
+    let rate = serde_json::json!({
+        "from": {"asset": "PARTNER_A_POINTS", "customer_class": "partner_a",
+                 "fund": "house:exchange_partner_a", "money_fund": "partner:7:exchange",
+                 "value_minor_units": 2, "value_points": 1},
+        "to": {"asset": "PTS", "customer_class": "points", "fund": "house:exchange_pts",
+               "money_fund": "partner:0:exchange", "value_minor_units": 1, "value_points": 1},
+        "numerator": 3, "denominator": 2, "liability_asset": "USD"
+    });
+    let defined = post(&admin, Role::Admin, "/v1/rates", "unused", &json(rate.clone())).await;
+    assert_eq!(defined.status, 200, "{}", defined.body);
+    assert_eq!(defined.json()["version"], 1);
+    let mut same_asset = rate.clone();
+    same_asset["to"] = same_asset["from"].clone();
+    let refused = post(&admin, Role::Admin, "/v1/rates", "unused", &json(same_asset)).await;
+    assert_eq!(
+        (refused.status, refused.json()["code"].as_str()),
+        (409, Some("definition_conflict"))
+    );
+    let mut unknown = rate.clone();
+    unknown["to"]["fund"] = Value::from("house:nowhere");
+    assert_eq!(post(&admin, Role::Admin, "/v1/rates", "unused", &json(unknown)).await.status, 400);
+    assert_eq!(admin.get("/v1/rates", Role::Auditor).await.json()[0]["numerator"], 3);
+    let convert = serde_json::json!({"customer": 42, "from": "PARTNER_A_POINTS", "to": "PTS", "amount": "7", "reason": "member asked"});
+    let converted = post(&admin, Role::Operator, "/v1/conversions", "conv-1", &json(convert)).await;
+    assert_eq!(converted.status, 200, "{}", converted.body);
+    assert_eq!(converted.json()["amount"], "10");
+
+    // Every asset sums to zero.
+    let check = admin.get("/v1/ops/balance-check", Role::Auditor).await.json();
+    assert_eq!(check["balanced"], true, "{check}");
+    let pts = check["assets"].as_array().unwrap().iter().find(|a| a["asset"] == "PTS").unwrap();
+    assert_eq!(pts["debits_posted"], pts["credits_posted"]);
+    assert_ne!(pts["debits_posted"], "0");
+}

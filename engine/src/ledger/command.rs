@@ -127,6 +127,9 @@ pub enum Query {
         /// Time range, kind and account class.
         filter: super::pages::HistoryFilter,
     },
+    /// The shard's running sums per asset (`Response::Totals`): what the global
+    /// sum-of-balances check adds up.
+    Totals,
     /// The history entries of a transaction (`Response::History`), on the shard of its id.
     Transaction {
         /// The transaction.
@@ -265,6 +268,8 @@ pub enum Response {
     Purchase(crate::loyalty::purchases::Refundable),
     /// A page of a customer's history (`Query::HistoryPage`).
     HistoryPage(Box<super::pages::HistoryPage>),
+    /// One shard's running sums per asset, by asset id (`Query::Totals`).
+    Totals(Vec<super::AssetTotals>),
 }
 
 impl Response {

@@ -642,6 +642,16 @@ impl ShardActor {
                     self.ledger.history_page(customer, before, limit, &filter),
                 ))
             }
+            Query::Totals => Response::Totals(
+                (0..self.ledger.registry().assets().len())
+                    .map(|asset| {
+                        let asset = crate::ledger::account::AssetId(
+                            u16::try_from(asset).expect("asset ids are u16"),
+                        );
+                        self.ledger.totals(asset).unwrap_or_default()
+                    })
+                    .collect(),
+            ),
             Query::Transaction { tx } => match self.ledger.transaction_entries(tx) {
                 entries if entries.is_empty() => {
                     Response::Rejected(RejectCode::TransactionNotFound)

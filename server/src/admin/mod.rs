@@ -15,7 +15,8 @@ pub mod ask;
 pub mod auth;
 pub mod error;
 pub mod metrics;
-mod routes;
+mod programme;
+pub mod routes;
 pub mod writes;
 
 use std::future::Future;

@@ -70,6 +70,10 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(super::writes::fail))
         .routes(routes!(super::writes::transfer))
         .routes(routes!(super::writes::conversion))
+        .routes(routes!(super::programme::define_rules))
+        .routes(routes!(super::programme::dry_run))
+        .routes(routes!(super::programme::define_rate))
+        .routes(routes!(super::programme::balance_check))
 }
 
 /// This document (OpenAPI 3.1), generated from the handlers.
@@ -917,7 +921,15 @@ pub struct PurchaseView {
     pub tier_before: String,
     /// See `tier_before`.
     pub tier_after: String,
-    /// Base points, category extra, tier extra, promotions, cut by caps.
+    /// What it earned and why.
+    #[serde(flatten)]
+    pub earning: EarningView,
+}
+
+/// What a purchase earned, component by component (docs/loyalty.md, "Explain").
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EarningView {
+    /// Base points, category extra, tier extra, each promotion's points (by name), cut by caps.
     pub base: String,
     /// See `base`.
     pub category: String,
@@ -927,12 +939,22 @@ pub struct PurchaseView {
     pub promotions: Vec<(String, String)>,
     /// See `base`.
     pub cap_cut: String,
-    /// What it earned: points, bonus points, cashback.
+    /// Points credited as earned, as bonus, and cashback.
     pub earned: String,
     /// See `earned`.
     pub bonus: String,
     /// See `earned`.
     pub cashback: String,
+}
+
+impl EarningView {
+    /// From a priced outcome's components (`base, category, tier, cap_cut, earned, bonus,
+    /// cashback`) and its promotions by name.
+    pub fn new(components: [u64; 7], promotions: Vec<(String, String)>) -> EarningView {
+        let [base, category, tier_points, cap_cut, earned, bonus, cashback] =
+            components.map(|value| value.to_string());
+        EarningView { base, category, tier_points, promotions, cap_cut, earned, bonus, cashback }
+    }
 }
 
 /// A purchase's lifecycle.
@@ -1011,18 +1033,22 @@ async fn transaction(
                 rules_version: outcome.rules_version,
                 tier_before: explanation.tier_before.clone(),
                 tier_after: explanation.tier_after.clone(),
-                base: outcome.base.to_string(),
-                category: outcome.category.to_string(),
-                tier_points: outcome.tier_points.to_string(),
-                promotions: explanation
-                    .promotions
-                    .iter()
-                    .map(|p| (p.name.clone(), p.points.to_string()))
-                    .collect(),
-                cap_cut: outcome.cap_cut.to_string(),
-                earned: outcome.earned.to_string(),
-                bonus: outcome.bonus.to_string(),
-                cashback: outcome.cashback.to_string(),
+                earning: EarningView::new(
+                    [
+                        outcome.base,
+                        outcome.category,
+                        outcome.tier_points,
+                        outcome.cap_cut,
+                        outcome.earned,
+                        outcome.bonus,
+                        outcome.cashback,
+                    ],
+                    explanation
+                        .promotions
+                        .iter()
+                        .map(|p| (p.name.clone(), p.points.to_string()))
+                        .collect(),
+                ),
             })
         }
         _ => None,

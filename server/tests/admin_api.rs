@@ -354,6 +354,21 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
     };
     assert!(records(&after) > records(&before));
     assert!(after.keys().any(|k| k.starts_with("ledger_http_request_duration_seconds_bucket")));
+    // The purchase is timed under its opcode: one operation, in a bucket below +Inf.
+    let timed = "ledger_pos_operation_duration_seconds_count{opcode=\"purchase\"}";
+    assert_eq!(after.get(timed).copied(), Some(1.0), "{after:?}");
+    let within_8s = after
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("ledger_pos_operation_duration_seconds_bucket{")
+                && k.contains("purchase")
+                && k.contains("le=\"8.388608\"")
+        })
+        .map(|(_, v)| *v)
+        .next();
+    assert_eq!(within_8s, Some(1.0), "{after:?}");
+    let all = "ledger_pos_operation_duration_seconds_bucket{le=\"+Inf\",opcode=\"purchase\"}";
+    assert_eq!(after.get(all).copied(), Some(1.0), "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

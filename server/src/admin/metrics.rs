@@ -65,6 +65,8 @@ pub struct Metrics {
     fdatasync_seconds:
         Family<ShardLabels, prometheus_client::metrics::counter::Counter<f64, AtomicU64>>,
     scrape: Mutex<()>,
+    /// The POS listener's state, once it runs (its counters and latencies are read at scrape).
+    pub pos: PosSlot,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -175,6 +177,8 @@ impl Metrics {
             registry.register(name, help, family.clone());
             shard_gauges.push((read, family));
         }
+        let pos = PosSlot::default();
+        registry.register_collector(Box::new(PosLatency(std::sync::Arc::clone(&pos))));
         let fdatasync_seconds = Family::default();
         registry.register(
             "shard_fdatasync_seconds",
@@ -195,6 +199,7 @@ impl Metrics {
             shard_gauges,
             fdatasync_seconds,
             scrape: Mutex::new(()),
+            pos,
         }
     }
 
@@ -246,5 +251,60 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// `ledger_pos_operation_duration_seconds{opcode}`: each opcode's latency from the read that
+/// brought its request to the encoding of its answer (`PosStats::observe`).
+struct PosLatency(PosSlot);
+
+/// The POS listener's state, once it runs.
+type PosSlot = std::sync::Arc<std::sync::OnceLock<std::sync::Arc<crate::pos::Shared>>>;
+
+impl std::fmt::Debug for PosLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PosLatency")
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpcodeLabels {
+    opcode: String,
+}
+
+impl prometheus_client::collector::Collector for PosLatency {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use crate::pos::stats::LATENCY_BUCKETS;
+        let mut family = encoder.encode_descriptor(
+            "pos_operation_duration_seconds",
+            "POS operation latency, from the read that brought the request to its answer, by opcode",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        let Some(pos) = self.0.get() else { return Ok(()) };
+        for opcode in ledger_protocol::ops::Opcode::ALL {
+            let Some((buckets, sum_nanos)) = pos.stats.latency(*opcode as u8) else { continue };
+            // Per-bucket counts: the encoder makes them cumulative, and writes the last bound
+            // (infinity) as +Inf.
+            let mut bounds: Vec<(f64, u64)> = Vec::with_capacity(LATENCY_BUCKETS + 1);
+            for (index, count) in buckets.iter().take(LATENCY_BUCKETS).enumerate() {
+                bounds.push((1e-6 * f64::from(1u32 << index), *count));
+            }
+            bounds.push((f64::INFINITY, buckets[LATENCY_BUCKETS]));
+            let count = buckets.iter().sum();
+            let labels = OpcodeLabels { opcode: opcode.name().to_string() };
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum_nanos as f64 / 1e9,
+                    count,
+                    &bounds,
+                    None,
+                )?;
+        }
+        Ok(())
     }
 }

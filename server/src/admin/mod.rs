@@ -49,7 +49,6 @@ pub struct AdminConfig {
 /// What every handler shares.
 pub struct AdminState {
     engine: OnceLock<Arc<Engine>>,
-    pos: OnceLock<Arc<crate::pos::Shared>>,
     tokens: Tokens,
     /// The metrics registry.
     pub metrics: Metrics,
@@ -69,13 +68,7 @@ impl std::fmt::Debug for AdminState {
 impl AdminState {
     /// A state with no engine yet: the API answers `not_ready` until `set_engine`.
     pub fn new(config: AdminConfig, tokens: Tokens) -> AdminState {
-        AdminState {
-            engine: OnceLock::new(),
-            pos: OnceLock::new(),
-            tokens,
-            metrics: Metrics::new(),
-            config,
-        }
+        AdminState { engine: OnceLock::new(), tokens, metrics: Metrics::new(), config }
     }
 
     /// The engine is recovered: the API serves it from now on.
@@ -85,7 +78,7 @@ impl AdminState {
 
     /// The POS listener is running: its counters go into `/metrics`.
     pub fn set_pos(&self, pos: Arc<crate::pos::Shared>) {
-        let _ = self.pos.set(pos);
+        let _ = self.metrics.pos.set(pos);
     }
 
     /// The engine, or `503 not_ready` while it is recovering.

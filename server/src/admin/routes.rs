@@ -149,7 +149,7 @@ async fn readyz(State(state): Shared) -> Response {
     responses((status = 200, description = "OpenMetrics text exposition", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): Shared) -> Response {
     let engine = state.engine.get().map(Arc::clone);
-    let pos = state.pos.get().map(Arc::clone);
+    let pos = state.metrics.pos.get().map(Arc::clone);
     let metrics_state = Arc::clone(&state);
     let rendered = tokio::task::spawn_blocking(move || {
         metrics_state.metrics.render(pos.as_deref().map(|p| &p.stats), engine.as_deref())

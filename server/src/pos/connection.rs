@@ -130,6 +130,8 @@ struct Waiting {
     request_id: u64,
     remaining: usize,
     ops: SmallVec<[OpSlot; 1]>,
+    /// When the read that brought it was processed.
+    received: Instant,
 }
 
 struct Connection {
@@ -530,9 +532,9 @@ impl Connection {
         }
         self.in_flight += 1;
         self.ids_in_flight.insert(request_id);
-        let waiting = Waiting { request_id, remaining, ops };
+        let waiting = Waiting { request_id, remaining, ops, received: self.now };
         if remaining == 0 {
-            self.finish(slot, waiting);
+            self.finish(slot, waiting, self.now);
         } else {
             self.waiting[slot] = Some(waiting);
         }
@@ -548,6 +550,8 @@ impl Connection {
 
     fn collect_answers(&mut self) {
         let replies = std::mem::take(&mut self.sink.replies.lock().expect("reply lock").queued);
+        // One clock read for the answers of one wake-up.
+        let now = Instant::now();
         for (tag, response) in replies {
             let slot = usize::try_from(tag >> TAG_INDEX_BITS).expect("slots index a vector");
             let index = usize::try_from(tag & ((1 << TAG_INDEX_BITS) - 1)).expect("16 bits");
@@ -560,13 +564,14 @@ impl Connection {
             waiting.remaining -= 1;
             if waiting.remaining == 0 {
                 let waiting = self.waiting[slot].take().expect("checked above");
-                self.finish(slot, waiting);
+                self.finish(slot, waiting, now);
             }
         }
     }
 
-    /// Encodes the response of a request whose operations are all answered.
-    fn finish(&mut self, slot: usize, waiting: Waiting) {
+    /// Encodes the response of a request whose operations are all answered (`now`: when
+    /// their answers were collected).
+    fn finish(&mut self, slot: usize, waiting: Waiting, now: Instant) {
         let start = begin_frame(&mut self.output, FrameType::Response, waiting.request_id);
         put_count_header(&mut self.output, waiting.ops.len());
         for op in &waiting.ops {
@@ -576,6 +581,17 @@ impl Connection {
         }
         finish_frame(&mut self.output, start);
         debug_assert!(self.output.len() - start >= FRAME_HEADER_BYTES + COUNT_HEADER_BYTES);
+        // Latency by opcode, one add per run of operations of one opcode.
+        let elapsed = now.saturating_duration_since(waiting.received);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let mut ops = waiting.ops.iter().peekable();
+        while let Some(op) = ops.next() {
+            let mut count = 1;
+            while ops.next_if(|next| next.opcode == op.opcode).is_some() {
+                count += 1;
+            }
+            self.shared.stats.observe(op.opcode, count, nanos);
+        }
         self.free_slots.push(slot);
         self.in_flight -= 1;
         assert!(self.ids_in_flight.remove(&waiting.request_id), "a request in flight has its id");

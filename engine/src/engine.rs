@@ -850,7 +850,7 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
         Command::Read(Query::Member { customer, .. }) => {
             shard_for_customer(CustomerId(*customer), shard_count)
         }
-        Command::Read(Query::HistoryPage { customer, .. }) => {
+        Command::Read(Query::HistoryPage { customer, .. } | Query::Activity { customer }) => {
             shard_for_customer(CustomerId(*customer), shard_count)
         }
         Command::Read(

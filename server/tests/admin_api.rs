@@ -228,7 +228,14 @@ async fn a_customer_shows_balances_tier_and_lots() {
         customer: 42,
         amount: 25_000,
     };
-    assert!(client.call_one(purchase).await.unwrap().committed().is_some());
+    let bought = client.call_one(purchase).await.unwrap().committed().unwrap().tx_id;
+    let hold = ledger_protocol::Op::Hold {
+        meta: ledger_protocol::WriteMeta { key: 2, ..Default::default() },
+        customer: 42,
+        points: 50,
+        timeout_ms: 60_000,
+    };
+    let held = client.call_one(hold).await.unwrap().committed().unwrap().tx_id;
     let answer = admin.get("/v1/customers/42?within_days=3650", Role::Auditor).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let view = answer.json();
@@ -241,13 +248,20 @@ async fn a_customer_shows_balances_tier_and_lots() {
         .expect("the points account");
     assert_eq!(
         (points["posted"].as_str(), points["available"].as_str()),
-        (Some("250"), Some("250"))
+        (Some("250"), Some("200"))
     );
+    assert_eq!(points["pending_debits"], "50");
+    // The open hold and the purchase's lifecycle.
+    assert_eq!(view["open_holds"][0]["hold"], held.to_string());
+    assert_eq!(view["open_holds"][0]["amount"], "50");
+    assert_eq!(view["recent_purchases"][0]["tx_id"], bought.to_string());
+    assert_eq!(view["recent_purchases"][0]["state"], "pending");
     assert_eq!(points["asset"], "PTS");
     let loyalty = &view["loyalty"];
     assert_eq!(loyalty["lot_count"], 1);
-    assert_eq!(loyalty["lots"][0]["remaining"], "250");
-    assert_eq!(loyalty["expiring"], "250", "all of it expires within ten years");
+    assert_eq!(loyalty["lots"][0]["remaining"], "200", "the hold parked 50");
+    assert_eq!(loyalty["held"], "50");
+    assert_eq!(loyalty["expiring"], "200", "all of it expires within ten years");
     assert_eq!(loyalty["tier"], 0);
     // No such customer; a bad id; a parameter out of range or unknown: typed 4xx, JSON.
     let missing = admin.get("/v1/customers/7", Role::Auditor).await;

@@ -127,6 +127,12 @@ pub enum Query {
         /// Time range, kind and account class.
         filter: super::pages::HistoryFilter,
     },
+    /// A customer's open holds and refundable purchases among their recent postings
+    /// (`Response::Activity`).
+    Activity {
+        /// The customer (it names the shard).
+        customer: u64,
+    },
     /// The shard's running sums per asset (`Response::Totals`): what the global
     /// sum-of-balances check adds up.
     Totals,
@@ -270,6 +276,8 @@ pub enum Response {
     HistoryPage(Box<super::pages::HistoryPage>),
     /// One shard's running sums per asset, by asset id (`Query::Totals`).
     Totals(Vec<super::AssetTotals>),
+    /// A customer's open holds and refundable purchases (`Query::Activity`).
+    Activity(Box<super::pages::CustomerActivity>),
 }
 
 impl Response {

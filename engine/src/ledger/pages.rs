@@ -15,6 +15,18 @@ use crate::ids::{Timestamp, TxId};
 /// Entries one page walks through at most, matching or not.
 pub const HISTORY_SCAN_MAX: usize = 65_536;
 
+/// A customer's most recent postings that `customer_activity` looks through.
+pub const ACTIVITY_ENTRIES_MAX: usize = 1_024;
+
+/// What a customer has going on, found among their most recent postings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CustomerActivity {
+    /// Their open holds, newest first.
+    pub holds: Vec<(TxId, super::command::HoldView)>,
+    /// Their purchases still in the refundable table, newest first.
+    pub purchases: Vec<crate::loyalty::purchases::Refundable>,
+}
+
 /// Which entries a page keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HistoryFilter {
@@ -120,6 +132,30 @@ impl Ledger {
             }
         }
         page
+    }
+
+    /// The open holds and refundable purchases among `customer`'s most recent
+    /// `ACTIVITY_ENTRIES_MAX` postings (older ones are not looked for: the walk is bounded).
+    pub fn customer_activity(&self, customer: u64) -> CustomerActivity {
+        let page =
+            self.history_page(customer, None, ACTIVITY_ENTRIES_MAX, &HistoryFilter::default());
+        let mut activity = CustomerActivity::default();
+        for (_, entry) in &page.entries {
+            let tx = entry.tx_id;
+            if entry.has(HistoryEntry::HOLD)
+                && !activity.holds.iter().any(|(id, _)| *id == tx)
+                && let Some(view) = self.hold(tx)
+            {
+                activity.holds.push((tx, view));
+            }
+            if let Some(purchase) = self.purchases.get(tx)
+                && purchase.customer == customer
+                && !activity.purchases.iter().any(|p| p.id == tx)
+            {
+                activity.purchases.push(*purchase);
+            }
+        }
+        activity
     }
 
     /// The history entries of transaction `tx` (its postings that touched customer accounts),

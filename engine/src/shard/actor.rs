@@ -642,6 +642,9 @@ impl ShardActor {
                     self.ledger.history_page(customer, before, limit, &filter),
                 ))
             }
+            Query::Activity { customer } => {
+                Response::Activity(Box::new(self.ledger.customer_activity(customer)))
+            }
             Query::Totals => Response::Totals(
                 (0..self.ledger.registry().assets().len())
                     .map(|asset| {

@@ -248,6 +248,44 @@ pub struct CustomerView {
     pub accounts: Vec<AccountBalance>,
     /// Their loyalty state, once they have one.
     pub loyalty: Option<LoyaltyView>,
+    /// Their open holds among their most recent 1,024 postings, newest first.
+    pub open_holds: Vec<HoldItem>,
+    /// Their purchases still refundable among their most recent 1,024 postings, newest first.
+    pub recent_purchases: Vec<PurchaseItem>,
+}
+
+/// An open hold.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HoldItem {
+    /// The hold's id.
+    pub hold: String,
+    /// The account it reserves from, and how much.
+    pub account: String,
+    /// See `account`.
+    pub amount: String,
+    /// When it expires if nobody captures or voids it (RFC 3339).
+    pub expires_at: String,
+}
+
+/// A refundable purchase's lifecycle.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PurchaseItem {
+    /// The purchase's transaction id.
+    pub tx_id: String,
+    /// Where it stands, its spend and what of its basis was refunded, whether its points are
+    /// held.
+    #[serde(flatten)]
+    pub lifecycle: LifecycleView,
+}
+
+fn lifecycle_view(entry: &ledger_engine::loyalty::purchases::Refundable) -> LifecycleView {
+    LifecycleView {
+        state: entry.state.name().to_string(),
+        spend: entry.spend.to_string(),
+        refunded: entry.refunded.to_string(),
+        by_lines: entry.flags & ledger_engine::loyalty::purchases::Refundable::BY_LINES != 0,
+        held: entry.held(),
+    }
 }
 
 /// A customer's balances, tier, lots and expiring points.
@@ -278,7 +316,13 @@ async fn customer(
         .map(|class| Command::Read(Query::Account(AccountId::new(class.id, customer))))
         .collect();
     commands.push(Command::Read(Query::Member { customer, within_days: params.within_days }));
+    commands.push(Command::Read(Query::Activity { customer }));
     let mut answers = ask_all(engine, commands).await?;
+    let activity = match answers.pop().expect("one answer per command") {
+        ledger_engine::Response::Activity(activity) => activity,
+        ledger_engine::Response::Rejected(code) => return Err(ApiError::rejected(code)),
+        other => return Err(ApiError::internal(format!("an activity read answered {other:?}"))),
+    };
     let member = answers.pop().expect("one answer per command");
     let mut accounts = Vec::new();
     for (class, answer) in classes.iter().zip(answers) {
@@ -342,7 +386,34 @@ async fn customer(
         return Err(ApiError::not_found(format!("customer {customer} has no account")));
     }
     let shard = engine.shard_of_customer(ledger_engine::CustomerId(customer)).index();
-    Ok(Json(CustomerView { customer: customer.to_string(), shard, accounts, loyalty }))
+    let address =
+        |id: AccountId| registry.address(id).map_or_else(|| format!("{id:?}"), |a| a.to_string());
+    let open_holds = activity
+        .holds
+        .iter()
+        .map(|(id, view)| HoldItem {
+            hold: id.0.to_string(),
+            account: address(view.posting.debit),
+            amount: view.posting.amount.get().to_string(),
+            expires_at: rfc3339(view.expires_at),
+        })
+        .collect();
+    let recent_purchases = activity
+        .purchases
+        .iter()
+        .map(|entry| PurchaseItem {
+            tx_id: entry.id.0.to_string(),
+            lifecycle: lifecycle_view(entry),
+        })
+        .collect();
+    Ok(Json(CustomerView {
+        customer: customer.to_string(),
+        shard,
+        accounts,
+        loyalty,
+        open_holds,
+        recent_purchases,
+    }))
 }
 
 // ---- Operations --------------------------------------------------------------------------
@@ -1054,13 +1125,7 @@ async fn transaction(
         _ => None,
     };
     let lifecycle = match &answers[2] {
-        ledger_engine::Response::Purchase(entry) => Some(LifecycleView {
-            state: entry.state.name().to_string(),
-            spend: entry.spend.to_string(),
-            refunded: entry.refunded.to_string(),
-            by_lines: entry.flags & ledger_engine::loyalty::purchases::Refundable::BY_LINES != 0,
-            held: entry.held(),
-        }),
+        ledger_engine::Response::Purchase(entry) => Some(lifecycle_view(entry)),
         _ => None,
     };
     if postings.is_empty() && purchase.is_none() && lifecycle.is_none() {

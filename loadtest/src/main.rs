@@ -5,12 +5,14 @@
 //! (as fast as the window allows) or open-loop (`--rate`), prints a progress line every second,
 //! and at the end a report: throughput, outcomes by status, latency percentiles, and a chart
 //! of throughput and latency over time (SVG). `--json` makes the last line of stdout one JSON
-//! object. `ledger-load verify` checks balances against an `--ack-log`.
+//! object. `ledger-load verify` checks balances against an `--ack-log`. `ledger-load admin`
+//! loads the admin HTTP API instead (customer reads and history pages, a scrape a second).
 //!
 //! Exit codes: 0 done (or verified), 1 the run failed or balances differ, 2 usage, 3 the
 //! server could not be reached.
 
 mod acklog;
+mod admin;
 mod driver;
 mod report;
 mod workload;
@@ -48,6 +50,9 @@ enum Command {
     /// Checks through the protocol that every customer's balance equals the sum of its
     /// acknowledged deltas in an ack log (exact when the load was the only writer).
     Verify(VerifyArgs),
+    /// Load on the admin HTTP API: customer reads and history pages of random customers at a
+    /// fixed rate (or closed loop), and a `/metrics` scrape every second.
+    Admin(admin::AdminArgs),
 }
 
 #[derive(Debug, Args)]
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(async {
         match cli.command {
             Some(Command::Verify(args)) => verify(args).await,
+            Some(Command::Admin(args)) => admin::run(args).await.map_err(|error| Failure(1, error)),
             None => run(cli.run).await,
         }
     });

@@ -884,3 +884,27 @@ async fn rules_rates_dry_runs_conversions_and_the_balance_check() {
     assert_eq!(pts["debits_posted"], pts["credits_posted"]);
     assert_ne!(pts["debits_posted"], "0");
 }
+
+/// `--print-config` shows the admin settings and the tokens file's path, never a token or a
+/// hash, even once the file exists.
+#[test]
+fn print_config_shows_the_admin_settings_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let tokens = data.join("admin-tokens.toml");
+    let (token, stored) = auth::generate("ops", Role::Operator).unwrap();
+    auth::store(&tokens, std::slice::from_ref(&stored)).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--admin-addr", "127.0.0.1:7999", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8(output.stdout).unwrap();
+    assert!(printed.contains("[admin]\naddr = \"127.0.0.1:7999\""), "{printed}");
+    assert!(printed.contains(&format!("tokens = {:?}", tokens.display().to_string())), "{printed}");
+    assert!(!printed.contains(&token) && !printed.contains(&stored.sha256), "{printed}");
+    assert!(!printed.contains("ldgr_"), "{printed}");
+}

@@ -140,17 +140,19 @@ impl Ledger {
         let page =
             self.history_page(customer, None, ACTIVITY_ENTRIES_MAX, &HistoryFilter::default());
         let mut activity = CustomerActivity::default();
+        // A transaction's entries have consecutive sequences, so they come one after another in
+        // the walk: comparing with the last one kept is enough to keep each once.
         for (_, entry) in &page.entries {
             let tx = entry.tx_id;
             if entry.has(HistoryEntry::HOLD)
-                && !activity.holds.iter().any(|(id, _)| *id == tx)
+                && activity.holds.last().is_none_or(|(id, _)| *id != tx)
                 && let Some(view) = self.hold(tx)
             {
                 activity.holds.push((tx, view));
             }
             if let Some(purchase) = self.purchases.get(tx)
                 && purchase.customer == customer
-                && !activity.purchases.iter().any(|p| p.id == tx)
+                && activity.purchases.last().is_none_or(|p| p.id != tx)
             {
                 activity.purchases.push(*purchase);
             }

@@ -183,12 +183,13 @@ fn connection(args: &Connection) -> Result<(SocketAddr, u32, Vec<u8>), Failure> 
         .ok_or_else(|| usage(anyhow::anyhow!("--credentials is required")))?;
     let credentials = Credentials::load(path).map_err(|error| usage(error.into()))?;
     let terminal = match args.terminal {
-        Some(id) => credentials
-            .terminal(id)
-            .ok_or_else(|| usage(anyhow::anyhow!("terminal {id} is not in {}", path.display())))?,
-        None => {
-            credentials.terminals().first().ok_or_else(|| usage(anyhow::anyhow!("no terminal")))?
-        }
+        Some(id) => credentials.enabled().find(|t| t.id == id).ok_or_else(|| {
+            usage(anyhow::anyhow!("terminal {id} is not enabled in {}", path.display()))
+        })?,
+        None => credentials
+            .enabled()
+            .next()
+            .ok_or_else(|| usage(anyhow::anyhow!("no enabled terminal in {}", path.display())))?,
     };
     Ok((addr, terminal.id, terminal.secret.clone()))
 }

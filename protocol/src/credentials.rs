@@ -6,6 +6,7 @@
 //! id = 1
 //! secret = "5f0c…"          # hex, 16..=64 bytes
 //! rate_per_second = 100000  # optional: overrides the server's default for this terminal
+//! disabled = true           # optional: refused by the server (the id stays taken)
 //! ```
 //!
 //! The file is bounded (1 MiB, 65,536 terminals) and validated as a whole: a duplicate id, a
@@ -33,6 +34,9 @@ pub struct Terminal {
     pub secret: Vec<u8>,
     /// Its own rate limit, if it has one.
     pub rate_per_second: Option<u32>,
+    /// Disabled by an operator: the server refuses it, clients skip it. Its entry stays so
+    /// that its id is never given to another terminal.
+    pub disabled: bool,
 }
 
 impl std::fmt::Debug for Terminal {
@@ -42,6 +46,7 @@ impl std::fmt::Debug for Terminal {
             .field("id", &self.id)
             .field("secret", &"<redacted>")
             .field("rate_per_second", &self.rate_per_second)
+            .field("disabled", &self.disabled)
             .finish()
     }
 }
@@ -95,6 +100,8 @@ struct FileTerminal {
     secret: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rate_per_second: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,7 +174,12 @@ impl Credentials {
                     id: entry.id,
                     message: "the secret is not hex".into(),
                 })?;
-                Ok(Terminal { id: entry.id, secret, rate_per_second: entry.rate_per_second })
+                Ok(Terminal {
+                    id: entry.id,
+                    secret,
+                    rate_per_second: entry.rate_per_second,
+                    disabled: entry.disabled,
+                })
             })
             .collect::<Result<Vec<_>, CredentialsError>>()?;
         Credentials::new(terminals)
@@ -183,6 +195,7 @@ impl Credentials {
                     id: t.id,
                     secret: hex_encode(&t.secret),
                     rate_per_second: t.rate_per_second,
+                    disabled: t.disabled,
                 })
                 .collect(),
         };
@@ -198,9 +211,14 @@ impl Credentials {
         &self.terminals
     }
 
-    /// The terminal with this id.
+    /// The terminal with this id (enabled or not).
     pub fn terminal(&self, id: u32) -> Option<&Terminal> {
         self.terminals.iter().find(|terminal| terminal.id == id)
+    }
+
+    /// The terminals not disabled, in file order.
+    pub fn enabled(&self) -> impl Iterator<Item = &Terminal> {
+        self.terminals.iter().filter(|terminal| !terminal.disabled)
     }
 }
 
@@ -231,16 +249,20 @@ mod tests {
     use super::*;
 
     fn terminal(id: u32) -> Terminal {
-        Terminal { id, secret: vec![id as u8; 32], rate_per_second: None }
+        Terminal { id, secret: vec![id as u8; 32], rate_per_second: None, disabled: false }
     }
 
     #[test]
     fn a_file_round_trips_and_never_prints_secrets() {
         let mut terminals = vec![terminal(1), terminal(2)];
         terminals[1].rate_per_second = Some(50);
+        terminals.push(Terminal { disabled: true, ..terminal(7) });
         let credentials = Credentials::new(terminals).unwrap();
         let text = credentials.to_toml();
         assert_eq!(Credentials::parse(&text).unwrap(), credentials);
+        assert_eq!(text.matches("disabled = true").count(), 1, "only where it is true: {text}");
+        let enabled: Vec<u32> = credentials.enabled().map(|t| t.id).collect();
+        assert_eq!(enabled, [1, 2]);
         assert!(!format!("{credentials:?}").contains("0101"));
         assert_eq!(credentials.terminal(2).unwrap().rate_per_second, Some(50));
         assert!(credentials.terminal(3).is_none());

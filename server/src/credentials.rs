@@ -32,6 +32,7 @@ pub fn load_or_create(config: &Config) -> anyhow::Result<Credentials> {
 fn create(path: &Path) -> anyhow::Result<()> {
     let mut secret = vec![0u8; 32];
     getrandom::fill(&mut secret).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
-    let credentials = Credentials::new(vec![Terminal { id: 1, secret, rate_per_second: None }])?;
+    let credentials =
+        Credentials::new(vec![Terminal { id: 1, secret, rate_per_second: None, disabled: false }])?;
     crate::private_file::write(path, credentials.to_toml().as_bytes())
 }

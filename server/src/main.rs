@@ -139,13 +139,16 @@ fn main() -> anyhow::Result<()> {
     admin_state.set_engine(Arc::clone(&engine));
     let credentials = credentials::load_or_create(&config)?;
     let book = pos::handler::Book::new(&engine)?;
-    let rates = pos::rate::RateLimits::new(&credentials, config.pos.rate_per_terminal);
+    let terminals = pos::terminals::Terminals::new(
+        credentials,
+        config.pos.credentials.clone(),
+        config.pos.rate_per_terminal,
+    );
     let shared = Arc::new(pos::Shared {
         engine: Arc::clone(&engine),
         book,
         config: config.pos.clone(),
-        credentials,
-        rates,
+        terminals,
         stats: pos::stats::PosStats::default(),
         ops_in_flight: Arc::default(),
     });
@@ -157,7 +160,7 @@ fn main() -> anyhow::Result<()> {
         shards = engine.shard_count(),
         assets = definitions.assets,
         classes = definitions.classes,
-        terminals = shared.credentials.terminals().len(),
+        terminals = shared.terminals.enabled_count(),
         "ledgerd ready"
     );
     let drained = runtime.block_on(async {

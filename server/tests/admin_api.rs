@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestServer;
+use ledger_protocol::{Credentials, Op, Status};
 use ledger_server::admin::auth::{self, Role, StoredToken, Tokens};
 use ledger_server::admin::{AdminConfig, AdminState};
 use serde_json::Value;
@@ -186,7 +187,7 @@ async fn every_route_of_the_document_enforces_its_role() {
             document["paths"][path][method.to_lowercase()]["responses"].is_object(),
             "{method} {path} documents its answers"
         );
-        let concrete = ["{customer}", "{tx}", "{hold}", "{purchase}"]
+        let concrete = ["{customer}", "{tx}", "{hold}", "{purchase}", "{terminal}"]
             .iter()
             .fold(path.clone(), |path, parameter| path.replace(parameter, "1"));
         let Some(role) = role else {
@@ -887,6 +888,120 @@ async fn rules_rates_dry_runs_conversions_and_the_balance_check() {
 
 /// `--print-config` shows the admin settings and the tokens file's path, never a token or a
 /// hash, even once the file exists.
+/// A handshake as `terminal` with `secret`: the status it was refused with, or `Ok`.
+async fn handshake_status(server: &TestServer, terminal: u32, secret: &[u8]) -> Status {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    match ledger_protocol::client::handshake(&mut stream, terminal, secret).await {
+        Ok(_) => Status::Ok,
+        Err(ledger_protocol::client::ClientError::Closed { status, .. }) => status,
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+fn secret_of(answer: &Answer) -> Vec<u8> {
+    let secret = answer.json()["secret"].as_str().expect("a secret").to_string();
+    ledger_protocol::credentials::hex_decode(&secret).expect("hex")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminals_are_created_disabled_and_rotated_in_the_file_and_live() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let path = server.shared.terminals.path().to_path_buf();
+    let listed = admin.get("/v1/terminals", Role::Auditor).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let ids: Vec<u64> = listed.json()["terminals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2, 3]);
+    assert_eq!(listed.json()["terminals"][2]["effective_rate_per_second"], 5);
+    assert!(!listed.body.contains("secret"), "a list never shows secrets: {}", listed.body);
+
+    // Create: the secret is answered once, written to the file (0600) and accepted at once.
+    let created =
+        post(&admin, Role::Admin, "/v1/terminals", "k1", r#"{"rate_per_second": 50}"#).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.json()["id"], 4);
+    let secret = secret_of(&created);
+    let file = Credentials::load(&path).unwrap();
+    assert_eq!(file.terminal(4).unwrap().secret, secret);
+    assert_eq!(file.terminal(4).unwrap().rate_per_second, Some(50));
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let client = server.client_as(4, &secret).await;
+    assert_eq!(client.welcome().rate_per_second, 50);
+    assert_eq!(client.call_one(Op::Ping).await.unwrap().status(), Status::Ok);
+    let named = post(&admin, Role::Admin, "/v1/terminals", "k2", r#"{"id": 90}"#).await;
+    assert_eq!((named.status, named.json()["id"].as_u64()), (201, Some(90)));
+
+    // Disable terminal 2 with a session open on a raw connection: the session is closed with
+    // auth_failed, a new handshake is refused, and the file says so.
+    let mut session = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    ledger_protocol::client::handshake(&mut session, 2, &[2; 32]).await.unwrap();
+    let sessions = admin.get("/v1/terminals", Role::Auditor).await.json();
+    assert_eq!(sessions["terminals"][1]["sessions"], 1);
+    let disabled = post(&admin, Role::Admin, "/v1/terminals/2/disable", "k3", "").await;
+    assert_eq!(disabled.status, 200, "{}", disabled.body);
+    assert_eq!(disabled.json()["sessions_closed"], 1);
+    let mut reader = common::RawReader::default();
+    let closing = reader.next(&mut session).await;
+    assert!(matches!(closing, common::Received::Error(0, Status::AuthFailed, _)), "{closing:?}");
+    assert!(matches!(reader.next(&mut session).await, common::Received::Closed));
+    assert_eq!(handshake_status(&server, 2, &[2; 32]).await, Status::AuthFailed);
+    assert!(Credentials::load(&path).unwrap().terminal(2).unwrap().disabled);
+    let again = post(&admin, Role::Admin, "/v1/terminals/2/disable", "k4", "").await;
+    assert_eq!((again.status, again.json()["code"].as_str()), (409, Some("terminal_disabled")));
+
+    // Rotate terminal 4 while its client is connected: the old session ends after answering,
+    // the old secret is refused, the new one works, the rate stays.
+    let rotated = post(&admin, Role::Admin, "/v1/terminals/4/rotate", "k5", "").await;
+    assert_eq!((rotated.status, rotated.json()["sessions_closed"].as_u64()), (200, Some(1)));
+    let fresh = secret_of(&rotated);
+    assert_ne!(fresh, secret);
+    // The session learns of it on its own task: a call racing the revocation may still be
+    // answered, and then the connection closes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while client.call_one(Op::Ping).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "the old secret's session is closed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(handshake_status(&server, 4, &secret).await, Status::AuthFailed);
+    assert_eq!(handshake_status(&server, 4, &fresh).await, Status::Ok);
+    assert_eq!(Credentials::load(&path).unwrap().terminal(4).unwrap().secret, fresh);
+    // A rotation enables a disabled terminal again, with a secret its old holders lack.
+    let revived = post(&admin, Role::Admin, "/v1/terminals/2/rotate", "k6", "").await;
+    assert_eq!(revived.status, 200, "{}", revived.body);
+    assert_eq!(handshake_status(&server, 2, &[2; 32]).await, Status::AuthFailed);
+    assert_eq!(handshake_status(&server, 2, &secret_of(&revived)).await, Status::Ok);
+
+    // Refusals change nothing.
+    let before = std::fs::read(&path).unwrap();
+    for (path, body, status, code) in [
+        ("/v1/terminals", r#"{"id": 1}"#, 409, "terminal_exists"),
+        ("/v1/terminals", r#"{"id": 0}"#, 400, "bad_request"),
+        ("/v1/terminals", r#"{"rate_per_second": 0}"#, 400, "bad_request"),
+        ("/v1/terminals", r#"{"secret": "00"}"#, 400, "bad_request"),
+        ("/v1/terminals/77/disable", "", 404, "terminal_not_found"),
+        ("/v1/terminals/77/rotate", "", 404, "terminal_not_found"),
+        ("/v1/terminals/x/rotate", "", 400, "bad_request"),
+        ("/v1/terminals/0/disable", "", 400, "bad_request"),
+    ] {
+        let answer = post(&admin, Role::Admin, path, "k", body).await;
+        assert_eq!(
+            (answer.status, answer.json()["code"].as_str()),
+            (status, Some(code)),
+            "{path} {body}"
+        );
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the file is unchanged");
+    let forbidden = post(&admin, Role::Operator, "/v1/terminals", "k", "{}").await;
+    assert_eq!(forbidden.status, 403);
+    assert_eq!(Credentials::load(&path).unwrap().terminals().len(), 5);
+}
+
 #[test]
 fn print_config_shows_the_admin_settings_and_no_secret() {
     let dir = tempfile::tempdir().unwrap();

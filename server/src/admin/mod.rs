@@ -17,6 +17,7 @@ pub mod error;
 pub mod metrics;
 mod programme;
 pub mod routes;
+mod terminals;
 pub mod writes;
 
 use std::future::Future;
@@ -79,6 +80,11 @@ impl AdminState {
     /// The POS listener is running: its counters go into `/metrics`.
     pub fn set_pos(&self, pos: Arc<crate::pos::Shared>) {
         let _ = self.metrics.pos.set(pos);
+    }
+
+    /// The POS listener's state, or `503 not_ready` before it runs.
+    pub fn pos(&self) -> Result<&Arc<crate::pos::Shared>, ApiError> {
+        self.metrics.pos.get().ok_or_else(ApiError::not_ready)
     }
 
     /// The engine, or `503 not_ready` while it is recovering.

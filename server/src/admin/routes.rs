@@ -74,6 +74,9 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(super::programme::dry_run))
         .routes(routes!(super::programme::define_rate))
         .routes(routes!(super::programme::balance_check))
+        .routes(routes!(super::terminals::list, super::terminals::create))
+        .routes(routes!(super::terminals::disable))
+        .routes(routes!(super::terminals::rotate))
 }
 
 /// This document (OpenAPI 3.1), generated from the handlers.

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ledger_engine::{Command, Engine, ReplySink, Response};
+use ledger_protocol::Status;
 use ledger_protocol::frame::{
     FRAME_HEADER_BYTES, FrameError, FrameHeader, FrameType, begin_frame, check, finish_frame,
 };
@@ -32,15 +33,15 @@ use ledger_protocol::ops::{
     result_bytes_max,
 };
 use ledger_protocol::session::{self, HANDSHAKE_FRAME_BYTES_MAX, NONCE_BYTES, Welcome};
-use ledger_protocol::{Credentials, Status};
 use smallvec::SmallVec;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 
 use super::handler::{self, Book, Plan};
-use super::rate::{Bucket, RateLimits};
+use super::rate::Bucket;
 use super::stats::PosStats;
+use super::terminals::Terminals;
 use crate::config::PosConfig;
 
 /// Unsent answer bytes past which the connection stops reading requests.
@@ -61,10 +62,8 @@ pub struct Shared {
     pub book: Book,
     /// Limits and timeouts.
     pub config: PosConfig,
-    /// Known terminals.
-    pub credentials: Credentials,
-    /// Their rate limits.
-    pub rates: RateLimits,
+    /// The terminals accepted, with their rate limits.
+    pub terminals: Terminals,
     /// Counters.
     pub stats: PosStats,
     /// Operations unanswered over all connections (see `PosConfig::ops_in_flight_total_max`).
@@ -167,6 +166,9 @@ struct Connection {
     /// This connection's place among the `handshakes_max` unauthenticated ones, given back
     /// when the `Welcome` is sent.
     handshake: Option<OwnedSemaphorePermit>,
+    /// Set by the handshake: fires when the terminal is disabled or its secret rotated. The
+    /// run loop takes it.
+    revocation: Option<watch::Receiver<bool>>,
 }
 
 /// Serves one connection until the peer leaves, a fatal error, or the end of a drain.
@@ -202,6 +204,7 @@ pub async fn serve(
         closing: false,
         now: Instant::now(),
         handshake: Some(handshake),
+        revocation: None,
     };
     if let Err(error) = connection.run(&stream, drain).await {
         tracing::debug!(session, ?peer, %error, "connection ended with an error");
@@ -238,8 +241,20 @@ impl Connection {
     ) -> std::io::Result<()> {
         let handshake_deadline = tokio::time::Instant::now() + self.shared.config.handshake_timeout;
         let mut draining = *drain.borrow();
+        let mut revocation: Option<watch::Receiver<bool>> = None;
+        // The terminal was disabled or its secret rotated: read nothing more, answer what is in
+        // flight, then close with `auth_failed`.
+        let mut revoked = false;
         loop {
+            if revocation.is_none() {
+                revocation = self.revocation.take();
+            }
             let unsent = self.output.len() - self.output_start;
+            if revoked && !self.closing && self.in_flight == 0 && unsent == 0 {
+                tracing::info!(session = self.session, "session closed: its terminal was revoked");
+                self.fail(Status::AuthFailed, "the terminal was disabled or its secret rotated");
+                continue;
+            }
             let partial = self.input.len() > self.input_start;
             if self.reading_done && partial && !self.closing && self.in_flight == 0 && unsent == 0 {
                 // The peer ended its side inside a frame: that frame is dropped unanswered, and
@@ -254,8 +269,11 @@ impl Connection {
             if self.closing && unsent == 0 {
                 return Ok(());
             }
-            let read =
-                !self.reading_done && !self.closing && !draining && unsent < OUTPUT_BYTES_MAX;
+            let read = !self.reading_done
+                && !self.closing
+                && !draining
+                && !revoked
+                && unsent < OUTPUT_BYTES_MAX;
             let interest = match (read, unsent > 0) {
                 (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
                 (true, false) => Some(Interest::READABLE),
@@ -280,6 +298,12 @@ impl Connection {
                     if ready.is_writable() || ready.is_readable() {
                         self.write_some(stream)?;
                     }
+                }
+                changed = async { revocation.as_mut().map(|r| r.changed()).expect("guarded").await },
+                    if revocation.is_some() && !revoked => {
+                    // A dropped sender (a rotation replaced it) is a revocation too.
+                    let _ = changed;
+                    revoked = true;
                 }
                 changed = drain.changed(), if !draining => {
                     // A dropped sender also means shutdown.
@@ -413,25 +437,23 @@ impl Connection {
             },
             (Phase::Auth { terminal, nonce }, FrameType::Auth) => {
                 let (terminal, nonce) = (*terminal, *nonce);
-                let secret =
-                    self.shared.credentials.terminal(terminal).map(|t| t.secret.as_slice());
-                let bucket = self.shared.rates.bucket(terminal);
-                let verified = match (session::decode_auth(body), secret, bucket) {
-                    (Ok(mac), Some(secret), Some(bucket))
-                        if session::verify_auth_mac(secret, terminal, &nonce, &mac) =>
+                let admitted = self.shared.terminals.admitted(terminal);
+                let verified = match (session::decode_auth(body), admitted) {
+                    (Ok(mac), Some(admitted))
+                        if session::verify_auth_mac(&admitted.secret, terminal, &nonce, &mac) =>
                     {
-                        Some(bucket)
+                        Some(admitted)
                     }
                     _ => None,
                 };
-                let Some(bucket) = verified else {
+                let Some(admitted) = verified else {
                     self.shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(session = self.session, terminal, "authentication failed");
                     self.fail(Status::AuthFailed, "unknown terminal or wrong mac");
                     return;
                 };
                 let config = &self.shared.config;
-                let rate_per_second = bucket.lock().expect("bucket lock").rate();
+                let rate_per_second = admitted.bucket.lock().expect("bucket lock").rate();
                 let welcome = Welcome {
                     frame_bytes_max: u32::try_from(config.frame_bytes_max).unwrap_or(u32::MAX),
                     batch_ops_max: u16::try_from(config.batch_ops_max).unwrap_or(u16::MAX),
@@ -442,7 +464,8 @@ impl Connection {
                 };
                 session::encode_welcome(&mut self.output, &welcome);
                 tracing::debug!(session = self.session, terminal, "terminal authenticated");
-                self.phase = Phase::Ready { terminal, bucket };
+                self.phase = Phase::Ready { terminal, bucket: Arc::clone(&admitted.bucket) };
+                self.revocation = Some(admitted.revocation());
                 self.handshake = None;
                 self.output.reserve(BUFFER_BYTES_INITIAL);
             }

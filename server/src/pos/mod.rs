@@ -14,6 +14,7 @@ pub mod connection;
 pub mod handler;
 pub mod rate;
 pub mod stats;
+pub mod terminals;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -1,14 +1,11 @@
-//! Per-terminal rate limits: a token bucket per terminal, shared by all its connections.
+//! Per-terminal rate limits: a token bucket per terminal, shared by all its connections
+//! (`terminals::Admitted::bucket`).
 //!
 //! Integer arithmetic only: a token is `NANOS` units, the bucket refills `rate` units per
 //! elapsed nanosecond and holds at most one second's worth (the burst). A request of `n`
 //! operations takes `n` tokens or is refused whole; a refused request takes nothing.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
-
-use ledger_protocol::Credentials;
 
 const NANOS: u128 = 1_000_000_000;
 
@@ -49,33 +46,6 @@ impl Bucket {
         } else {
             false
         }
-    }
-}
-
-/// The buckets of every known terminal, made once at start-up.
-#[derive(Debug, Default)]
-pub struct RateLimits {
-    buckets: HashMap<u32, Arc<Mutex<Bucket>>>,
-}
-
-impl RateLimits {
-    /// A bucket per terminal of `credentials`, at its own rate or `default_rate`.
-    pub fn new(credentials: &Credentials, default_rate: u32) -> RateLimits {
-        let now = Instant::now();
-        let buckets = credentials
-            .terminals()
-            .iter()
-            .map(|terminal| {
-                let rate = terminal.rate_per_second.unwrap_or(default_rate);
-                (terminal.id, Arc::new(Mutex::new(Bucket::new(rate, now))))
-            })
-            .collect();
-        RateLimits { buckets }
-    }
-
-    /// The bucket of a terminal.
-    pub fn bucket(&self, terminal: u32) -> Option<Arc<Mutex<Bucket>>> {
-        self.buckets.get(&terminal).cloned()
     }
 }
 

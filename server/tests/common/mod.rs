@@ -53,9 +53,9 @@ pub fn pos_config() -> PosConfig {
 
 pub fn credentials() -> Credentials {
     Credentials::new(vec![
-        Terminal { id: 1, secret: SECRET.to_vec(), rate_per_second: None },
-        Terminal { id: 2, secret: vec![2; 32], rate_per_second: None },
-        Terminal { id: 3, secret: vec![3; 32], rate_per_second: Some(5) },
+        Terminal { id: 1, secret: SECRET.to_vec(), rate_per_second: None, disabled: false },
+        Terminal { id: 2, secret: vec![2; 32], rate_per_second: None, disabled: false },
+        Terminal { id: 3, secret: vec![3; 32], rate_per_second: Some(5), disabled: false },
     ])
     .unwrap()
 }
@@ -119,13 +119,16 @@ impl TestServer {
             .unwrap();
         let defined = ledger_server::bootstrap::define_defaults(&engine).unwrap();
         ledger_server::bootstrap::record_rules(&engine, defined.accounts, rules, &config).unwrap();
-        let credentials = credentials();
+        let terminals = pos::terminals::Terminals::new(
+            credentials(),
+            dir.path().join("credentials.toml"),
+            config.rate_per_terminal,
+        );
         let shared = Arc::new(Shared {
             book: pos::handler::Book::new(&engine).unwrap(),
-            rates: pos::rate::RateLimits::new(&credentials, config.rate_per_terminal),
             engine: Arc::new(engine),
             config,
-            credentials,
+            terminals,
             stats: Default::default(),
             ops_in_flight: Default::default(),
         });

@@ -864,6 +864,9 @@ fn route(registry: &Registry, shard_count: u16, command: &Command) -> Result<Sha
             | Query::Idempotency { account, .. },
         ) => customer_shard(*account).unwrap_or(shard_zero),
         Command::Read(Query::Hold(hold)) => hold_shard(*hold)?,
+        Command::Read(Query::Purchases { shard, .. }) => ShardId::new(*shard)
+            .filter(|shard| shard.index() < shard_count)
+            .ok_or(RejectCode::PurchaseNotFound)?,
         // One shard's figures; `Engine::liability_by_expiry_month` sums them all.
         Command::Read(Query::Liability | Query::Totals) => shard_zero,
     })

@@ -398,8 +398,7 @@ async fn the_documented_curl_lines_succeed() {
     };
     assert!(server.client().await.call_one(purchase).await.unwrap().committed().is_some());
     let document = include_str!("../../docs/admin-api.md");
-    let lines: Vec<&str> =
-        document.lines().filter(|line| line.trim_start().starts_with("curl ")).collect();
+    let lines: Vec<&str> = document.lines().filter(|line| line.contains("curl -s")).collect();
     assert!(lines.len() >= 8, "the examples: {lines:?}");
     let address = admin.addr.to_string();
     let token = admin.token(Role::Admin).to_string();
@@ -1000,6 +999,195 @@ async fn terminals_are_created_disabled_and_rotated_in_the_file_and_live() {
     let forbidden = post(&admin, Role::Operator, "/v1/terminals", "k", "{}").await;
     assert_eq!(forbidden.status, 403);
     assert_eq!(Credentials::load(&path).unwrap().terminals().len(), 5);
+}
+
+/// POSTs a settlement report as `text/csv` (or as `content_type`).
+async fn import(admin: &Admin, query: &str, csv: &str, content_type: &str) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(admin.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/settlements{query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        admin.token(Role::Operator),
+        csv.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // A refused large body may be answered before it is all sent.
+    let _ = stream.write_all(csv.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Answer { status, headers: Vec::new(), body: body.to_string() }
+}
+
+/// Every shard's applied LSN: equal before and after means nothing was written.
+async fn lsns(admin: &Admin) -> Vec<u64> {
+    let shards = admin.get("/v1/ops/shards", Role::Auditor).await.json();
+    shards.as_array().unwrap().iter().map(|s| s["applied_lsn"].as_u64().unwrap()).collect()
+}
+
+fn payments(list: &Value, field: &str) -> Vec<String> {
+    let mut found: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            entry["row"]["payment_id"].as_str().unwrap().to_string()
+                + "="
+                + entry[field].as_str().unwrap_or("")
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_report_moves_matched_purchases_reports_the_rest_and_imports_once() {
+    use ledger_protocol::{Receipt, WriteMeta};
+    let server = TestServer::start().await;
+    let admin = start_admin(Some(&server)).await;
+    let client = server.client().await;
+    // Six purchases at stores 7 and 8, on several customers (and so both shards).
+    let mut tx = BTreeMap::new();
+    for (key, store, receipt, customer, amount) in [
+        (1, 7, "R-1", 11, 2_500),
+        (2, 7, "R-2", 12, 1_000),
+        (3, 7, "R-3", 13, 100),
+        (4, 7, "R-4", 14, 50),
+        (5, 8, "R-5", 15, 300),
+        (6, 7, "R-6", 16, 70),
+    ] {
+        let meta = WriteMeta { key, store, category: 0, receipt: Receipt::new(receipt).unwrap() };
+        let result = client.call_one(Op::Purchase { meta, customer, amount }).await.unwrap();
+        tx.insert(receipt, result.committed().expect("committed").tx_id);
+    }
+    // R-6 was settled before the report came.
+    let early = post(
+        &admin,
+        Role::Operator,
+        &format!("/v1/purchases/{}/settle", tx["R-6"]),
+        "s6",
+        r#"{"reason": "till"}"#,
+    )
+    .await;
+    assert_eq!(early.status, 200, "{}", early.body);
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let time = ledger_engine::loyalty::calendar::rfc3339(ledger_engine::Timestamp(
+        u64::try_from(now.as_nanos()).unwrap(),
+    ));
+    // Planted: pay-2's amount differs, pay-9 has no purchase, R-4 has no row, pay-7 repeats R-1.
+    let csv = format!(
+        "payment_id,receipt,store,time,amount,status\n\
+         pay-1,R-1,7,{time},2500,settled\n\
+         pay-2,R-2,7,{time},999,settled\n\
+         pay-3,R-3,7,{time},100,failed\n\
+         pay-5,R-5,8,{time},300,SETTLED\n\
+         pay-6,R-6,7,{time},70,settled\n\
+         pay-7,R-1,7,{time},2500,settled\n\
+         pay-9,R-9,7,{time},40,settled\n"
+    );
+
+    // A dry run moves nothing and says what would move.
+    let before = lsns(&admin).await;
+    let dry = import(&admin, "?dry_run=true", &csv, "text/csv").await;
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    let dry = dry.json();
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(
+        payments(&dry["matched"], "outcome"),
+        ["pay-1=would_settle", "pay-3=would_fail", "pay-5=would_settle", "pay-6=already_settled"]
+    );
+    assert_eq!(lsns(&admin).await, before, "a dry run writes nothing");
+
+    let first = import(&admin, "", &csv, "text/csv").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    assert_eq!(
+        payments(&first["matched"], "outcome"),
+        ["pay-1=settled", "pay-3=failed", "pay-5=settled", "pay-6=already_settled"]
+    );
+    assert_eq!(payments(&first["amount_mismatches"], "none"), ["pay-2="]);
+    assert_eq!(first["amount_mismatches"][0]["purchase"]["amount"], "1000");
+    assert_eq!(
+        payments(&first["unmatched_rows"], "reason"),
+        ["pay-7=duplicate_receipt", "pay-9=no_purchase"]
+    );
+    let unmatched: Vec<String> = first["unmatched_purchases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["tx_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(unmatched, [tx["R-4"].to_string()], "R-4 is pending and in no row");
+    let totals = &first["totals"];
+    let sum = |name: &str| {
+        (
+            totals[name]["count"].as_u64().unwrap(),
+            totals[name]["amount"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(sum("report"), (7, "6509".into()));
+    assert_eq!(sum("matched"), (4, "2970".into()));
+    assert_eq!(sum("changed"), (3, "2900".into()));
+    assert_eq!(sum("already"), (1, "70".into()));
+    assert_eq!(sum("refused"), (0, "0".into()));
+    assert_eq!(sum("amount_mismatches"), (1, "999".into()));
+    assert_eq!(sum("amount_mismatches_ledger"), (1, "1000".into()));
+    assert_eq!(sum("unmatched_rows"), (2, "2540".into()));
+    assert_eq!(sum("unmatched_purchases"), (1, "50".into()));
+    // The ledger agrees: settled, failed, untouched.
+    for (receipt, state) in [
+        ("R-1", "settled"),
+        ("R-2", "pending"),
+        ("R-3", "failed"),
+        ("R-4", "pending"),
+        ("R-5", "settled"),
+    ] {
+        let answer = admin.get(&format!("/v1/transactions/{}", tx[receipt]), Role::Auditor).await;
+        assert_eq!(answer.json()["lifecycle"]["state"], state, "{receipt}: {}", answer.body);
+    }
+
+    // The same file again changes nothing.
+    let written = lsns(&admin).await;
+    let second = import(&admin, "", &csv, "text/csv").await.json();
+    assert_eq!(
+        payments(&second["matched"], "outcome"),
+        [
+            "pay-1=already_settled",
+            "pay-3=already_failed",
+            "pay-5=already_settled",
+            "pay-6=already_settled"
+        ]
+    );
+    assert_eq!(second["totals"]["changed"]["count"], 0);
+    assert_eq!(second["totals"]["unmatched_purchases"], first["totals"]["unmatched_purchases"]);
+    assert_eq!(lsns(&admin).await, written, "a second import writes nothing");
+
+    // Bad reports are refused whole, with the line and column, and change nothing.
+    let bad = csv.replace("pay-3,R-3,7", "pay-3,R-3,seven");
+    let refused = import(&admin, "", &bad, "text/csv").await;
+    assert_eq!((refused.status, refused.json()["code"].as_str()), (400, Some("bad_request")));
+    assert!(
+        refused.json()["message"].as_str().unwrap().contains("line 4, store"),
+        "{}",
+        refused.body
+    );
+    let wrong_type = import(&admin, "", &csv, "application/json").await;
+    assert_eq!(
+        (wrong_type.status, wrong_type.json()["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let unknown = import(&admin, "?dry=1", &csv, "text/csv").await;
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+    let huge = format!("{csv}{}", "x".repeat(70 * 1024));
+    let too_large = import(&admin, "", &huge, "text/csv").await;
+    assert_eq!(
+        (too_large.status, too_large.json()["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    assert_eq!(lsns(&admin).await, written, "refused reports write nothing");
 }
 
 #[test]

@@ -161,6 +161,21 @@ pub enum Query {
         /// The purchase.
         tx: TxId,
     },
+    /// A page of one shard's refundable purchases made on days `from_day..=to_day` (UTC day
+    /// numbers), with their receipt keys, in id order (`Response::Purchases`): what a
+    /// settlement report is matched against.
+    Purchases {
+        /// The shard.
+        shard: u16,
+        /// The first day.
+        from_day: u32,
+        /// The last day.
+        to_day: u32,
+        /// Resume after this purchase (the last of the previous page).
+        after: Option<TxId>,
+        /// Entries at most (the engine caps it at `PURCHASES_PAGE_MAX`).
+        limit: u16,
+    },
     /// Whether the shard of `account` remembers a committed write of `terminal` under `key`
     /// (answered `Response::Remembered`): how a write that would post nothing learns whether
     /// its key is taken, in order with the writes around it.
@@ -199,6 +214,9 @@ pub struct MemberView {
 
 /// Lots a member query lists at most.
 pub const MEMBER_LOTS_MAX: usize = 256;
+
+/// Purchases a `Query::Purchases` page holds at most.
+pub const PURCHASES_PAGE_MAX: usize = 4096;
 
 /// Entries a history query returns at most.
 pub const HISTORY_PAGE_MAX: usize = 256;
@@ -272,6 +290,8 @@ pub enum Response {
     Liability(Box<super::liability::ShardLiability>),
     /// A purchase's lifecycle entry (`Query::Purchase`).
     Purchase(crate::loyalty::purchases::Refundable),
+    /// A page of a shard's purchases with their receipt keys (`Query::Purchases`).
+    Purchases(Vec<(crate::loyalty::purchases::Refundable, u64)>),
     /// A page of a customer's history (`Query::HistoryPage`).
     HistoryPage(Box<super::pages::HistoryPage>),
     /// One shard's running sums per asset, by asset id (`Query::Totals`).

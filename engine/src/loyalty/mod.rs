@@ -14,6 +14,7 @@
 //! - `explain`: why a purchase earned what it did, from memory or from the WAL alone.
 //! - `lifecycle`: a purchase's states and legal transitions, and a refund's share of it.
 //! - `purchases`: the purchases a shard can still settle, fail or refund (64 bytes each).
+//! - `settlement`: settlement reports (CSV) read, checked and matched to purchases.
 //! - `exchange`: versioned exchange rates between partner points and the programme's.
 //! - `members`: each customer's lots, tier, qualifying points and caps; parked points; the
 //!   expiry index.
@@ -32,6 +33,7 @@ pub mod programme;
 pub mod purchases;
 pub mod rules;
 pub mod rules_file;
+pub mod settlement;
 
 pub use decimal::Ratio;
 pub use pricing::{BasketError, Breakdown, CapsUsed, Line, Lines, price};

@@ -342,6 +342,29 @@ impl Purchases {
         self.entries.iter().zip(self.receipt_keys.iter().copied())
     }
 
+    /// Up to `limit` purchases made on days `from_day..=to_day`, with their receipt keys, in
+    /// id order, after purchase `after` when given (a page of a longer walk).
+    pub fn page(
+        &self,
+        (from_day, to_day): (u32, u32),
+        after: Option<TxId>,
+        limit: usize,
+    ) -> Vec<(Refundable, u64)> {
+        // Ids increase with time, so days do too: the range is contiguous.
+        let start = match after {
+            Some(after) => self.entries.partition_point(|entry| entry.id <= after),
+            None => 0,
+        }
+        .max(self.entries.partition_point(|entry| entry.day < from_day));
+        self.entries
+            .range(start..)
+            .zip(self.receipt_keys.range(start..))
+            .take_while(|(entry, _)| entry.day <= to_day)
+            .take(limit)
+            .map(|(entry, key)| (*entry, *key))
+            .collect()
+    }
+
     /// Bytes the table takes: its entries, their receipt keys, the receipt index and the queue
     /// of held purchases.
     pub fn memory_bytes(&self) -> usize {
@@ -363,6 +386,24 @@ mod tests {
 
     fn refund(amount: u64) -> LifecycleEvent {
         LifecycleEvent::Refund { amount, left: 0 }
+    }
+
+    #[test]
+    fn a_page_walks_the_purchases_of_a_range_of_days() {
+        let mut table = Purchases::default();
+        for (id, day) in [(1, 10), (2, 11), (3, 11), (4, 11), (5, 12), (6, 14)] {
+            table.push(purchase(id, day), receipt_key(1, &format!("R{id}")));
+        }
+        let ids =
+            |page: Vec<(Refundable, u64)>| page.iter().map(|(p, _)| p.id.0).collect::<Vec<_>>();
+        assert_eq!(ids(table.page((11, 12), None, 10)), [2, 3, 4, 5]);
+        assert_eq!(ids(table.page((11, 12), None, 2)), [2, 3]);
+        assert_eq!(ids(table.page((11, 12), Some(TxId(3)), 2)), [4, 5]);
+        assert_eq!(ids(table.page((11, 12), Some(TxId(5)), 2)), Vec::<u64>::new());
+        assert_eq!(ids(table.page((13, 13), None, 9)), Vec::<u64>::new());
+        assert_eq!(ids(table.page((0, u32::MAX), Some(TxId(1)), 9)), [2, 3, 4, 5, 6]);
+        let (_, key) = table.page((14, 14), None, 1)[0];
+        assert_eq!(key, receipt_key(1, "R6"));
     }
 
     #[test]

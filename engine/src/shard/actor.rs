@@ -665,6 +665,10 @@ impl ShardActor {
                 Some(entry) => Response::Purchase(*entry),
                 None => Response::Rejected(RejectCode::PurchaseNotFound),
             },
+            Query::Purchases { from_day, to_day, after, limit, .. } => {
+                let limit = usize::from(limit).min(crate::ledger::command::PURCHASES_PAGE_MAX);
+                Response::Purchases(self.ledger.purchases().page((from_day, to_day), after, limit))
+            }
             Query::Explain { tx } => match self.ledger.explain(tx) {
                 Some(explanation) => Response::Explanation(Box::new(explanation)),
                 None => Response::Rejected(RejectCode::TransactionNotFound),

@@ -17,6 +17,7 @@ pub mod error;
 pub mod metrics;
 mod programme;
 pub mod routes;
+mod settlement;
 mod terminals;
 pub mod writes;
 

@@ -43,7 +43,7 @@ pub(super) fn number(text: &str, what: &str) -> Result<u64, ApiError> {
 }
 
 /// A UTC day (days since 1970-01-01) as YYYY-MM-DD.
-fn date(day: u32) -> String {
+pub(super) fn date(day: u32) -> String {
     let date = civil_from_days(i64::from(day));
     format!("{:04}-{:02}-{:02}", date.year, date.month, date.day)
 }
@@ -74,6 +74,7 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(super::programme::dry_run))
         .routes(routes!(super::programme::define_rate))
         .routes(routes!(super::programme::balance_check))
+        .routes(routes!(super::settlement::import))
         .routes(routes!(super::terminals::list, super::terminals::create))
         .routes(routes!(super::terminals::disable))
         .routes(routes!(super::terminals::rotate))

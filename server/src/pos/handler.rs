@@ -289,7 +289,8 @@ pub fn answer(opcode: u8, lifecycle: bool, response: Response) -> OpResult {
         | Response::Liability(_)
         | Response::HistoryPage(_)
         | Response::Totals(_)
-        | Response::Activity(_) => {
+        | Response::Activity(_)
+        | Response::Purchases(_) => {
             tracing::error!(opcode, "the engine answered a POS operation with the wrong shape");
             OpResult::Refused(Status::InternalError)
         }

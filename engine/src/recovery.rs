@@ -88,6 +88,8 @@ pub enum RecoveryError {
 pub struct RecoveryReport {
     /// LSN of the snapshot loaded (zero if none).
     pub snapshot_lsn: Lsn,
+    /// When that snapshot was taken: the time of its record `snapshot_lsn` (zero if none).
+    pub snapshot_created: crate::ids::Timestamp,
     /// Snapshots that failed to load, with the reason, newest first.
     pub snapshots_skipped: Vec<String>,
     /// Records replayed after the snapshot.
@@ -293,6 +295,7 @@ pub fn recover_shard(
     let (mut ledger, options) = match base {
         Some((header, ledger)) => {
             report.snapshot_lsn = header.lsn;
+            report.snapshot_created = header.created;
             let options = ScanOptions {
                 shard: Some(config.shard),
                 cluster_id: Some(cluster_id),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use ledger_engine::clock::ManualClock;
+use ledger_engine::clock::{Clock, ManualClock};
 use ledger_engine::engine::ledger_config;
 use ledger_engine::loyalty::RuleSet;
 use ledger_engine::loyalty::calendar::day_index;
@@ -301,6 +301,16 @@ fn a_midnight_of_many_expiring_customers_is_swept_in_bounded_turns() {
         .map(|c| setup.loyalty.purchase(u128::from(c) + 1, c, 1, &[(0, 7)]))
         .collect();
     ledger_engine::testing::loyalty::execute_all(&setup.engine, commands);
+    // The sweep's figures: every lot counted, due on one day, nothing overdue yet.
+    let stats = setup.engine.stats();
+    assert_eq!(stats.iter().map(|s| s.lots).sum::<u64>(), customers);
+    let due_day = day_index(at(2028, 1, 11, 0));
+    assert!(stats.iter().all(|s| s.expiry_next_day == Some(due_day)), "{stats:?}");
+    assert!(stats.iter().all(|s| s.expiry_overdue(setup.clock.now()).is_zero()));
+    assert_eq!(stats.iter().map(|s| s.expiry_records).sum::<u64>(), 0);
+    // An hour past their midnight, before the sweep ran: overdue by that hour.
+    let overdue = stats[0].expiry_overdue(at(2028, 1, 11, 1));
+    assert_eq!(overdue, std::time::Duration::from_secs(3_600));
     setup.clock.set(at(2028, 1, 11, 0));
     let breakage = AccountId::new(setup.accounts.breakage, 0);
     wait_until(|| {
@@ -309,6 +319,11 @@ fn a_midnight_of_many_expiring_customers_is_swept_in_bounded_turns() {
             .account_total(breakage)
             .is_ok_and(|a| a.balance_posted() == 7 * i128::from(customers))
     });
+    // One expiry per member, no lot left, nothing due; the records are flushed by now.
+    wait_until(|| setup.engine.stats().iter().map(|s| s.lots).sum::<u64>() == 0);
+    let stats = setup.engine.stats();
+    assert_eq!(stats.iter().map(|s| s.expiry_records).sum::<u64>(), customers);
+    assert!(stats.iter().all(|s| s.expiry_next_day.is_none() && !s.expiry_behind), "{stats:?}");
     assert_replay_matches(setup.engine, &setup.clock, dir.path(), 2);
 }
 

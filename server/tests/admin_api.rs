@@ -302,6 +302,14 @@ async fn operations_liability_rules_and_rates() {
     let records: u64 =
         shards.as_array().unwrap().iter().map(|s| s["records"].as_u64().unwrap()).sum();
     assert!(records >= 3, "{shards}");
+    let lots: u64 = shards.as_array().unwrap().iter().map(|s| s["lots"].as_u64().unwrap()).sum();
+    assert_eq!(lots, 3, "one lot per member: {shards}");
+    for shard in shards.as_array().unwrap() {
+        assert!(shard["records_since_snapshot"].as_u64().unwrap() > 0, "{shard}");
+        assert!(shard["snapshot_age_seconds"].is_null(), "records and no snapshot: {shard}");
+        assert_eq!(shard["expiry_overdue_seconds"], 0.0, "{shard}");
+        assert!(shard["expiry_next_day"].is_string() || shard["lots"] == 0, "{shard}");
+    }
     let taken =
         request(admin.addr, "POST", "/v1/ops/snapshot", Some(admin.token(Role::Admin)), None).await;
     assert_eq!(taken.status, 200, "{}", taken.body);
@@ -310,6 +318,19 @@ async fn operations_liability_rules_and_rates() {
     let applied: Vec<u64> =
         shards.as_array().unwrap().iter().map(|s| s["applied_lsn"].as_u64().unwrap()).collect();
     assert_eq!(lsns, applied, "a snapshot of every shard at its last record");
+    let after = admin.get("/v1/ops/shards", Role::Auditor).await.json();
+    for shard in after.as_array().unwrap() {
+        assert_eq!(shard["records_since_snapshot"], 0, "{shard}");
+        assert_eq!(shard["snapshot_age_seconds"], 0.0, "{shard}");
+        assert!(shard["snapshot_time"].as_str().is_some_and(|t| t.ends_with('Z')), "{shard}");
+    }
+    let metrics = samples(&request(admin.addr, "GET", "/metrics", None, None).await.body);
+    assert_eq!(metrics.get("ledger_shard_snapshot_age_seconds{shard=\"0\"}"), Some(&0.0));
+    let lots_metric: f64 =
+        metrics.iter().filter(|(k, _)| k.starts_with("ledger_shard_lots{")).map(|(_, v)| v).sum();
+    assert_eq!(lots_metric, 3.0);
+    assert!(metrics.contains_key("ledger_shard_expiry_overdue_seconds{shard=\"1\"}"));
+    assert!(metrics.contains_key("ledger_shard_expiry_records_total{shard=\"1\"}"));
     let liability = admin.get("/v1/ops/liability?days=1", Role::Auditor).await.json();
     assert_eq!(liability["points_outstanding"], "300");
     let today = &liability["flows"][0];

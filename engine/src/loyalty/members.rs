@@ -294,6 +294,8 @@ pub struct Members {
     /// change: the programme's liability by expiry month, without a scan. Points parked by
     /// holds and transfers are not in it (they do not expire while parked).
     liability: BTreeMap<u32, u64>,
+    /// Lots held by every member, kept as lots change (the shard's `lots` figure).
+    lot_count: u64,
 }
 
 impl PartialEq for Members {
@@ -302,6 +304,7 @@ impl PartialEq for Members {
             && self.parked == other.parked
             && self.expiries == other.expiries
             && self.liability == other.liability
+            && self.lot_count == other.lot_count
     }
 }
 
@@ -363,13 +366,23 @@ impl Members {
         &self.liability
     }
 
-    fn first_day(&self, customer: u64) -> Option<u32> {
-        self.members.get(&customer).and_then(|member| member.lots.first_day())
+    /// Lots held by every member.
+    pub fn lot_count(&self) -> u64 {
+        self.lot_count
     }
 
-    /// Files `customer` in the expiry index at their earliest lot's day, which was `before`.
-    fn refile(&mut self, customer: u64, before: Option<u32>) {
-        let after = self.first_day(customer);
+    /// A member's earliest lot's day and number of lots, for `refile`.
+    fn first_day(&self, customer: u64) -> (Option<u32>, usize) {
+        self.members
+            .get(&customer)
+            .map_or((None, 0), |member| (member.lots.first_day(), member.lots.len()))
+    }
+
+    /// Files `customer` in the expiry index at their earliest lot's day, and counts their
+    /// lots, which were `before` (day and count).
+    fn refile(&mut self, customer: u64, (before, lots_before): (Option<u32>, usize)) {
+        let (after, lots_after) = self.first_day(customer);
+        self.lot_count = self.lot_count + lots_after as u64 - lots_before as u64;
         if before != after {
             if let Some(day) = before {
                 self.unfile(day, customer);
@@ -575,7 +588,9 @@ impl Members {
                 *liability.entry(month_of_day(lot.expires_day)).or_default() += lot.remaining;
             }
         }
+        let lots: usize = self.members.iter().map(|(_, member)| member.lots.len()).sum();
         derived == filed
+            && lots as u64 == self.lot_count
             && entries == filed.len()
             && self.expiries.values().all(|c| !c.is_empty())
             && liability == self.liability
@@ -590,6 +605,7 @@ impl Members {
             for lot in member.lots.iter() {
                 self.count(lot.expires_day, lot.remaining);
             }
+            self.lot_count += member.lots.len() as u64;
         }
         match self.members.insert(customer, member) {
             true => Ok(()),

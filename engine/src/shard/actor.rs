@@ -142,6 +142,12 @@ pub(crate) struct ShardActor {
     key_horizon_asked: Lsn,
 }
 
+/// Publishes the earliest expiry day among the shard's lots (for the expiry-sweep metrics).
+fn publish_next_expiry(shared: &ShardShared, ledger: &Ledger) {
+    let day = ledger.members().next_expiry_day().map_or(u64::MAX, u64::from);
+    shared.expiry_next_day.store(day, Ordering::Relaxed);
+}
+
 impl ShardActor {
     /// The body of a shard thread: recover, report, wait for the start signal, serve.
     pub(crate) fn run_thread(setup: ShardSetup) {
@@ -191,6 +197,10 @@ impl ShardActor {
         setup.shared.durable_lsn.store(lsn.0, Ordering::Relaxed);
         let mut report = recovered.report;
         report.key_index = prepared.report;
+        setup.shared.last_snapshot_lsn.store(report.snapshot_lsn.0, Ordering::Relaxed);
+        setup.shared.last_snapshot_created.store(report.snapshot_created.0, Ordering::Relaxed);
+        publish_next_expiry(&setup.shared, &ledger);
+        setup.shared.lots.store(ledger.members().lot_count(), Ordering::Relaxed);
         let report =
             (report, ledger.registry().clone(), ledger.programme().clone(), ledger.rates().clone());
         if setup.recovered.send(Ok(report)).is_err() {
@@ -369,10 +379,14 @@ impl ShardActor {
             limit.saturating_sub(self.batch_records()).min(self.tuning.lots_expired_per_turn);
         let due = self.ledger.lots_due(self.now, room);
         self.sweep_behind = room > 0 && due.len() == room;
+        let expired = due.len() as u64;
         for (customer, lots) in due {
             let expire = LotsExpire { id: self.ledger.peek_tx_id(self.now), customer, lots };
             self.append(Body::LotsExpire(expire)).expect("due lots expire");
         }
+        self.shared.expiry_records.fetch_add(expired, Ordering::Relaxed);
+        self.shared.expiry_behind.store(self.sweep_behind, Ordering::Relaxed);
+        publish_next_expiry(&self.shared, &self.ledger);
     }
 
     /// Expires a customer's due lots before a request of theirs, so that no request spends or
@@ -382,6 +396,7 @@ impl ShardActor {
         if !lots.is_empty() && !self.poisoned() {
             let expire = LotsExpire { id: self.ledger.peek_tx_id(self.now), customer, lots };
             self.append(Body::LotsExpire(expire)).expect("due lots expire");
+            self.shared.expiry_records.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -1096,6 +1111,8 @@ impl ShardActor {
         shared.records.fetch_add(records, Ordering::Relaxed);
         shared.batches.fetch_add(1, Ordering::Relaxed);
         shared.accounts.store(self.ledger.account_count() as u64, Ordering::Relaxed);
+        shared.lots.store(self.ledger.members().lot_count(), Ordering::Relaxed);
+        publish_next_expiry(shared, &self.ledger);
         shared.holds.store(self.ledger.hold_count() as u64, Ordering::Relaxed);
         let (keys, evicted) = self.ledger.idempotency_stats();
         shared.idempotency_keys.store(keys as u64, Ordering::Relaxed);

@@ -147,6 +147,14 @@ pub(crate) struct ShardShared {
     pub(crate) poisoned: AtomicBool,
     pub(crate) snapshot_in_progress: AtomicBool,
     pub(crate) last_snapshot_lsn: AtomicU64,
+    /// Nanoseconds since the epoch of the record `last_snapshot_lsn` (0: no snapshot).
+    pub(crate) last_snapshot_created: AtomicU64,
+    /// `LotsExpire` records appended (by the sweep and before a member's requests).
+    pub(crate) expiry_records: AtomicU64,
+    /// The earliest expiry day among the shard's lots (`u64::MAX`: no lot).
+    pub(crate) expiry_next_day: AtomicU64,
+    /// The sweep's last turn had more due than it may take in a turn.
+    pub(crate) expiry_behind: AtomicBool,
     pub(crate) snapshot_pause_nanos_last: AtomicU64,
     pub(crate) batches: AtomicU64,
     pub(crate) records: AtomicU64,
@@ -156,6 +164,7 @@ pub(crate) struct ShardShared {
     pub(crate) sync_nanos_total: AtomicU64,
     pub(crate) wal_bytes: AtomicU64,
     pub(crate) accounts: AtomicU64,
+    pub(crate) lots: AtomicU64,
     pub(crate) holds: AtomicU64,
     pub(crate) idempotency_keys: AtomicU64,
     pub(crate) idempotency_evicted_early: AtomicU64,
@@ -193,8 +202,18 @@ pub struct ShardStats {
     pub durable_lsn: u64,
     /// Whether the shard stopped after a write or fsync error.
     pub poisoned: bool,
-    /// LSN of the last snapshot written.
+    /// LSN of the last snapshot written (or loaded at start).
     pub last_snapshot_lsn: u64,
+    /// When that snapshot was taken: the time of its last record, in nanoseconds since the
+    /// epoch (0: no snapshot).
+    pub last_snapshot_created_nanos: u64,
+    /// Lot expiries recorded (`LotsExpire` records: one per member and turn).
+    pub expiry_records: u64,
+    /// The earliest expiry day (UTC day number) among the shard's lots, if any: a lot of this
+    /// day is due from its 00:00 UTC, so a day in the past means the sweep has work left.
+    pub expiry_next_day: Option<u32>,
+    /// The sweep's last turn had more due than it may take in a turn (it runs again at once).
+    pub expiry_behind: bool,
     /// How long the shard thread paused for the last snapshot (copying its state into the
     /// buffer the snapshotter prepared).
     pub snapshot_pause_nanos_last: u64,
@@ -214,6 +233,8 @@ pub struct ShardStats {
     pub wal_bytes: u64,
     /// Accounts on the shard.
     pub accounts: u64,
+    /// Point lots held by the shard's members.
+    pub lots: u64,
     /// Open holds.
     pub holds: u64,
     /// Idempotency keys remembered.
@@ -267,6 +288,32 @@ pub struct ShardStats {
     pub scrub_pass_nanos_last: u64,
 }
 
+impl ShardStats {
+    /// How long the oldest change not in a snapshot has waited, about: the time since the last
+    /// record the snapshot covers, at `now` (zero when it covers every applied record; `None`
+    /// when the shard has records and no snapshot).
+    pub fn snapshot_age(&self, now: crate::ids::Timestamp) -> Option<std::time::Duration> {
+        if self.applied_lsn <= self.last_snapshot_lsn {
+            return Some(std::time::Duration::ZERO);
+        }
+        (self.last_snapshot_created_nanos > 0).then(|| {
+            std::time::Duration::from_nanos(now.0.saturating_sub(self.last_snapshot_created_nanos))
+        })
+    }
+
+    /// How long the earliest lot still held has been due at `now` (zero when none is due):
+    /// the expiry sweep's lag.
+    pub fn expiry_overdue(&self, now: crate::ids::Timestamp) -> std::time::Duration {
+        let due_since = self
+            .expiry_next_day
+            .map(|day| u64::from(day).saturating_mul(crate::loyalty::calendar::NANOS_PER_DAY));
+        match due_since {
+            Some(since) if since <= now.0 => std::time::Duration::from_nanos(now.0 - since),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+}
+
 impl ShardShared {
     pub(crate) fn stats(&self, shard: ShardId) -> ShardStats {
         let load = |value: &AtomicU64| value.load(Ordering::Relaxed);
@@ -276,6 +323,10 @@ impl ShardShared {
             durable_lsn: load(&self.durable_lsn),
             poisoned: self.poisoned.load(Ordering::Relaxed),
             last_snapshot_lsn: load(&self.last_snapshot_lsn),
+            last_snapshot_created_nanos: load(&self.last_snapshot_created),
+            expiry_records: load(&self.expiry_records),
+            expiry_next_day: u32::try_from(load(&self.expiry_next_day)).ok(),
+            expiry_behind: self.expiry_behind.load(Ordering::Relaxed),
             snapshot_pause_nanos_last: load(&self.snapshot_pause_nanos_last),
             batches: load(&self.batches),
             records: load(&self.records),
@@ -285,6 +336,7 @@ impl ShardShared {
             sync_nanos_total: load(&self.sync_nanos_total),
             wal_bytes: load(&self.wal_bytes),
             accounts: load(&self.accounts),
+            lots: load(&self.lots),
             holds: load(&self.holds),
             idempotency_keys: load(&self.idempotency_keys),
             idempotency_evicted_early: load(&self.idempotency_evicted_early),

@@ -75,12 +75,14 @@ impl Snapshotter {
                 SnapshotterJob::Write(job) => job,
             };
             let lsn = job.capture.lsn();
+            let created = job.capture.timestamp();
             let shard = job.capture.shard().index();
             let mut job = job;
             let outcome = self.write(&mut job);
             match &outcome {
                 Ok(()) => {
                     self.shared.last_snapshot_lsn.store(lsn.0, Ordering::Relaxed);
+                    self.shared.last_snapshot_created.store(created.0, Ordering::Relaxed);
                     tracing::info!(shard, lsn = lsn.0, "snapshot written");
                 }
                 Err(error) => tracing::error!(%error, "snapshot failed"),

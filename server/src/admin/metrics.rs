@@ -44,6 +44,7 @@ struct StatusLabels {
 
 type ShardCounter = Family<ShardLabels, Counter>;
 type ShardGauge = Family<ShardLabels, Gauge>;
+type ShardSeconds = Family<ShardLabels, Gauge<f64, AtomicU64>>;
 /// Reads one figure of a shard's stats.
 type Read = fn(&ledger_engine::ShardStats) -> u64;
 /// A metric's name, help and how it is read.
@@ -62,6 +63,8 @@ pub struct Metrics {
     pos_outcomes: Family<StatusLabels, Counter>,
     shard_counters: Vec<(Read, ShardCounter)>,
     shard_gauges: Vec<(Read, ShardGauge)>,
+    snapshot_age: ShardSeconds,
+    expiry_overdue: ShardSeconds,
     fdatasync_seconds:
         Family<ShardLabels, prometheus_client::metrics::counter::Counter<f64, AtomicU64>>,
     scrape: Mutex<()>,
@@ -136,7 +139,7 @@ impl Metrics {
             pos_outcomes.clone(),
         );
         let mut shard_counters: Vec<(Read, ShardCounter)> = Vec::new();
-        let counters: [Described; 9] = [
+        let counters: [Described; 10] = [
             ("shard_records", "WAL records appended", |s| s.records),
             ("shard_batches", "Commit groups handed to the WAL writer", |s| s.batches),
             ("shard_rejected", "Commands refused", |s| s.rejected),
@@ -148,6 +151,9 @@ impl Metrics {
             }),
             ("shard_scrub_bytes", "Bytes the background scrub read", |s| s.scrub_bytes),
             ("shard_scrub_findings", "Damage the background scrub found", |s| s.scrub_findings),
+            ("shard_expiry_records", "Lot expiries recorded (one per member and turn)", |s| {
+                s.expiry_records
+            }),
         ];
         for (name, help, read) in counters {
             let family = ShardCounter::default();
@@ -155,7 +161,7 @@ impl Metrics {
             shard_counters.push((read, family));
         }
         let mut shard_gauges: Vec<(Read, ShardGauge)> = Vec::new();
-        let gauges: [Described; 9] = [
+        let gauges: [Described; 11] = [
             ("shard_applied_lsn", "LSN of the last applied record", |s| s.applied_lsn),
             ("shard_durable_lsn", "LSN up to which the WAL is durable", |s| s.durable_lsn),
             ("shard_snapshot_lsn", "LSN of the last snapshot written", |s| s.last_snapshot_lsn),
@@ -167,6 +173,12 @@ impl Metrics {
             }),
             ("shard_accounts", "Accounts on the shard", |s| s.accounts),
             ("shard_holds", "Open holds", |s| s.holds),
+            ("shard_lots", "Point lots held by the shard's members", |s| s.lots),
+            (
+                "shard_expiry_behind",
+                "1 when the expiry sweep's last turn had more due than it takes",
+                |s| u64::from(s.expiry_behind),
+            ),
             ("shard_idempotency_keys", "Idempotency keys in memory", |s| s.idempotency_keys),
             ("shard_transfers_in_flight", "Cross-shard transfers not yet settled", |s| {
                 s.transfers_in_flight
@@ -177,6 +189,19 @@ impl Metrics {
             registry.register(name, help, family.clone());
             shard_gauges.push((read, family));
         }
+        let snapshot_age = ShardSeconds::default();
+        registry.register(
+            "shard_snapshot_age_seconds",
+            "Time since the last record the newest snapshot covers (0: it covers every applied \
+             record; -1: records and no snapshot)",
+            snapshot_age.clone(),
+        );
+        let expiry_overdue = ShardSeconds::default();
+        registry.register(
+            "shard_expiry_overdue_seconds",
+            "How long the earliest lot still held has been due (0: none due): the expiry sweep's lag",
+            expiry_overdue.clone(),
+        );
         let pos = PosSlot::default();
         registry.register_collector(Box::new(PosLatency(std::sync::Arc::clone(&pos))));
         let fdatasync_seconds = Family::default();
@@ -197,6 +222,8 @@ impl Metrics {
             pos_outcomes,
             shard_counters,
             shard_gauges,
+            snapshot_age,
+            expiry_overdue,
             fdatasync_seconds,
             scrape: Mutex::new(()),
             pos,
@@ -229,6 +256,7 @@ impl Metrics {
             }
         }
         if let Some(engine) = engine {
+            let now = engine.now();
             for stats in engine.stats() {
                 let labels = ShardLabels { shard: stats.shard };
                 for (read, family) in &self.shard_counters {
@@ -239,6 +267,10 @@ impl Metrics {
                         .get_or_create(&labels)
                         .set(i64::try_from(read(&stats)).unwrap_or(i64::MAX));
                 }
+                let age = stats.snapshot_age(now).map_or(-1.0, |age| age.as_secs_f64());
+                self.snapshot_age.get_or_create(&labels).set(age);
+                let overdue = stats.expiry_overdue(now).as_secs_f64();
+                self.expiry_overdue.get_or_create(&labels).set(overdue);
                 let seconds = stats.sync_nanos_total as f64 / 1e9;
                 let counter = self.fdatasync_seconds.get_or_create(&labels);
                 let seen = counter.get();

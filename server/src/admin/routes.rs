@@ -437,6 +437,13 @@ pub struct ShardView {
     pub poisoned: bool,
     /// LSN of its last snapshot.
     pub snapshot_lsn: u64,
+    /// When that snapshot was taken: the time of its last record (RFC 3339; absent: none).
+    pub snapshot_time: Option<String>,
+    /// Seconds since the last record the snapshot covers (0: it covers every applied record;
+    /// absent: records and no snapshot).
+    pub snapshot_age_seconds: Option<f64>,
+    /// Records a restart would replay past the snapshot.
+    pub records_since_snapshot: u64,
     /// Records appended.
     pub records: u64,
     /// Commit groups written.
@@ -453,6 +460,16 @@ pub struct ShardView {
     pub accounts: u64,
     /// Open holds.
     pub holds: u64,
+    /// Point lots held by its members.
+    pub lots: u64,
+    /// Lot expiries recorded (one per member and turn).
+    pub expiry_records: u64,
+    /// The earliest day a lot still held expires (YYYY-MM-DD; absent: no lot).
+    pub expiry_next_day: Option<String>,
+    /// How long the earliest lot still held has been due (0: none due): the sweep's lag.
+    pub expiry_overdue_seconds: f64,
+    /// The sweep's last turn had more due than it takes in a turn.
+    pub expiry_behind: bool,
     /// Commands refused, and refused busy.
     pub rejected: u64,
     /// See `rejected`.
@@ -466,11 +483,21 @@ pub struct ShardView {
 async fn shards(State(state): Shared, caller: Caller) -> Result<Json<Vec<ShardView>>, ApiError> {
     caller.require(Role::Auditor)?;
     let engine = state.engine()?;
+    let now = engine.now();
     Ok(Json(
         engine
             .stats()
             .into_iter()
             .map(|s| ShardView {
+                snapshot_time: (s.last_snapshot_created_nanos > 0)
+                    .then(|| rfc3339(ledger_engine::Timestamp(s.last_snapshot_created_nanos))),
+                snapshot_age_seconds: s.snapshot_age(now).map(|age| age.as_secs_f64()),
+                records_since_snapshot: s.applied_lsn.saturating_sub(s.last_snapshot_lsn),
+                lots: s.lots,
+                expiry_records: s.expiry_records,
+                expiry_next_day: s.expiry_next_day.map(date),
+                expiry_overdue_seconds: s.expiry_overdue(now).as_secs_f64(),
+                expiry_behind: s.expiry_behind,
                 shard: s.shard,
                 applied_lsn: s.applied_lsn,
                 durable_lsn: s.durable_lsn,

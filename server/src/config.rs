@@ -148,6 +148,7 @@ struct AdminFile {
     tokens: Option<PathBuf>,
     body_bytes_max: Option<u64>,
     timeout_ms: Option<u64>,
+    nice: Option<i32>,
 }
 
 /// The `[snapshots]` table of the configuration file.
@@ -436,6 +437,7 @@ impl Config {
                 body_bytes_max: usize::try_from(file.admin.body_bytes_max.unwrap_or(1024 * 1024))
                     .unwrap_or(usize::MAX),
                 timeout: Duration::from_millis(file.admin.timeout_ms.unwrap_or(30_000)),
+                nice: file.admin.nice.unwrap_or(10),
             },
             snapshots: SnapshotConfig {
                 every_records: file.snapshots.every_records.unwrap_or(5_000_000),
@@ -504,6 +506,9 @@ impl Config {
         }
         if !(1..=600_000).contains(&admin.timeout.as_millis()) {
             bail!("admin.timeout_ms must be 1..=600000");
+        }
+        if !(0..=19).contains(&admin.nice) {
+            bail!("admin.nice must be 0..=19");
         }
         if admin.addr == pos.addr && admin.addr.port() != 0 {
             bail!("admin.addr and pos.addr must differ ({})", admin.addr);
@@ -597,7 +602,7 @@ impl Config {
              connections_max = {}\nhandshakes_max = {}\nrate_per_terminal = {}\n\
              handshake_timeout_ms = {}\n\
              drain_timeout_ms = {}\nearn_points = {}\nearn_per_minor_units = {}\nio_threads = {}\n\n\
-             [admin]\naddr = \"{}\"\ntokens = {:?}\nbody_bytes_max = {}\ntimeout_ms = {}\n\n\
+             [admin]\naddr = \"{}\"\ntokens = {:?}\nbody_bytes_max = {}\ntimeout_ms = {}\nnice = {}\n\n\
              [snapshots]\nevery_records = {}\nevery_secs = {}\n\n\
              [wal]\nsegment_bytes = {}\nbatch_records_max = {}\n\n\
              [scrub]\nrate_mib_per_sec = {}\ninterval_secs = {}\n",
@@ -626,6 +631,7 @@ impl Config {
             self.admin.tokens.display().to_string(),
             self.admin.body_bytes_max,
             self.admin.timeout.as_millis(),
+            self.admin.nice,
             self.snapshots.every_records,
             self.snapshots.every.as_secs(),
             self.wal.segment_bytes,

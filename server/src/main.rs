@@ -85,18 +85,8 @@ fn main() -> anyhow::Result<()> {
     )?;
     let admin_tokens = tokens.len();
     let admin_state = Arc::new(admin::AdminState::new(config.admin.clone(), tokens));
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin_task = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(config.admin.addr)
-            .await
-            .with_context(|| format!("cannot listen on {} (admin API)", config.admin.addr))?;
-        let addr = listener.local_addr().context("no local address")?;
-        tracing::info!(%addr, tokens = admin_tokens, "admin API listening");
-        let stop = async move {
-            let _ = admin_stopped.await;
-        };
-        anyhow::Ok(tokio::spawn(admin::serve(listener, Arc::clone(&admin_state), stop)))
-    })?;
+    let admin = admin::AdminThread::spawn(Arc::clone(&admin_state))?;
+    tracing::info!(addr = %admin.addr, tokens = admin_tokens, "admin API listening");
     let mut engine_config = EngineConfig::new(&config.data_dir);
     // A replay rule: it applies to a new directory; an existing one keeps its own.
     engine_config.hold_timeout_max_nanos = config.hold_timeout_max_nanos();
@@ -195,11 +185,8 @@ fn main() -> anyhow::Result<()> {
         "POS totals"
     );
     // The admin API answers what is in flight, then lets go of the engine.
-    let _ = admin_stop.send(());
-    match runtime.block_on(admin_task) {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "the admin API stopped with an error"),
-        Err(error) => tracing::warn!(%error, "the admin API task failed"),
+    if let Err(error) = admin.stop() {
+        tracing::warn!(%error, "the admin API stopped with an error");
     }
     drop(admin_state);
     drop(shared);

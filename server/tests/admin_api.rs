@@ -96,6 +96,7 @@ fn admin_config() -> AdminConfig {
         tokens: "unused".into(),
         body_bytes_max: 64 * 1024,
         timeout: Duration::from_secs(10),
+        nice: 0,
     }
 }
 
@@ -505,6 +506,23 @@ async fn the_binary_is_not_ready_while_it_recovers_and_its_first_token_works() {
     assert!(shards.json()[0]["applied_lsn"].as_u64().unwrap() >= 600_000);
     let stored = std::fs::read_to_string(data.join("admin-tokens.toml")).unwrap();
     assert!(!stored.contains(&token) && stored.contains("role = \"admin\""), "{stored}");
+    // The API runs on a thread of its own at nice 10 (`[admin] nice`); the POS threads at 0.
+    let nice = |name: &str| -> Vec<i64> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.0.id())).unwrap();
+        tasks
+            .filter_map(|task| {
+                let path = task.unwrap().path();
+                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                // Fields after the parenthesised name: state is field 3, nice field 19.
+                let after = &stat[stat.rfind(')')? + 2..];
+                let nice = after.split(' ').nth(16)?.parse().ok()?;
+                (comm.trim() == name).then_some(nice)
+            })
+            .collect()
+    };
+    assert_eq!(nice("ledgerd-admin"), [10], "one admin thread, at nice 10");
+    assert!(nice("ledgerd-io").iter().all(|n| *n == 0), "{:?}", nice("ledgerd-io"));
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
     // A second start prints no token.

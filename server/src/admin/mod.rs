@@ -46,6 +46,10 @@ pub struct AdminConfig {
     pub body_bytes_max: usize,
     /// Longest a request may take before it is answered `503 timeout`.
     pub timeout: Duration,
+    /// The nice value (0..=19) of the API's thread: it yields the cores to the POS path and
+    /// the shards when they are busy (docs/design-decisions.md, "The admin API runs beside
+    /// the tills, not among them").
+    pub nice: i32,
 }
 
 /// What every handler shares.
@@ -218,6 +222,85 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             },
         ))
         .with_state(state)
+}
+
+/// The API served on a thread of its own: a single-threaded runtime whose thread (and the
+/// blocking threads it starts) runs at the configured nice value, so admin requests never
+/// wait in line with POS connections on the I/O runtime's workers and, when the cores are
+/// busy, the scheduler favours the tills and the shards.
+pub struct AdminThread {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+}
+
+impl AdminThread {
+    /// Binds `state.config.addr` and serves it on a new thread; returns once it listens.
+    pub fn spawn(state: Arc<AdminState>) -> anyhow::Result<AdminThread> {
+        use anyhow::Context;
+        let (addr, nice) = (state.config.addr, state.config.nice);
+        let (bound_tx, bound_rx) = std::sync::mpsc::sync_channel(1);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ledgerd-admin".into())
+            .spawn(move || {
+                lower_priority(nice);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .thread_name("ledgerd-adm-blk")
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = bound_tx.send(Err(error));
+                        return Ok(());
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::bind(addr).await {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let _ = bound_tx.send(Err(error));
+                            return Ok(());
+                        }
+                    };
+                    let _ = bound_tx.send(listener.local_addr());
+                    serve(listener, state, async move {
+                        let _ = stopped.await;
+                    })
+                    .await
+                })
+            })
+            .context("cannot start the admin API's thread")?;
+        let bound = bound_rx.recv().context("the admin API's thread stopped")?;
+        let addr = bound.with_context(|| format!("cannot listen on {addr} (admin API)"))?;
+        Ok(AdminThread { addr, stop: Some(stop), thread: Some(thread) })
+    }
+
+    /// Answers what is in flight, then stops.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(std::io::Error::other("the admin API's thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread; threads it starts
+/// inherit it). A failure is logged: the API still serves, at the default priority.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
+        tracing::warn!(%error, nice, "cannot lower the admin API's priority");
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -81,6 +81,11 @@ pub struct Args {
     #[arg(long, env = "LEDGER_ADMIN_TOKENS")]
     pub admin_tokens: Option<PathBuf>,
 
+    /// PostgreSQL connection string of the reporting replica (docs/reporting.md), e.g.
+    /// `postgres://ledger:…@127.0.0.1:5432/reports` [default: none: no replica].
+    #[arg(long, env = "LEDGER_REPLICA_URL")]
+    pub replica_url: Option<String>,
+
     /// Print the effective configuration (secrets are never printed) and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -99,6 +104,10 @@ pub enum Tool {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// Create or migrate the reporting replica's schema in the PostgreSQL database of
+    /// `--replica-url` (or `[replica] url`, or `LEDGER_REPLICA_URL`), then exit: 0 done, 1
+    /// refused or unreachable, 2 no replica configured.
+    Migrate,
 }
 
 /// `ledgerd rules …`.
@@ -194,6 +203,15 @@ struct File {
     wal: WalFile,
     #[serde(default)]
     scrub: ScrubFile,
+    #[serde(default)]
+    replica: ReplicaFile,
+}
+
+/// The `[replica]` table of the configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicaFile {
+    url: Option<String>,
 }
 
 /// The idempotency window "as long as the WAL is kept", in nanoseconds (the engine's
@@ -348,6 +366,8 @@ pub struct Config {
     pub admin: crate::admin::AdminConfig,
     /// Snapshots.
     pub snapshots: SnapshotConfig,
+    /// The PostgreSQL reporting replica, if one is configured.
+    pub replica: Option<crate::replica::ReplicaConfig>,
 }
 
 impl Config {
@@ -443,6 +463,12 @@ impl Config {
                 every_records: file.snapshots.every_records.unwrap_or(5_000_000),
                 every: Duration::from_secs(file.snapshots.every_secs.unwrap_or(600)),
             },
+            replica: args
+                .replica_url
+                .clone()
+                .or(file.replica.url)
+                .filter(|url| !url.trim().is_empty())
+                .map(|url| crate::replica::ReplicaConfig { url }),
             data_dir,
         };
         config.validate()?;
@@ -509,6 +535,14 @@ impl Config {
         }
         if !(0..=19).contains(&admin.nice) {
             bail!("admin.nice must be 0..=19");
+        }
+        if let Some(replica) = &self.replica
+            && let Err(error) = replica.url.parse::<tokio_postgres::Config>()
+        {
+            bail!(
+                "replica.url {} is not a PostgreSQL connection string: {error}",
+                crate::replica::redacted(&replica.url)
+            );
         }
         if admin.addr == pos.addr && admin.addr.port() != 0 {
             bail!("admin.addr and pos.addr must differ ({})", admin.addr);
@@ -605,7 +639,8 @@ impl Config {
              [admin]\naddr = \"{}\"\ntokens = {:?}\nbody_bytes_max = {}\ntimeout_ms = {}\nnice = {}\n\n\
              [snapshots]\nevery_records = {}\nevery_secs = {}\n\n\
              [wal]\nsegment_bytes = {}\nbatch_records_max = {}\n\n\
-             [scrub]\nrate_mib_per_sec = {}\ninterval_secs = {}\n",
+             [scrub]\nrate_mib_per_sec = {}\ninterval_secs = {}\n\n\
+             [replica]\n{}\n",
             self.data_dir.display().to_string(),
             format_window(window),
             match self.log_format {
@@ -638,6 +673,10 @@ impl Config {
             self.wal.batch_records_max,
             self.scrub.rate_mib_per_sec,
             self.scrub.interval_secs,
+            match &self.replica {
+                Some(replica) => format!("url = {:?}", crate::replica::redacted(&replica.url)),
+                None => "# url: none (no replica)".to_string(),
+            },
         )
     }
 }

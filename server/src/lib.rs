@@ -9,6 +9,7 @@
 //! - `private_file`: atomic 0600 writes of such files, and a warning when they are shared.
 //! - `pos`: the POS protocol listener, its connections, and what each operation posts.
 //! - `admin`: the admin HTTP API (axum): reads, operations, metrics, its OpenAPI document.
+//! - `replica`: the PostgreSQL reporting replica: connection settings, schema migrations.
 //!
 //! **Invariant:** nothing here decides a balance: every change goes through the engine, and
 //! every answer that says "ok" to a write was made durable by it first.
@@ -19,4 +20,5 @@ pub mod config;
 pub mod credentials;
 pub mod pos;
 pub mod private_file;
+pub mod replica;
 pub mod rules_check;

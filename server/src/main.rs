@@ -36,6 +36,42 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `ledgerd migrate`: the replica's schema brought up to date. Exit 0 done, 1 refused or
+/// unreachable, 2 no replica configured.
+fn migrate(config: &Config) -> i32 {
+    let Some(replica) = &config.replica else {
+        eprintln!(
+            "error: no replica is configured: give --replica-url, [replica] url or \
+             LEDGER_REPLICA_URL"
+        );
+        return 2;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return 1;
+        }
+    };
+    let migrated = runtime.block_on(async {
+        let mut client = ledger_server::replica::connect(replica).await?;
+        anyhow::Ok(ledger_server::replica::migrations::migrate(&mut client).await?)
+    });
+    match migrated {
+        Ok(migrated) => {
+            println!(
+                "ledgerd: replica schema at version {} (applied now: {:?})",
+                migrated.version, migrated.applied
+            );
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(config::Tool::Rules { action: config::RulesAction::Check(check) }) = &args.command {
@@ -51,6 +87,10 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     let config = Config::resolve(&args)?;
+    if matches!(args.command, Some(config::Tool::Migrate)) {
+        init_logging(config.log_format);
+        std::process::exit(migrate(&config));
+    }
     if args.print_config {
         // An existing data directory's replay rules are what the server would run with.
         let directory = ledger_engine::datadir::read_meta(&config.data_dir).ok();

@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test file uses a different part of the harness")]
 
+pub mod pg;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -274,6 +274,57 @@ pub struct InvariantViolation {
     message: String,
 }
 
+/// What a movement of value did to the two accounts (`Moved`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveEffect {
+    /// Posted balances moved.
+    Posted,
+    /// A reservation was made (pending debit and credit): a hold, a pending purchase.
+    Pending,
+    /// A reservation ended without posting (its pending counters went back).
+    Released,
+}
+
+/// One movement of value between two accounts, as the journal records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moved {
+    /// The account debited.
+    pub debit: AccountId,
+    /// The account credited.
+    pub credit: AccountId,
+    /// Their asset.
+    pub asset: AssetId,
+    /// What moved.
+    pub effect: MoveEffect,
+    /// How much (never 0).
+    pub amount: u64,
+}
+
+/// Journals a leg: a capture is the release of what was held and the posting of what was
+/// captured; amounts of 0 are left out.
+fn journal_leg(
+    journal: &mut Vec<Moved>,
+    debit: AccountId,
+    credit: AccountId,
+    asset: AssetId,
+    leg: Leg,
+) {
+    let parts = match leg {
+        Leg::Post(amount) => [(MoveEffect::Posted, amount), (MoveEffect::Posted, 0)],
+        Leg::Reserve(amount) => [(MoveEffect::Pending, amount), (MoveEffect::Posted, 0)],
+        Leg::Release(held) => [(MoveEffect::Released, held), (MoveEffect::Posted, 0)],
+        Leg::Capture { held, captured } => {
+            [(MoveEffect::Released, held), (MoveEffect::Posted, captured)]
+        }
+    };
+    for (effect, amount) in parts {
+        if amount > 0 {
+            let amount = u64::try_from(amount).expect("amounts of postings fit in u64");
+            journal.push(Moved { debit, credit, asset, effect, amount });
+        }
+    }
+}
+
 /// How one side (debit or credit) of an account changes.
 #[derive(Debug, Clone, Copy)]
 enum Leg {
@@ -389,6 +440,13 @@ pub struct Ledger {
     undo: Vec<Undo>,
     /// Scratch: history entries of the record being applied, appended when it commits.
     history_pending: Vec<PendingEntry>,
+    /// Every movement of value of the records applied since the last `take_journal`, when a
+    /// reader asked for them (`set_journal`): what the reporting replica copies. `None` on the
+    /// live path, which pays one branch per posting for it.
+    journal: Option<Vec<Moved>>,
+    /// Scratch: the journal's length when the record being applied began (a refused record's
+    /// entries are dropped with its other effects).
+    journal_start: usize,
     /// Scratch: what the record being applied moved so far (`Committed::amount`).
     moved: u64,
     /// Whether postings that would take a customer's posted balance above
@@ -525,6 +583,8 @@ impl Ledger {
             ),
             undo: Vec::new(),
             history_pending: Vec::new(),
+            journal: None,
+            journal_start: 0,
             moved: 0,
             customer_balances_bounded: false,
             key_events: Vec::new(),
@@ -710,6 +770,19 @@ impl Ledger {
 
     /// Starts (or stops) handing out key events: the shard and replay, which pass them on to
     /// the key index, turn them on; a ledger nobody drains keeps none.
+    /// Keeps (`true`) or stops keeping every movement of value the records applied make, for
+    /// `take_journal`: a reader that copies the ledger elsewhere (the reporting replica).
+    pub fn set_journal(&mut self, on: bool) {
+        self.journal = on.then(Vec::new);
+    }
+
+    /// The movements of value of the records applied since the last call, in order (empty
+    /// unless `set_journal(true)`).
+    pub fn take_journal(&mut self) -> Vec<Moved> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Whether records' key entries are kept for `drain_key_events`.
     pub fn set_key_events(&mut self, on: bool) {
         self.key_events_on = on;
         self.key_events.clear();
@@ -879,6 +952,7 @@ impl Ledger {
         assert_eq!(record.lsn, self.lsn.next(), "records apply in lsn order");
         assert!(record.timestamp >= self.timestamp, "record timestamps never decrease");
         assert!(self.undo.is_empty());
+        self.journal_start = self.journal.as_ref().map_or(0, Vec::len);
         let now = record.timestamp;
         self.applying_day = crate::loyalty::calendar::day_index(now);
         let events_before = self.key_events.len();
@@ -1080,6 +1154,9 @@ impl Ledger {
 
     fn rollback(&mut self) {
         self.history_pending.clear();
+        if let Some(journal) = self.journal.as_mut() {
+            journal.truncate(self.journal_start);
+        }
         self.liability_pending.clear();
         self.moved = 0;
         while let Some(undo) = self.undo.pop() {
@@ -1405,6 +1482,9 @@ impl Ledger {
             .ok_or(RejectCode::Overflow)?;
         self.undo.push(Undo::Totals { asset, before });
         self.totals[index] = after;
+        if let Some(journal) = self.journal.as_mut() {
+            journal_leg(journal, debit, credit, asset, leg);
+        }
         let customer = |namespace| namespace == Namespace::Customer;
         self.note_history(
             debit,

@@ -1100,3 +1100,33 @@ fn history_pages_are_stable_while_writes_continue() {
     assert!(page.truncated && page.next_before.is_none(), "{page:?}");
     assert!(page.entries.is_empty(), "all of customer 7's entries were forgotten");
 }
+
+#[test]
+fn the_journal_records_every_movement_and_drops_a_refused_records() {
+    use super::{MoveEffect, Moved};
+    let mut h = Harness::new();
+    assert!(h.ledger.take_journal().is_empty(), "off by default");
+    h.ledger.set_journal(true);
+    h.earn(1, 100);
+    let hold = h.hold(1, 60, 1_000_000_000).unwrap().tx_id;
+    h.capture(hold, Some(25)).unwrap();
+    // Refused (more than the balance): it leaves nothing in the journal.
+    assert!(h.hold(1, 1_000, 1_000_000_000).is_err());
+    let (customer, issuance, redemption) =
+        (h.customer(1), h.house(h.issuance), h.house(h.redemption));
+    let asset = h.ledger.account(customer).unwrap().asset;
+    let moved = |debit, credit, effect, amount| Moved { debit, credit, asset, effect, amount };
+    assert_eq!(
+        h.ledger.take_journal(),
+        [
+            moved(issuance, customer, MoveEffect::Posted, 100),
+            moved(customer, redemption, MoveEffect::Pending, 60),
+            moved(customer, redemption, MoveEffect::Released, 60),
+            moved(customer, redemption, MoveEffect::Posted, 25),
+        ]
+    );
+    assert!(h.ledger.take_journal().is_empty(), "taken");
+    h.ledger.set_journal(false);
+    h.earn(2, 5);
+    assert!(h.ledger.take_journal().is_empty());
+}

@@ -9,6 +9,8 @@
 //! - `keyindex`: the idempotency keys the shards forgot in memory, kept on disk for the window.
 //! - `snapshot`: snapshot files.
 //! - `recovery`: snapshot + WAL replay + torn-tail repair + invariant checks at start-up.
+//! - `follow`: a shard's ledger followed through its files by a reader outside the shard (the
+//!   reporting replica), with each record's movements of value.
 //! - `shard`: the shard thread, its WAL writer thread and its snapshotter.
 //! - `engine`: all shards of a data directory behind one handle (`Engine`).
 //! - `datadir`: the data directory's identity file and lock.
@@ -26,6 +28,7 @@ pub mod clock;
 pub mod codec;
 pub mod datadir;
 pub mod engine;
+pub mod follow;
 pub mod ids;
 pub mod keyindex;
 pub mod ledger;

@@ -1,0 +1,180 @@
+//! A shard's ledger followed through its WAL, for readers outside the shard: the reporting
+//! replica copies each record with the movements of value it made, and the auditors' tools
+//! need the state as of an LSN.
+//!
+//! A `Follower` starts from the newest snapshot at or below the LSN it is opened at and replays
+//! the WAL to it, then `advance`s record by record. It reads the files only (read-only, like
+//! `ledger-wal`), so it follows a WAL `ledgerd` is still writing as far as the caller says is
+//! durable; each record is checked (frame, checksum, hash chain, identity) and applied by the
+//! same `Ledger::apply` as recovery, so what it reports is what the shard holds.
+
+use std::path::PathBuf;
+
+use crate::ids::{Lsn, ShardId, Timestamp};
+use crate::ledger::record::Record;
+use crate::ledger::{Ledger, LedgerConfig, Moved};
+use crate::recovery::{RecoveryError, ShardPaths};
+use crate::snapshot;
+use crate::wal::format::{HASH_ZERO, Hash};
+use crate::wal::payload;
+use crate::wal::reader::{self, ScanOptions};
+
+/// One record as the follower applied it.
+#[derive(Debug)]
+pub struct Followed<'a> {
+    /// The record.
+    pub record: &'a Record,
+    /// Its hash (the next record's `prev_hash`).
+    pub hash: Hash,
+    /// The movements of value it made, in order.
+    pub moved: &'a [Moved],
+}
+
+/// Why following stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError<E> {
+    /// The files: unreadable, damaged, or not this shard's.
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    /// The caller's visitor stopped.
+    #[error("stopped by the reader")]
+    Stopped(E),
+}
+
+/// A shard's ledger, kept up with its WAL.
+pub struct Follower {
+    ledger: Ledger,
+    wal: PathBuf,
+    shard: ShardId,
+    cluster_id: u64,
+    last_hash: Hash,
+    last_time: Timestamp,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("shard", &self.shard)
+            .field("lsn", &self.ledger.lsn())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Follower {
+    /// The ledger of `config.shard` as of `at`: the newest snapshot at or below it that loads,
+    /// then the WAL up to it.
+    pub fn open(
+        paths: &ShardPaths,
+        config: LedgerConfig,
+        cluster_id: u64,
+        at: Lsn,
+    ) -> Result<Follower, RecoveryError> {
+        let shard = config.shard;
+        let mut base = None;
+        for (lsn, path) in snapshot::list_snapshots(&paths.snapshots)? {
+            if lsn > at {
+                continue;
+            }
+            match snapshot::load(&path, config.clone(), cluster_id) {
+                Ok(loaded) => {
+                    base = Some(loaded);
+                    break;
+                }
+                Err(error) => tracing::warn!(%error, "a follower skips a snapshot"),
+            }
+        }
+        let (ledger, last_hash, last_time) = match base {
+            Some((header, ledger)) => (ledger, header.last_hash, header.created),
+            None => (Ledger::new(config), HASH_ZERO, Timestamp(0)),
+        };
+        let mut follower =
+            Follower { ledger, wal: paths.wal.clone(), shard, cluster_id, last_hash, last_time };
+        follower.ledger.set_journal(true);
+        follower.advance(at, |_| Ok::<(), ()>(())).map_err(|error| match error {
+            FollowError::Recovery(error) => error,
+            FollowError::Stopped(()) => unreachable!("the visitor never stops"),
+        })?;
+        if follower.lsn() != at {
+            return Err(RecoveryError::Wal(reader::WalError::Gap {
+                dir: follower.wal.clone(),
+                lsn: at,
+                reason: format!("the wal ends at lsn {}", follower.lsn()),
+            }));
+        }
+        Ok(follower)
+    }
+
+    /// The LSN of the last record applied.
+    pub fn lsn(&self) -> Lsn {
+        self.ledger.lsn()
+    }
+
+    /// The hash of that record (zeros before the first).
+    pub fn last_hash(&self) -> Hash {
+        self.last_hash
+    }
+
+    /// The time of that record (0 before the first, or the snapshot's time).
+    pub fn last_time(&self) -> Timestamp {
+        self.last_time
+    }
+
+    /// The ledger as of `lsn()`.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Applies the records after `lsn()` up to `until` (or the WAL's end, if sooner), handing
+    /// each to `visit` once applied; answers the LSN reached. A record past `until` is read
+    /// (the scan checks what follows) but neither applied nor visited.
+    pub fn advance<E>(
+        &mut self,
+        until: Lsn,
+        mut visit: impl FnMut(&Followed<'_>) -> Result<(), E>,
+    ) -> Result<Lsn, FollowError<E>> {
+        if until <= self.lsn() {
+            return Ok(self.lsn());
+        }
+        let options = ScanOptions {
+            shard: Some(self.shard),
+            cluster_id: Some(self.cluster_id),
+            visit_after: self.lsn(),
+            hash_at_visit_after: (self.lsn() > Lsn::ZERO).then_some(self.last_hash),
+            visit_until: Some(until),
+            durable_mark: None,
+            last_segment: None,
+        };
+        let Follower { ledger, wal, last_hash, last_time, .. } = self;
+        let scanned = reader::scan(wal, &options, |record| {
+            let decoded = record.decode().map_err(|error| {
+                Err(RecoveryError::Replay {
+                    path: wal.join(crate::wal::segment::segment_file_name(record.segment)),
+                    offset: record.offset,
+                    lsn: record.header.lsn,
+                    reason: error.to_string(),
+                })
+            })?;
+            let fingerprint = payload::fingerprint(record.kind, record.payload());
+            ledger.apply(&decoded, fingerprint).map_err(|refusal| {
+                Err(RecoveryError::Replay {
+                    path: wal.join(crate::wal::segment::segment_file_name(record.segment)),
+                    offset: record.offset,
+                    lsn: record.header.lsn,
+                    reason: format!("the record does not apply ({refusal:?})"),
+                })
+            })?;
+            *last_hash = record.hash;
+            *last_time = decoded.timestamp;
+            let moved = ledger.take_journal();
+            visit(&Followed { record: &decoded, hash: record.hash, moved: &moved }).map_err(Ok)
+        });
+        // The visitor's error: `Ok(stop)` from the caller, `Err(…)` a record that does not
+        // decode or apply; the scan's own: the files.
+        match scanned {
+            Ok(_) => Ok(self.lsn()),
+            Err(Ok(Ok(stop))) => Err(FollowError::Stopped(stop)),
+            Err(Ok(Err(error))) => Err(FollowError::Recovery(error)),
+            Err(Err(error)) => Err(FollowError::Recovery(error.into())),
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub struct Followed<'a> {
     pub hash: Hash,
     /// The movements of value it made, in order.
     pub moved: &'a [Moved],
+    /// The shard's assets and classes once it applied (to name the accounts moved).
+    pub registry: &'a crate::ledger::registry::Registry,
 }
 
 /// Why following stopped.
@@ -166,7 +168,9 @@ impl Follower {
             *last_hash = record.hash;
             *last_time = decoded.timestamp;
             let moved = ledger.take_journal();
-            visit(&Followed { record: &decoded, hash: record.hash, moved: &moved }).map_err(Ok)
+            let registry = ledger.registry();
+            visit(&Followed { record: &decoded, hash: record.hash, moved: &moved, registry })
+                .map_err(Ok)
         });
         // The visitor's error: `Ok(stop)` from the caller, `Err(…)` a record that does not
         // decode or apply; the scan's own: the files.

@@ -82,6 +82,19 @@ async fn migrations_build_the_schema_once_and_refuse_a_database_migrated_otherwi
         .get(0);
     assert_eq!(placed, "transactions_2026_12");
 
+    // Amounts go in as binary numeric, exact for every u64.
+    for value in [1u64, 9_999, 10_000, 10_001, 100_000_000, 123_456_789, u64::MAX] {
+        let text: String = db
+            .query_one(
+                "SELECT $1::numeric::text",
+                &[&ledger_server::replica::writer::Numeric(value)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(text, value.to_string());
+    }
+
     // Again: nothing to do, nothing changed.
     let again = migrations::migrate(&mut db).await.unwrap();
     assert!(again.applied.is_empty(), "{again:?}");

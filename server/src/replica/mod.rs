@@ -4,6 +4,9 @@
 //! - `migrations`: the schema, versioned and applied at start or by `ledgerd migrate`.
 
 pub mod migrations;
+pub mod replicator;
+pub mod rows;
+pub mod writer;
 
 use std::time::Duration;
 

@@ -183,6 +183,22 @@ fn main() -> anyhow::Result<()> {
         ops_in_flight: Arc::default(),
     });
     admin_state.set_pos(Arc::clone(&shared));
+    // The reporting replica follows the WAL files on threads of its own: the POS path never
+    // waits for it, whatever PostgreSQL does.
+    let replicator = match &config.replica {
+        Some(replica) => {
+            let replicator = ledger_server::replica::replicator::Replicator::spawn(
+                Arc::clone(&engine),
+                replica.clone(),
+                config.engine_limits(),
+            )
+            .context("cannot start the replicator")?;
+            admin_state.set_replica(replicator.shards.clone());
+            tracing::info!(url = %ledger_server::replica::redacted(&replica.url), "replicating to PostgreSQL");
+            Some(replicator)
+        }
+        None => None,
+    };
     let mut signals = runtime.block_on(async { ShutdownSignals::new() })?;
     // Ready only once a signal can no longer kill the process before a clean shutdown.
     tracing::info!(
@@ -230,6 +246,10 @@ fn main() -> anyhow::Result<()> {
     }
     drop(admin_state);
     drop(shared);
+    // What is durable is in the WAL; the replicator resumes from its watermark next time.
+    if let Some(replicator) = replicator {
+        replicator.stop();
+    }
     for stats in engine.stats() {
         tracing::info!(
             shard = stats.shard,

@@ -210,3 +210,147 @@ async fn the_replica_holds_every_record_once_and_every_balance_through_restarts_
     assert_replica_matches(&engine, &db).await;
     drop(pg);
 }
+
+/// A blocking HTTP GET with a bearer token: the JSON body.
+fn get_json(addr: std::net::SocketAddr, path: &str, token: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let body = text.split_once("\r\n\r\n").expect("a head and a body").1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The real binary with `--replica-url`, killed with SIGKILL while terminals write and the
+/// replicator copies, three times: after a last start the replica catches up to exactly the
+/// WAL, every record once, every asset at zero, and the admin API and `/metrics` say so.
+#[test]
+fn ledgerd_killed_while_replicating_leaves_an_exact_replica() {
+    use common::process::{addr_of, signal, start_with, wait_exit, wait_for_all};
+    use ledger_protocol::{Op, Receipt, WriteMeta};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let pg = TestPg::start();
+    let url = runtime.block_on(pg.create_database("reports"));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut token = String::new();
+    let args = ["--shards", "2", "--replica-url", url.as_str()];
+    let start = |token: &mut String| {
+        let (child, lines) = start_with(&data, &args);
+        let found: Vec<String> = if token.is_empty() {
+            let found = wait_for_all(
+                &lines,
+                ["POS protocol listening", "admin API listening", "admin API token"],
+            );
+            *token = found[2].rsplit(' ').next().unwrap().to_string();
+            found.to_vec()
+        } else {
+            wait_for_all(&lines, ["POS protocol listening", "admin API listening"]).to_vec()
+        };
+        let (pos, admin) = (addr_of(&found[0]), addr_of(&found[1]));
+        // Keep reading its output, so that logging never blocks it.
+        std::thread::spawn(move || while lines.recv().is_ok() {});
+        (child, pos, admin)
+    };
+    for round in 0..3u128 {
+        let (child, pos, _) = start(&mut token);
+        let credentials =
+            ledger_protocol::Credentials::load(&data.join("credentials.toml")).unwrap();
+        let terminal = credentials.enabled().next().unwrap().clone();
+        runtime.block_on(async {
+            let client =
+                ledger_protocol::client::Client::connect(pos, terminal.id, &terminal.secret)
+                    .await
+                    .unwrap();
+            let writer = tokio::spawn(async move {
+                for batch in 0..1_000u128 {
+                    let ops: Vec<Op> = (0..50u128)
+                        .map(|i| {
+                            let key = round * 10_000_000 + batch * 100 + i + 1;
+                            let meta = WriteMeta {
+                                key,
+                                store: 3,
+                                category: 0,
+                                receipt: Receipt::default(),
+                            };
+                            Op::Purchase { meta, customer: (key % 97) as u64, amount: 1_000 }
+                        })
+                        .collect();
+                    if client.call(&ops).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            signal(&child, "KILL");
+            let _ = writer.await;
+        });
+        let mut child = child;
+        let _ = wait_exit(&mut child);
+    }
+    let (mut child, _, admin) = start(&mut token);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let view = get_json(admin, "/v1/ops/replica", &token);
+        assert_eq!(view["configured"], true, "{view}");
+        let shards = view["shards"].as_array().unwrap();
+        if shards.iter().all(|s| s["lag_records"] == 0 && s["state"] == "running") {
+            break view;
+        }
+        assert!(std::time::Instant::now() < deadline, "never caught up: {view}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let durable: u64 =
+        view["shards"].as_array().unwrap().iter().map(|s| s["durable_lsn"].as_u64().unwrap()).sum();
+    assert!(durable > 100, "the rounds wrote: {view}");
+    runtime.block_on(async {
+        let db =
+            ledger_server::replica::connect(&ReplicaConfig { url: url.clone() }).await.unwrap();
+        let rows: i64 =
+            db.query_one("SELECT count(*) FROM transactions", &[]).await.unwrap().get(0);
+        assert_eq!(rows as u64, durable, "every durable record once");
+        let marks: i64 = db
+            .query_one("SELECT sum(lsn)::bigint FROM shard_watermarks", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(marks as u64, durable);
+        // Balances in PostgreSQL are the engine's (through the admin API).
+        for customer in [1u64, 2, 3, 50, 96] {
+            let live = get_json(admin, &format!("/v1/customers/{customer}"), &token);
+            let accounts = live["accounts"].as_array().unwrap();
+            assert!(!accounts.is_empty(), "customer {customer} bought: {live}");
+            for account in accounts {
+                let address = account["address"].as_str().unwrap();
+                let replica: String = db
+                    .query_one(
+                        "SELECT (COALESCE(SUM(CASE WHEN credit = $1 THEN amount ELSE -amount END), 0))::text \
+                         FROM postings WHERE effect = 'posted' AND (credit = $1 OR debit = $1)",
+                        &[&address],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(replica, account["posted"].as_str().unwrap(), "{address}");
+            }
+        }
+    });
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(admin).unwrap();
+        write!(stream, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        text
+    };
+    assert!(metrics.contains("ledger_replica_lag_records{shard=\"0\"} 0"), "{metrics}");
+    assert!(metrics.contains("ledger_replica_running{shard=\"1\"} 1"), "{metrics}");
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    drop(pg);
+}

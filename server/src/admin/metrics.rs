@@ -70,6 +70,69 @@ pub struct Metrics {
     scrape: Mutex<()>,
     /// The POS listener's state, once it runs (its counters and latencies are read at scrape).
     pub pos: PosSlot,
+    /// The replicator's figures, when there is a replica.
+    pub replica: std::sync::OnceLock<Vec<std::sync::Arc<crate::replica::replicator::ReplicaShard>>>,
+    replica_gauges: ReplicaGauges,
+}
+
+/// The replica's series (`ledger_replica_*`).
+#[derive(Debug, Default)]
+struct ReplicaGauges {
+    lsn: ShardGauge,
+    lag_records: ShardGauge,
+    lag_seconds: ShardSeconds,
+    running: ShardGauge,
+    refused: ShardGauge,
+    records: ShardCounter,
+    postings: ShardCounter,
+    failures: ShardCounter,
+}
+
+impl ReplicaGauges {
+    fn register(registry: &mut Registry) -> ReplicaGauges {
+        let gauges = ReplicaGauges::default();
+        registry.register(
+            "replica_lsn",
+            "The replica's watermark: the last record whose rows are in PostgreSQL",
+            gauges.lsn.clone(),
+        );
+        registry.register(
+            "replica_lag_records",
+            "Durable records not yet in PostgreSQL",
+            gauges.lag_records.clone(),
+        );
+        registry.register(
+            "replica_lag_seconds",
+            "Time since the last record in PostgreSQL, while records are missing (0: none)",
+            gauges.lag_seconds.clone(),
+        );
+        registry.register(
+            "replica_running",
+            "1 while the shard's replication copies records (0: starting, retrying, refused)",
+            gauges.running.clone(),
+        );
+        registry.register(
+            "replica_refused",
+            "1 when the database holds another ledger or history: replication stopped",
+            gauges.refused.clone(),
+        );
+        registry.register(
+            "replica_records",
+            "Records written to PostgreSQL",
+            gauges.records.clone(),
+        );
+        registry.register(
+            "replica_postings",
+            "Postings written to PostgreSQL",
+            gauges.postings.clone(),
+        );
+        registry.register(
+            "replica_failures",
+            "Failed attempts to reach or write PostgreSQL (each retried)",
+            gauges.failures.clone(),
+        );
+        gauges
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -202,6 +265,7 @@ impl Metrics {
             "How long the earliest lot still held has been due (0: none due): the expiry sweep's lag",
             expiry_overdue.clone(),
         );
+        let replica_gauges = ReplicaGauges::register(&mut registry);
         let pos = PosSlot::default();
         registry.register_collector(Box::new(PosLatency(std::sync::Arc::clone(&pos))));
         let fdatasync_seconds = Family::default();
@@ -227,7 +291,31 @@ impl Metrics {
             fdatasync_seconds,
             scrape: Mutex::new(()),
             pos,
+            replica: std::sync::OnceLock::new(),
+            replica_gauges,
         }
+    }
+
+    fn replica_series(
+        &self,
+        labels: &ShardLabels,
+        replica: &crate::replica::replicator::ReplicaShard,
+        durable: u64,
+        now: ledger_engine::Timestamp,
+    ) {
+        use crate::replica::replicator::State;
+        let gauges = &self.replica_gauges;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let signed = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        let (records, seconds) = replica.lag(durable, now);
+        gauges.lsn.get_or_create(labels).set(signed(load(&replica.lsn)));
+        gauges.lag_records.get_or_create(labels).set(signed(records));
+        gauges.lag_seconds.get_or_create(labels).set(seconds.as_secs_f64());
+        gauges.running.get_or_create(labels).set(i64::from(replica.state() == State::Running));
+        gauges.refused.get_or_create(labels).set(i64::from(replica.state() == State::Refused));
+        advance(&gauges.records.get_or_create(labels), load(&replica.records));
+        advance(&gauges.postings.get_or_create(labels), load(&replica.postings));
+        advance(&gauges.failures.get_or_create(labels), load(&replica.failures));
     }
 
     /// Counts one answered admin request.
@@ -271,6 +359,11 @@ impl Metrics {
                 self.snapshot_age.get_or_create(&labels).set(age);
                 let overdue = stats.expiry_overdue(now).as_secs_f64();
                 self.expiry_overdue.get_or_create(&labels).set(overdue);
+                if let Some(replica) =
+                    self.replica.get().and_then(|r| r.get(usize::from(stats.shard)))
+                {
+                    self.replica_series(&labels, replica, stats.durable_lsn, now);
+                }
                 let seconds = stats.sync_nanos_total as f64 / 1e9;
                 let counter = self.fdatasync_seconds.get_or_create(&labels);
                 let seen = counter.get();

@@ -87,6 +87,16 @@ impl AdminState {
         let _ = self.metrics.pos.set(pos);
     }
 
+    /// The replicator's per-shard figures: `/metrics` and `/v1/ops/replica` show them.
+    pub fn set_replica(&self, shards: Vec<Arc<crate::replica::replicator::ReplicaShard>>) {
+        let _ = self.metrics.replica.set(shards);
+    }
+
+    /// The replicator's per-shard figures, if there is a replica.
+    pub fn replica(&self) -> Option<&[Arc<crate::replica::replicator::ReplicaShard>]> {
+        self.metrics.replica.get().map(Vec::as_slice)
+    }
+
     /// The POS listener's state, or `503 not_ready` before it runs.
     pub fn pos(&self) -> Result<&Arc<crate::pos::Shared>, ApiError> {
         self.metrics.pos.get().ok_or_else(ApiError::not_ready)

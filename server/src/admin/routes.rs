@@ -58,6 +58,7 @@ pub fn api() -> OpenApiRouter<Arc<AdminState>> {
         .routes(routes!(history))
         .routes(routes!(transaction))
         .routes(routes!(shards))
+        .routes(routes!(replica))
         .routes(routes!(snapshot))
         .routes(routes!(liability))
         .routes(routes!(rules))
@@ -517,6 +518,73 @@ async fn shards(State(state): Shared, caller: Caller) -> Result<Json<Vec<ShardVi
             })
             .collect(),
     ))
+}
+
+/// One shard's replication to PostgreSQL.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaShardView {
+    /// The shard.
+    pub shard: u16,
+    /// `starting`, `running`, `retrying` (PostgreSQL failed: retried with backoff) or
+    /// `refused` (the database holds another ledger or history: stopped).
+    pub state: String,
+    /// The replica's watermark: the last record whose rows are in PostgreSQL.
+    pub lsn: u64,
+    /// The shard's durable LSN.
+    pub durable_lsn: u64,
+    /// Durable records not yet in PostgreSQL.
+    pub lag_records: u64,
+    /// Seconds since the last record in PostgreSQL, while records are missing (0: none).
+    pub lag_seconds: f64,
+    /// Records and postings written, failed attempts (since start).
+    pub records: u64,
+    /// See `records`.
+    pub postings: u64,
+    /// See `records`.
+    pub failures: u64,
+}
+
+/// The reporting replica.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaView {
+    /// Whether a replica is configured (`--replica-url`).
+    pub configured: bool,
+    /// Per shard (none without a replica).
+    pub shards: Vec<ReplicaShardView>,
+}
+
+/// The reporting replica's progress per shard: state, watermark, lag.
+#[utoipa::path(get, path = "/v1/ops/replica", tag = "operations",
+    security(("bearer" = ["auditor"])),
+    responses((status = 200, description = "per shard", body = ReplicaView)))]
+async fn replica(State(state): Shared, caller: Caller) -> Result<Json<ReplicaView>, ApiError> {
+    use std::sync::atomic::Ordering;
+    caller.require(Role::Auditor)?;
+    let engine = state.engine()?;
+    let Some(replica) = state.replica() else {
+        return Ok(Json(ReplicaView { configured: false, shards: Vec::new() }));
+    };
+    let now = engine.now();
+    let shards = engine
+        .stats()
+        .iter()
+        .zip(replica)
+        .map(|(stats, figures)| {
+            let (lag_records, lag) = figures.lag(stats.durable_lsn, now);
+            ReplicaShardView {
+                shard: stats.shard,
+                state: figures.state().name().to_string(),
+                lsn: figures.lsn.load(Ordering::Relaxed),
+                durable_lsn: stats.durable_lsn,
+                lag_records,
+                lag_seconds: lag.as_secs_f64(),
+                records: figures.records.load(Ordering::Relaxed),
+                postings: figures.postings.load(Ordering::Relaxed),
+                failures: figures.failures.load(Ordering::Relaxed),
+            }
+        })
+        .collect();
+    Ok(Json(ReplicaView { configured: true, shards }))
 }
 
 /// A snapshot taken.

@@ -84,6 +84,19 @@ impl ReplicaShard {
         }
     }
 
+    /// How far behind the shard it is, given the shard's durable LSN and the time now:
+    /// records not yet in PostgreSQL, and how long since the last record that is (zero when
+    /// none is missing).
+    pub fn lag(&self, durable: u64, now: ledger_engine::Timestamp) -> (u64, Duration) {
+        let records = durable.saturating_sub(self.lsn.load(Ordering::Relaxed));
+        let seconds = if records == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(now.0.saturating_sub(self.time_nanos.load(Ordering::Relaxed)))
+        };
+        (records, seconds)
+    }
+
     fn set(&self, state: State) {
         self.state.store(state as u8, Ordering::Relaxed);
     }

@@ -171,6 +171,9 @@ async fn the_replica_holds_every_record_once_and_every_balance_through_restarts_
         .await
         .unwrap();
     assert!(purchase.get::<_, Option<String>>(0).is_some(), "the earning breakdown is kept");
+    let by_customer: i64 =
+        db.query_one("SELECT count(*) FROM postings WHERE customer = 7", &[]).await.unwrap().get(0);
+    assert!(by_customer >= 3, "customer 7's postings are theirs: {by_customer}");
 
     // Stopped, more writes, started again: it goes on from its watermark.
     replicator.stop();

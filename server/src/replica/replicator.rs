@@ -228,6 +228,12 @@ impl ShardJob {
             Ok(client) => client,
             Err(error) => return Ended::Failed(format!("{error:#}")),
         };
+        // The WAL, not PostgreSQL, is the store of record: a commit PostgreSQL loses in a crash
+        // takes its watermark with it (they are one transaction), and the replicator copies
+        // those records again. So the replica's commits need not wait for its disk.
+        if let Err(error) = client.batch_execute("SET synchronous_commit = off").await {
+            return Ended::Failed(error.to_string());
+        }
         if let Err(error) = migrations::migrate(&mut client).await {
             return match error {
                 migrations::MigrateError::Postgres(error) => Ended::Failed(error.to_string()),

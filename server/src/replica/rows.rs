@@ -29,8 +29,8 @@ pub struct TxRow {
     pub terminal: Option<u32>,
     /// The store (none when 0).
     pub store: Option<u32>,
-    /// The idempotency key, 32 hex digits.
-    pub idempotency_key: Option<String>,
+    /// The idempotency key, big-endian.
+    pub idempotency_key: Option<[u8; 16]>,
     /// The customer the record is about.
     pub customer: Option<u64>,
     /// Everything else (docs/reporting.md, "metadata").
@@ -60,6 +60,8 @@ pub struct PostingRow {
     pub amount: u64,
     /// `posted`, `pending` or `released`.
     pub effect: &'static str,
+    /// The customer whose account it moves (the credited side's first).
+    pub customer: Option<u64>,
 }
 
 /// An `accounts` row.
@@ -157,37 +159,40 @@ pub fn rows(shard: u16, followed: &Followed<'_>) -> (TxRow, Vec<PostingRow>) {
             metadata.insert("actor".into(), json!(annotation.actor()));
             metadata.insert("reason".into(), json!(annotation.reason()));
         }
-        if let Some(name) = header.kind.name() {
-            metadata.insert("tx_kind_name".into(), json!(name));
-        }
     }
     match body {
         Body::Purchase(purchase) => {
             let outcome = &purchase.outcome;
-            metadata.insert(
-                "earning".into(),
-                json!({
-                    "rules_version": outcome.rules_version,
-                    "tier_before": outcome.tier_before,
-                    "tier_after": outcome.tier_after,
-                    "base": outcome.base,
-                    "category": outcome.category,
-                    "tier": outcome.tier_points,
-                    "promotions": outcome.promotions.iter().map(|p| json!({
-                        "promotion": p.promotion, "points": p.points
-                    })).collect::<Vec<_>>(),
-                    "cap_cut": outcome.cap_cut,
-                    "earned": outcome.earned,
-                    "bonus": outcome.bonus,
-                    "cashback": outcome.cashback,
-                }),
-            );
-            metadata.insert(
-                "lines".into(),
-                json!(purchase.lines.iter().map(|line| json!({
-                    "category": line.category, "amount": line.amount, "excluded": line.excluded
-                })).collect::<Vec<_>>()),
-            );
+            // Every component, zeros left out: a purchase row stays small (the replica's
+            // insert rate is bounded by its bytes).
+            let mut earning = Map::new();
+            earning.insert("rules_version".into(), json!(outcome.rules_version));
+            for (name, value) in [
+                ("base", outcome.base),
+                ("category", outcome.category),
+                ("tier", outcome.tier_points),
+                ("cap_cut", outcome.cap_cut),
+                ("earned", outcome.earned),
+                ("bonus", outcome.bonus),
+                ("cashback", outcome.cashback),
+            ] {
+                if value != 0 {
+                    earning.insert(name.into(), json!(value));
+                }
+            }
+            if outcome.tier_before != 0 || outcome.tier_after != 0 {
+                earning.insert("tier_before".into(), json!(outcome.tier_before));
+                earning.insert("tier_after".into(), json!(outcome.tier_after));
+            }
+            if !outcome.promotions.is_empty() {
+                let promotions: Vec<Value> = outcome
+                    .promotions
+                    .iter()
+                    .map(|p| json!({"promotion": p.promotion, "points": p.points}))
+                    .collect();
+                earning.insert("promotions".into(), Value::Array(promotions));
+            }
+            metadata.insert("earning".into(), Value::Object(earning));
         }
         Body::HoldCapture(capture) => {
             metadata.insert("hold".into(), json!(capture.hold.0));
@@ -214,7 +219,7 @@ pub fn rows(shard: u16, followed: &Followed<'_>) -> (TxRow, Vec<PostingRow>) {
         store: header.map(|header| header.metadata.store).filter(|store| *store != 0),
         idempotency_key: header
             .and_then(|header| header.idempotency)
-            .map(|key| format!("{:032x}", key.get())),
+            .map(|key| key.get().to_be_bytes()),
         customer,
         metadata: Value::Object(metadata),
     };
@@ -235,6 +240,7 @@ pub fn rows(shard: u16, followed: &Followed<'_>) -> (TxRow, Vec<PostingRow>) {
                 .map_or_else(|| moved.asset.0.to_string(), |asset| asset.code.to_string()),
             amount: moved.amount,
             effect: effect(moved.effect),
+            customer: customer_of(moved.credit).or_else(|| customer_of(moved.debit)),
         })
         .collect();
     (tx, postings)

@@ -184,7 +184,7 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
             Type::INT4,
             Type::INT8,
             Type::INT8,
-            Type::TEXT,
+            Type::BYTEA,
             Type::INT8,
             Type::JSONB,
         ],
@@ -199,7 +199,7 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
                 Box::new(row.tx_kind.map(i32::from)),
                 Box::new(row.terminal.map(i64::from)),
                 Box::new(row.store.map(i64::from)),
-                Box::new(row.idempotency_key.clone()),
+                Box::new(row.idempotency_key.map(|key| key.to_vec())),
                 Box::new(row.customer.map(|customer| customer as i64)),
                 Box::new(row.metadata.clone()),
             ]
@@ -208,8 +208,8 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
     .await?;
     copy(
         &transaction,
-        "COPY postings (time, shard, lsn, index, tx_id, debit, credit, asset, amount, effect) \
-         FROM STDIN BINARY",
+        "COPY postings (time, shard, lsn, index, tx_id, debit, credit, asset, amount, effect, \
+         customer) FROM STDIN BINARY",
         &[
             Type::TIMESTAMPTZ,
             Type::INT4,
@@ -221,6 +221,7 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
             Type::TEXT,
             Type::NUMERIC,
             Type::TEXT,
+            Type::INT8,
         ],
         &chunk.postings,
         |row| {
@@ -235,6 +236,7 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
                 Box::new(row.asset.clone()),
                 Box::new(Numeric(row.amount)),
                 Box::new(row.effect),
+                Box::new(row.customer.map(|customer| customer as i64)),
             ]
         },
     )

@@ -41,8 +41,8 @@ CREATE TABLE transactions (
     tx_kind integer,
     terminal bigint,
     store bigint,
-    -- The client's idempotency key, 32 hex digits, for client records.
-    idempotency_key text,
+    -- The client's idempotency key (16 bytes, big-endian), for client records.
+    idempotency_key bytea CHECK (length(idempotency_key) = 16),
     -- The customer the record is about, when it is about one.
     customer bigint,
     -- Receipt, category, the earning breakdown of a purchase, who made an admin write and why,
@@ -71,11 +71,15 @@ CREATE TABLE postings (
     -- pending: a reservation (a hold's or a pending purchase's), not in posted balances.
     -- posted: moves posted balances. released: the end of a reservation without posting.
     effect text NOT NULL CHECK (effect IN ('posted', 'pending', 'released')),
+    -- The customer whose account the posting moves (the credited side's when both are
+    -- customers'), NULL when neither is a customer's: a customer's postings by time.
+    customer bigint,
     PRIMARY KEY (time, shard, lsn, index)
 ) PARTITION BY RANGE (time);
 
-CREATE INDEX postings_debit_time ON postings (debit, time);
-CREATE INDEX postings_credit_time ON postings (credit, time);
+-- A customer's postings by time. (Indexes on the addresses cost three times the insert time
+-- of the table: an account's history is a customer's, or a time range's.)
+CREATE INDEX postings_customer_time ON postings (customer, time) WHERE customer IS NOT NULL;
 
 -- Every account any posting names.
 CREATE TABLE accounts (

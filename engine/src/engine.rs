@@ -225,6 +225,10 @@ impl Engine {
             let (control_tx, control_rx) = bounded(1);
             let (recovered_tx, recovered_rx) = bounded(1);
             let shared = Arc::new(ShardShared::default());
+            // Without a reader, retention needs no one's leave; with one, nothing it may need
+            // goes until it says how far it read.
+            let reader = if config.tuning.wal_reader { 0 } else { u64::MAX };
+            shared.reader_lsn.store(reader, std::sync::atomic::Ordering::Relaxed);
             let setup = ShardSetup {
                 paths: ShardPaths::new(data_dir.path(), index),
                 config: ledger_config(&meta, shard, &config.limits),
@@ -552,6 +556,18 @@ impl Engine {
     /// Now, by the engine's clock (the one its shards stamp records with).
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// The WAL reader (`ShardTuning::wal_reader`) has read shard `shard` up to `lsn`:
+    /// retention may delete what only it needed below (the newest snapshot at or below `lsn`
+    /// and the segments after it stay). Ignored without a reader.
+    pub fn release_wal_below(&self, shard: ShardId, lsn: Lsn) {
+        if let Some(handle) = self.shards.get(usize::from(shard.index())) {
+            let reader = &handle.shared.reader_lsn;
+            if reader.load(std::sync::atomic::Ordering::Relaxed) != u64::MAX {
+                reader.store(lsn.0, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
     }
 
     /// A copy of the partner exchange's rates.

@@ -85,3 +85,69 @@ fn a_follower_holds_the_shards_state_and_its_movements_add_up_to_every_balance()
     // Another directory's id: refused.
     assert!(Follower::open(&paths, config(), meta.cluster_id ^ 1, Lsn(3)).is_err());
 }
+
+/// With a WAL reader, retention deletes nothing the reader could need: until it says how far
+/// it read, the whole WAL stays; after, the newest snapshot at or below its position and the
+/// segments after that snapshot stay, and only what is below goes.
+#[test]
+fn retention_keeps_what_a_wal_reader_has_not_read() {
+    use ledger_engine::testing::loyalty::{Loyalty, execute_all};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ledger_engine::EngineConfig::new(dir.path());
+    config.shard_count = Some(1);
+    config.limits = Limits { idempotency_keys_max: 1 << 14, ..Limits::test_min() };
+    config.tuning.wal_retention = ledger_engine::WalRetention::DeleteCovered;
+    config.tuning.wal_reader = true;
+    config.tuning.snapshot_on_shutdown = false;
+    let engine = ledger_engine::Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let mut key = 0u128;
+    let mut write = |engine: &ledger_engine::Engine| {
+        let commands = (0..300)
+            .map(|_| {
+                key += 1;
+                loyalty.earn(key, (key % 13) as u64, 5)
+            })
+            .collect();
+        assert!(execute_all(engine, commands).iter().all(|a| a.committed().is_some()));
+    };
+    let wal = ShardPaths::new(dir.path(), 0).wal;
+    let first_segment =
+        || ledger_engine::wal::segment::list_segments(&wal).unwrap().first().unwrap().0;
+    let mut snapshots = Vec::new();
+    for _ in 0..4 {
+        write(&engine);
+        snapshots.push(engine.snapshot_now().unwrap()[0]);
+    }
+    assert_eq!(first_segment(), 1, "the reader has read nothing yet: every segment stays");
+    let meta = ledger_engine::datadir::read_meta(dir.path()).unwrap();
+    let shard = ShardId::new(0).unwrap();
+    let config = || {
+        ledger_config(&meta, shard, &Limits { idempotency_keys_max: 1 << 14, ..Limits::test_min() })
+    };
+    let paths = ShardPaths::new(dir.path(), 0);
+    assert!(Follower::open(&paths, config(), meta.cluster_id, Lsn(1)).is_ok());
+
+    // The reader read up to the older of the two snapshots kept: the first segments go, that
+    // snapshot stays with everything after it (though two newer ones are taken since).
+    let read = snapshots[2];
+    engine.release_wal_below(shard, read);
+    for _ in 0..2 {
+        write(&engine);
+        snapshots.push(engine.snapshot_now().unwrap()[0]);
+    }
+    assert!(first_segment() > 1, "what only the reader needed below its position went");
+    let kept: Vec<Lsn> = ledger_engine::snapshot::list_snapshots(&paths.snapshots)
+        .unwrap()
+        .into_iter()
+        .map(|(lsn, _)| lsn)
+        .collect();
+    assert!(kept.contains(&read), "the reader's base snapshot stays: {kept:?}");
+    let resumed = Follower::open(&paths, config(), meta.cluster_id, Lsn(read.0 + 7)).unwrap();
+    assert_eq!(resumed.lsn(), Lsn(read.0 + 7), "the reader resumes where it was");
+    assert!(
+        Follower::open(&paths, config(), meta.cluster_id, Lsn(1)).is_err(),
+        "below it, the WAL is gone"
+    );
+    engine.shutdown();
+}

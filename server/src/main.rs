@@ -138,6 +138,8 @@ fn main() -> anyhow::Result<()> {
         std::time::Duration::from_secs(config.scrub.interval_secs);
     engine_config.tuning.snapshot_every_records = config.snapshots.every_records;
     engine_config.tuning.snapshot_every = config.snapshots.every;
+    // With a replica, no WAL it has not copied (nor the snapshot it would resume from) goes.
+    engine_config.tuning.wal_reader = config.replica.is_some();
     // An existing directory keeps its count; a new one gets the configured or default count.
     let exists = ledger_engine::datadir::read_meta(&config.data_dir).is_ok();
     engine_config.shard_count = match config.shards {

@@ -102,6 +102,10 @@ pub struct ShardTuning {
     pub snapshot_on_shutdown: bool,
     /// Whether WAL segments covered by the older kept snapshot are deleted.
     pub wal_retention: WalRetention,
+    /// A reader outside the shard follows its WAL (the reporting replica): until it says how
+    /// far it has read (`Engine::release_wal_below`), no segment and no snapshot it would
+    /// need is deleted, whatever the retention.
+    pub wal_reader: bool,
     /// Bytes per second the background scrub reads at most (0: no scrub).
     pub scrub_rate_bytes_per_sec: u64,
     /// Time between scrub passes (and before the first).
@@ -122,6 +126,7 @@ impl Default for ShardTuning {
             snapshot_every: Duration::from_secs(600),
             snapshot_on_shutdown: true,
             wal_retention: WalRetention::KeepAll,
+            wal_reader: false,
             scrub_rate_bytes_per_sec: 16 * 1024 * 1024,
             scrub_interval: Duration::from_secs(3600),
             lots_expired_per_turn: 256,
@@ -134,8 +139,9 @@ impl Default for ShardTuning {
 pub enum WalRetention {
     /// Keep every segment: the full history stays available to auditors (the default).
     KeepAll,
-    /// Delete segments whose records are all covered by the older of the two kept snapshots.
-    /// Replication to PostgreSQL (a later issue) will add "and replicated" to this rule.
+    /// Delete segments whose records are all covered by the older of the two kept snapshots
+    /// and, with a WAL reader (`ShardTuning::wal_reader`), read by it: the newest snapshot at
+    /// or below the reader's position is kept too, with every segment after it.
     DeleteCovered,
 }
 
@@ -171,6 +177,9 @@ pub(crate) struct ShardShared {
     pub(crate) transfers_in_flight: AtomicU64,
     /// The first LSN the WAL still holds (1 until retention deletes segments).
     pub(crate) wal_first_lsn: AtomicU64,
+    /// The LSN a WAL reader has read up to (`u64::MAX`: no reader): retention keeps a
+    /// snapshot at or below it and the segments after that snapshot.
+    pub(crate) reader_lsn: AtomicU64,
     pub(crate) key_indexer: Arc<crate::keyindex::indexer::IndexerStats>,
     pub(crate) key_index_runs: AtomicU64,
     pub(crate) key_index_keys: AtomicU64,

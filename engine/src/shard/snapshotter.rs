@@ -109,13 +109,23 @@ impl Snapshotter {
         snapshot::write(&self.paths.snapshots, lsn, &bytes).map_err(|e| e.to_string())?;
         let snapshots =
             snapshot::list_snapshots(&self.paths.snapshots).map_err(|e| e.to_string())?;
-        for (_, path) in snapshots.iter().skip(SNAPSHOTS_KEPT) {
+        // A WAL reader resumes from the newest snapshot at or below its position (LSN 0: the
+        // start of the WAL): that one stays too, and so do the segments after it.
+        let reader = self.shared.reader_lsn.load(Ordering::Relaxed);
+        let reader_base = (reader != u64::MAX).then(|| {
+            snapshots.iter().map(|(lsn, _)| *lsn).find(|lsn| lsn.0 <= reader).unwrap_or(Lsn::ZERO)
+        });
+        for (lsn, path) in snapshots.iter().skip(SNAPSHOTS_KEPT) {
+            if Some(*lsn) == reader_base {
+                continue;
+            }
             fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
         }
         if self.retention == WalRetention::DeleteCovered
             && let Some((oldest_kept, _)) = snapshots.iter().take(SNAPSHOTS_KEPT).next_back()
         {
-            let first = delete_covered_segments(&self.paths, *oldest_kept)?;
+            let covered = reader_base.map_or(*oldest_kept, |base| base.min(*oldest_kept));
+            let first = delete_covered_segments(&self.paths, covered)?;
             self.shared.wal_first_lsn.store(first.0, Ordering::Relaxed);
         }
         Ok(())

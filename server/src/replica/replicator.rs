@@ -277,6 +277,7 @@ impl ShardJob {
         }
         self.figures.lsn.store(lsn, Ordering::Relaxed);
         self.figures.time_nanos.store(follower.last_time().0, Ordering::Relaxed);
+        self.engine.release_wal_below(self.shard, Lsn(lsn));
         self.figures.set(State::Running);
         tracing::info!(shard, lsn, "replicating");
         let mut written_accounts: HashSet<AccountId> = HashSet::new();
@@ -296,6 +297,7 @@ impl ShardJob {
             };
             match write_chunk(&mut client, &chunk).await {
                 Ok(Written::Rows | Written::AlreadyThere) => {
+                    self.engine.release_wal_below(self.shard, Lsn(chunk.last_lsn));
                     self.figures.lsn.store(chunk.last_lsn, Ordering::Relaxed);
                     self.figures.time_nanos.store(chunk.last_time.0, Ordering::Relaxed);
                     self.figures

@@ -108,6 +108,11 @@ pub enum Tool {
     /// `--replica-url` (or `[replica] url`, or `LEDGER_REPLICA_URL`), then exit: 0 done, 1
     /// refused or unreachable, 2 no replica configured.
     Migrate,
+    /// Prove that the reporting replica equals the WAL: at each shard's watermark, every
+    /// account's balance and pending counters in PostgreSQL equal the data directory's
+    /// replayed to that LSN, and every asset sums to zero there. Exit 0 equal, 1 a difference
+    /// (the first is printed), 2 no replica configured, 3 unreachable or unreadable.
+    Reconcile,
 }
 
 /// `ledgerd rules …`.

@@ -72,6 +72,57 @@ fn migrate(config: &Config) -> i32 {
     }
 }
 
+/// `ledgerd reconcile`: exit 0 the replica equals the WAL, 1 a difference, 2 no replica
+/// configured, 3 unreachable or unreadable.
+fn reconcile(config: &Config) -> i32 {
+    let Some(replica) = &config.replica else {
+        eprintln!(
+            "error: no replica is configured: give --replica-url, [replica] url or \
+             LEDGER_REPLICA_URL"
+        );
+        return 2;
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return 3;
+        }
+    };
+    let found = runtime.block_on(async {
+        let client = ledger_server::replica::connect(replica).await?;
+        ledger_server::replica::reconcile::reconcile(
+            &client,
+            &config.data_dir,
+            &config.engine_limits(),
+        )
+        .await
+    });
+    match found {
+        Ok(found) => {
+            let shards: Vec<String> =
+                found.shards.iter().map(|(shard, lsn)| format!("{shard}@{lsn}")).collect();
+            println!(
+                "shards (at lsn): {}; accounts compared: {}",
+                shards.join(" "),
+                found.accounts
+            );
+            for (asset, sum) in &found.assets {
+                println!("asset {asset}: posted balances sum to {sum}");
+            }
+            match &found.difference {
+                Some(difference) => println!("DIFFERENCE: {difference}"),
+                None => println!("every account equals the WAL's"),
+            }
+            if found.balanced() { 0 } else { 1 }
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            3
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(config::Tool::Rules { action: config::RulesAction::Check(check) }) = &args.command {
@@ -90,6 +141,10 @@ fn main() -> anyhow::Result<()> {
     if matches!(args.command, Some(config::Tool::Migrate)) {
         init_logging(config.log_format);
         std::process::exit(migrate(&config));
+    }
+    if matches!(args.command, Some(config::Tool::Reconcile)) {
+        init_logging(config.log_format);
+        std::process::exit(reconcile(&config));
     }
     if args.print_config {
         // An existing data directory's replay rules are what the server would run with.

@@ -211,6 +211,31 @@ async fn the_replica_holds_every_record_once_and_every_balance_through_restarts_
     }
     refused.stop();
     assert_replica_matches(&engine, &db).await;
+
+    // Reconciliation: equal at every shard's watermark, every asset at zero; then one posting
+    // changed behind the replicator's back is the first difference, named.
+    let found =
+        ledger_server::replica::reconcile::reconcile(&db, dir.path(), &limits()).await.unwrap();
+    assert!(found.balanced(), "{found:?}");
+    assert_eq!(found.shards.len(), 2);
+    assert!(found.assets.iter().any(|(asset, sum)| asset == "PTS" && *sum == 0), "{found:?}");
+    let changed = db
+        .query_one(
+            "UPDATE postings SET amount = amount + 1 WHERE (time, shard, lsn, index) = \
+             (SELECT time, shard, lsn, index FROM postings WHERE effect = 'posted' \
+              AND customer IS NOT NULL ORDER BY shard, lsn LIMIT 1) RETURNING shard, debit, credit",
+            &[],
+        )
+        .await
+        .unwrap();
+    let found =
+        ledger_server::replica::reconcile::reconcile(&db, dir.path(), &limits()).await.unwrap();
+    assert!(!found.balanced());
+    let difference = found.difference.expect("a difference");
+    assert_eq!(i32::from(difference.shard), changed.get::<_, i32>(0));
+    let accounts = [changed.get::<_, String>(1), changed.get::<_, String>(2)];
+    assert!(accounts.contains(&difference.account), "{difference} in {accounts:?}");
+    assert_eq!((difference.replica.0 - difference.wal.0).abs(), 1, "{difference}");
     drop(pg);
 }
 
@@ -355,5 +380,24 @@ fn ledgerd_killed_while_replicating_leaves_an_exact_replica() {
     assert!(metrics.contains("ledger_replica_running{shard=\"1\"} 1"), "{metrics}");
     signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child).code(), Some(0));
+    // `ledgerd reconcile` proves it from the files, without the server.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+        .args(["--data-dir", data.to_str().unwrap(), "--replica-url", &url, "reconcile"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("every account equals the WAL's"), "{stdout}");
+    let none = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerd"))
+        .args(["--data-dir", data.to_str().unwrap(), "reconcile"])
+        .env_remove("LEDGER_REPLICA_URL")
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
     drop(pg);
 }

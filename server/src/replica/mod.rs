@@ -4,6 +4,7 @@
 //! - `migrations`: the schema, versioned and applied at start or by `ledgerd migrate`.
 
 pub mod migrations;
+pub mod reconcile;
 pub mod replicator;
 pub mod rows;
 pub mod writer;

@@ -217,6 +217,7 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct ReplicaFile {
     url: Option<String>,
+    nice: Option<i32>,
 }
 
 /// The idempotency window "as long as the WAL is kept", in nanoseconds (the engine's
@@ -473,7 +474,10 @@ impl Config {
                 .clone()
                 .or(file.replica.url)
                 .filter(|url| !url.trim().is_empty())
-                .map(|url| crate::replica::ReplicaConfig { url }),
+                .map(|url| crate::replica::ReplicaConfig {
+                    url,
+                    nice: file.replica.nice.unwrap_or(10),
+                }),
             data_dir,
         };
         config.validate()?;
@@ -540,6 +544,9 @@ impl Config {
         }
         if !(0..=19).contains(&admin.nice) {
             bail!("admin.nice must be 0..=19");
+        }
+        if self.replica.as_ref().is_some_and(|replica| !(0..=19).contains(&replica.nice)) {
+            bail!("replica.nice must be 0..=19");
         }
         if let Some(replica) = &self.replica
             && let Err(error) = replica.url.parse::<tokio_postgres::Config>()
@@ -679,7 +686,11 @@ impl Config {
             self.scrub.rate_mib_per_sec,
             self.scrub.interval_secs,
             match &self.replica {
-                Some(replica) => format!("url = {:?}", crate::replica::redacted(&replica.url)),
+                Some(replica) => format!(
+                    "url = {:?}\nnice = {}",
+                    crate::replica::redacted(&replica.url),
+                    replica.nice
+                ),
                 None => "# url: none (no replica)".to_string(),
             },
         )

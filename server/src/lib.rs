@@ -6,6 +6,7 @@
 //! - `bootstrap`: the default loyalty assets and accounts, and the programme's rules.
 //! - `rules_check`: `ledgerd rules check`, a rule file checked and tried without the server.
 //! - `credentials`: the POS terminals' credentials file (created on first start).
+//! - `priority`: lower nice values for the threads that must yield to the tills.
 //! - `private_file`: atomic 0600 writes of such files, and a warning when they are shared.
 //! - `pos`: the POS protocol listener, its connections, and what each operation posts.
 //! - `admin`: the admin HTTP API (axum): reads, operations, metrics, its OpenAPI document.
@@ -19,6 +20,7 @@ pub mod bootstrap;
 pub mod config;
 pub mod credentials;
 pub mod pos;
+pub mod priority;
 pub mod private_file;
 pub mod replica;
 pub mod rules_check;

@@ -11,7 +11,7 @@ use ledger_server::replica::migrations::{self, MIGRATIONS, MigrateError, Migrati
 use ledger_server::replica::{self as replica, ReplicaConfig};
 
 async fn client(url: &str) -> tokio_postgres::Client {
-    replica::connect(&ReplicaConfig { url: url.to_string() }).await.unwrap()
+    replica::connect(&ReplicaConfig { url: url.to_string(), nice: 0 }).await.unwrap()
 }
 
 async fn names(client: &tokio_postgres::Client, query: &str) -> Vec<String> {

@@ -157,7 +157,7 @@ async fn the_replica_holds_every_record_once_and_every_balance_through_restarts_
     engine.define_rules(RuleSet::flat(1, 1), accounts, None).unwrap();
     workload(&engine, &loyalty, 1);
 
-    let config = ReplicaConfig { url: url.clone() };
+    let config = ReplicaConfig { url: url.clone(), nice: 0 };
     let replicator = Replicator::spawn(Arc::clone(&engine), config.clone(), limits()).unwrap();
     wait_caught_up(&engine, &replicator).await;
     let db = ledger_server::replica::connect(&config).await.unwrap();
@@ -338,7 +338,7 @@ fn ledgerd_killed_while_replicating_leaves_an_exact_replica() {
     assert!(durable > 100, "the rounds wrote: {view}");
     runtime.block_on(async {
         let db =
-            ledger_server::replica::connect(&ReplicaConfig { url: url.clone() }).await.unwrap();
+            ledger_server::replica::connect(&ReplicaConfig { url: url.clone(), nice: 0 }).await.unwrap();
         let rows: i64 =
             db.query_one("SELECT count(*) FROM transactions", &[]).await.unwrap().get(0);
         assert_eq!(rows as u64, durable, "every durable record once");

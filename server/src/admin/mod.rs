@@ -255,7 +255,7 @@ impl AdminThread {
         let thread = std::thread::Builder::new()
             .name("ledgerd-admin".into())
             .spawn(move || {
-                lower_priority(nice);
+                crate::priority::lower(nice, "the admin API");
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .thread_name("ledgerd-adm-blk")
@@ -298,18 +298,6 @@ impl AdminThread {
             Some(Err(_)) => Err(std::io::Error::other("the admin API's thread panicked")),
             None => Ok(()),
         }
-    }
-}
-
-/// Sets the calling thread's nice value (Linux keeps one per thread; threads it starts
-/// inherit it). A failure is logged: the API still serves, at the default priority.
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    let thread = rustix::thread::gettid();
-    if let Err(error) = rustix::process::setpriority_process(Some(thread), nice) {
-        tracing::warn!(%error, nice, "cannot lower the admin API's priority");
     }
 }
 

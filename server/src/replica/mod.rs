@@ -20,6 +20,9 @@ pub struct ReplicaConfig {
     /// The connection string (`postgres://user:password@host:port/database` or
     /// `host=… user=… dbname=…`).
     pub url: String,
+    /// The nice value (0..=19) of the replicator's threads: they yield the cores to the POS
+    /// path and the shards.
+    pub nice: i32,
 }
 
 impl std::fmt::Debug for ReplicaConfig {
@@ -88,7 +91,7 @@ mod tests {
             redacted("host=db user=ledger password=s3cret dbname=reports"),
             "host=db user=ledger password=*** dbname=reports"
         );
-        let config = ReplicaConfig { url: "postgres://a:b@c/d".into() };
+        let config = ReplicaConfig { url: "postgres://a:b@c/d".into(), nice: 0 };
         assert!(!format!("{config:?}").contains(":b@"));
     }
 }

@@ -70,6 +70,8 @@ pub struct ReplicaShard {
     pub postings: AtomicU64,
     /// Failed attempts (each logged).
     pub failures: AtomicU64,
+    /// When the replicator started (ns since the epoch): the lag's base until a record is in.
+    pub started_nanos: AtomicU64,
     state: AtomicU8,
 }
 
@@ -85,14 +87,18 @@ impl ReplicaShard {
     }
 
     /// How far behind the shard it is, given the shard's durable LSN and the time now:
-    /// records not yet in PostgreSQL, and how long since the last record that is (zero when
-    /// none is missing).
+    /// records not yet in PostgreSQL, and how long since the last record that is (since the
+    /// replicator started, when none is yet; zero when none is missing).
     pub fn lag(&self, durable: u64, now: ledger_engine::Timestamp) -> (u64, Duration) {
         let records = durable.saturating_sub(self.lsn.load(Ordering::Relaxed));
         let seconds = if records == 0 {
             Duration::ZERO
         } else {
-            Duration::from_nanos(now.0.saturating_sub(self.time_nanos.load(Ordering::Relaxed)))
+            let base = self
+                .time_nanos
+                .load(Ordering::Relaxed)
+                .max(self.started_nanos.load(Ordering::Relaxed));
+            Duration::from_nanos(now.0.saturating_sub(base))
         };
         (records, seconds)
     }
@@ -140,6 +146,7 @@ impl Replicator {
         let mut threads = Vec::new();
         for index in 0..engine.shard_count() {
             let figures = Arc::new(ReplicaShard::default());
+            figures.started_nanos.store(engine.now().0, Ordering::Relaxed);
             shards.push(Arc::clone(&figures));
             let job = ShardJob {
                 engine: Arc::clone(&engine),
@@ -181,6 +188,7 @@ enum Ended {
 
 impl ShardJob {
     fn run(self) {
+        crate::priority::lower(self.config.nice, "the replicator");
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => runtime,
             Err(error) => {

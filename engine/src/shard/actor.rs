@@ -142,7 +142,8 @@ pub(crate) struct ShardActor {
     key_horizon_asked: Lsn,
 }
 
-/// Publishes the earliest expiry day among the shard's lots (for the expiry-sweep metrics).
+/// Publishes the earliest expiry day among the shard's lots (for the expiry-sweep metrics): at
+/// recovery and at every flush, since only applied records change the lots.
 fn publish_next_expiry(shared: &ShardShared, ledger: &Ledger) {
     let day = ledger.members().next_expiry_day().map_or(u64::MAX, u64::from);
     shared.expiry_next_day.store(day, Ordering::Relaxed);
@@ -386,7 +387,6 @@ impl ShardActor {
         }
         self.shared.expiry_records.fetch_add(expired, Ordering::Relaxed);
         self.shared.expiry_behind.store(self.sweep_behind, Ordering::Relaxed);
-        publish_next_expiry(&self.shared, &self.ledger);
     }
 
     /// Expires a customer's due lots before a request of theirs, so that no request spends or

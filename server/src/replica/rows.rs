@@ -96,8 +96,11 @@ pub fn account_row(registry: &Registry, account: AccountId) -> AccountRow {
     let asset = class
         .map(|class| class.asset)
         .or_else(|| {
+            // A transit account's owner is its asset's id.
             (account.class() == ClassId::TRANSIT)
-                .then(|| ledger_engine::ledger::account::AssetId(account.owner() as u16))
+                .then(|| u16::try_from(account.owner()).ok())
+                .flatten()
+                .map(ledger_engine::ledger::account::AssetId)
         })
         .and_then(|asset| registry.asset(asset))
         .map_or_else(String::new, |asset| asset.code.to_string());

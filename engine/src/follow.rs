@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use crate::ids::{Lsn, ShardId, Timestamp};
 use crate::ledger::record::Record;
 use crate::ledger::{Ledger, LedgerConfig, Moved};
+use crate::loyalty::members::MembersJournal;
 use crate::recovery::{RecoveryError, ShardPaths};
 use crate::snapshot;
 use crate::wal::format::{HASH_ZERO, Hash};
@@ -28,8 +29,12 @@ pub struct Followed<'a> {
     pub hash: Hash,
     /// The movements of value it made, in order.
     pub moved: &'a [Moved],
+    /// The customers whose loyalty state it changed, and the tiers it changed.
+    pub members: &'a MembersJournal,
     /// The shard's assets and classes once it applied (to name the accounts moved).
     pub registry: &'a crate::ledger::registry::Registry,
+    /// The shard's ledger once it applied.
+    pub ledger: &'a Ledger,
 }
 
 /// Why following stopped.
@@ -167,10 +172,17 @@ impl Follower {
             })?;
             *last_hash = record.hash;
             *last_time = decoded.timestamp;
-            let moved = ledger.take_journal();
+            let journal = ledger.take_journal();
             let registry = ledger.registry();
-            visit(&Followed { record: &decoded, hash: record.hash, moved: &moved, registry })
-                .map_err(Ok)
+            visit(&Followed {
+                record: &decoded,
+                hash: record.hash,
+                moved: &journal.moved,
+                members: &journal.members,
+                registry,
+                ledger,
+            })
+            .map_err(Ok)
         });
         // The visitor's error: `Ok(stop)` from the caller, `Err(…)` a record that does not
         // decode or apply; the scan's own: the files.

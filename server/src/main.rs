@@ -114,6 +114,10 @@ fn reconcile(config: &Config) -> i32 {
                 Some(difference) => println!("DIFFERENCE: {difference}"),
                 None => println!("every account equals the WAL's"),
             }
+            match &found.loyalty_difference {
+                Some(difference) => println!("DIFFERENCE: {difference}"),
+                None => println!("every member ({}) and lot equals the WAL's", found.members),
+            }
             if found.balanced() { 0 } else { 1 }
         }
         Err(error) => {

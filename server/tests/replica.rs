@@ -24,7 +24,7 @@ async fn migrations_build_the_schema_once_and_refuse_a_database_migrated_otherwi
     let url = pg.create_database("reports").await;
     let mut db = client(&url).await;
     let first = migrations::migrate(&mut db).await.unwrap();
-    assert_eq!(first.applied, [1]);
+    assert_eq!(first.applied, [1, 2]);
     assert_eq!(first.version, MIGRATIONS.len() as i32);
     let tables = names(
         &db,
@@ -33,14 +33,43 @@ async fn migrations_build_the_schema_once_and_refuse_a_database_migrated_otherwi
     .await;
     for table in [
         "accounts",
+        "exchange_rates",
         "ledger_identity",
         "ledger_schema_migrations",
+        "lots",
+        "members",
         "postings",
+        "purchase_transitions",
+        "purchases",
+        "rule_versions",
         "shard_watermarks",
+        "tier_changes",
         "transactions",
     ] {
         assert!(tables.iter().any(|t| t == table), "{table} in {tables:?}");
     }
+    let views = names(
+        &db,
+        "SELECT viewname::text FROM pg_views WHERE schemaname = 'public' ORDER BY viewname",
+    )
+    .await;
+    assert_eq!(
+        views,
+        [
+            "account_balances",
+            "breakage_by_month",
+            "liability_by_asset",
+            "liability_by_class",
+            "liability_by_cohort",
+            "liability_by_expiry_month",
+            "liability_in_money",
+            "open_holds",
+            "points_flows_daily",
+            "purchases_by_state",
+            "rule_version_in_force",
+            "tier_distribution",
+        ]
+    );
     let partitioned = names(
         &db,
         "SELECT c.relname::text FROM pg_partitioned_table p JOIN pg_class c ON c.oid = p.partrelid \
@@ -100,19 +129,55 @@ async fn migrations_build_the_schema_once_and_refuse_a_database_migrated_otherwi
     assert!(again.applied.is_empty(), "{again:?}");
 
     // A later build's migration applies alone; this build then refuses the database.
+    let next = MIGRATIONS.len() as i32 + 1;
     let mut later: Vec<Migration> = MIGRATIONS.to_vec();
-    later.push(Migration { version: 2, name: "later", sql: "CREATE TABLE later (x int);" });
-    assert_eq!(migrations::migrate_with(&mut db, &later).await.unwrap().applied, [2]);
+    later.push(Migration { version: next, name: "later", sql: "CREATE TABLE later (x int);" });
+    assert_eq!(migrations::migrate_with(&mut db, &later).await.unwrap().applied, [next]);
     let refused = migrations::migrate(&mut db).await.unwrap_err();
-    assert!(matches!(refused, MigrateError::Newer(2)), "{refused}");
+    assert!(matches!(refused, MigrateError::Newer(v) if v == next), "{refused}");
     // A released migration edited afterwards is refused, naming it.
-    let edited = [Migration { sql: "CREATE TABLE edited (x int);", ..MIGRATIONS[0] }, later[1]];
+    let mut edited = later.clone();
+    edited[0] = Migration { sql: "CREATE TABLE edited (x int);", ..MIGRATIONS[0] };
     let refused = migrations::migrate_with(&mut db, &edited).await.unwrap_err();
     assert!(matches!(refused, MigrateError::Changed { version: 1, .. }), "{refused}");
     assert!(refused.to_string().contains("migration 1 (base)"), "{refused}");
     let tables =
         names(&db, "SELECT tablename::text FROM pg_tables WHERE tablename = 'edited'").await;
     assert!(tables.is_empty(), "a refused run changes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loyalty_migration_marks_shards_replicated_before_it_for_a_whole_write() {
+    let pg = tokio::task::spawn_blocking(TestPg::start).await.unwrap();
+    let url = pg.create_database("reports").await;
+    let mut db = client(&url).await;
+    assert_eq!(migrations::migrate_with(&mut db, &MIGRATIONS[..1]).await.unwrap().applied, [1]);
+    db.execute(
+        "INSERT INTO shard_watermarks (shard, lsn, record_hash, record_time) \
+         VALUES (0, 41, decode(repeat('ab', 32), 'hex'), now())",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(migrations::migrate(&mut db).await.unwrap().applied, [2]);
+    let row = db
+        .query_one("SELECT loyalty_from, loyalty_synced FROM shard_watermarks WHERE shard = 0", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (41, false));
+    // A shard first replicated after it starts whole, from its first record.
+    db.execute(
+        "INSERT INTO shard_watermarks (shard, lsn, record_hash, record_time) \
+         VALUES (1, 5, decode(repeat('cd', 32), 'hex'), now())",
+        &[],
+    )
+    .await
+    .unwrap();
+    let row = db
+        .query_one("SELECT loyalty_from, loyalty_synced FROM shard_watermarks WHERE shard = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (0, true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +195,7 @@ async fn ledgerd_migrate_brings_the_schema_up_to_date_and_says_why_it_cannot() {
     let first = ledgerd(&["--replica-url", &url, "migrate"], None);
     let stdout = String::from_utf8_lossy(&first.stdout);
     assert_eq!(first.status.code(), Some(0), "{stdout} {}", String::from_utf8_lossy(&first.stderr));
-    assert!(stdout.contains("version 1 (applied now: [1])"), "{stdout}");
+    assert!(stdout.contains("version 2 (applied now: [1, 2])"), "{stdout}");
     // From the environment, a second time: nothing to apply.
     let second = ledgerd(&["migrate"], Some(&url));
     assert_eq!(second.status.code(), Some(0));

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::pg::TestPg;
+use common::pg::{TestPg, wait_caught_up};
 use ledger_engine::loyalty::RuleSet;
 use ledger_engine::testing::loyalty::{Loyalty, execute_all};
 use ledger_engine::{Command, Engine, EngineConfig, Limits};
@@ -69,27 +69,6 @@ fn workload(engine: &Engine, loyalty: &Loyalty, first: u128) {
         .map(|(i, hold)| loyalty.capture(first + 5_000 + i as u128, *hold, Some(5)))
         .collect();
     assert!(execute_all(engine, commands).iter().all(|a| a.committed().is_some()));
-}
-
-async fn wait_caught_up(engine: &Engine, replicator: &Replicator) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let durable: Vec<u64> = engine.stats().iter().map(|s| s.durable_lsn).collect();
-        let replicated: Vec<u64> = replicator
-            .shards
-            .iter()
-            .map(|s| s.lsn.load(std::sync::atomic::Ordering::Relaxed))
-            .collect();
-        if durable == replicated {
-            return;
-        }
-        let states: Vec<_> = replicator.shards.iter().map(|s| s.state()).collect();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not caught up: durable {durable:?}, replicated {replicated:?}, {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Every account's posted balance in PostgreSQL, by address.
@@ -219,6 +198,33 @@ async fn the_replica_holds_every_record_once_and_every_balance_through_restarts_
     assert!(found.balanced(), "{found:?}");
     assert_eq!(found.shards.len(), 2);
     assert!(found.assets.iter().any(|(asset, sum)| asset == "PTS" && *sum == 0), "{found:?}");
+    assert!(found.members >= 40, "{found:?}");
+    // A lot changed behind the replicator's back is found, named.
+    let lot = db
+        .query_one(
+            "UPDATE lots SET remaining = remaining - 1 WHERE (customer, kind, expires_on) = \
+             (SELECT customer, kind, expires_on FROM lots ORDER BY customer LIMIT 1) \
+             RETURNING customer, kind, expires_on::text",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (customer, kind, day): (i64, String, String) = (lot.get(0), lot.get(1), lot.get(2));
+    let found =
+        ledger_server::replica::reconcile::reconcile(&db, dir.path(), &limits()).await.unwrap();
+    assert!(!found.balanced() && found.difference.is_none());
+    let named = found.loyalty_difference.expect("the lot");
+    assert!(named.contains(&format!("lot of {customer} ({kind}")), "{named}");
+    db.execute(
+        "UPDATE lots SET remaining = remaining + 1 \
+         WHERE customer = $1 AND kind = $2 AND expires_on = $3::text::date",
+        &[&customer, &kind, &day],
+    )
+    .await
+    .unwrap();
+    let found =
+        ledger_server::replica::reconcile::reconcile(&db, dir.path(), &limits()).await.unwrap();
+    assert!(found.balanced(), "{found:?}");
     let changed = db
         .query_one(
             "UPDATE postings SET amount = amount + 1 WHERE (time, shard, lsn, index) = \
@@ -393,6 +399,7 @@ fn ledgerd_killed_while_replicating_leaves_an_exact_replica() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("every account equals the WAL's"), "{stdout}");
+    assert!(stdout.contains(") and lot equals the WAL's"), "{stdout}");
     let none = std::process::Command::new(env!("CARGO_BIN_EXE_ledgerd"))
         .args(["--data-dir", data.to_str().unwrap(), "reconcile"])
         .env_remove("LEDGER_REPLICA_URL")

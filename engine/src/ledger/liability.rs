@@ -49,20 +49,21 @@ impl ShardLiability {
 }
 
 impl Ledger {
-    /// Notes what a posting changes of the liability figures (kept if the record commits).
+    /// Notes what a posting changes of the liability figures (kept if the record commits);
+    /// answers the flow its posted part is, if any.
     pub(super) fn note_liability(
         &mut self,
         debit: AccountId,
         credit: AccountId,
         leg: Leg,
         namespaces: [Namespace; 2],
-    ) {
+    ) -> Option<Flow> {
         let posted = match leg {
             Leg::Post(amount) | Leg::Capture { captured: amount, .. } => amount,
-            Leg::Reserve(_) | Leg::Release(_) => return,
+            Leg::Reserve(_) | Leg::Release(_) => return None,
         };
         if posted == 0 {
-            return;
+            return None;
         }
         let delta = i128::try_from(posted).expect("postings fit in u64");
         if namespaces[0] == Namespace::Customer {
@@ -71,27 +72,43 @@ impl Ledger {
         if namespaces[1] == Namespace::Customer {
             self.liability_pending.push(LiabilityChange::Class(credit.class().0, delta));
         }
-        let classes = &self.flow_classes;
-        let Some(points) = classes.points else { return };
-        let from = |list: &[ClassId], class: ClassId| list.contains(&class);
-        let flow = if credit.class() == points
-            && (from(&classes.issuance, debit.class()) || from(&classes.exchange, debit.class()))
-        {
-            // Points from a partner's exchange fund are issued as much as earned ones are.
-            Flow::Issued
-        } else if debit.class() != points {
-            return;
-        } else if classes.issuance.contains(&credit.class()) {
-            Flow::Refunded
-        } else if classes.breakage.contains(&credit.class()) {
-            Flow::Expired
-        } else if namespaces[1] == Namespace::House || classes.exchange.contains(&credit.class()) {
-            Flow::Redeemed
-        } else {
-            return;
-        };
+        let flow = self.flow_of(debit, credit, namespaces[1])?;
         let amount = u64::try_from(posted).expect("postings fit in u64");
         self.liability_pending.push(LiabilityChange::Flow(flow, amount));
+        Some(flow)
+    }
+
+    /// Which flow of the programme's points a posting from `debit` to `credit` is, if any.
+    fn flow_of(
+        &self,
+        debit: AccountId,
+        credit: AccountId,
+        credit_namespace: Namespace,
+    ) -> Option<Flow> {
+        let classes = &self.flow_classes;
+        let points = classes.points?;
+        let from = |list: &[ClassId], class: ClassId| list.contains(&class);
+        Some(
+            if credit.class() == points
+                && (from(&classes.issuance, debit.class())
+                    || from(&classes.exchange, debit.class()))
+            {
+                // Points from a partner's exchange fund are issued as much as earned ones are.
+                Flow::Issued
+            } else if debit.class() != points {
+                return None;
+            } else if classes.issuance.contains(&credit.class()) {
+                Flow::Refunded
+            } else if classes.breakage.contains(&credit.class()) {
+                Flow::Expired
+            } else if credit_namespace == Namespace::House
+                || classes.exchange.contains(&credit.class())
+            {
+                Flow::Redeemed
+            } else {
+                return None;
+            },
+        )
     }
 
     /// Keeps the notes of the record that commits.

@@ -298,16 +298,30 @@ pub struct Moved {
     pub effect: MoveEffect,
     /// How much (never 0).
     pub amount: u64,
+    /// Which flow of the programme's points it is (posted movements only; docs/loyalty.md,
+    /// "Liability and breakage").
+    pub flow: Option<crate::loyalty::liability::Flow>,
+}
+
+/// Everything a reader that copies the ledger elsewhere needs of the records applied since it
+/// last asked (`Ledger::take_journal`).
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// Every movement of value, in order.
+    pub moved: Vec<Moved>,
+    /// The customers whose loyalty state (lots, tier) changed, and every change of tier.
+    pub members: crate::loyalty::members::MembersJournal,
 }
 
 /// Journals a leg: a capture is the release of what was held and the posting of what was
-/// captured; amounts of 0 are left out.
+/// captured; amounts of 0 are left out. `flow` is the posted part's.
 fn journal_leg(
     journal: &mut Vec<Moved>,
     debit: AccountId,
     credit: AccountId,
     asset: AssetId,
     leg: Leg,
+    flow: Option<crate::loyalty::liability::Flow>,
 ) {
     let parts = match leg {
         Leg::Post(amount) => [(MoveEffect::Posted, amount), (MoveEffect::Posted, 0)],
@@ -320,7 +334,8 @@ fn journal_leg(
     for (effect, amount) in parts {
         if amount > 0 {
             let amount = u64::try_from(amount).expect("amounts of postings fit in u64");
-            journal.push(Moved { debit, credit, asset, effect, amount });
+            let flow = if effect == MoveEffect::Posted { flow } else { None };
+            journal.push(Moved { debit, credit, asset, effect, amount, flow });
         }
     }
 }
@@ -768,18 +783,21 @@ impl Ledger {
         entries.map(|(inserted, (terminal, key), entry)| entry.key_entry(*terminal, *key, inserted))
     }
 
-    /// Starts (or stops) handing out key events: the shard and replay, which pass them on to
-    /// the key index, turn them on; a ledger nobody drains keeps none.
-    /// Keeps (`true`) or stops keeping every movement of value the records applied make, for
-    /// `take_journal`: a reader that copies the ledger elsewhere (the reporting replica).
+    /// Keeps (`true`) or stops keeping every movement of value the records applied make and
+    /// the loyalty state they changed, for `take_journal`: a reader that copies the ledger
+    /// elsewhere (the reporting replica).
     pub fn set_journal(&mut self, on: bool) {
         self.journal = on.then(Vec::new);
+        self.members.set_journal(on);
     }
 
-    /// The movements of value of the records applied since the last call, in order (empty
-    /// unless `set_journal(true)`).
-    pub fn take_journal(&mut self) -> Vec<Moved> {
-        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    /// What the records applied since the last call moved and changed, in order (empty unless
+    /// `set_journal(true)`).
+    pub fn take_journal(&mut self) -> Journal {
+        Journal {
+            moved: self.journal.as_mut().map(std::mem::take).unwrap_or_default(),
+            members: self.members.take_journal(),
+        }
     }
 
     /// Whether records' key entries are kept for `drain_key_events`.
@@ -1472,7 +1490,7 @@ impl Ledger {
     ) -> Result<(), RejectCode> {
         let debit_namespace = self.change_account(debit, Side::Debit, leg)?;
         let credit_namespace = self.change_account(credit, Side::Credit, leg)?;
-        self.note_liability(debit, credit, leg, [debit_namespace, credit_namespace]);
+        let flow = self.note_liability(debit, credit, leg, [debit_namespace, credit_namespace]);
         let index = usize::from(asset.0);
         let before = self.totals[index];
         let mut after = before;
@@ -1483,7 +1501,7 @@ impl Ledger {
         self.undo.push(Undo::Totals { asset, before });
         self.totals[index] = after;
         if let Some(journal) = self.journal.as_mut() {
-            journal_leg(journal, debit, credit, asset, leg);
+            journal_leg(journal, debit, credit, asset, leg, flow);
         }
         let customer = |namespace| namespace == Namespace::Customer;
         self.note_history(

@@ -1105,7 +1105,7 @@ fn history_pages_are_stable_while_writes_continue() {
 fn the_journal_records_every_movement_and_drops_a_refused_records() {
     use super::{MoveEffect, Moved};
     let mut h = Harness::new();
-    assert!(h.ledger.take_journal().is_empty(), "off by default");
+    assert!(h.ledger.take_journal().moved.is_empty(), "off by default");
     h.ledger.set_journal(true);
     h.earn(1, 100);
     let hold = h.hold(1, 60, 1_000_000_000).unwrap().tx_id;
@@ -1115,9 +1115,11 @@ fn the_journal_records_every_movement_and_drops_a_refused_records() {
     let (customer, issuance, redemption) =
         (h.customer(1), h.house(h.issuance), h.house(h.redemption));
     let asset = h.ledger.account(customer).unwrap().asset;
-    let moved = |debit, credit, effect, amount| Moved { debit, credit, asset, effect, amount };
+    // No rule version is recorded: no posting is a flow of the programme's points.
+    let moved =
+        |debit, credit, effect, amount| Moved { debit, credit, asset, effect, amount, flow: None };
     assert_eq!(
-        h.ledger.take_journal(),
+        h.ledger.take_journal().moved,
         [
             moved(issuance, customer, MoveEffect::Posted, 100),
             moved(customer, redemption, MoveEffect::Pending, 60),
@@ -1125,8 +1127,8 @@ fn the_journal_records_every_movement_and_drops_a_refused_records() {
             moved(customer, redemption, MoveEffect::Posted, 25),
         ]
     );
-    assert!(h.ledger.take_journal().is_empty(), "taken");
+    assert!(h.ledger.take_journal().moved.is_empty(), "taken");
     h.ledger.set_journal(false);
     h.earn(2, 5);
-    assert!(h.ledger.take_journal().is_empty());
+    assert!(h.ledger.take_journal().moved.is_empty());
 }

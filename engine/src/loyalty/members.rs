@@ -281,6 +281,27 @@ impl PartialEq for Table {
     }
 }
 
+/// One change of a member's recorded tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierChange {
+    /// The member.
+    pub customer: u64,
+    /// The tier recorded before.
+    pub before: u8,
+    /// The tier recorded now.
+    pub after: u8,
+}
+
+/// What changed in the members since a reader last took it (`Members::set_journal`): for the
+/// reporting replica, which copies each changed member's state rather than every lot event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MembersJournal {
+    /// Customers whose lots, parked points or tier changed, in order (repeats kept).
+    pub touched: Vec<u64>,
+    /// Every change of a recorded tier, in order.
+    pub tiers: Vec<TierChange>,
+}
+
 /// The loyalty state of one shard's customers.
 #[derive(Debug, Clone, Default)]
 pub struct Members {
@@ -296,6 +317,8 @@ pub struct Members {
     liability: BTreeMap<u32, u64>,
     /// Lots held by every member, kept as lots change (the shard's `lots` figure).
     lot_count: u64,
+    /// What changed, when a reader asked (`set_journal`); not state.
+    journal: Option<Box<MembersJournal>>,
 }
 
 impl PartialEq for Members {
@@ -344,6 +367,34 @@ impl Members {
     /// The entry parked under `tx`.
     pub fn parked_of(&self, tx: TxId) -> Option<&Parked> {
         self.parked.get(&tx)
+    }
+
+    /// Keeps (`true`) or stops keeping what changes, for `take_journal`.
+    pub fn set_journal(&mut self, on: bool) {
+        self.journal = on.then(Box::default);
+    }
+
+    /// What changed since the last call (empty unless `set_journal(true)`).
+    pub fn take_journal(&mut self) -> MembersJournal {
+        self.journal.as_deref_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn touch(&mut self, customer: u64) {
+        if let Some(journal) = self.journal.as_deref_mut() {
+            journal.touched.push(customer);
+        }
+    }
+
+    fn note_tier(&mut self, customer: u64, before: usize, after: usize) {
+        if let Some(journal) = self.journal.as_deref_mut()
+            && before != after
+        {
+            journal.tiers.push(TierChange {
+                customer,
+                before: u8::try_from(before).expect("tiers fit in u8"),
+                after: u8::try_from(after).expect("tiers fit in u8"),
+            });
+        }
     }
 
     fn count(&mut self, day: u32, amount: u64) {
@@ -408,6 +459,7 @@ impl Members {
         self.members.get_or_default(customer).lots.credit(part);
         self.count(part.expires_day, part.amount);
         self.refile(customer, before);
+        self.touch(customer);
     }
 
     /// Takes points from a customer's lots, the earliest expiry first.
@@ -417,6 +469,7 @@ impl Members {
         let parts = member.lots.take(amount);
         self.discount(&parts);
         self.refile(customer, before);
+        self.touch(customer);
         parts
     }
 
@@ -431,6 +484,7 @@ impl Members {
         let back = member.lots.take_back(first, amount);
         self.discount(&back.parts);
         self.refile(customer, before);
+        self.touch(customer);
         back
     }
 
@@ -448,6 +502,7 @@ impl Members {
         let Some(parked) = self.parked.remove(&tx) else {
             return false;
         };
+        self.touch(parked.customer);
         for part in parked.parts {
             let gone = part.amount.min(spent);
             spent -= gone;
@@ -471,6 +526,7 @@ impl Members {
         }
         self.discount(parts);
         self.refile(customer, before);
+        self.touch(customer);
         true
     }
 
@@ -519,6 +575,8 @@ impl Members {
         }
         self.members.tiers[before] -= 1;
         self.members.tiers[usize::from(effect.tier_after)] += 1;
+        self.touch(customer);
+        self.note_tier(customer, before, usize::from(effect.tier_after));
     }
 
     /// Gives back a purchase's points (`Member::give_back`); a customer without a member
@@ -530,6 +588,8 @@ impl Members {
             let after = usize::from(member.tier());
             self.members.tiers[before] -= 1;
             self.members.tiers[after] += 1;
+            self.touch(customer);
+            self.note_tier(customer, before, after);
         }
     }
 
@@ -637,6 +697,29 @@ mod tests {
         (expected[0], expected[7]) = (1, 1);
         assert_eq!(members.tier_counts(), expected);
         assert!(members.tier_counts_match());
+    }
+
+    #[test]
+    fn the_journal_names_each_changed_member_and_each_tier_change_only_when_on() {
+        let mut members = Members::default();
+        members.credit(1, part(1, LotKind::Earned, 300, 5));
+        assert_eq!(members.take_journal(), MembersJournal::default(), "off by default");
+        members.set_journal(true);
+        members.credit(2, part(2, LotKind::Earned, 300, 50));
+        let month = crate::loyalty::calendar::month_of_day(300);
+        let effect = PurchaseEffect { day: 300, month, window: 12, points: 50, tier_after: 1 };
+        members.record_purchase(2, effect);
+        members.park(TxId(3), 1, 5, true);
+        members.unpark(TxId(3), 5);
+        // Another purchase at the same tier: touched, no change of tier.
+        members.record_purchase(2, effect);
+        let journal = members.take_journal();
+        assert_eq!(journal.touched, [2, 2, 1, 1, 2]);
+        assert_eq!(journal.tiers, [TierChange { customer: 2, before: 0, after: 1 }]);
+        assert_eq!(members.take_journal(), MembersJournal::default(), "taken");
+        members.set_journal(false);
+        members.credit(4, part(4, LotKind::Earned, 300, 1));
+        assert_eq!(members.take_journal(), MembersJournal::default());
     }
 
     #[test]

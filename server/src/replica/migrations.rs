@@ -20,8 +20,10 @@ pub struct Migration {
 }
 
 /// Every migration of this build, in order.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "base", sql: include_str!("migrations/0001_base.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "base", sql: include_str!("migrations/0001_base.sql") },
+    Migration { version: 2, name: "loyalty", sql: include_str!("migrations/0002_loyalty.sql") },
+];
 
 /// The advisory lock migrations take (an arbitrary constant: "ledgerd" in ASCII).
 const LOCK_KEY: i64 = 0x006c_6564_6765_7264;

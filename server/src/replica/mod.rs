@@ -3,6 +3,7 @@
 //!
 //! - `migrations`: the schema, versioned and applied at start or by `ledgerd migrate`.
 
+pub mod loyalty;
 pub mod migrations;
 pub mod reconcile;
 pub mod replicator;

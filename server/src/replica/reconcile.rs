@@ -14,6 +14,7 @@ use ledger_engine::recovery::ShardPaths;
 use ledger_engine::{Limits, Lsn, ShardId};
 use tokio_postgres::Client;
 
+use super::loyalty::LoyaltyRows;
 use super::rows::address;
 
 /// An account's figures: posted balance, pending debits, pending credits.
@@ -64,12 +65,18 @@ pub struct Reconciled {
     pub assets: Vec<(String, i128)>,
     /// The first difference, if any.
     pub difference: Option<Difference>,
+    /// Members compared (their tier, points in lots and held, lots).
+    pub members: u64,
+    /// The first member or lot whose row differs from the WAL's, if any.
+    pub loyalty_difference: Option<String>,
 }
 
 impl Reconciled {
     /// Whether the replica equals the WAL and every asset sums to zero.
     pub fn balanced(&self) -> bool {
-        self.difference.is_none() && self.assets.iter().all(|(_, sum)| *sum == 0)
+        self.difference.is_none()
+            && self.loyalty_difference.is_none()
+            && self.assets.iter().all(|(_, sum)| *sum == 0)
     }
 }
 
@@ -97,8 +104,14 @@ pub async fn reconcile(
         cluster as u64,
         meta.cluster_id
     );
-    let mut result =
-        Reconciled { shards: Vec::new(), accounts: 0, assets: Vec::new(), difference: None };
+    let mut result = Reconciled {
+        shards: Vec::new(),
+        accounts: 0,
+        assets: Vec::new(),
+        difference: None,
+        members: 0,
+        loyalty_difference: None,
+    };
     for index in 0..meta.shard_count {
         let lsn = super::writer::watermark(client, index).await?.map_or(0, |(lsn, _)| lsn);
         result.shards.push((index, lsn));
@@ -169,6 +182,11 @@ pub async fn reconcile(
                 }
             }
         }
+        let members = compare_members(client, index, lsn, ledger).await?;
+        result.members += members.0;
+        if result.loyalty_difference.is_none() {
+            result.loyalty_difference = members.1;
+        }
     }
     // Every asset at zero: the posted balances of all accounts (every shard's slice), by
     // the asset the `accounts` table gives each account.
@@ -185,4 +203,96 @@ pub async fn reconcile(
         result.assets.push((row.get(0), number(row.get(1))?));
     }
     Ok(result)
+}
+
+/// Compares `shard`'s members and lots in PostgreSQL with `ledger`'s (the WAL replayed to
+/// the watermark `lsn`): members compared, and the first row that differs.
+async fn compare_members(
+    client: &Client,
+    shard: u16,
+    lsn: u64,
+    ledger: &ledger_engine::ledger::Ledger,
+) -> anyhow::Result<(u64, Option<String>)> {
+    let mut wal = LoyaltyRows::default();
+    wal.whole = true;
+    wal.finish(ledger);
+    let members: Vec<String> = wal
+        .members
+        .iter()
+        .map(|m| {
+            format!(
+                "member {}: tier {}, {} points in {} lots, {} held",
+                m.customer, m.tier, m.points_in_lots, m.lots, m.points_held
+            )
+        })
+        .collect();
+    let mut lots: Vec<String> = wal
+        .lots
+        .iter()
+        .map(|l| {
+            format!(
+                "lot of {} ({}, expiring on day {}): origin {}, {} of {} left",
+                l.customer, l.kind, l.expires_day, l.origin, l.remaining, l.amount
+            )
+        })
+        .collect();
+    lots.sort();
+    let shard_id = i32::from(shard);
+    let replica_members: Vec<String> = client
+        .query(
+            "SELECT customer, tier, points_in_lots::text, lots, points_held::text FROM members \
+             WHERE shard = $1 ORDER BY customer",
+            &[&shard_id],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            format!(
+                "member {}: tier {}, {} points in {} lots, {} held",
+                row.get::<_, i64>(0) as u64,
+                row.get::<_, i32>(1),
+                row.get::<_, String>(2),
+                row.get::<_, i32>(3),
+                row.get::<_, String>(4)
+            )
+        })
+        .collect();
+    let mut replica_lots: Vec<String> = client
+        .query(
+            "SELECT customer, kind, (expires_on - DATE '1970-01-01'), origin_tx, \
+             remaining::text, amount::text FROM lots WHERE shard = $1",
+            &[&shard_id],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            format!(
+                "lot of {} ({}, expiring on day {}): origin {}, {} of {} left",
+                row.get::<_, i64>(0) as u64,
+                row.get::<_, String>(1),
+                row.get::<_, i32>(2),
+                row.get::<_, i64>(3) as u64,
+                row.get::<_, String>(4),
+                row.get::<_, String>(5)
+            )
+        })
+        .collect();
+    replica_lots.sort();
+    let first = |ours: &[String], theirs: &[String]| -> Option<String> {
+        let differs = ours.iter().zip(theirs).find(|(a, b)| a != b);
+        match differs {
+            Some((wal, replica)) => Some(format!("WAL: {wal}; PostgreSQL: {replica}")),
+            None if ours.len() > theirs.len() => {
+                Some(format!("WAL: {}; PostgreSQL: no such row", ours[theirs.len()]))
+            }
+            None if theirs.len() > ours.len() => {
+                Some(format!("WAL: no such row; PostgreSQL: {}", theirs[ours.len()]))
+            }
+            None => None,
+        }
+    };
+    let difference = first(&members, &replica_members)
+        .or_else(|| first(&lots, &replica_lots))
+        .map(|what| format!("shard {shard} at lsn {lsn}: {what}"));
+    Ok((members.len() as u64, difference))
 }

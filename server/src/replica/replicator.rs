@@ -20,7 +20,7 @@ use ledger_engine::recovery::ShardPaths;
 use ledger_engine::{Engine, Limits, Lsn, ShardId};
 
 use super::rows::{account_row, rows};
-use super::writer::{Chunk, Written, claim, watermark, write_chunk};
+use super::writer::{Chunk, Written, claim, loyalty_synced, watermark, write_chunk};
 use super::{ReplicaConfig, connect, migrations};
 
 /// Records a chunk holds at most.
@@ -283,6 +283,32 @@ impl ShardJob {
                  database holds another history of this ledger"
             ));
         }
+        // A shard replicated before the loyalty tables existed: its members and lots, whole.
+        match loyalty_synced(&client, shard).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let mut chunk = Chunk {
+                    shard,
+                    first_lsn: lsn + 1,
+                    last_lsn: lsn,
+                    last_hash: hash,
+                    last_time: follower.last_time(),
+                    ..Chunk::default()
+                };
+                chunk.loyalty.whole = true;
+                chunk.loyalty.finish(follower.ledger());
+                if let Err(error) = write_chunk(&mut client, &chunk).await {
+                    return Ended::Failed(error.to_string());
+                }
+                tracing::info!(
+                    shard,
+                    lsn,
+                    members = chunk.loyalty.members.len(),
+                    "members and lots written whole"
+                );
+            }
+            Err(error) => return Ended::Failed(error.to_string()),
+        }
         self.figures.lsn.store(lsn, Ordering::Relaxed);
         self.figures.time_nanos.store(follower.last_time().0, Ordering::Relaxed);
         self.engine.release_wal_below(self.shard, Lsn(lsn));
@@ -344,8 +370,10 @@ fn read_chunk(
         }
         chunk.transactions.push(tx);
         chunk.postings.extend(postings);
+        chunk.loyalty.add(followed);
         Ok(())
     })?;
+    chunk.loyalty.finish(follower.ledger());
     chunk.last_lsn = follower.lsn().0;
     chunk.last_hash = follower.last_hash();
     chunk.last_time = follower.last_time();

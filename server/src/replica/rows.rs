@@ -8,6 +8,8 @@ use ledger_engine::ledger::MoveEffect;
 use ledger_engine::ledger::account::{AccountId, ClassId, Namespace};
 use ledger_engine::ledger::record::Body;
 use ledger_engine::ledger::registry::Registry;
+use ledger_engine::loyalty::calendar::rfc3339;
+use ledger_engine::loyalty::liability::Flow;
 use serde_json::{Map, Value, json};
 
 /// A `transactions` row.
@@ -62,6 +64,8 @@ pub struct PostingRow {
     pub effect: &'static str,
     /// The customer whose account it moves (the credited side's first).
     pub customer: Option<u64>,
+    /// Which flow of the programme's points it is.
+    pub flow: Option<&'static str>,
 }
 
 /// An `accounts` row.
@@ -117,6 +121,15 @@ pub fn account_row(registry: &Registry, account: AccountId) -> AccountRow {
         owner: account.owner(),
         no_overdraft: class
             .is_some_and(|class| class.flags.contains(ledger_engine::AccountFlags::NO_OVERDRAFT)),
+    }
+}
+
+fn flow(flow: Flow) -> &'static str {
+    match flow {
+        Flow::Issued => "issued",
+        Flow::Redeemed => "redeemed",
+        Flow::Expired => "expired",
+        Flow::Refunded => "refunded",
     }
 }
 
@@ -197,6 +210,10 @@ pub fn rows(shard: u16, followed: &Followed<'_>) -> (TxRow, Vec<PostingRow>) {
             }
             metadata.insert("earning".into(), Value::Object(earning));
         }
+        Body::HoldCreate(hold) => {
+            let expires = record.timestamp.plus_nanos(hold.timeout_nanos);
+            metadata.insert("expires_at".into(), json!(rfc3339(expires)));
+        }
         Body::HoldCapture(capture) => {
             metadata.insert("hold".into(), json!(capture.hold.0));
         }
@@ -244,6 +261,7 @@ pub fn rows(shard: u16, followed: &Followed<'_>) -> (TxRow, Vec<PostingRow>) {
             amount: moved.amount,
             effect: effect(moved.effect),
             customer: customer_of(moved.credit).or_else(|| customer_of(moved.debit)),
+            flow: moved.flow.map(flow),
         })
         .collect();
     (tx, postings)

@@ -10,6 +10,7 @@ use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, accepts, to_sql_checked};
 
+use super::loyalty::LoyaltyRows;
 use super::rows::{AccountRow, PostingRow, TxRow};
 
 /// Consecutive records of one shard, as rows.
@@ -31,6 +32,8 @@ pub struct Chunk {
     pub postings: Vec<PostingRow>,
     /// The accounts the postings name that this replicator has not written yet.
     pub accounts: Vec<AccountRow>,
+    /// The loyalty programme's rows.
+    pub loyalty: LoyaltyRows,
 }
 
 /// What writing a chunk did.
@@ -122,19 +125,45 @@ impl ToSql for Numeric {
     to_sql_checked!();
 }
 
+/// A day (days since 1970-01-01) as PostgreSQL's binary `date` (days since 2000-01-01).
+#[derive(Debug, Clone, Copy)]
+pub struct Date(pub u32);
+
+/// Days from 1970-01-01 to 2000-01-01.
+const POSTGRES_EPOCH_DAYS: i64 = 10_957;
+
+impl ToSql for Date {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        let days = i32::try_from(i64::from(self.0) - POSTGRES_EPOCH_DAYS)?;
+        out.put_i32(days);
+        Ok(IsNull::No)
+    }
+
+    accepts!(DATE);
+    to_sql_checked!();
+}
+
 /// A column value of a `COPY` row.
 type Value = Box<dyn ToSql + Sync + Send>;
 
-/// `COPY … FROM STDIN BINARY` of `rows`, each turned into its values by `values`.
+/// `COPY table (columns) FROM STDIN BINARY` of `rows`, each turned into its values (in the
+/// columns' order) by `values`.
 async fn copy<R>(
     transaction: &tokio_postgres::Transaction<'_>,
-    statement: &str,
-    types: &[Type],
+    table: &str,
+    columns: &[(&str, Type)],
     rows: &[R],
     values: impl Fn(&R) -> Vec<Value>,
 ) -> Result<u64, tokio_postgres::Error> {
-    let sink = transaction.copy_in(statement).await?;
-    let writer = BinaryCopyInWriter::new(sink, types);
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let types: Vec<Type> = columns.iter().map(|(_, ty)| ty.clone()).collect();
+    let statement = format!("COPY {table} ({}) FROM STDIN BINARY", names.join(", "));
+    let sink = transaction.copy_in(&statement).await?;
+    let writer = BinaryCopyInWriter::new(sink, &types);
     tokio::pin!(writer);
     for row in rows {
         let values = values(row);
@@ -153,7 +182,9 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
         .query_opt("SELECT lsn FROM shard_watermarks WHERE shard = $1 FOR UPDATE", &[&shard])
         .await?
         .map_or(0, |row| row.get::<_, i64>(0) as u64);
-    if current >= chunk.last_lsn {
+    // A chunk of no record that writes a shard's members and lots whole (`loyalty_synced`).
+    let sync_only = chunk.transactions.is_empty() && chunk.loyalty.whole;
+    if current >= chunk.last_lsn && !(sync_only && current == chunk.last_lsn) {
         transaction.commit().await?;
         return Ok(Written::AlreadyThere);
     }
@@ -173,20 +204,19 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
         .await?;
     copy(
         &transaction,
-        "COPY transactions (time, shard, lsn, tx_id, record_kind, tx_kind, terminal, store, \
-         idempotency_key, customer, metadata) FROM STDIN BINARY",
+        "transactions",
         &[
-            Type::TIMESTAMPTZ,
-            Type::INT4,
-            Type::INT8,
-            Type::INT8,
-            Type::TEXT,
-            Type::INT4,
-            Type::INT8,
-            Type::INT8,
-            Type::BYTEA,
-            Type::INT8,
-            Type::JSONB,
+            ("time", Type::TIMESTAMPTZ),
+            ("shard", Type::INT4),
+            ("lsn", Type::INT8),
+            ("tx_id", Type::INT8),
+            ("record_kind", Type::TEXT),
+            ("tx_kind", Type::INT4),
+            ("terminal", Type::INT8),
+            ("store", Type::INT8),
+            ("idempotency_key", Type::BYTEA),
+            ("customer", Type::INT8),
+            ("metadata", Type::JSONB),
         ],
         &chunk.transactions,
         |row| {
@@ -208,20 +238,20 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
     .await?;
     copy(
         &transaction,
-        "COPY postings (time, shard, lsn, index, tx_id, debit, credit, asset, amount, effect, \
-         customer) FROM STDIN BINARY",
+        "postings",
         &[
-            Type::TIMESTAMPTZ,
-            Type::INT4,
-            Type::INT8,
-            Type::INT4,
-            Type::INT8,
-            Type::TEXT,
-            Type::TEXT,
-            Type::TEXT,
-            Type::NUMERIC,
-            Type::TEXT,
-            Type::INT8,
+            ("time", Type::TIMESTAMPTZ),
+            ("shard", Type::INT4),
+            ("lsn", Type::INT8),
+            ("index", Type::INT4),
+            ("tx_id", Type::INT8),
+            ("debit", Type::TEXT),
+            ("credit", Type::TEXT),
+            ("asset", Type::TEXT),
+            ("amount", Type::NUMERIC),
+            ("effect", Type::TEXT),
+            ("customer", Type::INT8),
+            ("flow", Type::TEXT),
         ],
         &chunk.postings,
         |row| {
@@ -237,10 +267,12 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
                 Box::new(Numeric(row.amount)),
                 Box::new(row.effect),
                 Box::new(row.customer.map(|customer| customer as i64)),
+                Box::new(row.flow),
             ]
         },
     )
     .await?;
+    write_loyalty(&transaction, shard, &chunk.loyalty).await?;
     if !chunk.accounts.is_empty() {
         let column =
             |f: fn(&AccountRow) -> String| chunk.accounts.iter().map(f).collect::<Vec<_>>();
@@ -267,8 +299,15 @@ pub async fn write_chunk(client: &mut Client, chunk: &Chunk) -> Result<Written, 
         .execute(
             "INSERT INTO shard_watermarks (shard, lsn, record_hash, record_time) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (shard) DO UPDATE SET lsn = $2, \
-             record_hash = $3, record_time = $4, updated_at = now()",
-            &[&shard, &last_lsn, &chunk.last_hash.as_slice(), &system_time(chunk.last_time)],
+             record_hash = $3, record_time = $4, updated_at = now(), \
+             loyalty_synced = shard_watermarks.loyalty_synced OR $5",
+            &[
+                &shard,
+                &last_lsn,
+                &chunk.last_hash.as_slice(),
+                &system_time(chunk.last_time),
+                &chunk.loyalty.whole,
+            ],
         )
         .await?;
     transaction.commit().await?;
@@ -321,6 +360,319 @@ pub async fn claim(
             ours: cluster_id,
             our_shards: shard_count,
         });
+    }
+    Ok(())
+}
+
+/// Whether `shard`'s members and lots are whole in the replica (false for a shard replicated
+/// before migration 2 until the replicator writes them whole).
+pub async fn loyalty_synced(client: &Client, shard: u16) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT loyalty_synced FROM shard_watermarks WHERE shard = $1",
+            &[&i32::from(shard)],
+        )
+        .await?;
+    Ok(row.is_none_or(|row| row.get(0)))
+}
+
+/// The loyalty rows of a chunk, in its transaction.
+async fn write_loyalty(
+    transaction: &tokio_postgres::Transaction<'_>,
+    shard: i32,
+    rows: &LoyaltyRows,
+) -> Result<(), tokio_postgres::Error> {
+    let time = |time: Timestamp| system_time(time);
+    if !rows.purchases.is_empty() {
+        copy(
+            transaction,
+            "purchases",
+            &[
+                ("tx_id", Type::INT8),
+                ("time", Type::TIMESTAMPTZ),
+                ("shard", Type::INT4),
+                ("lsn", Type::INT8),
+                ("customer", Type::INT8),
+                ("terminal", Type::INT8),
+                ("store", Type::INT8),
+                ("receipt", Type::TEXT),
+                ("spend", Type::NUMERIC),
+                ("lines", Type::INT4),
+                ("rules_version", Type::INT4),
+                ("earned", Type::NUMERIC),
+                ("bonus", Type::NUMERIC),
+                ("cashback", Type::NUMERIC),
+                ("tier_before", Type::INT4),
+                ("tier_after", Type::INT4),
+                ("points_held", Type::BOOL),
+                ("state", Type::TEXT),
+                ("refunded", Type::NUMERIC),
+                ("state_changed_at", Type::TIMESTAMPTZ),
+                ("state_lsn", Type::INT8),
+            ],
+            &rows.purchases,
+            |row| {
+                vec![
+                    Box::new(row.tx_id as i64),
+                    Box::new(time(row.time)),
+                    Box::new(shard),
+                    Box::new(row.lsn as i64),
+                    Box::new(row.customer as i64),
+                    Box::new(i64::from(row.terminal)),
+                    Box::new(i64::from(row.store)),
+                    Box::new(row.receipt.clone()),
+                    Box::new(Numeric(row.spend)),
+                    Box::new(i32::try_from(row.lines).unwrap_or(i32::MAX)),
+                    Box::new(i32::try_from(row.rules_version).unwrap_or(i32::MAX)),
+                    Box::new(Numeric(row.earned)),
+                    Box::new(Numeric(row.bonus)),
+                    Box::new(Numeric(row.cashback)),
+                    Box::new(i32::from(row.tier_before)),
+                    Box::new(i32::from(row.tier_after)),
+                    Box::new(row.points_held),
+                    Box::new(row.state),
+                    Box::new(Numeric(row.refunded)),
+                    Box::new(time(row.state_time)),
+                    Box::new(row.state_lsn as i64),
+                ]
+            },
+        )
+        .await?;
+    }
+    if !rows.updates.is_empty() {
+        let ids: Vec<i64> = rows.updates.iter().map(|u| u.tx_id as i64).collect();
+        let states: Vec<&str> = rows.updates.iter().map(|u| u.state).collect();
+        let refunded: Vec<Numeric> = rows.updates.iter().map(|u| Numeric(u.refunded)).collect();
+        let times: Vec<SystemTime> = rows.updates.iter().map(|u| time(u.time)).collect();
+        let lsns: Vec<i64> = rows.updates.iter().map(|u| u.lsn as i64).collect();
+        transaction
+            .execute(
+                "UPDATE purchases p SET state = u.state, refunded = u.refunded, \
+                 state_changed_at = u.time, state_lsn = u.lsn \
+                 FROM UNNEST($1::int8[], $2::text[], $3::numeric[], $4::timestamptz[], \
+                 $5::int8[]) AS u(tx_id, state, refunded, time, lsn) WHERE p.tx_id = u.tx_id",
+                &[&ids, &states, &refunded, &times, &lsns],
+            )
+            .await?;
+    }
+    if !rows.transitions.is_empty() {
+        copy(
+            transaction,
+            "purchase_transitions",
+            &[
+                ("time", Type::TIMESTAMPTZ),
+                ("shard", Type::INT4),
+                ("lsn", Type::INT8),
+                ("tx_id", Type::INT8),
+                ("purchase", Type::INT8),
+                ("customer", Type::INT8),
+                ("event", Type::TEXT),
+                ("state_after", Type::TEXT),
+                ("refunded", Type::NUMERIC),
+                ("earned_back", Type::NUMERIC),
+                ("bonus_back", Type::NUMERIC),
+                ("cashback_back", Type::NUMERIC),
+                ("points_owed", Type::NUMERIC),
+                ("cashback_owed", Type::NUMERIC),
+            ],
+            &rows.transitions,
+            |row| {
+                vec![
+                    Box::new(time(row.time)),
+                    Box::new(shard),
+                    Box::new(row.lsn as i64),
+                    Box::new(row.tx_id as i64),
+                    Box::new(row.purchase as i64),
+                    Box::new(row.customer as i64),
+                    Box::new(row.event),
+                    Box::new(row.state_after),
+                    Box::new(Numeric(row.refunded)),
+                    Box::new(Numeric(row.earned_back)),
+                    Box::new(Numeric(row.bonus_back)),
+                    Box::new(Numeric(row.cashback_back)),
+                    Box::new(Numeric(row.points_owed)),
+                    Box::new(Numeric(row.cashback_owed)),
+                ]
+            },
+        )
+        .await?;
+    }
+    if !rows.tiers.is_empty() {
+        copy(
+            transaction,
+            "tier_changes",
+            &[
+                ("time", Type::TIMESTAMPTZ),
+                ("shard", Type::INT4),
+                ("lsn", Type::INT8),
+                ("tx_id", Type::INT8),
+                ("customer", Type::INT8),
+                ("tier_before", Type::INT4),
+                ("tier_after", Type::INT4),
+                ("record_kind", Type::TEXT),
+            ],
+            &rows.tiers,
+            |row| {
+                vec![
+                    Box::new(time(row.time)),
+                    Box::new(shard),
+                    Box::new(row.lsn as i64),
+                    Box::new(row.tx_id.map(|id| id as i64)),
+                    Box::new(row.customer as i64),
+                    Box::new(i32::from(row.before)),
+                    Box::new(i32::from(row.after)),
+                    Box::new(row.record_kind),
+                ]
+            },
+        )
+        .await?;
+    }
+    // Versions are recorded on every shard: the first shard's row stays, with the earliest
+    // record time.
+    for row in &rows.rule_versions {
+        transaction
+            .execute(
+                "INSERT INTO rule_versions (version, effective_at, recorded_at, points_class, \
+                 points_asset, issuance_class, breakage_class, cashback_class, \
+                 cashback_funding_class, clawback_class, cashback_clawback_class, \
+                 point_value_minor_units, point_value_points, earned_months, bonus_months, \
+                 transfer_months, tier_window_months, refund_days, pending_hold_days, tiers, \
+                 promotions) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14, $15, $16, $17, $18, $19, $20, $21) ON CONFLICT (version) DO UPDATE SET \
+                 recorded_at = LEAST(rule_versions.recorded_at, EXCLUDED.recorded_at)",
+                &[
+                    &i32::try_from(row.version).unwrap_or(i32::MAX),
+                    &row.effective_at.map(time),
+                    &time(row.recorded_at),
+                    &row.points_class,
+                    &row.points_asset,
+                    &row.issuance_class,
+                    &row.breakage_class,
+                    &row.cashback_class,
+                    &row.cashback_funding_class,
+                    &row.clawback_class,
+                    &row.cashback_clawback_class,
+                    &(row.point_value_minor_units as i64),
+                    &(row.point_value_points as i64),
+                    &i32::from(row.earned_months),
+                    &i32::from(row.bonus_months),
+                    &i32::from(row.transfer_months),
+                    &i32::from(row.tier_window_months),
+                    &i32::from(row.refund_days),
+                    &row.pending_hold_days.map(i32::from),
+                    &row.tiers,
+                    &row.promotions,
+                ],
+            )
+            .await?;
+    }
+    for row in &rows.rates {
+        transaction
+            .execute(
+                "INSERT INTO exchange_rates (version, effective_at, recorded_at, from_asset, \
+                 to_asset, numerator, denominator, money_asset, from_customer_class, from_fund, \
+                 from_money_fund, from_value_minor_units, from_value_points, \
+                 to_customer_class, to_fund, to_money_fund, to_value_minor_units, \
+                 to_value_points) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+                 $13, $14, $15, $16, $17, $18) ON CONFLICT (version) DO UPDATE SET \
+                 recorded_at = LEAST(exchange_rates.recorded_at, EXCLUDED.recorded_at)",
+                &[
+                    &i32::try_from(row.version).unwrap_or(i32::MAX),
+                    &row.effective_at.map(time),
+                    &time(row.recorded_at),
+                    &row.from_asset,
+                    &row.to_asset,
+                    &(row.numerator as i64),
+                    &(row.denominator as i64),
+                    &row.money_asset,
+                    &row.from_accounts[0],
+                    &row.from_accounts[1],
+                    &row.from_accounts[2],
+                    &(row.from_value.0 as i64),
+                    &(row.from_value.1 as i64),
+                    &row.to_accounts[0],
+                    &row.to_accounts[1],
+                    &row.to_accounts[2],
+                    &(row.to_value.0 as i64),
+                    &(row.to_value.1 as i64),
+                ],
+            )
+            .await?;
+    }
+    // Members and lots as of the chunk's end: the changed members' lots replaced whole.
+    if rows.whole {
+        transaction.execute("DELETE FROM lots WHERE shard = $1", &[&shard]).await?;
+        transaction.execute("DELETE FROM members WHERE shard = $1", &[&shard]).await?;
+    } else if !rows.members.is_empty() {
+        let customers: Vec<i64> = rows.members.iter().map(|m| m.customer as i64).collect();
+        transaction.execute("DELETE FROM lots WHERE customer = ANY($1)", &[&customers]).await?;
+    }
+    if !rows.lots.is_empty() {
+        copy(
+            transaction,
+            "lots",
+            &[
+                ("customer", Type::INT8),
+                ("kind", Type::TEXT),
+                ("expires_on", Type::DATE),
+                ("origin_tx", Type::INT8),
+                ("amount", Type::NUMERIC),
+                ("remaining", Type::NUMERIC),
+                ("shard", Type::INT4),
+            ],
+            &rows.lots,
+            |row| {
+                vec![
+                    Box::new(row.customer as i64),
+                    Box::new(row.kind),
+                    Box::new(Date(row.expires_day)),
+                    Box::new(row.origin as i64),
+                    Box::new(Numeric(row.amount)),
+                    Box::new(Numeric(row.remaining)),
+                    Box::new(shard),
+                ]
+            },
+        )
+        .await?;
+    }
+    if !rows.members.is_empty() {
+        let members = &rows.members;
+        let customers: Vec<i64> = members.iter().map(|m| m.customer as i64).collect();
+        let tiers: Vec<i32> = members.iter().map(|m| i32::from(m.tier)).collect();
+        let in_lots: Vec<Numeric> = members.iter().map(|m| Numeric(m.points_in_lots)).collect();
+        let held: Vec<Numeric> = members.iter().map(|m| Numeric(m.points_held)).collect();
+        let lots: Vec<i32> =
+            members.iter().map(|m| i32::try_from(m.lots).unwrap_or(i32::MAX)).collect();
+        let first: Vec<Option<SystemTime>> =
+            members.iter().map(|m| m.first_purchase.map(time)).collect();
+        let lsns: Vec<i64> = members.iter().map(|m| m.lsn as i64).collect();
+        transaction
+            .execute(
+                "INSERT INTO members (customer, shard, tier, points_in_lots, points_held, lots, \
+                 first_purchase_at, updated_lsn) SELECT u.customer, $1, u.tier, u.in_lots, \
+                 u.held, u.lots, u.first, u.lsn FROM UNNEST($2::int8[], $3::int4[], \
+                 $4::numeric[], $5::numeric[], $6::int4[], $7::timestamptz[], $8::int8[]) \
+                 AS u(customer, tier, in_lots, held, lots, first, lsn) \
+                 ON CONFLICT (customer) DO UPDATE SET tier = EXCLUDED.tier, \
+                 points_in_lots = EXCLUDED.points_in_lots, points_held = EXCLUDED.points_held, \
+                 lots = EXCLUDED.lots, updated_lsn = EXCLUDED.updated_lsn, \
+                 first_purchase_at = COALESCE(members.first_purchase_at, \
+                 EXCLUDED.first_purchase_at)",
+                &[&shard, &customers, &tiers, &in_lots, &held, &lots, &first, &lsns],
+            )
+            .await?;
+    }
+    if rows.whole {
+        // The cohorts: each member's first purchase, from the purchase records replicated.
+        transaction
+            .execute(
+                "UPDATE members m SET first_purchase_at = f.first FROM ( \
+                   SELECT customer, min(time) AS first FROM transactions \
+                   WHERE shard = $1 AND record_kind = 'purchase' GROUP BY customer) f \
+                 WHERE m.shard = $1 AND m.customer = f.customer",
+                &[&shard],
+            )
+            .await?;
     }
     Ok(())
 }

@@ -181,3 +181,28 @@ fn run(program: &str, args: &[&str], as_postgres: bool) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Waits until `replicator` has copied every durable record of `engine` (60 s at most).
+pub async fn wait_caught_up(
+    engine: &ledger_engine::Engine,
+    replicator: &ledger_server::replica::replicator::Replicator,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let durable: Vec<u64> = engine.stats().iter().map(|s| s.durable_lsn).collect();
+        let replicated: Vec<u64> = replicator
+            .shards
+            .iter()
+            .map(|s| s.lsn.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        if durable == replicated {
+            return;
+        }
+        let states: Vec<_> = replicator.shards.iter().map(|s| s.state()).collect();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not caught up: durable {durable:?}, replicated {replicated:?}, {states:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

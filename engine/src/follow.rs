@@ -56,6 +56,9 @@ pub struct Follower {
     cluster_id: u64,
     last_hash: Hash,
     last_time: Timestamp,
+    /// Where the next `advance` resumes reading (`None`: from the start of the segment that
+    /// holds the next record).
+    cursor: Option<reader::Cursor>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -94,8 +97,15 @@ impl Follower {
             Some((header, ledger)) => (ledger, header.last_hash, header.created),
             None => (Ledger::new(config), HASH_ZERO, Timestamp(0)),
         };
-        let mut follower =
-            Follower { ledger, wal: paths.wal.clone(), shard, cluster_id, last_hash, last_time };
+        let mut follower = Follower {
+            ledger,
+            wal: paths.wal.clone(),
+            shard,
+            cluster_id,
+            last_hash,
+            last_time,
+            cursor: None,
+        };
         follower.ledger.set_journal(true);
         follower.advance(at, |_| Ok::<(), ()>(())).map_err(|error| match error {
             FollowError::Recovery(error) => error,
@@ -132,8 +142,9 @@ impl Follower {
     }
 
     /// Applies the records after `lsn()` up to `until` (or the WAL's end, if sooner), handing
-    /// each to `visit` once applied; answers the LSN reached. A record past `until` is read
-    /// (the scan checks what follows) but neither applied nor visited.
+    /// each to `visit` once applied; answers the LSN reached. Nothing past `until` is read:
+    /// the next call resumes at the commit group after the last record read (or at that
+    /// record's own group, re-checked but not applied again, if it was not closed yet).
     pub fn advance<E>(
         &mut self,
         until: Lsn,
@@ -150,6 +161,10 @@ impl Follower {
             visit_until: Some(until),
             durable_mark: None,
             last_segment: None,
+            // Only what the caller says is durable is read, and the next call resumes where
+            // this one stops: a segment is read once however many calls it takes.
+            stop_at_until: true,
+            resume: self.cursor.take(),
         };
         let Follower { ledger, wal, last_hash, last_time, .. } = self;
         let scanned = reader::scan(wal, &options, |record| {
@@ -187,7 +202,10 @@ impl Follower {
         // The visitor's error: `Ok(stop)` from the caller, `Err(…)` a record that does not
         // decode or apply; the scan's own: the files.
         match scanned {
-            Ok(_) => Ok(self.lsn()),
+            Ok(end) => {
+                self.cursor = end.cursor;
+                Ok(self.lsn())
+            }
             Err(Ok(Ok(stop))) => Err(FollowError::Stopped(stop)),
             Err(Ok(Err(error))) => Err(FollowError::Recovery(error)),
             Err(Err(error)) => Err(FollowError::Recovery(error.into())),

@@ -151,3 +151,114 @@ fn retention_keeps_what_a_wal_reader_has_not_read() {
     );
     engine.shutdown();
 }
+
+/// A follower advanced in steps of every size (inside commit groups, at their ends, across
+/// segments) applies every record once, as one advanced at once does; each step resumes where
+/// the last stopped, so a record it read before is not read again (damage there goes unseen by
+/// it, and a fresh follower finds it), while damage ahead is found, naming its LSN.
+#[test]
+fn a_follower_advanced_in_steps_resumes_where_it_stopped_and_reads_each_record_once() {
+    use ledger_engine::testing::loyalty::execute_all;
+    let dir = tempfile::tempdir().unwrap();
+    let setup = setup(dir.path(), 1, at(2026, 3, 10, 12), RuleSet::flat(1, 1));
+    let (engine, loyalty) = (&setup.engine, &setup.loyalty);
+    // About 3 MiB of WAL in 1 MiB segments, in commit groups of many sizes.
+    let mut key = 0u128;
+    for batch in 1..=40u64 {
+        let commands = (0..batch * 30)
+            .map(|i| {
+                key += 1;
+                loyalty.purchase(key, (key % 97) as u64, 7, &[(0, 100 + i)])
+            })
+            .collect();
+        assert!(execute_all(engine, commands).iter().all(|a| a.committed().is_some()));
+    }
+    let durable = Lsn(engine.stats()[0].durable_lsn);
+    let wal = ShardPaths::new(dir.path(), 0).wal;
+    assert!(ledger_engine::wal::segment::list_segments(&wal).unwrap().len() >= 3);
+    let meta = ledger_engine::datadir::read_meta(dir.path()).unwrap();
+    let shard = ShardId::new(0).unwrap();
+    let config = || {
+        ledger_config(&meta, shard, &Limits { idempotency_keys_max: 4096, ..Limits::test_min() })
+    };
+    let paths = ShardPaths::new(dir.path(), 0);
+    let mut at_once = Follower::open(&paths, config(), meta.cluster_id, Lsn::ZERO).unwrap();
+    at_once.advance(durable, |_| Ok::<(), ()>(())).unwrap();
+    // Where each record is: (segment, offset), by LSN.
+    let mut places = vec![(0u64, 0u64)];
+    ledger_engine::wal::reader::scan(&wal, &ledger_engine::wal::reader::ScanOptions::all(), |r| {
+        places.push((r.segment, r.offset));
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    let segment_path = |sequence: u64| {
+        ledger_engine::wal::segment::list_segments(&wal)
+            .unwrap()
+            .into_iter()
+            .find(|(s, _)| *s == sequence)
+            .unwrap()
+            .1
+    };
+
+    let mut stepped = Follower::open(&paths, config(), meta.cluster_id, Lsn::ZERO).unwrap();
+    let mut lsns = Vec::new();
+    let mut step = 1u64;
+    while stepped.lsn() < durable {
+        let until = Lsn((stepped.lsn().0 + step).min(durable.0));
+        let reached = stepped
+            .advance(until, |followed| {
+                lsns.push(followed.record.lsn.0);
+                Ok::<(), ()>(())
+            })
+            .unwrap();
+        assert_eq!(reached, until);
+        step = step * 7 % 1_009 + 1;
+        // Half way, and more than a commit group (1,200 records at most) into a segment.
+        let here = stepped.lsn().0 as usize;
+        let first_of_segment = places.iter().position(|p| p.0 == places[here].0).unwrap();
+        if here > places.len() / 2 && here - first_of_segment > 1_300 {
+            break;
+        }
+    }
+    // The first record of the segment the stepped follower is in is damaged: it was read, in
+    // an earlier group. The follower does not read it again (a scan from the segment's start
+    // would) and goes on to the end; a fresh follower finds the damage, naming the record.
+    let here = stepped.lsn().0 as usize;
+    let damaged_lsn = places.iter().position(|p| p.0 == places[here].0).unwrap() as u64;
+    let (damaged_segment, damaged_at) = places[damaged_lsn as usize];
+    assert!(stepped.lsn().0 < durable.0 && damaged_lsn < stepped.lsn().0);
+    flip_byte(&segment_path(damaged_segment), damaged_at + 80);
+    stepped
+        .advance(durable, |followed| {
+            lsns.push(followed.record.lsn.0);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+    assert_eq!(lsns, (1..=durable.0).collect::<Vec<_>>(), "every record once, in order");
+    assert_eq!(stepped.last_hash(), at_once.last_hash());
+    assert!(stepped.ledger() == at_once.ledger(), "the same state");
+    let error = Follower::open(&paths, config(), meta.cluster_id, durable).unwrap_err();
+    assert!(error.to_string().contains(&format!("lsn {damaged_lsn}")), "{error}");
+    flip_byte(&segment_path(damaged_segment), damaged_at + 80);
+
+    // Damage ahead of a follower is found when it gets there.
+    let mut behind =
+        Follower::open(&paths, config(), meta.cluster_id, Lsn(durable.0 - 50)).unwrap();
+    let (ahead_segment, ahead_at) = places[durable.0 as usize - 20];
+    behind.advance(Lsn(durable.0 - 30), |_| Ok::<(), ()>(())).unwrap();
+    flip_byte(&segment_path(ahead_segment), ahead_at + 80);
+    let error = behind.advance(durable, |_| Ok::<(), ()>(())).unwrap_err();
+    assert!(error.to_string().contains(&format!("lsn {}", durable.0 - 20)), "{error}");
+    assert_eq!(behind.lsn(), Lsn(durable.0 - 21), "applied up to the damage");
+}
+
+fn flip_byte(path: &std::path::Path, offset: u64) {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut byte = [0u8];
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.read_exact(&mut byte).unwrap();
+    byte[0] ^= 0x40;
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.write_all(&byte).unwrap();
+}

@@ -124,6 +124,30 @@ pub struct ScanOptions {
     /// Read no segment after this sequence, and read the ones read as finished segments (the
     /// scrub, which leaves the newest segment, still being written, alone).
     pub last_segment: Option<u64>,
+    /// Stop once the record at `visit_until` is visited, without checking what follows (a
+    /// follower, which reads only what is durable and resumes at `ScanEnd::cursor`). The end
+    /// then describes no newest segment.
+    pub stop_at_until: bool,
+    /// Start at this position, which an earlier scan of the same files ended at, instead of
+    /// the start of the segment holding `visit_after + 1`: the records before it are not read
+    /// again. Ignored when its segment is no longer there.
+    pub resume: Option<Cursor>,
+}
+
+/// A place in a WAL a scan can resume at: the start of a commit group (of a record, in
+/// segments of versions without groups), with what the chain says there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The segment's sequence.
+    pub segment: u64,
+    /// The byte offset in it.
+    pub offset: u64,
+    /// The LSN of the record there.
+    pub lsn: Lsn,
+    /// The hash of the record before it.
+    pub prev_hash: Hash,
+    /// The timestamp of the record before it.
+    pub prev_timestamp: Timestamp,
 }
 
 impl ScanOptions {
@@ -137,6 +161,8 @@ impl ScanOptions {
             visit_until: None,
             durable_mark: None,
             last_segment: None,
+            stop_at_until: false,
+            resume: None,
         }
     }
 }
@@ -198,6 +224,9 @@ pub struct ScanEnd {
     pub records: u64,
     /// Sequence of the first segment present (`None` if there is none).
     pub first_segment: Option<u64>,
+    /// Where the next scan resumes, for a scan with `stop_at_until`: the start of the commit
+    /// group after the last record read, or of its own group if that one was not closed yet.
+    pub cursor: Option<Cursor>,
 }
 
 struct Segment {
@@ -320,6 +349,7 @@ pub fn scan_paced<E>(
         segments: 0,
         records: 0,
         first_segment: segments.first().map(|segment| segment.sequence),
+        cursor: None,
     };
     if segments.is_empty() {
         if options.visit_after > Lsn::ZERO {
@@ -341,7 +371,17 @@ pub fn scan_paced<E>(
             reason: format!("the oldest segment starts at lsn {}", segments[0].header.first_lsn),
         }));
     };
-    if let Some(expected) = options.hash_at_visit_after {
+    // Resuming: where an earlier scan stopped, if its segment is still there and it is not
+    // past the first record to visit.
+    let resume = options.resume.and_then(|cursor| {
+        let index = segments.iter().position(|segment| segment.sequence == cursor.segment)?;
+        (cursor.lsn <= wanted && cursor.lsn >= segments[index].header.first_lsn)
+            .then_some((index, cursor))
+    });
+    let start = resume.map_or(start, |(index, _)| index);
+    if let Some(expected) = options.hash_at_visit_after
+        && resume.is_none()
+    {
         let first = &segments[start];
         if first.header.first_lsn == wanted && first.header.prev_hash != expected {
             return Err(Err(WalError::Corrupt {
@@ -357,19 +397,29 @@ pub fn scan_paced<E>(
     let mut expected_lsn = segments[start].header.first_lsn;
     let mut running_hash = segments[start].header.prev_hash;
     let mut last_timestamp = Timestamp(0);
+    if let Some((_, cursor)) = resume {
+        (expected_lsn, running_hash, last_timestamp) =
+            (cursor.lsn, cursor.prev_hash, cursor.prev_timestamp);
+        (end.last_lsn, end.last_hash, end.last_timestamp) =
+            (Lsn(cursor.lsn.0 - 1), cursor.prev_hash, cursor.prev_timestamp);
+    }
     let newest_index = segments.len() - 1;
     // One buffer for every segment: reading into fresh memory would fault in every page again.
-    let mut bytes = Vec::new();
-    for (index, segment) in segments.iter().enumerate().skip(start) {
+    let mut buffer = Vec::new();
+    // The start of the commit group being read (of the record, without groups): where a
+    // scan that stops inside it resumes.
+    let mut boundary: Option<Cursor> = None;
+    'segments: for (index, segment) in segments.iter().enumerate().skip(start) {
         let is_newest = index == newest_index && !sealed_only;
         let header = &segment.header;
+        let resumed = resume.filter(|_| index == start).map(|(_, cursor)| cursor);
         let corrupt = |offset: u64, lsn: Lsn, reason: String| WalError::Corrupt {
             path: segment.path.clone(),
             offset,
             lsn,
             reason,
         };
-        if header.first_lsn != expected_lsn {
+        if resumed.is_none() && header.first_lsn != expected_lsn {
             return Err(Err(corrupt(
                 0,
                 expected_lsn,
@@ -379,7 +429,7 @@ pub fn scan_paced<E>(
                 ),
             )));
         }
-        if header.prev_hash != running_hash {
+        if resumed.is_none() && header.prev_hash != running_hash {
             return Err(Err(corrupt(
                 0,
                 expected_lsn,
@@ -396,13 +446,21 @@ pub fn scan_paced<E>(
                 format!("the file is {file_bytes} bytes, its header says {}", header.segment_bytes),
             )));
         }
-        bytes.clear();
-        read_paced(&segment.path, &mut bytes, pace)
-            .map_err(io_error(&segment.path))
-            .map_err(Err)?;
-        let bytes = bytes.as_slice();
+        // A follower maps the segment: it reads from where it resumes to the durable LSN,
+        // a small part of a segment per call, and the pages it never touches are never read.
+        let mapped;
+        let bytes: &[u8] = if options.stop_at_until {
+            mapped = map_segment(&segment.path).map_err(io_error(&segment.path)).map_err(Err)?;
+            &mapped[..]
+        } else {
+            buffer.clear();
+            read_paced(&segment.path, &mut buffer, pace)
+                .map_err(io_error(&segment.path))
+                .map_err(Err)?;
+            buffer.as_slice()
+        };
         let groups = header.version >= FORMAT_VERSION_GROUPS;
-        let mut offset = format::records_offset(header.version);
+        let mut offset = resumed.map_or(format::records_offset(header.version), |c| c.offset);
         // Version 3: the commit group being read (its start offset and first LSN); `None`
         // between groups.
         let mut group: Option<(u64, Lsn)> = None;
@@ -439,6 +497,20 @@ pub fn scan_paced<E>(
                             .to_string(),
                     )));
                 }
+            }
+            // Here: a group's start when none is open (a record's, without groups).
+            let here = Cursor {
+                segment: segment.sequence,
+                offset,
+                lsn: expected_lsn,
+                prev_hash: running_hash,
+                prev_timestamp: last_timestamp,
+            };
+            if options.stop_at_until
+                && options.visit_until.is_some_and(|until| expected_lsn > until)
+            {
+                end.cursor = if group.is_some() { boundary } else { Some(here) };
+                break 'segments;
             }
             let at = usize::try_from(offset).expect("segment offsets fit in usize");
             let rest = bytes.get(at..).unwrap_or(&[]);
@@ -495,7 +567,12 @@ pub fn scan_paced<E>(
                         ),
                     )));
                 }
+                if group.is_none() {
+                    boundary = Some(here);
+                }
                 group.get_or_insert((offset, frame_header.lsn));
+            } else {
+                boundary = Some(here);
             }
             let record = &rest[..frame_header.len as usize];
             let kind = RecordKind::from_u16(frame_header.kind);
@@ -602,6 +679,18 @@ pub fn scan_paced<E>(
         }));
     }
     Ok(end)
+}
+
+/// Maps a segment file read-only.
+fn map_segment(path: &Path) -> std::io::Result<memmap2::Mmap> {
+    let file = fs::File::open(path)?;
+    #[expect(unsafe_code, reason = "memmap2 maps files through an unsafe constructor")]
+    // SAFETY: a segment is never truncated or rewritten in place while it is read: it is
+    // created zero-filled at its full size under a temporary name and renamed, then written
+    // only past its durable records, which a follower never reads beyond; retention unlinks
+    // whole files, which leaves a mapping valid.
+    let mapped = unsafe { memmap2::Mmap::map(&file) }?;
+    Ok(mapped)
 }
 
 /// Reads a whole file into `bytes`, `PACE_CHUNK_BYTES` at a time, calling `pace` after each.

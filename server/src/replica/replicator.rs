@@ -24,7 +24,7 @@ use super::writer::{Chunk, Written, claim, loyalty_synced, watermark, write_chun
 use super::{ReplicaConfig, connect, migrations};
 
 /// Records a chunk holds at most.
-pub const CHUNK_RECORDS_MAX: u64 = 20_000;
+pub const CHUNK_RECORDS_MAX: u64 = 50_000;
 /// How often a caught-up shard looks for new durable records.
 const POLL: Duration = Duration::from_millis(20);
 /// Backoff after a failure: doubling from the first to the cap.

@@ -175,7 +175,49 @@ async fn the_replica_holds_every_record_once_and_every_balance_through_restarts_
     wait_caught_up(&engine, &replicator).await;
     let db = ledger_server::replica::connect(&config).await.unwrap();
     assert_replica_matches(&engine, &db).await;
+
+    // PostgreSQL refusing writes (the database made read-only, the replicator's session
+    // ended): the writes go on; the replicator retries, and catches up once it may write.
+    let failures = |r: &Replicator| {
+        r.shards.iter().map(|s| s.failures.load(std::sync::atomic::Ordering::Relaxed)).sum::<u64>()
+    };
+    let failed_before = failures(&replicator);
+    db.batch_execute(
+        "ALTER DATABASE reports SET default_transaction_read_only = on; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = 'reports' AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
+    workload(&engine, &loyalty, 300_000);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while failures(&replicator) < failed_before + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the refusals are noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let durable: u64 = engine.stats().iter().map(|s| s.durable_lsn).sum();
+    let replicated: u64 =
+        replicator.shards.iter().map(|s| s.lsn.load(std::sync::atomic::Ordering::Relaxed)).sum();
+    assert!(replicated < durable, "nothing was written while refused");
+    db.batch_execute("ALTER DATABASE reports SET default_transaction_read_only = off")
+        .await
+        .unwrap();
+    wait_caught_up(&engine, &replicator).await;
+    assert_replica_matches(&engine, &db).await;
     replicator.stop();
+
+    // Wrong credentials (a role the server does not know): retried with backoff and counted,
+    // never a refusal for good (an operator may create the role).
+    let wrong = ReplicaConfig { url: url.replace("postgres@", "nobody@"), nice: 0 };
+    let refused_login = Replicator::spawn(Arc::clone(&engine), wrong, limits()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(refused_login.shards.iter().all(|s| s.state() == State::Retrying)
+        && failures(&refused_login) >= 2)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the bad login is noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refused_login.stop();
 
     // Another ledger pointed at this database is refused, and writes nothing.
     let other_dir = tempfile::tempdir().unwrap();
@@ -261,8 +303,9 @@ fn get_json(addr: std::net::SocketAddr, path: &str, token: &str) -> serde_json::
 }
 
 /// The real binary with `--replica-url`, killed with SIGKILL while terminals write and the
-/// replicator copies, three times: after a last start the replica catches up to exactly the
-/// WAL, every record once, every asset at zero, and the admin API and `/metrics` say so.
+/// replicator copies, six times at different moments: after a last start the replica catches
+/// up to exactly the WAL, every record once, every asset at zero, every member and lot the
+/// WAL's, and the admin API and `/metrics` say so.
 #[test]
 fn ledgerd_killed_while_replicating_leaves_an_exact_replica() {
     use common::process::{addr_of, signal, start_with, wait_exit, wait_for_all};
@@ -291,7 +334,8 @@ fn ledgerd_killed_while_replicating_leaves_an_exact_replica() {
         std::thread::spawn(move || while lines.recv().is_ok() {});
         (child, pos, admin)
     };
-    for round in 0..3u128 {
+    // Six kills, each at another moment of the copying (mid-chunk, mid-commit, idle).
+    for round in 0..6u128 {
         let (child, pos, _) = start(&mut token);
         let credentials =
             ledger_protocol::Credentials::load(&data.join("credentials.toml")).unwrap();
@@ -320,7 +364,7 @@ fn ledgerd_killed_while_replicating_leaves_an_exact_replica() {
                     }
                 }
             });
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(250 + 67 * round as u64)).await;
             signal(&child, "KILL");
             let _ = writer.await;
         });

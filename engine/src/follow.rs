@@ -35,6 +35,21 @@ pub struct Followed<'a> {
     pub registry: &'a crate::ledger::registry::Registry,
     /// The shard's ledger once it applied.
     pub ledger: &'a Ledger,
+    /// Where the record is in the files.
+    pub place: Place,
+}
+
+/// Where a record is in its shard's WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// Its segment's sequence.
+    pub segment: u64,
+    /// Its byte offset in the segment file.
+    pub offset: u64,
+    /// Its length in bytes (header, payload and padding).
+    pub len: u32,
+    /// Records before it in its commit group (0: it starts one).
+    pub commit_index: u32,
 }
 
 /// Why following stopped.
@@ -196,6 +211,12 @@ impl Follower {
                 members: &journal.members,
                 registry,
                 ledger,
+                place: Place {
+                    segment: record.segment,
+                    offset: record.offset,
+                    len: record.header.len,
+                    commit_index: record.header.commit_index,
+                },
             })
             .map_err(Ok)
         });

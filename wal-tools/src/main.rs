@@ -5,8 +5,8 @@
 //! (the report says which, with file, offset and LSN); 2 usage error; 3 the files could not be
 //! read (missing directory, permissions).
 //!
-//! Layout: `cmd/verify.rs` and `cmd/dump.rs`, one file per subcommand; `time.rs` formats
-//! timestamps.
+//! Layout: `cmd/`, one file per subcommand (`verify`, `dump`, `explain`, `stats`); `time.rs`
+//! formats timestamps.
 
 mod cmd;
 mod time;
@@ -28,21 +28,29 @@ struct Args {
     command: Command,
 }
 
+/// Which data directory and shards a subcommand reads, and how it answers.
+#[derive(Debug, clap::Args)]
+struct Scope {
+    /// The data directory.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Only this shard.
+    #[arg(long)]
+    shard: Option<u16>,
+    /// For machines: JSON (verify: one object; the others: one object per line) instead of a
+    /// report for people.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check every record (checksum, hash chain, LSN order), replay the WAL, check the
     /// invariants (every asset sums to zero, no overdraft) and that every snapshot equals the
     /// replayed state at its LSN.
     Verify {
-        /// The data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// Only this shard.
-        #[arg(long)]
-        shard: Option<u16>,
-        /// One JSON object on stdout instead of a report for people.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Print the records of one shard's WAL, checked as `verify` checks them.
     Dump {
@@ -61,6 +69,13 @@ enum Command {
         /// JSON lines instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Per shard and segment: records, bytes, time span, LSN range, record kinds, the assets
+    /// the records moved, commit groups (count and mean size). JSON lines with `--json`: one
+    /// object per segment (`"scope": "segment"`) and one per shard (`"scope": "shard"`).
+    Stats {
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Why a purchase earned what it did (rule version, tier, every component, caps), from
     /// its shard's WAL alone. Exit 1 when the WAL holds no purchase with this id.
@@ -90,11 +105,12 @@ pub enum Outcome {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
-        Command::Verify { data_dir, shard, json } => cmd::verify::run(&data_dir, shard, json),
+        Command::Verify { scope } => cmd::verify::run(&scope.data_dir, scope.shard, scope.json),
         Command::Dump { data_dir, shard, from, limit, json } => {
             cmd::dump::run(&data_dir, shard, from, limit, json)
         }
         Command::Explain { data_dir, tx, json } => cmd::explain::run(&data_dir, tx, json),
+        Command::Stats { scope } => cmd::stats::run(&scope.data_dir, scope.shard, scope.json),
     };
     match result {
         Ok(Outcome::Sound) => ExitCode::SUCCESS,

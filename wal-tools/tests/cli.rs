@@ -367,3 +367,95 @@ fn verify_reports_a_purchase_its_rules_do_not_give() {
     assert!(text.contains("its rule version gives"), "{text}");
     assert_eq!(text.matches("problem:").count(), 1, "one purchase: {text}");
 }
+
+#[test]
+fn stats_count_every_record_once_by_segment_and_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    // More records, in batches: several 64 KiB segments per shard, commit groups of many sizes.
+    {
+        let mut config = EngineConfig::new(dir.path());
+        config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
+        let engine = Engine::open(config).unwrap();
+        let loyalty = Loyalty::define(&engine);
+        for batch in 0..40u128 {
+            let commands =
+                (0..50u128).map(|i| loyalty.earn(10_000 + batch * 100 + i, (i % 20) as u64, 1));
+            execute_all(&engine, commands.collect());
+        }
+        engine.shutdown();
+    }
+    let data = dir.path().to_str().unwrap();
+    let output = ledger_wal(&["stats", "--data-dir", data, "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    let verify = ledger_wal(&["verify", "--data-dir", data, "--json"]);
+    let report: serde_json::Value = serde_json::from_str(stdout(&verify).trim()).unwrap();
+    for shard in 0..2u64 {
+        let segments: Vec<&serde_json::Value> =
+            lines.iter().filter(|l| l["scope"] == "segment" && l["shard"] == shard).collect();
+        let total = lines.iter().find(|l| l["scope"] == "shard" && l["shard"] == shard).unwrap();
+        assert!(segments.len() >= 2, "64 KiB segments: {segments:?}");
+        // The segments' records add up to the shard's, which are the WAL's, LSN 1 to its end.
+        let records: u64 = segments.iter().map(|s| s["records"].as_u64().unwrap()).sum();
+        assert_eq!(total["records"].as_u64().unwrap(), records);
+        let last = report["shards"][shard as usize]["last_lsn"].as_u64().unwrap();
+        assert_eq!(
+            (total["first_lsn"].as_u64().unwrap(), total["last_lsn"].as_u64().unwrap()),
+            (1, last)
+        );
+        assert_eq!(records, last, "every record once");
+        for pair in segments.windows(2) {
+            assert_eq!(
+                pair[0]["last_lsn"].as_u64().unwrap() + 1,
+                pair[1]["first_lsn"].as_u64().unwrap(),
+                "segments follow each other"
+            );
+        }
+        let kinds: u64 =
+            total["kinds"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+        assert_eq!(kinds, records);
+        let groups = total["commit_groups"].as_u64().unwrap();
+        assert!(groups >= 1 && groups <= records, "{total}");
+        assert!(total["assets"]["PTS"].as_u64().unwrap() > 0, "{total}");
+        assert!(total["bytes"].as_u64().unwrap() > records * 64, "{total}");
+    }
+    assert!(lines.iter().any(|l| l["kinds"]["hold_create"] == 1), "the hold is counted");
+    // For people: a table, numbers grouped.
+    let output = ledger_wal(&["stats", "--data-dir", data, "--shard", "1"]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = stdout(&output);
+    assert!(text.contains("records") && text.contains("all") && text.contains("PTS"), "{text}");
+    assert!(!text.contains("│ 0 "), "only shard 1: {text}");
+    // A shard the directory does not have, a directory that is not one.
+    assert_eq!(ledger_wal(&["stats", "--data-dir", data, "--shard", "9"]).status.code(), Some(3));
+    let missing = dir.path().join("nothing");
+    assert_eq!(
+        ledger_wal(&["stats", "--data-dir", missing.to_str().unwrap()]).status.code(),
+        Some(3)
+    );
+}
+
+#[test]
+fn stats_read_the_wal_of_every_format_version() {
+    for version in 1..=10 {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../engine/tests/fixtures/v{version}"));
+        let dir = tempfile::tempdir().unwrap();
+        ledger_engine::testing::copy_dir(&fixture, dir.path()).unwrap();
+        let output = ledger_wal(&["stats", "--data-dir", dir.path().to_str().unwrap(), "--json"]);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "v{version}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for line in stdout(&output).lines() {
+            let stats: serde_json::Value = serde_json::from_str(line).unwrap();
+            let (first, last) =
+                (stats["first_lsn"].as_u64().unwrap(), stats["last_lsn"].as_u64().unwrap());
+            assert_eq!(stats["records"].as_u64().unwrap(), last - first + 1, "v{version}: {stats}");
+        }
+    }
+}

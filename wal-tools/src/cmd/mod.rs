@@ -2,4 +2,5 @@
 
 pub mod dump;
 pub mod explain;
+pub mod stats;
 pub mod verify;

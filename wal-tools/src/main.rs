@@ -77,6 +77,29 @@ enum Command {
         #[command(flatten)]
         scope: Scope,
     },
+    /// Balances as of a time or an LSN, by replay from the nearest snapshot before it: every
+    /// account of a customer with their lots and tier, or one account (a house account is the
+    /// sum of its slices on every shard). Without `--as-of*`: as of the WAL's last record.
+    Balance {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Every account of this customer, with their lots and tier.
+        #[arg(long, conflicts_with = "account", required_unless_present = "account")]
+        customer: Option<u64>,
+        /// One account, by address (`customer:42:points`, `house:issuance`).
+        #[arg(long)]
+        account: Option<String>,
+        /// As of the last record at or before this time (RFC 3339, `2026-11-27T10:00:00Z`).
+        #[arg(long, conflicts_with = "as_of_lsn", value_parser = as_of_time)]
+        as_of: Option<ledger_engine::Timestamp>,
+        /// As of this LSN of the shard concerned.
+        #[arg(long)]
+        as_of_lsn: Option<u64>,
+        /// JSON lines (`"scope"`: `account`, `member`, `lot`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
     /// Why a purchase earned what it did (rule version, tier, every component, caps), from
     /// its shard's WAL alone. Exit 1 when the WAL holds no purchase with this id.
     Explain {
@@ -100,6 +123,13 @@ pub enum Outcome {
     Problems,
     /// Files could not be read.
     Unreadable,
+    /// The arguments ask for something that cannot be answered.
+    Usage,
+}
+
+/// An `--as-of` time.
+fn as_of_time(text: &str) -> Result<ledger_engine::Timestamp, String> {
+    ledger_engine::loyalty::rules_file::parse_timestamp(text)
 }
 
 fn main() -> ExitCode {
@@ -110,12 +140,26 @@ fn main() -> ExitCode {
             cmd::dump::run(&data_dir, shard, from, limit, json)
         }
         Command::Explain { data_dir, tx, json } => cmd::explain::run(&data_dir, tx, json),
+        Command::Balance { data_dir, customer, account, as_of, as_of_lsn, json } => {
+            let whose = match (customer, account) {
+                (Some(customer), _) => cmd::balance::Whose::Customer(customer),
+                (None, Some(account)) => cmd::balance::Whose::Account(account),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            let when = match (as_of, as_of_lsn) {
+                (Some(time), _) => cmd::balance::AsOf::Time(time),
+                (None, Some(lsn)) => cmd::balance::AsOf::Lsn(lsn),
+                (None, None) => cmd::balance::AsOf::End,
+            };
+            cmd::balance::run(&data_dir, &whose, when, json)
+        }
         Command::Stats { scope } => cmd::stats::run(&scope.data_dir, scope.shard, scope.json),
     };
     match result {
         Ok(Outcome::Sound) => ExitCode::SUCCESS,
         Ok(Outcome::Problems) => ExitCode::from(1),
         Ok(Outcome::Unreadable) => ExitCode::from(3),
+        Ok(Outcome::Usage) => ExitCode::from(2),
         Err(error) => {
             eprintln!("ledger-wal: {error:#}");
             ExitCode::from(3)

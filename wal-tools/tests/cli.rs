@@ -459,3 +459,94 @@ fn stats_read_the_wal_of_every_format_version() {
         }
     }
 }
+
+#[test]
+fn balance_as_of_an_lsn_or_a_time_is_what_the_engine_held_then() {
+    use ledger_engine::loyalty::calendar::rfc3339;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.shard_count = Some(2);
+    config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let accounts = loyalty.define_programme(&engine);
+    engine.define_rules(ledger_engine::loyalty::RuleSet::flat(1, 1), accounts, None).unwrap();
+    let shard = engine.shard_of_customer(ledger_engine::CustomerId(3)).index() as usize;
+    let points =
+        |engine: &Engine| engine.account_total(loyalty.customer(3)).unwrap().balance_posted();
+    let issuance =
+        |engine: &Engine| engine.account_total(loyalty.issuance()).unwrap().balance_posted();
+    // Three moments: after earns, after a redemption and more earns, at the end.
+    execute_all(&engine, (0..10).map(|c| loyalty.earn(c as u128 + 1, c, 100)).collect());
+    let first =
+        (engine.stats()[shard].durable_lsn, engine.now(), points(&engine), issuance(&engine));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    execute_all(&engine, vec![loyalty.redeem(20, 3, 30), loyalty.earn(21, 3, 7)]);
+    let second = (engine.stats()[shard].durable_lsn, engine.now(), points(&engine));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    execute_all(&engine, (0..10).map(|c| loyalty.earn(c as u128 + 100, c, 5)).collect());
+    let end = (points(&engine), issuance(&engine));
+    engine.shutdown();
+    assert!(first.0 < second.0 && first.2 != second.2 && second.2 != end.0);
+
+    let data = dir.path().to_str().unwrap();
+    let lines = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["balance", "--data-dir", data, "--json"];
+        all.extend_from_slice(args);
+        let output = ledger_wal(&all);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    };
+    let points_of = |lines: &[serde_json::Value]| -> i128 {
+        let account = lines.iter().find(|l| l["address"] == "customer:3:points").unwrap();
+        account["balance"].as_str().unwrap().parse().unwrap()
+    };
+    let lots_of = |lines: &[serde_json::Value]| -> i128 {
+        lines
+            .iter()
+            .filter(|l| l["scope"] == "lot")
+            .map(|l| i128::from(l["remaining"].as_u64().unwrap()))
+            .sum()
+    };
+    for (args, expected) in [
+        (vec!["--customer", "3", "--as-of-lsn", &first.0.to_string()], first.2),
+        (vec!["--customer", "3", "--as-of", &rfc3339(first.1)], first.2),
+        (vec!["--customer", "3", "--as-of-lsn", &second.0.to_string()], second.2),
+        (vec!["--customer", "3", "--as-of", &rfc3339(second.1)], second.2),
+        (vec!["--customer", "3"], end.0),
+    ] {
+        let found = lines(&args);
+        assert_eq!(points_of(&found), expected, "{args:?}");
+        assert_eq!(lots_of(&found), expected, "{args:?}: the lots add up to the balance");
+        assert!(found.iter().any(|l| l["scope"] == "member" && l["customer"] == 3), "{found:?}");
+    }
+    // A house account: a slice on every shard, adding up to the engine's total.
+    for (args, expected) in [
+        (vec!["--account", "house:issuance", "--as-of", &rfc3339(first.1)], first.3),
+        (vec!["--account", "house:issuance"], end.1),
+    ] {
+        let found = lines(&args);
+        assert_eq!(found.len(), 2, "one slice per shard: {found:?}");
+        let total: i128 =
+            found.iter().map(|l| l["balance"].as_str().unwrap().parse::<i128>().unwrap()).sum();
+        assert_eq!(total, expected, "{args:?}");
+    }
+    // For people: tables. Usage errors: an LSN for an account of every shard, a bad time.
+    let text = stdout(&ledger_wal(&["balance", "--data-dir", data, "--customer", "3"]));
+    assert!(text.contains("customer:3:points") && text.contains("remaining"), "{text}");
+    let code = |args: &[&str]| ledger_wal(args).status.code();
+    assert_eq!(
+        code(&["balance", "--data-dir", data, "--account", "house:issuance", "--as-of-lsn", "3"]),
+        Some(2)
+    );
+    assert_eq!(
+        code(&["balance", "--data-dir", data, "--customer", "3", "--as-of", "yesterday"]),
+        Some(2)
+    );
+    assert_eq!(code(&["balance", "--data-dir", data]), Some(2));
+}

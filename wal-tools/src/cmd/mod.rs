@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod balance;
 pub mod dump;
 pub mod explain;
 pub mod stats;

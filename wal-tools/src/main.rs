@@ -100,6 +100,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every record that moved a customer's value or changed their loyalty state, across all
+    /// segments of their shard, in order, with what it did to their accounts. Exit 1 when the
+    /// WAL holds none.
+    History {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The customer.
+        customer: u64,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Why a purchase earned what it did (rule version, tier, every component, caps), from
     /// its shard's WAL alone. Exit 1 when the WAL holds no purchase with this id.
     Explain {
@@ -152,6 +165,9 @@ fn main() -> ExitCode {
                 (None, None) => cmd::balance::AsOf::End,
             };
             cmd::balance::run(&data_dir, &whose, when, json)
+        }
+        Command::History { data_dir, customer, json } => {
+            cmd::history::run(&data_dir, customer, json)
         }
         Command::Stats { scope } => cmd::stats::run(&scope.data_dir, scope.shard, scope.json),
     };

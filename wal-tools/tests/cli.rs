@@ -550,3 +550,39 @@ fn balance_as_of_an_lsn_or_a_time_is_what_the_engine_held_then() {
     );
     assert_eq!(code(&["balance", "--data-dir", data]), Some(2));
 }
+
+#[test]
+fn history_lists_every_record_of_a_customer_in_order_with_its_movements() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let output = ledger_wal(&["history", "--data-dir", data, "5", "--json"]);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let records: Vec<serde_json::Value> =
+        stdout(&output).lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    // Customer 5: earned 100, redeemed 10, earned 60, that earn reversed.
+    let kinds: Vec<&str> = records.iter().map(|r| r["record_kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["transaction", "transaction", "transaction", "reversal"], "{records:?}");
+    let lsns: Vec<u64> = records.iter().map(|r| r["lsn"].as_u64().unwrap()).collect();
+    assert!(lsns.windows(2).all(|pair| pair[0] < pair[1]), "in order: {lsns:?}");
+    let posted: i128 = records
+        .iter()
+        .flat_map(|r| r["moves"].as_array().unwrap().iter())
+        .filter(|m| m["account"] == "customer:5:points" && m["effect"] == "posted")
+        .map(|m| m["amount"].as_str().unwrap().parse::<i128>().unwrap())
+        .sum();
+    assert_eq!(posted, 100 - 10 + 60 - 60);
+    // Customer 3's hold: a reservation of 40 on their points.
+    let output = ledger_wal(&["history", "--data-dir", data, "3", "--json"]);
+    let held = stdout(&output).lines().any(|line| {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        record["record_kind"] == "hold_create"
+            && record["moves"][0]["effect"] == "pending"
+            && record["moves"][0]["amount"] == "-40"
+    });
+    assert!(held, "{}", stdout(&output));
+    // For people: a table; a customer the WAL never saw: exit 1.
+    let text = stdout(&ledger_wal(&["history", "--data-dir", data, "5"]));
+    assert!(text.contains("reversal") && text.contains("customer 5"), "{text}");
+    assert_eq!(ledger_wal(&["history", "--data-dir", data, "999"]).status.code(), Some(1));
+}

@@ -104,7 +104,7 @@ pub fn grouped(value: u64) -> String {
 }
 
 /// The LSN before the first record the shard's oldest segment holds (0 for a whole WAL).
-fn first_lsn_before(wal: &Path, shard: ShardId, cluster_id: u64) -> anyhow::Result<Lsn> {
+pub fn first_lsn_before(wal: &Path, shard: ShardId, cluster_id: u64) -> anyhow::Result<Lsn> {
     let options = ScanOptions {
         shard: Some(shard),
         cluster_id: Some(cluster_id),
@@ -125,16 +125,17 @@ fn first_lsn_before(wal: &Path, shard: ShardId, cluster_id: u64) -> anyhow::Resu
     }
 }
 
-fn shard_stats(data_dir: &Path, index: u16) -> anyhow::Result<Vec<SegmentStats>> {
+/// A follower of shard `index` at the WAL's first record: from LSN 0, or, when retention
+/// removed the records before the oldest segment, from the snapshot just before it (else the
+/// oldest snapshot after it).
+pub fn follower_from_start(data_dir: &Path, index: u16) -> anyhow::Result<Follower> {
     let meta = datadir::read_meta(data_dir).context("cannot read the data directory")?;
     let shard = ShardId::new(index).context("shard out of range")?;
     let paths = ShardPaths::new(data_dir, index);
     let config = ledger_config(&meta, shard, &Limits::default());
-    // From the WAL's first record; when retention removed the records before it and no
-    // snapshot is of the LSN just before, from the oldest snapshot after it.
     let first = first_lsn_before(&paths.wal, shard, meta.cluster_id)?;
-    let mut follower = match Follower::open(&paths, config.clone(), meta.cluster_id, first) {
-        Ok(follower) => follower,
+    match Follower::open(&paths, config.clone(), meta.cluster_id, first) {
+        Ok(follower) => Ok(follower),
         Err(error) => {
             let later = ledger_engine::snapshot::list_snapshots(&paths.snapshots)
                 .unwrap_or_default()
@@ -146,9 +147,13 @@ fn shard_stats(data_dir: &Path, index: u16) -> anyhow::Result<Vec<SegmentStats>>
                 return Err(error).context(format!("shard {index}: cannot open its wal"));
             };
             Follower::open(&paths, config, meta.cluster_id, at)
-                .with_context(|| format!("shard {index}: cannot open its wal at lsn {at}"))?
+                .with_context(|| format!("shard {index}: cannot open its wal at lsn {at}"))
         }
-    };
+    }
+}
+
+fn shard_stats(data_dir: &Path, index: u16) -> anyhow::Result<Vec<SegmentStats>> {
+    let mut follower = follower_from_start(data_dir, index)?;
     let mut segments: BTreeMap<u64, SegmentStats> = BTreeMap::new();
     let visited = follower.advance(Lsn(u64::MAX), |followed| {
         let place = followed.place;

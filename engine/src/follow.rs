@@ -96,7 +96,9 @@ impl Follower {
     ) -> Result<Follower, RecoveryError> {
         let shard = config.shard;
         let mut base = None;
-        for (lsn, path) in snapshot::list_snapshots(&paths.snapshots)? {
+        // `find_snapshots`, not `list_snapshots`, which deletes `.tmp` files: one may be a
+        // snapshot the shard is writing at this moment.
+        for (lsn, path) in snapshot::find_snapshots(&paths.snapshots)? {
             if lsn > at {
                 continue;
             }

@@ -52,8 +52,13 @@ fn a_follower_holds_the_shards_state_and_its_movements_add_up_to_every_balance()
     let paths = ShardPaths::new(dir.path(), 0);
     let durable = Lsn(engine.stats()[0].durable_lsn);
 
+    // A snapshot being written (its `.tmp` file) is left alone: the follower only reads.
+    let writing = paths.snapshots.join("snapshot-00000000000000999999.snap.tmp");
+    std::fs::write(&writing, b"being written").unwrap();
     // From the start, while the engine runs: every record once, in order, to the durable LSN.
     let mut from_start = Follower::open(&paths, config(), meta.cluster_id, Lsn::ZERO).unwrap();
+    assert!(writing.exists(), "a follower deletes nothing");
+    std::fs::remove_file(&writing).unwrap();
     let mut moved = Vec::new();
     let mut lsns = Vec::new();
     let reached = from_start

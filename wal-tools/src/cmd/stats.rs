@@ -137,7 +137,7 @@ pub fn follower_from_start(data_dir: &Path, index: u16) -> anyhow::Result<Follow
     match Follower::open(&paths, config.clone(), meta.cluster_id, first) {
         Ok(follower) => Ok(follower),
         Err(error) => {
-            let later = ledger_engine::snapshot::list_snapshots(&paths.snapshots)
+            let later = ledger_engine::snapshot::find_snapshots(&paths.snapshots)
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(lsn, _)| lsn)

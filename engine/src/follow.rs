@@ -235,3 +235,105 @@ impl Follower {
         }
     }
 }
+
+/// A purchase's lifecycle transition, as a record made it (`Followed::transition`): what the
+/// replica's `purchase_transitions` rows and `ledger-wal export transitions` hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The id of the record's transaction.
+    pub tx_id: u64,
+    /// The purchase.
+    pub purchase: u64,
+    /// Its member.
+    pub customer: u64,
+    /// `settle`, `fail`, `refund`, `release` or `reverse`.
+    pub event: &'static str,
+    /// The purchase's state after it.
+    pub state_after: &'static str,
+    /// Refunded of its basis after it.
+    pub refunded: u64,
+    /// Earned points it took back.
+    pub earned_back: u64,
+    /// Bonus points it took back.
+    pub bonus_back: u64,
+    /// Cashback it took back.
+    pub cashback_back: u64,
+    /// Of the points taken back, what the member owes (spent already).
+    pub points_owed: u64,
+    /// Of the cashback taken back, what the member owes.
+    pub cashback_owed: u64,
+}
+
+impl Followed<'_> {
+    /// The lifecycle transition the record made, if it made one: a settlement, failure or
+    /// refund (`purchase_change`), a release of held points, or a reversal of a purchase the
+    /// shard still keeps (which ends it failed).
+    pub fn transition(&self) -> Option<Transition> {
+        use crate::ledger::record::{Body, PurchaseEvent};
+        use crate::loyalty::lifecycle::LifecycleState;
+        let purchases = self.ledger.purchases();
+        match &self.record.body {
+            Body::PurchaseChange(change) => {
+                let outcome = &change.outcome;
+                let event = match change.event {
+                    PurchaseEvent::Settle => "settle",
+                    PurchaseEvent::Fail => "fail",
+                    PurchaseEvent::RefundAmount(_) | PurchaseEvent::RefundLines(_) => "refund",
+                };
+                Some(Transition {
+                    tx_id: change.header.id.0,
+                    purchase: outcome.purchase.0,
+                    customer: outcome.customer,
+                    event,
+                    state_after: LifecycleState::from_u8(outcome.state)
+                        .map_or("pending", LifecycleState::name),
+                    refunded: outcome.refunded,
+                    earned_back: outcome.earned,
+                    bonus_back: outcome.bonus,
+                    cashback_back: outcome.cashback,
+                    points_owed: outcome.points_owed,
+                    cashback_owed: outcome.cashback_owed,
+                })
+            }
+            Body::PurchaseRelease(release) => {
+                let entry = purchases.get(release.purchase);
+                Some(Transition {
+                    tx_id: release.id.0,
+                    purchase: release.purchase.0,
+                    customer: entry.map_or(0, |entry| entry.customer),
+                    event: "release",
+                    state_after: entry.map_or("pending", |entry| entry.state.name()),
+                    refunded: entry.map_or(0, |entry| entry.refunded),
+                    earned_back: 0,
+                    bonus_back: 0,
+                    cashback_back: 0,
+                    points_owed: 0,
+                    cashback_owed: 0,
+                })
+            }
+            // A reversal of a purchase the shard keeps ends it failed (a reversal of a failed
+            // purchase is refused, so failed now means this reversal did it).
+            Body::Reversal(reversal) => {
+                let entry = purchases.get(reversal.original)?;
+                if entry.state != LifecycleState::Failed {
+                    return None;
+                }
+                let gave = entry.gave();
+                Some(Transition {
+                    tx_id: reversal.header.id.0,
+                    purchase: reversal.original.0,
+                    customer: entry.customer,
+                    event: "reverse",
+                    state_after: entry.state.name(),
+                    refunded: entry.refunded,
+                    earned_back: gave.earned,
+                    bonus_back: gave.bonus,
+                    cashback_back: gave.cashback,
+                    points_owed: 0,
+                    cashback_owed: 0,
+                })
+            }
+            _ => None,
+        }
+    }
+}

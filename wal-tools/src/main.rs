@@ -5,10 +5,13 @@
 //! (the report says which, with file, offset and LSN); 2 usage error; 3 the files could not be
 //! read (missing directory, permissions).
 //!
-//! Layout: `cmd/`, one file per subcommand (`verify`, `dump`, `explain`, `stats`); `time.rs`
-//! formats timestamps.
+//! Layout: `cmd/`, one file per subcommand; `filter.rs`, the record filters of `dump` and
+//! `export` and the walk that applies them; `progress.rs`, the progress bar of long reads;
+//! `time.rs` formats timestamps.
 
 mod cmd;
+mod filter;
+mod progress;
 mod time;
 
 use std::path::PathBuf;
@@ -26,6 +29,9 @@ use clap::{Parser, Subcommand};
 struct Args {
     #[command(subcommand)]
     command: Command,
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long, short, global = true)]
+    quiet: bool,
 }
 
 /// Which data directory and shards a subcommand reads, and how it answers.
@@ -46,27 +52,82 @@ struct Scope {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check every record (checksum, hash chain, LSN order), replay the WAL, check the
-    /// invariants (every asset sums to zero, no overdraft) and that every snapshot equals the
-    /// replayed state at its LSN.
+    /// invariants (every asset sums to zero, no overdraft, lots sum to balances, no negative
+    /// lot), price every purchase again by its recorded rule version, check that every
+    /// lifecycle transition and tier change is the one the state allows, and that every
+    /// snapshot equals the replayed state at its LSN.
     Verify {
         #[command(flatten)]
         scope: Scope,
+        /// Check from this LSN (replay starts at the newest snapshot before it).
+        #[arg(long)]
+        from_lsn: Option<u64>,
+        /// Check up to this LSN (the records after it are not read).
+        #[arg(long)]
+        to_lsn: Option<u64>,
     },
-    /// Print the records of one shard's WAL, checked as `verify` checks them.
+    /// Print the records the filters select (every shard's, by default), replayed and checked
+    /// as `verify` checks them, each with its details (a purchase with its earning
+    /// breakdown).
     Dump {
         /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
-        /// The shard.
-        #[arg(long, default_value_t = 0)]
-        shard: u16,
-        /// First LSN to print.
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        #[command(flatten)]
+        filter: filter::Filter,
         /// Records to print at most.
-        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-        limit: u64,
-        /// JSON lines instead of a table.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rows for spreadsheets and other tools, with the filters of `dump`: one per record
+    /// (`transactions`), per movement of value (`postings`), per lifecycle transition of a
+    /// purchase (`transitions`), or per lot as of the end of the range (`lots`). Columns:
+    /// docs/operations.md.
+    Export {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// What to export.
+        #[arg(value_enum)]
+        rows: cmd::export::Rows,
+        /// CSV with a header row, or JSON lines.
+        #[arg(long, value_enum, default_value = "csv")]
+        format: cmd::export::Format,
+        #[command(flatten)]
+        filter: filter::Filter,
+    },
+    /// The snapshots: `list` (headers, checksums), `inspect` (and what they hold), `verify`
+    /// (and equality with the state the WAL gives at their LSN).
+    Snapshot {
+        #[command(subcommand)]
+        action: SnapshotAction,
+    },
+    /// What the programme owes its members as of a moment, from the WAL alone: per customer
+    /// class and asset, the points' money value, and the points in lots by expiry month.
+    Liability {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// As of the last record at or before this time (RFC 3339); default: the WAL's end.
+        #[arg(long, value_parser = as_of_time)]
+        as_of: Option<ledger_engine::Timestamp>,
+        /// JSON lines (`"scope"`: `total`, `class`, `asset`, `expiry_month`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Match an external settlement report (CSV: payment_id,receipt,store,time,amount,status)
+    /// against the purchases in the WAL, row by row. Changes nothing; exit 0 when it balanced.
+    Reconcile {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The report.
+        #[arg(long)]
+        settlement: PathBuf,
+        /// JSON lines (`"scope"`: `row`, `purchase`, `totals`) instead of tables.
         #[arg(long)]
         json: bool,
     },
@@ -127,6 +188,26 @@ enum Command {
     },
 }
 
+/// What `snapshot` does.
+#[derive(Debug, Subcommand)]
+enum SnapshotAction {
+    /// Every snapshot's header, its checksum checked.
+    List {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Headers and what each holds (accounts, holds, members, lots, purchases kept).
+    Inspect {
+        #[command(flatten)]
+        scope: Scope,
+    },
+    /// Headers, contents and equality with the state the WAL gives at each one's LSN.
+    Verify {
+        #[command(flatten)]
+        scope: Scope,
+    },
+}
+
 /// How a command ended, as an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -147,10 +228,32 @@ fn as_of_time(text: &str) -> Result<ledger_engine::Timestamp, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let quiet = args.quiet;
     let result = match args.command {
-        Command::Verify { scope } => cmd::verify::run(&scope.data_dir, scope.shard, scope.json),
-        Command::Dump { data_dir, shard, from, limit, json } => {
-            cmd::dump::run(&data_dir, shard, from, limit, json)
+        Command::Verify { scope, from_lsn, to_lsn } => cmd::verify::run(
+            &scope.data_dir,
+            scope.shard,
+            cmd::verify::Range { from: from_lsn, to: to_lsn },
+            scope.json,
+            quiet,
+        ),
+        Command::Dump { data_dir, filter, limit, json } => {
+            cmd::dump::run(&data_dir, &filter, limit, json, quiet)
+        }
+        Command::Export { data_dir, rows, format, filter } => {
+            cmd::export::run(&data_dir, rows, format, &filter, quiet)
+        }
+        Command::Snapshot { action } => {
+            let (scope, action) = match action {
+                SnapshotAction::List { scope } => (scope, cmd::snapshot::Action::List),
+                SnapshotAction::Inspect { scope } => (scope, cmd::snapshot::Action::Inspect),
+                SnapshotAction::Verify { scope } => (scope, cmd::snapshot::Action::Verify),
+            };
+            cmd::snapshot::run(&scope.data_dir, scope.shard, action, scope.json)
+        }
+        Command::Liability { data_dir, as_of, json } => cmd::liability::run(&data_dir, as_of, json),
+        Command::Reconcile { data_dir, settlement, json } => {
+            cmd::reconcile::run(&data_dir, &settlement, json, quiet)
         }
         Command::Explain { data_dir, tx, json } => cmd::explain::run(&data_dir, tx, json),
         Command::Balance { data_dir, customer, account, as_of, as_of_lsn, json } => {

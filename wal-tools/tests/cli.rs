@@ -111,17 +111,7 @@ fn a_snapshot_that_disagrees_with_the_wal_is_reported() {
     let snapshots =
         ledger_engine::snapshot::find_snapshots(&dir.path().join("shard-000/snapshots")).unwrap();
     let (_, path) = snapshots.last().unwrap();
-    let mut bytes = std::fs::read(path).unwrap();
-    // Turn a credit of 100 into 101 and fix both checksums: the file is well formed, and only
-    // the comparison with the WAL can catch it.
-    let hundred = 100u128.to_le_bytes();
-    let at =
-        (SNAPSHOT_HEADER_BYTES..bytes.len() - 16).find(|i| bytes[*i..*i + 16] == hundred).unwrap();
-    bytes[at] = 101;
-    let mut header = SnapshotHeader::decode(&bytes).unwrap();
-    header.body_crc = crc32(&bytes[SNAPSHOT_HEADER_BYTES..]);
-    bytes[..SNAPSHOT_HEADER_BYTES].copy_from_slice(&header.encode());
-    std::fs::write(path, bytes).unwrap();
+    credit_101(path);
     let output =
         ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap(), "--shard", "0"]);
     assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
@@ -131,6 +121,21 @@ fn a_snapshot_that_disagrees_with_the_wal_is_reported() {
         "{}",
         stdout(&output)
     );
+}
+
+/// Turns a credit of 100 in the snapshot into 101 and fixes both checksums: the file is well
+/// formed, and only the comparison with the WAL can catch it. Answers the byte's offset.
+fn credit_101(path: &Path) -> usize {
+    let mut bytes = std::fs::read(path).unwrap();
+    let hundred = 100u128.to_le_bytes();
+    let at =
+        (SNAPSHOT_HEADER_BYTES..bytes.len() - 16).find(|i| bytes[*i..*i + 16] == hundred).unwrap();
+    bytes[at] = 101;
+    let mut header = SnapshotHeader::decode(&bytes).unwrap();
+    header.body_crc = crc32(&bytes[SNAPSHOT_HEADER_BYTES..]);
+    bytes[..SNAPSHOT_HEADER_BYTES].copy_from_slice(&header.encode());
+    std::fs::write(path, bytes).unwrap();
+    at
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -368,15 +373,32 @@ fn verify_reports_a_purchase_its_rules_do_not_give() {
     assert_eq!(text.matches("problem:").count(), 1, "one purchase: {text}");
 }
 
+/// Opens a directory this process used before. The lock (flock) of the earlier open can
+/// outlive it for a moment: a `ledger-wal` another test is spawning holds a copy of the
+/// descriptor between its fork and its exec.
+fn reopen(dir: &Path) -> Engine {
+    for _ in 0..100 {
+        let mut config = EngineConfig::new(dir);
+        config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
+        match Engine::open(config) {
+            Err(ledger_engine::OpenError::DataDir(
+                ledger_engine::datadir::DataDirError::Locked(_),
+            )) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+    panic!("{} stays locked", dir.display());
+}
+
 #[test]
 fn stats_count_every_record_once_by_segment_and_shard() {
     let dir = tempfile::tempdir().unwrap();
     build(dir.path());
     // More records, in batches: several 64 KiB segments per shard, commit groups of many sizes.
     {
-        let mut config = EngineConfig::new(dir.path());
-        config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
-        let engine = Engine::open(config).unwrap();
+        let engine = reopen(dir.path());
         let loyalty = Loyalty::define(&engine);
         for batch in 0..40u128 {
             let commands =
@@ -585,4 +607,590 @@ fn history_lists_every_record_of_a_customer_in_order_with_its_movements() {
     let text = stdout(&ledger_wal(&["history", "--data-dir", data, "5"]));
     assert!(text.contains("reversal") && text.contains("customer 5"), "{text}");
     assert_eq!(ledger_wal(&["history", "--data-dir", data, "999"]).status.code(), Some(1));
+}
+
+fn json_lines(output: &Output) -> Vec<serde_json::Value> {
+    assert!(
+        matches!(output.status.code(), Some(0 | 1)),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(output).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+#[test]
+fn dump_filters_select_exactly_what_they_name() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let dump = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["dump", "--data-dir", data, "--json"];
+        all.extend_from_slice(args);
+        let output = ledger_wal(&all);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        json_lines(&output)
+    };
+    let everything = dump(&[]);
+    let shards: std::collections::BTreeSet<u64> =
+        everything.iter().map(|line| line["shard"].as_u64().unwrap()).collect();
+    assert_eq!(shards.len(), 2, "every shard by default");
+    let key = |line: &serde_json::Value| (line["shard"].as_u64(), line["lsn"].as_u64());
+    let keys = |lines: &[serde_json::Value]| lines.iter().map(key).collect::<Vec<_>>();
+    let expect = |args: &[&str], keep: &dyn Fn(&serde_json::Value) -> bool| {
+        let found = dump(args);
+        let wanted: Vec<_> = everything.iter().filter(|line| keep(line)).cloned().collect();
+        assert!(!wanted.is_empty(), "{args:?} selects something");
+        assert_eq!(keys(&found), keys(&wanted), "{args:?}");
+        assert!(found.len() < everything.len(), "{args:?} leaves something out");
+    };
+    // The selections a full dump gives, filtered here.
+    expect(&["--kind", "hold_create"], &|l| l["kind"] == "hold_create");
+    expect(&["--kind", "reversal", "--kind", "transfer_in"], &|l| {
+        l["kind"] == "reversal" || l["kind"] == "transfer_in"
+    });
+    expect(&["--shard", "0", "--from-lsn", "5", "--to-lsn", "7"], &|l| {
+        l["shard"] == 0 && (5..=7).contains(&l["lsn"].as_u64().unwrap())
+    });
+    let terminal_id = everything.iter().find_map(|l| l["details"]["terminal"].as_u64()).unwrap();
+    let terminal = terminal_id.to_string();
+    expect(&["--terminal", &terminal], &|l| l["details"]["terminal"].as_u64() == Some(terminal_id));
+    let mut times: Vec<&str> =
+        everything.iter().map(|l| l["timestamp"].as_str().unwrap()).collect();
+    times.sort_unstable();
+    let (from, to) = (times[times.len() / 4], times[times.len() / 2]);
+    expect(&["--from-time", from, "--to-time", to], &|l| {
+        let time = l["timestamp"].as_str().unwrap();
+        from <= time && time <= to
+    });
+    expect(&["--account", "customer:3:points"], &|l| {
+        l["details"].to_string().contains("customer:3:points")
+    });
+    // A customer: what `history` lists, and the reversal of their earn names the earn.
+    let history = json_lines(&ledger_wal(&["history", "--data-dir", data, "5", "--json"]));
+    let of_five = dump(&["--customer", "5"]);
+    assert_eq!(
+        of_five.iter().map(|l| l["lsn"].as_u64()).collect::<Vec<_>>(),
+        history.iter().map(|l| l["lsn"].as_u64()).collect::<Vec<_>>()
+    );
+    let reversal = of_five.iter().find(|l| l["kind"] == "reversal").unwrap();
+    let original = reversal["details"]["original"].as_u64().unwrap().to_string();
+    let of_tx = dump(&["--tx", &original]);
+    let kinds: Vec<&str> = of_tx.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["transaction", "reversal"], "the earn and what named it");
+    assert_eq!(dump(&["--limit", "3"]).len(), 3);
+    // For people: one line per record; bad filters are usage errors.
+    let text = stdout(&ledger_wal(&["dump", "--data-dir", data, "--kind", "hold_create"]));
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("hold_create"), "{text}");
+    let bad = ledger_wal(&["dump", "--data-dir", data, "--kind", "nonsense"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("hold_create"), "lists the kinds");
+    assert_eq!(
+        ledger_wal(&["dump", "--data-dir", data, "--account", "nowhere"]).status.code(),
+        Some(3)
+    );
+}
+
+/// One shard... two shards with a programme on a manual clock: purchases with receipts at
+/// store 7, one settled, one settled then partly refunded, one failed, the rest pending; then
+/// an hour later redemptions and more purchases. Answers the liability figures at the first
+/// moment (with its time) and at the end, and the purchases' ids by receipt.
+struct Programme {
+    middle: (ledger_engine::Timestamp, ledger_engine::ledger::liability::ShardLiability),
+    end: ledger_engine::ledger::liability::ShardLiability,
+    purchases: Vec<(String, ledger_engine::TxId, u64)>,
+    balances: Vec<(u64, i128)>,
+}
+
+fn build_programme(dir: &Path) -> Programme {
+    use ledger_engine::clock::ManualClock;
+    use ledger_engine::loyalty::calendar::{Date, start_of};
+    const HOUR: u64 = 3_600 * 1_000_000_000;
+    let start = start_of(Date { year: 2026, month: 11, day: 27 });
+    let clock =
+        std::sync::Arc::new(ManualClock::new(ledger_engine::Timestamp(start.0 + 10 * HOUR)));
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(2);
+    config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
+    config.clock = clock.clone();
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    let accounts = loyalty.define_programme(&engine);
+    engine.define_rules(ledger_engine::testing::loyalty::example_rules(), accounts, None).unwrap();
+    let mut purchases = Vec::new();
+    for customer in 1..=8u64 {
+        let receipt = format!("R-{customer}");
+        let spend = 1_000 * customer + 99;
+        let command = loyalty.purchase_with_receipt(
+            customer as u128,
+            customer,
+            (7, &receipt),
+            &[(20, spend, false)],
+        );
+        let committed = engine.execute(command).committed().unwrap();
+        purchases.push((receipt, committed.tx_id, spend));
+    }
+    let ok =
+        |response: Response| assert!(matches!(response, Response::Committed(_)), "{response:?}");
+    ok(engine.execute(loyalty.settle(100, purchases[0].1)));
+    ok(engine.execute(loyalty.settle(101, purchases[1].1)));
+    ok(engine.execute(loyalty.refund(102, purchases[1].1, 500)));
+    ok(engine.execute(loyalty.fail(103, purchases[2].1)));
+    let middle = (engine.now(), engine.liability().unwrap());
+    clock.advance(HOUR);
+    ok(engine.execute(loyalty.redeem(200, 1, 3)));
+    ok(engine.execute(loyalty.purchase(201, 9, 7, &[(10, 4_000)])));
+    ok(engine.execute(loyalty.earn(202, 4, 25)));
+    let end = engine.liability().unwrap();
+    let balances = (1..=9u64)
+        .map(|c| (c, engine.account_total(loyalty.customer(c)).map_or(0, |t| t.balance_posted())))
+        .collect();
+    engine.shutdown();
+    Programme { middle, end, purchases, balances }
+}
+
+#[test]
+fn liability_as_of_a_time_is_the_engines_figures_then() {
+    use ledger_engine::loyalty::calendar::rfc3339;
+    let dir = tempfile::tempdir().unwrap();
+    let programme = build_programme(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let middle_time = rfc3339(programme.middle.0);
+    for (args, figures) in
+        [(vec!["--as-of", middle_time.as_str()], &programme.middle.1), (vec![], &programme.end)]
+    {
+        let mut all = vec!["liability", "--data-dir", data, "--json"];
+        all.extend_from_slice(&args);
+        let output = ledger_wal(&all);
+        assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+        let lines = json_lines(&output);
+        let total = lines.iter().find(|l| l["scope"] == "total").unwrap();
+        let points =
+            lines.iter().find(|l| l["scope"] == "class" && l["class"] == "points").unwrap();
+        assert_eq!(total["points_outstanding"], points["total"], "{args:?}");
+        assert_ne!(points["total"], "0");
+        let classes: Vec<i128> = lines
+            .iter()
+            .filter(|l| l["scope"] == "class")
+            .map(|l| l["total"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(classes, figures.classes.iter().map(|(_, t)| *t).collect::<Vec<_>>());
+        let months: Vec<(String, u64)> = lines
+            .iter()
+            .filter(|l| l["scope"] == "expiry_month")
+            .map(|l| {
+                (
+                    l["month"].as_str().unwrap().to_string(),
+                    l["points"].as_str().unwrap().parse().unwrap(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, u64)> = figures
+            .by_expiry_month
+            .iter()
+            .map(|(m, p)| (format!("{:04}-{:02}", m / 12, m % 12 + 1), *p))
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(months, expected, "{args:?}");
+    }
+    assert_ne!(programme.middle.1, programme.end, "the two moments differ");
+    let text = stdout(&ledger_wal(&["liability", "--data-dir", data]));
+    assert!(text.contains("points outstanding") && text.contains("expires in"), "{text}");
+}
+
+#[test]
+fn reconcile_finds_exactly_the_planted_mismatches() {
+    let dir = tempfile::tempdir().unwrap();
+    let programme = build_programme(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let p = &programme.purchases;
+    // Rows: R-4 and R-6 at their amounts, R-5 one unit off, R-99 unknown; R-7, R-8 and the
+    // later purchase of customer 9 (no receipt) pending and unreported.
+    let csv = format!(
+        "payment_id,receipt,store,time,amount,status\n\
+         p4,R-4,7,2026-11-27T10:05:00Z,{},settled\n\
+         p5,R-5,7,2026-11-27T10:05:00Z,{},settled\n\
+         p6,R-6,7,2026-11-27T10:06:00Z,{},failed\n\
+         p99,R-99,7,2026-11-27T10:07:00Z,100,settled\n",
+        p[3].2,
+        p[4].2 + 1,
+        p[5].2
+    );
+    let report = dir.path().join("report.csv");
+    std::fs::write(&report, csv).unwrap();
+    let output = ledger_wal(&[
+        "reconcile",
+        "--data-dir",
+        data,
+        "--settlement",
+        report.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "not balanced");
+    let lines = json_lines(&output);
+    let result_of = |payment: &str| {
+        lines.iter().find(|l| l["payment_id"] == payment).map(|l| l["result"].clone()).unwrap()
+    };
+    assert_eq!(result_of("p4"), "matched");
+    assert_eq!(result_of("p5"), "amount_mismatch");
+    assert_eq!(result_of("p6"), "matched");
+    assert_eq!(result_of("p99"), "no_purchase");
+    let unmatched: std::collections::BTreeSet<u64> = lines
+        .iter()
+        .filter(|l| l["result"] == "unmatched_purchase")
+        .map(|l| l["purchase"].as_u64().unwrap())
+        .collect();
+    assert!(unmatched.contains(&p[6].1.0) && unmatched.contains(&p[7].1.0), "{unmatched:?}");
+    assert!(!unmatched.contains(&p[0].1.0), "settled purchases are not left over");
+    assert_eq!(unmatched.len(), 3, "R-7, R-8 and customer 9's: {unmatched:?}");
+    let totals = lines.iter().find(|l| l["scope"] == "totals").unwrap();
+    assert_eq!(totals["balanced"], false);
+    assert_eq!(totals["results"]["matched"]["count"], 2);
+    assert_eq!(totals["results"]["amount_mismatch"]["amount"], (p[4].2 + 1).to_string());
+    // A report of exactly the pending purchases balances.
+    let mut csv = String::from("payment_id,receipt,store,time,amount,status\n");
+    for (receipt, _, spend) in &p[3..] {
+        csv.push_str(&format!("x{receipt},{receipt},7,2026-11-27T10:00:00Z,{spend},settled\n"));
+    }
+    std::fs::write(&report, csv).unwrap();
+    let output =
+        ledger_wal(&["reconcile", "--data-dir", data, "--settlement", report.to_str().unwrap()]);
+    let text = stdout(&output);
+    // Customer 9's purchase (no receipt) is still pending and unreported.
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("unmatched_purchase") && !text.contains("amount_mismatch"), "{text}");
+    // A malformed report is a usage error naming its line.
+    std::fs::write(&report, "payment_id,receipt\nx,y\n").unwrap();
+    let output =
+        ledger_wal(&["reconcile", "--data-dir", data, "--settlement", report.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("line"), "{output:?}");
+}
+
+#[test]
+fn export_rows_add_up_to_the_ledger() {
+    let dir = tempfile::tempdir().unwrap();
+    let programme = build_programme(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let export = |args: &[&str]| -> Output {
+        let mut all = vec!["export", "--data-dir", data];
+        all.extend_from_slice(args);
+        let output = ledger_wal(&all);
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    };
+    // Postings as CSV: the documented header; a customer's posted points add up to the balance.
+    let csv = stdout(&export(&["postings", "--customer", "2"]));
+    let mut reader = csv::Reader::from_reader(csv.as_bytes());
+    assert_eq!(
+        reader.headers().unwrap().iter().collect::<Vec<_>>(),
+        [
+            "shard",
+            "lsn",
+            "time",
+            "record_kind",
+            "tx_id",
+            "index",
+            "debit",
+            "credit",
+            "asset",
+            "amount",
+            "effect",
+            "flow"
+        ]
+    );
+    let mut sum = 0i128;
+    for row in reader.records() {
+        let row = row.unwrap();
+        let amount: i128 = row[9].parse().unwrap();
+        if &row[10] == "posted" && &row[8] == "PTS" {
+            if &row[7] == "customer:2:points" {
+                sum += amount;
+            }
+            if &row[6] == "customer:2:points" {
+                sum -= amount;
+            }
+        }
+    }
+    let balance = programme.balances.iter().find(|(c, _)| *c == 2).unwrap().1;
+    assert!(balance > 0);
+    assert_eq!(sum, balance);
+    // Lots as JSON lines: a member's lots add up to their balance.
+    for (customer, balance) in &programme.balances {
+        let lines =
+            json_lines(&export(&["lots", "--format", "json", "--customer", &customer.to_string()]));
+        let remaining: i128 =
+            lines.iter().map(|l| i128::from(l["remaining"].as_u64().unwrap())).sum();
+        assert_eq!(remaining, *balance, "customer {customer}");
+    }
+    // Transitions: the settlements, the refund and the failure, in order.
+    let lines = json_lines(&export(&["transitions", "--format", "json"]));
+    let events: Vec<(u64, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["purchase"].as_u64().unwrap(),
+                l["event"].as_str().unwrap(),
+                l["state_after"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let p = &programme.purchases;
+    let mut expected = vec![
+        (p[0].1.0, "settle", "settled"),
+        (p[1].1.0, "settle", "settled"),
+        (p[1].1.0, "refund", "partly_refunded"),
+        (p[2].1.0, "fail", "failed"),
+    ];
+    let mut sorted = events.clone();
+    sorted.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected);
+    // Transactions: one row per record, as many as dump prints; filters apply.
+    let rows = stdout(&export(&["transactions"])).lines().count() - 1;
+    let dumped = stdout(&ledger_wal(&["dump", "--data-dir", data])).lines().count();
+    assert_eq!(rows, dumped);
+    let lines = json_lines(&export(&[
+        "transactions",
+        "--format",
+        "json",
+        "--kind",
+        "purchase",
+        "--store",
+        "7",
+    ]));
+    assert_eq!(lines.len(), 9);
+    assert!(lines.iter().all(|l| l["store"] == 7 && l["record_kind"] == "purchase"));
+    // Lots are state: record filters do not apply to them.
+    let output = ledger_wal(&["export", "--data-dir", data, "lots", "--kind", "purchase"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn snapshot_list_inspect_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let data = dir.path().to_str().unwrap();
+    let snapshot = |action: &str| ledger_wal(&["snapshot", action, "--data-dir", data, "--json"]);
+    let listed = json_lines(&snapshot("list"));
+    assert!(listed.len() >= 4, "a mid-run and a shutdown snapshot per shard: {listed:?}");
+    for line in &listed {
+        assert_eq!(line["ok"], true, "{line}");
+        assert!(line["lsn"].as_u64().unwrap() > 0 && line["format_version"].as_u64().is_some());
+        assert_eq!(line["last_hash"].as_str().unwrap().len(), 64);
+    }
+    let inspected = json_lines(&snapshot("inspect"));
+    assert!(inspected.iter().all(|l| l["contents"]["accounts"].as_u64().unwrap() > 0));
+    let verified = snapshot("verify");
+    assert_eq!(verified.status.code(), Some(0), "{}", stdout(&verified));
+    assert!(json_lines(&verified).iter().all(|l| l["replay"] == "equal"));
+    let table = stdout(&ledger_wal(&["snapshot", "inspect", "--data-dir", data]));
+    assert!(table.contains("accounts") && table.contains("sound"), "{table}");
+
+    // Edited with both checksums fixed: only the comparison with the WAL catches it.
+    let snapshots =
+        ledger_engine::snapshot::find_snapshots(&dir.path().join("shard-000/snapshots")).unwrap();
+    let (lsn, path) = snapshots.first().unwrap();
+    let at = credit_101(path);
+    let mut bytes = std::fs::read(path).unwrap();
+    assert_eq!(snapshot("list").status.code(), Some(0), "the checksums hold");
+    let verified = snapshot("verify");
+    assert_eq!(verified.status.code(), Some(1));
+    let text = stdout(&verified);
+    assert!(text.contains(&format!("differs from the state the wal gives at lsn {lsn}")), "{text}");
+    // A flipped bit without a fixed checksum: `list` finds it.
+    bytes[at] ^= 0x40;
+    std::fs::write(path, &bytes).unwrap();
+    let listed = snapshot("list");
+    assert_eq!(listed.status.code(), Some(1));
+    assert!(stdout(&listed).contains("checksum"), "{}", stdout(&listed));
+}
+
+/// The directory's shard 0 WAL segment files, in order.
+fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    ledger_engine::wal::segment::list_segments(&dir.join("shard-000/wal"))
+        .unwrap()
+        .into_iter()
+        .map(|(_, path)| path)
+        .collect()
+}
+
+/// Builds a directory with many segments and no snapshot to fall back on.
+fn build_segmented(dir: &Path) {
+    let mut config = EngineConfig::new(dir);
+    config.shard_count = Some(1);
+    config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    for round in 0..6u128 {
+        execute_all(
+            &engine,
+            (0..200).map(|c| loyalty.earn(round * 1_000 + c as u128 + 1, c, 10)).collect(),
+        );
+    }
+    engine.shutdown();
+    for snapshot in
+        ledger_engine::snapshot::find_snapshots(&dir.join("shard-000/snapshots")).unwrap()
+    {
+        std::fs::remove_file(snapshot.1).unwrap();
+    }
+    assert!(segments(dir).len() >= 3, "{:?}", segments(dir));
+}
+
+#[test]
+fn verify_catches_a_truncated_middle_segment_and_reordered_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    build_segmented(dir.path());
+    let data = dir.path().to_str().unwrap();
+    assert_eq!(ledger_wal(&["verify", "--data-dir", data]).status.code(), Some(0));
+
+    let truncated = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), truncated.path());
+    let middle = &segments(truncated.path())[1];
+    let length = std::fs::metadata(middle).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(middle).unwrap().set_len(length / 2).unwrap();
+    let output = ledger_wal(&["verify", "--data-dir", truncated.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("lsn"), "names the lsn: {text}");
+
+    let reordered = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), reordered.path());
+    let files = segments(reordered.path());
+    let (a, b) = (std::fs::read(&files[1]).unwrap(), std::fs::read(&files[2]).unwrap());
+    std::fs::write(&files[1], b).unwrap();
+    std::fs::write(&files[2], a).unwrap();
+    let output = ledger_wal(&["verify", "--data-dir", reordered.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&files[1].file_name().unwrap().to_string_lossy().to_string()),
+        "names the file: {text}"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn an_amount_edited_with_its_crc_fixed_breaks_the_hash_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    build_segmented(dir.path());
+    let wal = dir.path().join("shard-000/wal");
+    // An earn of 10 in the first segment, well before its end.
+    let mut found = None;
+    ledger_engine::wal::reader::scan(
+        &wal,
+        &ledger_engine::wal::reader::ScanOptions::all(),
+        |record| {
+            if record.header.lsn == ledger_engine::Lsn(40) {
+                found = Some((record.segment, record.offset as usize, record.header.len as usize));
+            }
+            Ok::<(), ()>(())
+        },
+    )
+    .unwrap();
+    let (segment, offset, len) = found.unwrap();
+    let path = wal.join(ledger_engine::wal::segment::segment_file_name(segment));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let record = &mut bytes[offset..offset + len];
+    let ten = 10u64.to_le_bytes();
+    let at = (64..=len - 8).rev().find(|i| record[*i..*i + 8] == ten).unwrap();
+    record[at] = 11;
+    let crc = crc32(&[&record[0..4], &record[8..]].concat());
+    record[4..8].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let output = ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("lsn 40") || text.contains("lsn 41"),
+        "names the record or the next: {text}"
+    );
+}
+
+#[test]
+fn verify_checks_a_range_and_every_lifecycle_transition() {
+    let dir = tempfile::tempdir().unwrap();
+    build_loyalty(dir.path());
+    let data = dir.path().to_str().unwrap();
+    // The purchase of customer 43 made to disagree with its rules; found only in a range
+    // that holds it.
+    let altered = tempfile::tempdir().unwrap();
+    let mut at = 0;
+    ledger_engine::testing::loyalty::rewrite_wal(dir.path(), altered.path(), |record| {
+        if let ledger_engine::ledger::record::Body::Purchase(purchase) = &mut record.body
+            && purchase.customer == 43
+        {
+            purchase.outcome.tier_after += 1;
+            at = record.lsn.0;
+        }
+    });
+    let altered_dir = altered.path().to_str().unwrap();
+    let verify = |args: &[&str]| {
+        let mut all = vec!["verify", "--data-dir", altered_dir];
+        all.extend_from_slice(args);
+        ledger_wal(&all)
+    };
+    let (before, from, after) = ((at - 1).to_string(), at.to_string(), (at + 1).to_string());
+    assert_eq!(verify(&["--to-lsn", &before]).status.code(), Some(0));
+    assert_eq!(verify(&["--from-lsn", &after]).status.code(), Some(0));
+    let output = verify(&["--from-lsn", &from, "--to-lsn", &from]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(stdout(&output).contains(&format!("lsn {at}")), "{}", stdout(&output));
+    assert_eq!(ledger_wal(&["verify", "--data-dir", data]).status.code(), Some(0));
+
+    // A settlement recorded as a refund of everything: not what the state allows.
+    let programme = tempfile::tempdir().unwrap();
+    {
+        use ledger_engine::clock::ManualClock;
+        let clock = std::sync::Arc::new(ManualClock::new(ledger_engine::Timestamp(
+            1_795_000_000_000_000_000,
+        )));
+        let mut config = EngineConfig::new(programme.path());
+        config.shard_count = Some(1);
+        config.limits = Limits::test_min();
+        config.clock = clock;
+        let engine = Engine::open(config).unwrap();
+        let loyalty = Loyalty::define(&engine);
+        let accounts = loyalty.define_programme(&engine);
+        engine
+            .define_rules(ledger_engine::testing::loyalty::example_rules(), accounts, None)
+            .unwrap();
+        let bought =
+            engine.execute(loyalty.purchase(1, 42, 7, &[(20, 2_500)])).committed().unwrap();
+        assert!(matches!(engine.execute(loyalty.settle(2, bought.tx_id)), Response::Committed(_)));
+        engine.shutdown();
+    }
+    let illegal = tempfile::tempdir().unwrap();
+    ledger_engine::testing::loyalty::rewrite_wal(programme.path(), illegal.path(), |record| {
+        if let ledger_engine::ledger::record::Body::PurchaseChange(change) = &mut record.body {
+            change.outcome.state =
+                ledger_engine::loyalty::lifecycle::LifecycleState::Refunded as u8;
+        }
+    });
+    assert_eq!(
+        ledger_wal(&["verify", "--data-dir", programme.path().to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    let output = ledger_wal(&["verify", "--data-dir", illegal.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("not a legal lifecycle transition"), "{text}");
 }

@@ -285,6 +285,17 @@ pub enum MoveEffect {
     Released,
 }
 
+impl MoveEffect {
+    /// `posted`, `pending` or `released`: its name in reports and the replica.
+    pub fn name(self) -> &'static str {
+        match self {
+            MoveEffect::Posted => "posted",
+            MoveEffect::Pending => "pending",
+            MoveEffect::Released => "released",
+        }
+    }
+}
+
 /// One movement of value between two accounts, as the journal records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Moved {

@@ -45,6 +45,18 @@ pub enum Flow {
     Refunded,
 }
 
+impl Flow {
+    /// `issued`, `redeemed`, `expired` or `refunded`: its name in reports and the replica.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flow::Issued => "issued",
+            Flow::Redeemed => "redeemed",
+            Flow::Expired => "expired",
+            Flow::Refunded => "refunded",
+        }
+    }
+}
+
 /// Flows by UTC day (days since 1970-01-01), the newest `FLOW_DAYS_MAX` days.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Flows {

@@ -7,11 +7,11 @@
 use std::collections::{HashMap, HashSet};
 
 use ledger_engine::Timestamp;
-use ledger_engine::follow::Followed;
+use ledger_engine::follow::{Followed, Transition};
 use ledger_engine::ledger::Ledger;
 use ledger_engine::ledger::MoveEffect;
 use ledger_engine::ledger::account::ClassId;
-use ledger_engine::ledger::record::{Body, PurchaseEvent};
+use ledger_engine::ledger::record::Body;
 use ledger_engine::ledger::registry::Registry;
 use ledger_engine::loyalty::calendar::rfc3339;
 use ledger_engine::loyalty::lifecycle::LifecycleState;
@@ -87,28 +87,8 @@ pub struct TransitionRow {
     pub time: Timestamp,
     /// See `time`.
     pub lsn: u64,
-    /// The transition's id.
-    pub tx_id: u64,
-    /// The purchase and its member.
-    pub purchase: u64,
-    /// See `purchase`.
-    pub customer: u64,
-    /// `settle`, `fail`, `refund`, `release`, `reverse`.
-    pub event: &'static str,
-    /// The purchase's state after it.
-    pub state_after: &'static str,
-    /// Refunded of its basis after it.
-    pub refunded: u64,
-    /// What it took back.
-    pub earned_back: u64,
-    /// See `earned_back`.
-    pub bonus_back: u64,
-    /// See `earned_back`.
-    pub cashback_back: u64,
-    /// Of that, what the member owes.
-    pub points_owed: u64,
-    /// See `points_owed`.
-    pub cashback_owed: u64,
+    /// The transition, as the engine derives it from the record.
+    pub change: Transition,
 }
 
 /// A `tier_changes` row.
@@ -270,10 +250,6 @@ pub struct LoyaltyRows {
     first_purchase: HashMap<u64, Timestamp>,
 }
 
-fn state_name(byte: u8) -> &'static str {
-    LifecycleState::from_u8(byte).map_or("pending", LifecycleState::name)
-}
-
 fn class_name(registry: &Registry, class: ClassId) -> String {
     registry.class(class).map_or_else(|| class.0.to_string(), |class| class.name.to_string())
 }
@@ -284,7 +260,6 @@ impl LoyaltyRows {
         let record = followed.record;
         let (time, lsn) = (record.timestamp, record.lsn.0);
         let tx_id = record.body.tx_id().map(|id| id.0);
-        let ledger = followed.ledger;
         self.touched.extend(followed.members.touched.iter().copied());
         for change in &followed.members.tiers {
             self.tiers.push(TierRow {
@@ -296,6 +271,9 @@ impl LoyaltyRows {
                 before: change.before,
                 after: change.after,
             });
+        }
+        if let Some(change) = followed.transition() {
+            self.transition(TransitionRow { time, lsn, change });
         }
         match &record.body {
             Body::Purchase(purchase) => {
@@ -329,71 +307,6 @@ impl LoyaltyRows {
                     state_lsn: lsn,
                 });
                 self.first_purchase.entry(purchase.customer).or_insert(time);
-            }
-            Body::PurchaseChange(change) => {
-                let outcome = &change.outcome;
-                let event = match change.event {
-                    PurchaseEvent::Settle => "settle",
-                    PurchaseEvent::Fail => "fail",
-                    PurchaseEvent::RefundAmount(_) | PurchaseEvent::RefundLines(_) => "refund",
-                };
-                self.transition(TransitionRow {
-                    time,
-                    lsn,
-                    tx_id: change.header.id.0,
-                    purchase: outcome.purchase.0,
-                    customer: outcome.customer,
-                    event,
-                    state_after: state_name(outcome.state),
-                    refunded: outcome.refunded,
-                    earned_back: outcome.earned,
-                    bonus_back: outcome.bonus,
-                    cashback_back: outcome.cashback,
-                    points_owed: outcome.points_owed,
-                    cashback_owed: outcome.cashback_owed,
-                });
-            }
-            Body::PurchaseRelease(release) => {
-                let entry = ledger.purchases().get(release.purchase);
-                self.transition(TransitionRow {
-                    time,
-                    lsn,
-                    tx_id: release.id.0,
-                    purchase: release.purchase.0,
-                    customer: entry.map_or(0, |entry| entry.customer),
-                    event: "release",
-                    state_after: entry.map_or("pending", |entry| entry.state.name()),
-                    refunded: entry.map_or(0, |entry| entry.refunded),
-                    earned_back: 0,
-                    bonus_back: 0,
-                    cashback_back: 0,
-                    points_owed: 0,
-                    cashback_owed: 0,
-                });
-            }
-            Body::Reversal(reversal) => {
-                // A reversal of a purchase the shard keeps ends it failed (a reversal of a
-                // failed purchase is refused, so failed now means this reversal did it).
-                if let Some(entry) = ledger.purchases().get(reversal.original)
-                    && entry.state == LifecycleState::Failed
-                {
-                    let gave = entry.gave();
-                    self.transition(TransitionRow {
-                        time,
-                        lsn,
-                        tx_id: reversal.header.id.0,
-                        purchase: reversal.original.0,
-                        customer: entry.customer,
-                        event: "reverse",
-                        state_after: entry.state.name(),
-                        refunded: entry.refunded,
-                        earned_back: gave.earned,
-                        bonus_back: gave.bonus,
-                        cashback_back: gave.cashback,
-                        points_owed: 0,
-                        cashback_owed: 0,
-                    });
-                }
             }
             Body::RulesDefine(define) => {
                 self.rule_versions.push(rule_version_row(followed.registry, define, time));
@@ -431,7 +344,7 @@ impl LoyaltyRows {
 
     fn transition(&mut self, row: TransitionRow) {
         let (purchase, state, refunded, time, lsn) =
-            (row.purchase, row.state_after, row.refunded, row.time, row.lsn);
+            (row.change.purchase, row.change.state_after, row.change.refunded, row.time, row.lsn);
         self.transitions.push(row);
         if let Some(&index) = self.purchase_index.get(&purchase) {
             let made = &mut self.purchases[index];

@@ -4,7 +4,6 @@
 
 use ledger_engine::Timestamp;
 use ledger_engine::follow::Followed;
-use ledger_engine::ledger::MoveEffect;
 use ledger_engine::ledger::account::{AccountId, ClassId, Namespace};
 use ledger_engine::ledger::record::Body;
 use ledger_engine::ledger::registry::Registry;
@@ -121,23 +120,6 @@ pub fn account_row(registry: &Registry, account: AccountId) -> AccountRow {
         owner: account.owner(),
         no_overdraft: class
             .is_some_and(|class| class.flags.contains(ledger_engine::AccountFlags::NO_OVERDRAFT)),
-    }
-}
-
-fn flow(flow: Flow) -> &'static str {
-    match flow {
-        Flow::Issued => "issued",
-        Flow::Redeemed => "redeemed",
-        Flow::Expired => "expired",
-        Flow::Refunded => "refunded",
-    }
-}
-
-fn effect(effect: MoveEffect) -> &'static str {
-    match effect {
-        MoveEffect::Posted => "posted",
-        MoveEffect::Pending => "pending",
-        MoveEffect::Released => "released",
     }
 }
 
@@ -259,9 +241,9 @@ pub fn rows(shard: u16, followed: &Followed<'_>) -> (TxRow, Vec<PostingRow>) {
                 .asset(moved.asset)
                 .map_or_else(|| moved.asset.0.to_string(), |asset| asset.code.to_string()),
             amount: moved.amount,
-            effect: effect(moved.effect),
+            effect: moved.effect.name(),
             customer: customer_of(moved.credit).or_else(|| customer_of(moved.debit)),
-            flow: moved.flow.map(flow),
+            flow: moved.flow.map(Flow::name),
         })
         .collect();
     (tx, postings)

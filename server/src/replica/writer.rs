@@ -477,21 +477,22 @@ async fn write_loyalty(
             ],
             &rows.transitions,
             |row| {
+                let change = &row.change;
                 vec![
                     Box::new(time(row.time)),
                     Box::new(shard),
                     Box::new(row.lsn as i64),
-                    Box::new(row.tx_id as i64),
-                    Box::new(row.purchase as i64),
-                    Box::new(row.customer as i64),
-                    Box::new(row.event),
-                    Box::new(row.state_after),
-                    Box::new(Numeric(row.refunded)),
-                    Box::new(Numeric(row.earned_back)),
-                    Box::new(Numeric(row.bonus_back)),
-                    Box::new(Numeric(row.cashback_back)),
-                    Box::new(Numeric(row.points_owed)),
-                    Box::new(Numeric(row.cashback_owed)),
+                    Box::new(change.tx_id as i64),
+                    Box::new(change.purchase as i64),
+                    Box::new(change.customer as i64),
+                    Box::new(change.event),
+                    Box::new(change.state_after),
+                    Box::new(Numeric(change.refunded)),
+                    Box::new(Numeric(change.earned_back)),
+                    Box::new(Numeric(change.bonus_back)),
+                    Box::new(Numeric(change.cashback_back)),
+                    Box::new(Numeric(change.points_owed)),
+                    Box::new(Numeric(change.cashback_owed)),
                 ]
             },
         )

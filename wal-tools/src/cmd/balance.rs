@@ -11,7 +11,6 @@ use ledger_engine::follow::Follower;
 use ledger_engine::ledger::account::{AccountAddress, AccountId, Namespace};
 use ledger_engine::ledger::registry::Registry;
 use ledger_engine::recovery::ShardPaths;
-use ledger_engine::wal::reader::{self, ScanOptions};
 use ledger_engine::{CustomerId, Limits, Lsn, ShardId, Timestamp};
 use serde_json::json;
 
@@ -46,26 +45,10 @@ fn lsn_of(
     shard: ShardId,
     as_of: AsOf,
 ) -> anyhow::Result<Lsn> {
-    if let AsOf::Lsn(lsn) = as_of {
-        return Ok(Lsn(lsn));
-    }
-    let options =
-        ScanOptions { shard: Some(shard), cluster_id: Some(meta.cluster_id), ..ScanOptions::all() };
-    let mut last = Lsn::ZERO;
-    let scanned = reader::scan(&paths.wal, &options, |record| {
-        if let AsOf::Time(time) = as_of
-            && record.header.timestamp > time
-        {
-            return Err(());
-        }
-        last = record.header.lsn;
-        Ok(())
-    });
-    match scanned {
-        Ok(_) | Err(Ok(())) => Ok(last),
-        Err(Err(error)) => {
-            Err(error).with_context(|| format!("cannot read the wal of shard {}", shard.index()))
-        }
+    match as_of {
+        AsOf::Lsn(lsn) => Ok(Lsn(lsn)),
+        AsOf::Time(at) => crate::filter::last_lsn_while(paths, meta, shard, |time| time <= at),
+        AsOf::End => crate::filter::last_lsn_while(paths, meta, shard, |_| true),
     }
 }
 

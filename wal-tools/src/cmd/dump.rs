@@ -1,22 +1,20 @@
-//! `ledger-wal dump`: prints one shard's records, checked as `verify` checks them, with
-//! accounts in their text form (`customer:42:points`). Definitions are read from the WAL as it
-//! goes, so the whole WAL is scanned even when only a range is printed.
+//! `ledger-wal dump`: prints the records the filters select, checked and replayed as `verify`
+//! checks them (the engine's follower, from the newest snapshot before the range), with
+//! accounts in their text form (`customer:42:points`) and each purchase's earning breakdown.
 
 use std::path::Path;
 
-use anyhow::Context;
+use std::io::Write;
+
 use ledger_engine::amount::Amount;
-use ledger_engine::datadir;
 use ledger_engine::ledger::account::AccountId;
 use ledger_engine::ledger::record::{Body, Posting, PurchaseEvent, PurchaseRef};
-use ledger_engine::ledger::registry::{AssetDef, ClassDef, Registry};
+use ledger_engine::ledger::registry::Registry;
 use ledger_engine::loyalty::lifecycle::LifecycleState;
-use ledger_engine::recovery::ShardPaths;
-use ledger_engine::wal::reader::{self, ScanOptions};
-use ledger_engine::{Lsn, ShardId};
 use serde_json::json;
 
 use crate::Outcome;
+use crate::filter::{Filter, Walked, walk};
 
 fn account(registry: &Registry, id: AccountId) -> String {
     registry
@@ -227,95 +225,68 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
 
 pub fn run(
     data_dir: &Path,
-    shard: u16,
-    from: u64,
-    limit: u64,
+    filter: &Filter,
+    limit: Option<u64>,
     as_json: bool,
+    quiet: bool,
 ) -> anyhow::Result<Outcome> {
     if !data_dir.is_dir() {
         eprintln!("ledger-wal: {} is not a directory", data_dir.display());
         return Ok(Outcome::Unreadable);
     }
-    let meta =
-        datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
-    let shard_id = ShardId::new(shard).filter(|s| s.index() < meta.shard_count);
-    let shard_id = shard_id.with_context(|| {
-        format!("shard {shard} does not exist (the directory has {})", meta.shard_count)
-    })?;
-    let paths = ShardPaths::new(data_dir, shard);
-    let options = ScanOptions {
-        shard: Some(shard_id),
-        cluster_id: Some(meta.cluster_id),
-        ..ScanOptions::all()
-    };
-    let mut registry = Registry::default();
     let mut printed = 0u64;
-    let mut out = std::io::stdout().lock();
-    let scanned = reader::scan(&paths.wal, &options, |record| {
-        let decoded =
-            record.decode().map_err(|error| format!("lsn {}: {error}", record.header.lsn))?;
-        match &decoded.body {
-            Body::AssetDefine(define) => {
-                let _ = registry.define_asset(AssetDef {
-                    id: define.id,
-                    code: define.code.clone(),
-                    scale: define.scale,
-                });
-            }
-            Body::ClassDefine(define) => {
-                let _ = registry.define_class(ClassDef {
-                    id: define.id,
-                    namespace: define.namespace,
-                    name: define.name.clone(),
-                    asset: define.asset,
-                    flags: define.flags,
-                });
-            }
-            _ => {}
-        }
-        if decoded.lsn < Lsn(from) || printed >= limit {
-            return Ok(());
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let walked = walk(data_dir, filter, quiet, |shard, followed| {
+        if limit.is_some_and(|limit| printed >= limit) {
+            return Ok(false);
         }
         printed += 1;
-        let timestamp = crate::time::rfc3339(decoded.timestamp);
-        let tx_id = decoded.body.tx_id().map(|id| id.0);
-        let mut details = describe(&registry, &decoded.body);
+        let record = followed.record;
+        let timestamp = crate::time::rfc3339(record.timestamp);
+        let tx_id = record.body.tx_id().map(|id| id.0);
+        let mut details = describe(followed.registry, &record.body);
+        // Where a client's write came from, whatever its kind.
+        if let Some(header) = record.body.header()
+            && let Some(fields) = details.as_object_mut()
+        {
+            fields.insert("terminal".to_string(), json!(header.terminal.0));
+            fields.insert("store".to_string(), json!(header.metadata.store));
+            fields.insert("receipt".to_string(), json!(header.metadata.receipt.as_str()));
+        }
         // An operator's write says who made it and why (WAL format 7).
         if let Some(annotation) =
-            decoded.body.header().and_then(|header| header.metadata.annotation.as_ref())
+            record.body.header().and_then(|header| header.metadata.annotation.as_ref())
             && let Some(fields) = details.as_object_mut()
         {
             fields.insert("actor".to_string(), json!(annotation.actor()));
             fields.insert("reason".to_string(), json!(annotation.reason()));
         }
-        let line = if as_json {
-            json!({
-                "lsn": decoded.lsn.0,
+        if as_json {
+            let line = json!({
+                "shard": shard,
+                "lsn": record.lsn.0,
                 "timestamp": timestamp,
-                "kind": record.kind.name(),
+                "kind": record.body.kind().name(),
                 "tx_id": tx_id,
                 "details": details,
-            })
-            .to_string()
+            });
+            writeln!(out, "{line}")?;
         } else {
             let tx_id = tx_id.map_or_else(|| "-".to_string(), |id| id.to_string());
-            format!(
-                "{:>10} {timestamp} {:<15} {tx_id:>20} {details}",
-                decoded.lsn.0,
-                record.kind.name()
-            )
-        };
-        use std::io::Write;
-        writeln!(out, "{line}").map_err(|error| format!("cannot write: {error}"))
-    });
-    match scanned {
-        Ok(_) => Ok(Outcome::Sound),
-        Err(Ok(problem)) => {
-            eprintln!("ledger-wal: {problem}");
-            Ok(Outcome::Problems)
+            writeln!(
+                out,
+                "{shard:>3} {:>10} {timestamp} {:<16} {tx_id:>20} {details}",
+                record.lsn.0,
+                record.body.kind().name()
+            )?;
         }
-        Err(Err(error)) => {
-            eprintln!("ledger-wal: {error}");
+        Ok(true)
+    });
+    out.flush()?;
+    match walked? {
+        Walked::Whole => Ok(Outcome::Sound),
+        Walked::Damaged(problem) => {
+            eprintln!("ledger-wal: {problem}");
             Ok(Outcome::Problems)
         }
     }

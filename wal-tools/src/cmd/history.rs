@@ -9,7 +9,6 @@ use std::path::Path;
 use anyhow::Context;
 use ledger_engine::datadir;
 use ledger_engine::follow::FollowError;
-use ledger_engine::ledger::MoveEffect;
 use ledger_engine::ledger::account::{AccountId, Namespace};
 use ledger_engine::{CustomerId, Lsn};
 use serde_json::json;
@@ -42,11 +41,7 @@ pub fn run(data_dir: &Path, customer: u64, as_json: bool) -> anyhow::Result<Outc
         // (account, signed amount, effect) of each movement of the customer's accounts.
         let mut moves: Vec<(String, i128, &'static str)> = Vec::new();
         for moved in followed.moved {
-            let effect = match moved.effect {
-                MoveEffect::Posted => "posted",
-                MoveEffect::Pending => "pending",
-                MoveEffect::Released => "released",
-            };
+            let effect = moved.effect.name();
             let amount = i128::from(moved.amount);
             for (id, sign) in [(moved.debit, -1), (moved.credit, 1)] {
                 if theirs(id) {

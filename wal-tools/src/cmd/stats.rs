@@ -193,13 +193,7 @@ pub fn run(data_dir: &Path, only: Option<u16>, as_json: bool) -> anyhow::Result<
         return Ok(Outcome::Unreadable);
     }
     let meta = datadir::read_meta(data_dir).context("cannot read the data directory")?;
-    let shards: Vec<u16> = match only {
-        Some(shard) if shard < meta.shard_count => vec![shard],
-        Some(shard) => {
-            anyhow::bail!("shard {shard} does not exist (the directory has {})", meta.shard_count)
-        }
-        None => (0..meta.shard_count).collect(),
-    };
+    let shards = crate::filter::Filter { shard: only, ..Default::default() }.shards(&meta)?;
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
         "shard", "segment", "records", "bytes", "lsn", "from", "to", "groups", "mean", "kinds",

@@ -41,23 +41,33 @@ struct ShardReport {
     problems: Vec<String>,
 }
 
-pub fn run(data_dir: &Path, only: Option<u16>, as_json: bool) -> anyhow::Result<Outcome> {
+/// The LSNs checked: every record is read and chained, but replay starts from the newest
+/// snapshot before `from` and stops at `to`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Range {
+    /// The first LSN checked (`None`: the WAL's first).
+    pub from: Option<u64>,
+    /// The last LSN checked (`None`: the WAL's last).
+    pub to: Option<u64>,
+}
+
+pub fn run(
+    data_dir: &Path,
+    only: Option<u16>,
+    range: Range,
+    as_json: bool,
+    quiet: bool,
+) -> anyhow::Result<Outcome> {
     if !data_dir.is_dir() {
         eprintln!("ledger-wal: {} is not a directory", data_dir.display());
         return Ok(Outcome::Unreadable);
     }
     let meta =
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
-    let shards: Vec<u16> = match only {
-        Some(shard) if shard < meta.shard_count => vec![shard],
-        Some(shard) => {
-            anyhow::bail!("shard {shard} does not exist (the directory has {})", meta.shard_count)
-        }
-        None => (0..meta.shard_count).collect(),
-    };
+    let shards = crate::filter::Filter { shard: only, ..Default::default() }.shards(&meta)?;
     let reports: Vec<ShardReport> = shards
         .iter()
-        .map(|shard| verify_shard(data_dir, &meta, *shard))
+        .map(|shard| verify_shard(data_dir, &meta, *shard, range, quiet))
         .collect::<anyhow::Result<_>>()?;
     let sound = reports.iter().all(|report| report.problems.is_empty());
     if as_json {
@@ -117,7 +127,13 @@ fn first_segment_start(wal: &Path) -> anyhow::Result<Option<Lsn>> {
     Ok(SegmentHeader::decode(&head[..read]).ok().map(|header| header.first_lsn))
 }
 
-fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Result<ShardReport> {
+fn verify_shard(
+    data_dir: &Path,
+    meta: &DataDirMeta,
+    index: u16,
+    range: Range,
+    quiet: bool,
+) -> anyhow::Result<ShardReport> {
     let shard = ShardId::new(index).context("shard out of range")?;
     let paths = ShardPaths::new(data_dir, index);
     let mut report = ShardReport { shard: index, ..ShardReport::default() };
@@ -134,29 +150,37 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
     snapshots.reverse();
 
     // Replay from LSN 1 when the WAL starts there; from the oldest usable snapshot when old
-    // segments were deleted under the retention policy.
+    // segments were deleted under the retention policy; from the newest snapshot before
+    // `--from-lsn` when one is given.
     let start = first_segment_start(&paths.wal)?.unwrap_or(Lsn(1));
+    let from = Lsn(range.from.unwrap_or(1).max(1));
     let mut ledger = Ledger::new(config.clone());
     let mut options =
         ScanOptions { shard: Some(shard), cluster_id: Some(meta.cluster_id), ..ScanOptions::all() };
-    if start > Lsn(1) {
-        let base = snapshots.iter().find(|(lsn, _)| lsn.next() >= start);
-        let Some((lsn, path)) = base else {
-            report.problems.push(format!(
-                "the wal starts at lsn {start} and no snapshot covers the records before it"
-            ));
-            return Ok(report);
-        };
+    let base = snapshots.iter().rev().find(|(lsn, _)| *lsn < from && lsn.next() >= start);
+    let base = base.or_else(|| snapshots.iter().find(|(lsn, _)| lsn.next() >= start));
+    let base = base.filter(|(lsn, _)| start > Lsn(1) || *lsn < from);
+    if base.is_none() && start > Lsn(1) {
+        report.problems.push(format!(
+            "the wal starts at lsn {start} and no snapshot covers the records before it"
+        ));
+        return Ok(report);
+    }
+    if let Some((lsn, path)) = base {
         match snapshot::load(path, config.clone(), meta.cluster_id) {
             Ok((header, loaded)) => {
                 ledger = loaded;
                 options.visit_after = *lsn;
                 options.hash_at_visit_after = Some(header.last_hash);
                 report.replayed_from = lsn.0 + 1;
-                report.notes.push(format!(
-                    "records before lsn {start} were deleted by retention; replay starts from {}",
-                    path.display()
-                ));
+                if start > Lsn(1) && from <= start {
+                    report.notes.push(format!(
+                        "records before lsn {start} were deleted by retention; replay starts from {}",
+                        path.display()
+                    ));
+                } else {
+                    report.notes.push(format!("replay starts from {}", path.display()));
+                }
             }
             Err(error) => {
                 report.problems.push(error.to_string());
@@ -164,12 +188,23 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
             }
         }
     }
+    if let Some(to) = range.to {
+        options.visit_until = Some(Lsn(to));
+        options.stop_at_until = true;
+    }
     match ledger_engine::wal::mark::read(&paths.wal) {
-        Ok(mark) => options.durable_mark = mark,
+        // The mark is checked when the scan reads the WAL to its end.
+        Ok(mark) if range.to.is_none() => options.durable_mark = mark,
+        Ok(_) => {}
         Err(error) => report.problems.push(format!("cannot read the durable mark: {error}")),
     }
-    let mut pending =
-        snapshots.into_iter().filter(|(lsn, _)| *lsn > options.visit_after).peekable();
+    let to = Lsn(range.to.unwrap_or(u64::MAX));
+    let mut pending = snapshots
+        .into_iter()
+        .filter(|(lsn, _)| *lsn > options.visit_after && *lsn >= from && *lsn <= to)
+        .peekable();
+    let mut progress = crate::progress::Progress::new(quiet, data_dir, &[index], "verifying");
+    progress.shard(index);
     let mut problems = Vec::new();
     let mut checked = Vec::new();
     let scanned = reader::scan(&paths.wal, &options, |record| {
@@ -181,8 +216,15 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
                 record.header.lsn
             )
         };
+        progress.at(ledger_engine::follow::Place {
+            segment: record.segment,
+            offset: record.offset,
+            len: 0,
+            commit_index: 0,
+        });
         let decoded = record.decode().map_err(|error| format!("{}: {error}", at()))?;
         if let ledger_engine::ledger::record::Body::Purchase(purchase) = &decoded.body
+            && decoded.lsn >= from
             && let Some(priced) = ledger.reprice_mismatch(purchase, decoded.timestamp)
         {
             problems.push(format!(
@@ -194,9 +236,21 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
             ));
         }
         let fingerprint = payload::fingerprint(record.kind, record.payload());
-        ledger
-            .apply(&decoded, fingerprint)
-            .map_err(|refusal| format!("{}: the record does not apply ({refusal:?})", at()))?;
+        ledger.apply(&decoded, fingerprint).map_err(|refusal| {
+            let what = match &decoded.body {
+                ledger_engine::ledger::record::Body::PurchaseChange(change) => format!(
+                    "{} of purchase {} is not a legal lifecycle transition from the state the wal gives it, or takes back other amounts than its record says",
+                    decoded.body.kind().name(),
+                    change.outcome.purchase.0
+                ),
+                ledger_engine::ledger::record::Body::PurchaseRelease(release) => format!(
+                    "the release of purchase {} is not a legal lifecycle transition",
+                    release.purchase.0
+                ),
+                _ => "the record does not apply".to_string(),
+            };
+            format!("{}: {what} ({refusal:?})", at())
+        })?;
         while let Some((lsn, path)) = pending.next_if(|(lsn, _)| *lsn <= record.header.lsn) {
             if lsn != record.header.lsn {
                 continue;
@@ -226,6 +280,7 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
         }
         Ok::<(), String>(())
     });
+    progress.finish();
     report.problems.append(&mut problems);
     report.snapshots_checked = checked;
     match scanned {
@@ -249,7 +304,7 @@ fn verify_shard(data_dir: &Path, meta: &DataDirMeta, index: u16) -> anyhow::Resu
                     path.display()
                 ));
             }
-            for (lsn, path) in pending {
+            for (lsn, path) in pending.filter(|_| range.to.is_none()) {
                 report.problems.push(format!(
                     "{} is of lsn {lsn}, after the end of the wal ({})",
                     path.display(),

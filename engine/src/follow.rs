@@ -123,11 +123,29 @@ impl Follower {
             last_time,
             cursor: None,
         };
+        // Catch up with the engine's replay (a reading thread and an applying one, no journal),
+        // then follow record by record from where it stopped.
+        if at > follower.lsn() {
+            let options = ScanOptions {
+                shard: Some(shard),
+                cluster_id: Some(cluster_id),
+                visit_after: follower.lsn(),
+                hash_at_visit_after: (follower.lsn() > Lsn::ZERO).then_some(follower.last_hash),
+                visit_until: Some(at),
+                stop_at_until: true,
+                ..ScanOptions::all()
+            };
+            let mut seen = LastSeen { hash: follower.last_hash, time: follower.last_time };
+            let (end, _) = crate::recovery::replay_wal_observed(
+                &follower.wal,
+                &mut follower.ledger,
+                &options,
+                &mut seen,
+            )?;
+            (follower.last_hash, follower.last_time) = (seen.hash, seen.time);
+            follower.cursor = end.cursor;
+        }
         follower.ledger.set_journal(true);
-        follower.advance(at, |_| Ok::<(), ()>(())).map_err(|error| match error {
-            FollowError::Recovery(error) => error,
-            FollowError::Stopped(()) => unreachable!("the visitor never stops"),
-        })?;
         if follower.lsn() != at {
             return Err(RecoveryError::Wal(reader::WalError::Gap {
                 dir: follower.wal.clone(),
@@ -199,7 +217,7 @@ impl Follower {
                     path: wal.join(crate::wal::segment::segment_file_name(record.segment)),
                     offset: record.offset,
                     lsn: record.header.lsn,
-                    reason: format!("the record does not apply ({refusal:?})"),
+                    reason: crate::recovery::refusal_reason(&decoded, refusal),
                 })
             })?;
             *last_hash = record.hash;
@@ -233,6 +251,20 @@ impl Follower {
             Err(Ok(Err(error))) => Err(FollowError::Recovery(error)),
             Err(Err(error)) => Err(FollowError::Recovery(error.into())),
         }
+    }
+}
+
+/// The hash and time of the last record a catch-up replay applied.
+struct LastSeen {
+    hash: Hash,
+    time: Timestamp,
+}
+
+impl crate::recovery::ReplayObserver for LastSeen {
+    fn before(&mut self, _: &Ledger, _: &Record, _: crate::recovery::ReplayPlace) {}
+
+    fn after(&mut self, _: &mut Ledger, record: &Record, place: crate::recovery::ReplayPlace) {
+        (self.hash, self.time) = (place.hash, record.timestamp);
     }
 }
 

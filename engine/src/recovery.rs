@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use crate::ids::Lsn;
 use crate::ledger::keys::KeyEntry;
-use crate::ledger::record::Body;
-use crate::ledger::{InvariantViolation, Ledger, LedgerConfig};
+use crate::ledger::record::{Body, Record};
+
+use crate::ledger::{InvariantViolation, Ledger, LedgerConfig, Refusal};
 use crate::snapshot::{self, SnapshotError};
 use crate::wal::format::HASH_ZERO;
 use crate::wal::reader::{self, ScanOptions, Tail, WalError};
@@ -142,24 +143,108 @@ struct Decoded {
     fingerprint: u64,
     segment: u64,
     offset: u64,
+    hash: crate::wal::format::Hash,
+}
+
+/// Where a replayed record is, for messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayPlace {
+    /// Its segment's sequence.
+    pub segment: u64,
+    /// Its byte offset in the segment file.
+    pub offset: u64,
+    /// Its hash (the next record's `prev_hash`).
+    pub hash: crate::wal::format::Hash,
+}
+
+/// What a caller of `replay_wal_observed` sees of each record, on the applying thread.
+pub trait ReplayObserver {
+    /// Before `record` applies: `ledger` is the state before it.
+    fn before(&mut self, ledger: &Ledger, record: &Record, place: ReplayPlace);
+    /// Once `record` applied.
+    fn after(&mut self, ledger: &mut Ledger, record: &Record, place: ReplayPlace);
+}
+
+/// Recovery's observer: logs and counts purchases whose recorded outcome differs from their
+/// rules, and hands out the key entries each record made.
+struct RecoveryObserver<'a> {
+    key_events: Option<&'a mut dyn FnMut(KeyEntry, Lsn)>,
+    mismatches: u64,
+}
+
+impl ReplayObserver for RecoveryObserver<'_> {
+    fn before(&mut self, ledger: &Ledger, record: &Record, _place: ReplayPlace) {
+        if let Body::Purchase(purchase) = &record.body
+            && let Some(priced) = ledger.reprice_mismatch(purchase, record.timestamp)
+        {
+            self.mismatches += 1;
+            if self.mismatches <= 16 {
+                tracing::warn!(
+                    lsn = record.lsn.0,
+                    tx_id = purchase.header.id.0,
+                    recorded = ?purchase.outcome,
+                    priced = ?priced,
+                    "a purchase's recorded outcome differs from its rules; replay keeps the record"
+                );
+            }
+        }
+    }
+
+    fn after(&mut self, ledger: &mut Ledger, record: &Record, _place: ReplayPlace) {
+        if let Some(sink) = self.key_events.as_mut() {
+            for entry in ledger.drain_key_events() {
+                sink(entry, record.lsn);
+            }
+        }
+    }
 }
 
 /// Replays the WAL in `wal_dir` into `ledger`: every record after `options.visit_after` must
 /// apply. Returns where the WAL ends and how many records were applied. With `key_events`,
 /// the key entries each record hands out (`Ledger::drain_key_events`) go to it with the
 /// record's LSN.
+pub fn replay_wal(
+    wal_dir: &Path,
+    ledger: &mut Ledger,
+    options: &ScanOptions,
+    key_events: Option<&mut dyn FnMut(KeyEntry, Lsn)>,
+) -> Result<Replayed, RecoveryError> {
+    ledger.set_key_events(key_events.is_some());
+    let mut observer = RecoveryObserver { key_events, mismatches: 0 };
+    let (end, records) = replay_wal_observed(wal_dir, ledger, options, &mut observer)?;
+    Ok(Replayed { end, records, pricing_mismatches: observer.mismatches })
+}
+
+/// Why a record does not apply, in words: a purchase's settlement, failure, refund or release
+/// that the state before it does not allow is an illegal lifecycle transition.
+pub(crate) fn refusal_reason(record: &Record, refusal: Refusal) -> String {
+    match &record.body {
+        Body::PurchaseChange(change) => format!(
+            "{} of purchase {} is not a legal lifecycle transition from the state the wal gives it, or takes back other amounts than its record says ({refusal:?})",
+            record.body.kind().name(),
+            change.outcome.purchase.0
+        ),
+        Body::PurchaseRelease(release) => format!(
+            "the release of purchase {} is not a legal lifecycle transition ({refusal:?})",
+            release.purchase.0
+        ),
+        _ => format!("the record does not apply ({refusal:?})"),
+    }
+}
+
+/// `replay_wal` with an observer of every record, before and after it applies (recovery's
+/// checks and key entries; `ledger-wal verify`'s repricing, snapshot comparisons and progress).
 ///
 /// Two threads share the work: a reader checks frames, checksums and the hash chain and decodes
 /// records; the calling thread applies them, touching the accounts of the record 16 places
 /// ahead (`Ledger::prefetch_body`) so that cache misses overlap with work. On two cores this replays about
 /// twice as fast as one thread doing both (docs/performance.md).
-pub fn replay_wal(
+pub fn replay_wal_observed(
     wal_dir: &Path,
     ledger: &mut Ledger,
     options: &ScanOptions,
-    mut key_events: Option<&mut dyn FnMut(KeyEntry, Lsn)>,
-) -> Result<Replayed, RecoveryError> {
-    ledger.set_key_events(key_events.is_some());
+    observer: &mut dyn ReplayObserver,
+) -> Result<(reader::ScanEnd, u64), RecoveryError> {
     let replay_error =
         |segment: u64, offset: u64, lsn: Lsn, reason: String| RecoveryError::Replay {
             path: wal_dir.join(segment::segment_file_name(segment)),
@@ -188,6 +273,7 @@ pub fn replay_wal(
                         fingerprint,
                         segment: record.segment,
                         offset: record.offset,
+                        hash: record.hash,
                     });
                     if batch.len() == REPLAY_BATCH_RECORDS {
                         // The applier stopped (it found a record that does not apply).
@@ -203,7 +289,6 @@ pub fn replay_wal(
             })
             .expect("spawn the replay reader");
         let mut replayed = 0u64;
-        let mut mismatches = 0u64;
         let mut failure = None;
         for batch in &received {
             for decoded in batch.iter().take(REPLAY_PREFETCH_DISTANCE) {
@@ -213,36 +298,22 @@ pub fn replay_wal(
                 if let Some(ahead) = batch.get(index + REPLAY_PREFETCH_DISTANCE) {
                     ledger.prefetch_body(&ahead.record.body);
                 }
-                if let Body::Purchase(purchase) = &decoded.record.body
-                    && let Some(priced) =
-                        ledger.reprice_mismatch(purchase, decoded.record.timestamp)
-                {
-                    mismatches += 1;
-                    if mismatches <= 16 {
-                        tracing::warn!(
-                            lsn = decoded.record.lsn.0,
-                            tx_id = purchase.header.id.0,
-                            recorded = ?purchase.outcome,
-                            priced = ?priced,
-                            "a purchase's recorded outcome differs from its rules; replay keeps the record"
-                        );
-                    }
-                }
+                let place = ReplayPlace {
+                    segment: decoded.segment,
+                    offset: decoded.offset,
+                    hash: decoded.hash,
+                };
+                observer.before(ledger, &decoded.record, place);
                 if let Err(refusal) = ledger.apply(&decoded.record, decoded.fingerprint) {
-                    let reason = format!("the record does not apply ({refusal:?})");
                     failure = Some(replay_error(
                         decoded.segment,
                         decoded.offset,
                         decoded.record.lsn,
-                        reason,
+                        refusal_reason(&decoded.record, refusal),
                     ));
                     break;
                 }
-                if let Some(sink) = key_events.as_mut() {
-                    for entry in ledger.drain_key_events() {
-                        sink(entry, decoded.record.lsn);
-                    }
-                }
+                observer.after(ledger, &decoded.record, place);
                 replayed += 1;
             }
             if failure.is_some() {
@@ -255,7 +326,7 @@ pub fn replay_wal(
             return Err(error);
         }
         match scanned {
-            Ok(end) => Ok(Replayed { end, records: replayed, pricing_mismatches: mismatches }),
+            Ok(end) => Ok((end, replayed)),
             Err(Ok(Some(error))) => Err(error),
             Err(Ok(None)) => unreachable!("the reader stops early only when the applier failed"),
             Err(Err(error)) => Err(error.into()),

@@ -290,7 +290,7 @@ fn walk_ends(
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
     let shards = filter.shards(&meta)?;
     let mut selector = Selector { filter, account: filter.account_address()?, account_id: None };
-    let mut progress = Progress::new(quiet, data_dir, &shards, "reading");
+    let progress = Progress::new(quiet, data_dir, &shards, "reading");
     for index in shards {
         let shard = ShardId::new(index).context("shard out of range")?;
         let paths = ShardPaths::new(data_dir, index);
@@ -310,11 +310,11 @@ fn walk_ends(
         }
         let mut follower = follower_at(data_dir, &meta, index, start)?;
         selector.account_id = None;
-        progress.shard(index);
+        let mut shown = progress.shard(index);
         let content = filter.by_content();
         let mut enough = false;
         let visited = follower.advance(end, |followed| {
-            progress.at(followed.place);
+            shown.at(followed.place.segment, followed.place.offset);
             if (content || filter.from_time.is_some() || filter.from_lsn.is_some())
                 && !selector.matches(followed)
             {

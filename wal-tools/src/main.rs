@@ -65,6 +65,13 @@ enum Command {
         /// Check up to this LSN (the records after it are not read).
         #[arg(long)]
         to_lsn: Option<u64>,
+        /// Do not price purchases again (the rest is checked).
+        #[arg(long)]
+        no_repricing: bool,
+        /// Check the files only (frames, checksums, hash chain, durable mark, snapshots'
+        /// hashes), at the disk's pace: nothing is replayed, so no invariant is checked.
+        #[arg(long)]
+        chain_only: bool,
     },
     /// Print the records the filters select (every shard's, by default), replayed and checked
     /// as `verify` checks them, each with its details (a purchase with its earning
@@ -230,10 +237,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let quiet = args.quiet;
     let result = match args.command {
-        Command::Verify { scope, from_lsn, to_lsn } => cmd::verify::run(
+        Command::Verify { scope, from_lsn, to_lsn, no_repricing, chain_only } => cmd::verify::run(
             &scope.data_dir,
             scope.shard,
-            cmd::verify::Range { from: from_lsn, to: to_lsn },
+            cmd::verify::Range { reprice: !no_repricing, chain_only, from: from_lsn, to: to_lsn },
             scope.json,
             quiet,
         ),

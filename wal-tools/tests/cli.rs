@@ -1049,16 +1049,23 @@ fn verify_catches_a_truncated_middle_segment_and_reordered_segments() {
     build_segmented(dir.path());
     let data = dir.path().to_str().unwrap();
     assert_eq!(ledger_wal(&["verify", "--data-dir", data]).status.code(), Some(0));
+    let output = ledger_wal(&["verify", "--data-dir", data, "--chain-only"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).contains("chain only"), "{}", stdout(&output));
 
     let truncated = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), truncated.path());
     let middle = &segments(truncated.path())[1];
     let length = std::fs::metadata(middle).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(middle).unwrap().set_len(length / 2).unwrap();
-    let output = ledger_wal(&["verify", "--data-dir", truncated.path().to_str().unwrap()]);
-    let text = stdout(&output);
-    assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(text.contains("lsn"), "names the lsn: {text}");
+    for chain in [&[][..], &["--chain-only"][..]] {
+        let mut args = vec!["verify", "--data-dir", truncated.path().to_str().unwrap()];
+        args.extend_from_slice(chain);
+        let output = ledger_wal(&args);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(1), "{chain:?}: {text}");
+        assert!(text.contains("lsn"), "names the lsn: {text}");
+    }
 
     let reordered = tempfile::tempdir().unwrap();
     copy_dir(dir.path(), reordered.path());
@@ -1116,13 +1123,17 @@ fn an_amount_edited_with_its_crc_fixed_breaks_the_hash_chain() {
     let crc = crc32(&[&record[0..4], &record[8..]].concat());
     record[4..8].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, &bytes).unwrap();
-    let output = ledger_wal(&["verify", "--data-dir", dir.path().to_str().unwrap()]);
-    let text = stdout(&output);
-    assert_eq!(output.status.code(), Some(1), "{text}");
-    assert!(
-        text.contains("lsn 40") || text.contains("lsn 41"),
-        "names the record or the next: {text}"
-    );
+    for chain in [&[][..], &["--chain-only"][..]] {
+        let mut args = vec!["verify", "--data-dir", dir.path().to_str().unwrap()];
+        args.extend_from_slice(chain);
+        let output = ledger_wal(&args);
+        let text = stdout(&output);
+        assert_eq!(output.status.code(), Some(1), "{chain:?}: {text}");
+        assert!(
+            text.contains("lsn 40") || text.contains("lsn 41"),
+            "names the record or the next: {text}"
+        );
+    }
 }
 
 #[test]
@@ -1193,4 +1204,64 @@ fn verify_checks_a_range_and_every_lifecycle_transition() {
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{text}");
     assert!(text.contains("not a legal lifecycle transition"), "{text}");
+}
+
+#[test]
+fn a_wal_the_engine_is_still_writing_reads_to_its_last_durable_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::new(dir.path());
+    config.shard_count = Some(1);
+    config.limits = Limits { segment_bytes: 64 * 1024, ..Limits::test_min() };
+    let engine = Engine::open(config).unwrap();
+    let loyalty = Loyalty::define(&engine);
+    execute_all(&engine, (0..300).map(|c| loyalty.earn(c as u128 + 1, c % 7, 10)).collect());
+    let data = dir.path().to_str().unwrap();
+    // Every write above was durable before its answer; the engine keeps its files open.
+    let output = ledger_wal(&["verify", "--data-dir", data]);
+    assert_eq!(output.status.code(), Some(0), "{}", stdout(&output));
+    let balance =
+        json_lines(&ledger_wal(&["balance", "--data-dir", data, "--customer", "3", "--json"]));
+    let points = balance.iter().find(|l| l["address"] == "customer:3:points").unwrap();
+    let expected = engine.account_total(loyalty.customer(3)).unwrap().balance_posted();
+    assert_eq!(points["balance"], expected.to_string());
+    let dumped =
+        json_lines(&ledger_wal(&["dump", "--data-dir", data, "--json", "--kind", "transaction"]));
+    assert_eq!(dumped.len(), 300);
+    engine.shutdown();
+}
+
+#[test]
+fn foreign_and_truncated_files_are_named_not_panicked_on() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path());
+    let data = dir.path().to_str().unwrap();
+    // A segment that is not a segment.
+    let first = dir.path().join("shard-001/wal/00000000000000000001.wal");
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[..8].copy_from_slice(b"NOTAWAL!");
+    std::fs::write(&first, &bytes).unwrap();
+    for args in [
+        vec!["verify", "--data-dir", data],
+        vec!["verify", "--data-dir", data, "--chain-only"],
+        vec!["dump", "--data-dir", data, "--shard", "1"],
+        vec!["stats", "--data-dir", data, "--shard", "1"],
+        vec!["export", "--data-dir", data, "postings", "--shard", "1"],
+    ] {
+        let output = ledger_wal(&args);
+        let said = format!("{}{}", stdout(&output), String::from_utf8_lossy(&output.stderr));
+        assert!(matches!(output.status.code(), Some(1 | 3)), "{args:?}: {said}");
+        assert!(said.contains("00000000000000000001.wal"), "{args:?} names the file: {said}");
+        assert!(!said.contains("panicked"), "{args:?}: {said}");
+    }
+    // A snapshot cut short.
+    let (_, snapshot) =
+        ledger_engine::snapshot::find_snapshots(&dir.path().join("shard-000/snapshots"))
+            .unwrap()
+            .remove(0);
+    let length = std::fs::metadata(&snapshot).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&snapshot).unwrap().set_len(length / 3).unwrap();
+    let output = ledger_wal(&["snapshot", "verify", "--data-dir", data, "--shard", "0"]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains(&snapshot.file_name().unwrap().to_string_lossy().to_string()), "{text}");
 }

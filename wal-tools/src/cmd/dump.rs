@@ -270,7 +270,8 @@ pub fn run(
                 "tx_id": tx_id,
                 "details": details,
             });
-            writeln!(out, "{line}")?;
+            serde_json::to_writer(&mut out, &line)?;
+            out.write_all(b"\n")?;
         } else {
             let tx_id = tx_id.map_or_else(|| "-".to_string(), |id| id.to_string());
             writeln!(

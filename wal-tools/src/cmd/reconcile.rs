@@ -40,13 +40,13 @@ fn purchases_of(
     let meta =
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
     let shards: Vec<u16> = (0..meta.shard_count).collect();
-    let mut progress = Progress::new(quiet, data_dir, &shards, "reading purchases");
+    let progress = Progress::new(quiet, data_dir, &shards, "reading purchases");
     let mut kept: BTreeMap<TxId, (Refundable, u64)> = BTreeMap::new();
     for index in shards {
-        progress.shard(index);
+        let mut shown = progress.shard(index);
         let mut follower = crate::cmd::stats::follower_from_start(data_dir, index)?;
         let visited = follower.advance(Lsn(u64::MAX), |followed| {
-            progress.at(followed.place);
+            shown.at(followed.place.segment, followed.place.offset);
             let purchases = followed.ledger.purchases();
             let id = match &followed.record.body {
                 Body::Purchase(purchase) => {

@@ -11,16 +11,18 @@
 
 use std::fs;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ledger_engine::datadir::{self, DataDirMeta};
 use ledger_engine::engine::ledger_config;
 use ledger_engine::ledger::Ledger;
-use ledger_engine::recovery::ShardPaths;
+use ledger_engine::ledger::record::{Body, Record};
+use ledger_engine::recovery::{self, ReplayObserver, ReplayPlace, ShardPaths};
+use ledger_engine::snapshot::SnapshotHeader;
 use ledger_engine::wal::format::{SEGMENT_HEADER_BYTES, SegmentHeader};
 use ledger_engine::wal::reader::{self, ScanOptions, Tail};
-use ledger_engine::wal::{payload, segment};
+use ledger_engine::wal::segment;
 use ledger_engine::{Limits, Lsn, ShardId, snapshot};
 use serde_json::json;
 
@@ -42,9 +44,14 @@ struct ShardReport {
 }
 
 /// The LSNs checked: every record is read and chained, but replay starts from the newest
-/// snapshot before `from` and stops at `to`.
+/// snapshot before `from` and stops at `to`; and whether purchases are priced again.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Range {
+    /// Price every purchase again by its rule version (`--no-repricing` turns it off).
+    pub reprice: bool,
+    /// Check the files only: frames, checksums, the hash chain, the durable mark, and that
+    /// each snapshot's header names the chain's hash at its LSN; no replay (`--chain-only`).
+    pub chain_only: bool,
     /// The first LSN checked (`None`: the WAL's first).
     pub from: Option<u64>,
     /// The last LSN checked (`None`: the WAL's last).
@@ -65,10 +72,30 @@ pub fn run(
     let meta =
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
     let shards = crate::filter::Filter { shard: only, ..Default::default() }.shards(&meta)?;
-    let reports: Vec<ShardReport> = shards
-        .iter()
-        .map(|shard| verify_shard(data_dir, &meta, *shard, range, quiet))
-        .collect::<anyhow::Result<_>>()?;
+    // Shards are independent: as many at once as there are cores (each replay is itself a
+    // reading thread and an applying one).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(shards.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let progress = crate::progress::Progress::new(quiet, data_dir, &shards, "verifying");
+    let mut reports: Vec<(u16, anyhow::Result<ShardReport>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&shard) = shards.get(at) else { break done };
+                        done.push((shard, verify_shard(data_dir, &meta, shard, range, &progress)));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|handle| handle.join().expect("a verifier panicked")).collect()
+    });
+    progress.finish();
+    reports.sort_by_key(|(shard, _)| *shard);
+    let reports: Vec<ShardReport> =
+        reports.into_iter().map(|(_, report)| report).collect::<anyhow::Result<_>>()?;
     let sound = reports.iter().all(|report| report.problems.is_empty());
     if as_json {
         let shards: Vec<serde_json::Value> = reports
@@ -132,7 +159,7 @@ fn verify_shard(
     meta: &DataDirMeta,
     index: u16,
     range: Range,
-    quiet: bool,
+    progress: &crate::progress::Progress,
 ) -> anyhow::Result<ShardReport> {
     let shard = ShardId::new(index).context("shard out of range")?;
     let paths = ShardPaths::new(data_dir, index);
@@ -148,6 +175,9 @@ fn verify_shard(
         Err(error) => return Err(error).context("cannot list snapshots"),
     };
     snapshots.reverse();
+    if range.chain_only {
+        return chain_only(&paths, meta, shard, range, snapshots, progress, report);
+    }
 
     // Replay from LSN 1 when the WAL starts there; from the oldest usable snapshot when old
     // segments were deleted under the retention policy; from the newest snapshot before
@@ -199,92 +229,27 @@ fn verify_shard(
         Err(error) => report.problems.push(format!("cannot read the durable mark: {error}")),
     }
     let to = Lsn(range.to.unwrap_or(u64::MAX));
-    let mut pending = snapshots
+    let pending: Vec<(Lsn, PathBuf)> = snapshots
         .into_iter()
         .filter(|(lsn, _)| *lsn > options.visit_after && *lsn >= from && *lsn <= to)
-        .peekable();
-    let mut progress = crate::progress::Progress::new(quiet, data_dir, &[index], "verifying");
-    progress.shard(index);
-    let mut problems = Vec::new();
-    let mut checked = Vec::new();
-    let scanned = reader::scan(&paths.wal, &options, |record| {
-        let at = || {
-            format!(
-                "{} at offset {}, lsn {}",
-                paths.wal.join(segment::segment_file_name(record.segment)).display(),
-                record.offset,
-                record.header.lsn
-            )
-        };
-        progress.at(ledger_engine::follow::Place {
-            segment: record.segment,
-            offset: record.offset,
-            len: 0,
-            commit_index: 0,
-        });
-        let decoded = record.decode().map_err(|error| format!("{}: {error}", at()))?;
-        if let ledger_engine::ledger::record::Body::Purchase(purchase) = &decoded.body
-            && decoded.lsn >= from
-            && let Some(priced) = ledger.reprice_mismatch(purchase, decoded.timestamp)
-        {
-            problems.push(format!(
-                "{}: purchase {} records {:?} but its rule version gives {:?}",
-                at(),
-                purchase.header.id.0,
-                purchase.outcome,
-                priced
-            ));
-        }
-        let fingerprint = payload::fingerprint(record.kind, record.payload());
-        ledger.apply(&decoded, fingerprint).map_err(|refusal| {
-            let what = match &decoded.body {
-                ledger_engine::ledger::record::Body::PurchaseChange(change) => format!(
-                    "{} of purchase {} is not a legal lifecycle transition from the state the wal gives it, or takes back other amounts than its record says",
-                    decoded.body.kind().name(),
-                    change.outcome.purchase.0
-                ),
-                ledger_engine::ledger::record::Body::PurchaseRelease(release) => format!(
-                    "the release of purchase {} is not a legal lifecycle transition",
-                    release.purchase.0
-                ),
-                _ => "the record does not apply".to_string(),
-            };
-            format!("{}: {what} ({refusal:?})", at())
-        })?;
-        while let Some((lsn, path)) = pending.next_if(|(lsn, _)| *lsn <= record.header.lsn) {
-            if lsn != record.header.lsn {
-                continue;
-            }
-            match snapshot::load(&path, config.clone(), meta.cluster_id) {
-                Ok((header, state)) => {
-                    let (mut live, mut snap) = (Vec::new(), Vec::new());
-                    // An older snapshot holds less (version 1: no history): compare what it holds.
-                    ledger.encode_state_version(&mut live, header.version);
-                    state.encode_state_version(&mut snap, header.version);
-                    if live != snap {
-                        problems.push(format!(
-                            "{} differs from the state the wal gives at lsn {lsn}",
-                            path.display()
-                        ));
-                    } else if header.last_hash != record.hash {
-                        problems.push(format!(
-                            "{} names another hash for lsn {lsn} than the wal",
-                            path.display()
-                        ));
-                    } else {
-                        checked.push(lsn.0);
-                    }
-                }
-                Err(error) => problems.push(error.to_string()),
-            }
-        }
-        Ok::<(), String>(())
-    });
-    progress.finish();
-    report.problems.append(&mut problems);
+        .collect();
+    let mut observer = Observer {
+        wal: &paths.wal,
+        config: &config,
+        cluster_id: meta.cluster_id,
+        from,
+        reprice: range.reprice,
+        pending: pending.into_iter().peekable(),
+        problems: Vec::new(),
+        checked: Vec::new(),
+        progress: progress.shard(index),
+    };
+    let replayed = recovery::replay_wal_observed(&paths.wal, &mut ledger, &options, &mut observer);
+    report.problems.append(&mut observer.problems);
+    let (checked, pending) = (observer.checked, observer.pending);
     report.snapshots_checked = checked;
-    match scanned {
-        Ok(end) => {
+    match replayed {
+        Ok((end, _)) => {
             report.segments = end.segments;
             report.records = end.records;
             report.last_lsn = end.last_lsn.0;
@@ -315,9 +280,147 @@ fn verify_shard(
                 report.problems.push(violation.to_string());
             }
         }
-        Err(Ok(problem)) => report.problems.push(problem),
-        Err(Err(error)) => report.problems.push(error.to_string()),
+        Err(error) => report.problems.push(error.to_string()),
     }
     report.accounts = ledger.account_count();
+    Ok(report)
+}
+
+/// What `verify` does beside the replay, record by record: prices purchases again from the
+/// state before them, compares snapshots with the state at their LSN, moves the progress bar.
+struct Observer<'a, I: Iterator<Item = (Lsn, PathBuf)>> {
+    wal: &'a Path,
+    config: &'a ledger_engine::ledger::LedgerConfig,
+    cluster_id: u64,
+    from: Lsn,
+    reprice: bool,
+    pending: std::iter::Peekable<I>,
+    problems: Vec<String>,
+    checked: Vec<u64>,
+    progress: crate::progress::ShardProgress,
+}
+
+impl<I: Iterator<Item = (Lsn, PathBuf)>> Observer<'_, I> {
+    fn at(&self, record: &Record, place: ReplayPlace) -> String {
+        format!(
+            "{} at offset {}, lsn {}",
+            self.wal.join(segment::segment_file_name(place.segment)).display(),
+            place.offset,
+            record.lsn
+        )
+    }
+}
+
+impl<I: Iterator<Item = (Lsn, PathBuf)>> ReplayObserver for Observer<'_, I> {
+    fn before(&mut self, ledger: &Ledger, record: &Record, place: ReplayPlace) {
+        self.progress.at(place.segment, place.offset);
+        if let Body::Purchase(purchase) = &record.body
+            && self.reprice
+            && record.lsn >= self.from
+            && let Some(priced) = ledger.reprice_mismatch(purchase, record.timestamp)
+        {
+            self.problems.push(format!(
+                "{}: purchase {} records {:?} but its rule version gives {:?}",
+                self.at(record, place),
+                purchase.header.id.0,
+                purchase.outcome,
+                priced
+            ));
+        }
+    }
+
+    fn after(&mut self, ledger: &mut Ledger, record: &Record, place: ReplayPlace) {
+        while let Some((lsn, path)) = self.pending.next_if(|(lsn, _)| *lsn <= record.lsn) {
+            if lsn != record.lsn {
+                continue;
+            }
+            match crate::cmd::snapshot::compare(
+                &path,
+                ledger,
+                self.config,
+                self.cluster_id,
+                place.hash,
+            ) {
+                Ok(()) => self.checked.push(lsn.0),
+                Err(problem) => self.problems.push(problem),
+            }
+        }
+    }
+}
+
+/// `--chain-only`: every record's frame, checksum, LSN, identity and hash-chain link, the
+/// durable mark, and each snapshot's header against the chain (its LSN's hash); nothing is
+/// replayed, so no invariant, price or snapshot body is checked.
+fn chain_only(
+    paths: &ShardPaths,
+    meta: &DataDirMeta,
+    shard: ShardId,
+    range: Range,
+    snapshots: Vec<(Lsn, PathBuf)>,
+    progress: &crate::progress::Progress,
+    mut report: ShardReport,
+) -> anyhow::Result<ShardReport> {
+    let mut options =
+        ScanOptions { shard: Some(shard), cluster_id: Some(meta.cluster_id), ..ScanOptions::all() };
+    match ledger_engine::wal::mark::read(&paths.wal) {
+        Ok(mark) if range.to.is_none() => options.durable_mark = mark,
+        Ok(_) => {}
+        Err(error) => report.problems.push(format!("cannot read the durable mark: {error}")),
+    }
+    if let Some(to) = range.to {
+        options.visit_until = Some(Lsn(to));
+        options.stop_at_until = true;
+    }
+    // Each snapshot's header: its LSN and the hash it says the record there has.
+    let mut named = Vec::new();
+    for (lsn, path) in snapshots {
+        let mut head = vec![0u8; snapshot::SNAPSHOT_HEADER_BYTES];
+        let read = fs::File::open(&path).and_then(|mut file| file.read_exact(&mut head));
+        match read.map_err(|e| e.to_string()).and_then(|()| SnapshotHeader::decode(&head)) {
+            Ok(header) if header.lsn == lsn => named.push((lsn, header.last_hash, path)),
+            Ok(header) => report.problems.push(format!(
+                "{} is named for lsn {lsn} but its header says {}",
+                path.display(),
+                header.lsn
+            )),
+            Err(error) => report.problems.push(format!("{}: {error}", path.display())),
+        }
+    }
+    let mut pending = named.into_iter().peekable();
+    let mut shown = progress.shard(shard.index());
+    let mut checked = Vec::new();
+    let mut problems = Vec::new();
+    let scanned = reader::scan(&paths.wal, &options, |record| {
+        shown.at(record.segment, record.offset);
+        while let Some((lsn, hash, path)) = pending.next_if(|(lsn, _, _)| *lsn <= record.header.lsn)
+        {
+            if lsn != record.header.lsn {
+                continue;
+            }
+            if hash == record.hash {
+                checked.push(lsn.0);
+            } else {
+                problems.push(format!(
+                    "{} names another hash for lsn {lsn} than the wal",
+                    path.display()
+                ));
+            }
+        }
+        Ok::<(), ()>(())
+    });
+    report.problems.append(&mut problems);
+    report.snapshots_checked = checked;
+    report.notes.push("chain only: nothing was replayed".to_string());
+    match scanned {
+        Ok(end) => {
+            report.segments = end.segments;
+            report.records = end.records;
+            report.replayed_from = 0;
+            report.last_lsn = end.last_lsn.0;
+            report.last_timestamp = end.last_timestamp.0;
+        }
+        Err(Ok(())) => unreachable!("the visitor never stops"),
+        Err(Err(error)) => report.problems.push(error.to_string()),
+    }
     Ok(report)
 }

@@ -8,13 +8,165 @@ use std::io::Write;
 
 use ledger_engine::amount::Amount;
 use ledger_engine::ledger::account::AccountId;
-use ledger_engine::ledger::record::{Body, Posting, PurchaseEvent, PurchaseRef};
+use ledger_engine::ledger::record::{Body, Posting, PurchaseEvent, PurchaseRef, TxHeader};
 use ledger_engine::ledger::registry::Registry;
 use ledger_engine::loyalty::lifecycle::LifecycleState;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::Outcome;
 use crate::filter::{Filter, Walked, walk};
+
+/// A client write's origin: its terminal, store and receipt, and for an operator's write who
+/// made it and why (WAL format 7).
+#[derive(Serialize)]
+struct Client<'a> {
+    terminal: u32,
+    store: u32,
+    receipt: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
+impl<'a> Client<'a> {
+    fn of(header: &'a TxHeader) -> Client<'a> {
+        let annotation = header.metadata.annotation.as_deref();
+        Client {
+            terminal: header.terminal.0,
+            store: header.metadata.store,
+            receipt: header.metadata.receipt.as_str(),
+            actor: annotation.map(|annotation| annotation.actor()),
+            reason: annotation.map(|annotation| annotation.reason()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PostingOut {
+    debit: String,
+    credit: String,
+    asset: String,
+    amount: u64,
+}
+
+impl PostingOut {
+    fn of(registry: &Registry, posting: &Posting) -> PostingOut {
+        PostingOut {
+            debit: account(registry, posting.debit),
+            credit: account(registry, posting.credit),
+            asset: asset(registry, posting.asset),
+            amount: posting.amount.get(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct TransactionOut<'a> {
+    tx_kind: String,
+    #[serde(flatten)]
+    client: Client<'a>,
+    postings: Vec<PostingOut>,
+}
+
+#[derive(Serialize)]
+struct LineOut {
+    category: u16,
+    amount: u64,
+    excluded: bool,
+}
+
+#[derive(Serialize)]
+struct PromotionOut {
+    promotion: u8,
+    points: u64,
+}
+
+/// A purchase with its whole earning breakdown.
+#[derive(Serialize)]
+struct PurchaseOut<'a> {
+    tx_kind: String,
+    #[serde(flatten)]
+    client: Client<'a>,
+    customer: u64,
+    lines: Vec<LineOut>,
+    rules_version: u32,
+    tier_before: u8,
+    tier_after: u8,
+    base: u64,
+    category: u64,
+    tier_points: u64,
+    promotions: Vec<PromotionOut>,
+    cap_cut: u64,
+    earned: u64,
+    bonus: u64,
+    cashback: u64,
+}
+
+/// A record's details: the frequent kinds serialised directly (no `Value` built per record),
+/// the others as a `Value`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Details<'a> {
+    Transaction(TransactionOut<'a>),
+    Purchase(PurchaseOut<'a>),
+    Other(serde_json::Value),
+}
+
+fn details<'a>(registry: &Registry, body: &'a Body) -> Details<'a> {
+    match body {
+        Body::Transaction(tx) => Details::Transaction(TransactionOut {
+            tx_kind: tx.header.kind.to_string(),
+            client: Client::of(&tx.header),
+            postings: tx.postings.iter().map(|p| PostingOut::of(registry, p)).collect(),
+        }),
+        Body::Purchase(purchase) => {
+            let outcome = &purchase.outcome;
+            Details::Purchase(PurchaseOut {
+                tx_kind: purchase.header.kind.to_string(),
+                client: Client::of(&purchase.header),
+                customer: purchase.customer,
+                lines: purchase
+                    .lines
+                    .iter()
+                    .map(|line| LineOut {
+                        category: line.category,
+                        amount: line.amount,
+                        excluded: line.excluded,
+                    })
+                    .collect(),
+                rules_version: outcome.rules_version,
+                tier_before: outcome.tier_before,
+                tier_after: outcome.tier_after,
+                base: outcome.base,
+                category: outcome.category,
+                tier_points: outcome.tier_points,
+                promotions: outcome
+                    .promotions
+                    .iter()
+                    .map(|p| PromotionOut { promotion: p.promotion, points: p.points })
+                    .collect(),
+                cap_cut: outcome.cap_cut,
+                earned: outcome.earned,
+                bonus: outcome.bonus,
+                cashback: outcome.cashback,
+            })
+        }
+        other => {
+            let mut value = describe(registry, other);
+            // Where a client's write came from, whatever its kind.
+            if let Some(header) = other.header()
+                && let Some(fields) = value.as_object_mut()
+                && let Ok(serde_json::Value::Object(client)) =
+                    serde_json::to_value(Client::of(header))
+            {
+                fields.extend(client);
+            }
+            Details::Other(value)
+        }
+    }
+}
 
 fn account(registry: &Registry, id: AccountId) -> String {
     registry
@@ -47,13 +199,9 @@ fn lines_json(lines: &[ledger_engine::loyalty::Line]) -> serde_json::Value {
 fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
     let amount = |amount: Option<Amount>| amount.map(Amount::get);
     match body {
-        Body::Transaction(tx) => json!({
-            "tx_kind": tx.header.kind.to_string(),
-            "terminal": tx.header.terminal.0,
-            "store": tx.header.metadata.store,
-            "receipt": tx.header.metadata.receipt.as_str(),
-            "postings": tx.postings.iter().map(|p| posting_json(registry, p)).collect::<Vec<_>>(),
-        }),
+        Body::Transaction(_) | Body::Purchase(_) => {
+            serde_json::to_value(details(registry, body)).unwrap_or_default()
+        }
         Body::HoldCreate(hold) => json!({
             "tx_kind": hold.header.kind.to_string(),
             "posting": posting_json(registry, &hold.posting),
@@ -101,30 +249,6 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
             "asset": define.asset.0,
             "flags": define.flags.bits(),
         }),
-        Body::Purchase(purchase) => {
-            let outcome = &purchase.outcome;
-            json!({
-                "tx_kind": purchase.header.kind.to_string(),
-                "terminal": purchase.header.terminal.0,
-                "store": purchase.header.metadata.store,
-                "receipt": purchase.header.metadata.receipt.as_str(),
-                "customer": purchase.customer,
-                "lines": lines_json(&purchase.lines),
-                "rules_version": outcome.rules_version,
-                "tier_before": outcome.tier_before,
-                "tier_after": outcome.tier_after,
-                "base": outcome.base,
-                "category": outcome.category,
-                "tier_points": outcome.tier_points,
-                "promotions": outcome.promotions.iter().map(|p| json!({
-                    "promotion": p.promotion, "points": p.points,
-                })).collect::<Vec<_>>(),
-                "cap_cut": outcome.cap_cut,
-                "earned": outcome.earned,
-                "bonus": outcome.bonus,
-                "cashback": outcome.cashback,
-            })
-        }
         Body::PurchaseChange(change) => {
             let (by, reference) = match change.reference {
                 PurchaseRef::Id(id) => ("id", id.0),
@@ -223,6 +347,17 @@ fn describe(registry: &Registry, body: &Body) -> serde_json::Value {
     }
 }
 
+/// One line of `--json`.
+#[derive(Serialize)]
+struct DumpLine<'a> {
+    shard: u16,
+    lsn: u64,
+    timestamp: &'a str,
+    kind: &'static str,
+    tx_id: Option<u64>,
+    details: Details<'a>,
+}
+
 pub fn run(
     data_dir: &Path,
     filter: &Filter,
@@ -244,43 +379,28 @@ pub fn run(
         let record = followed.record;
         let timestamp = crate::time::rfc3339(record.timestamp);
         let tx_id = record.body.tx_id().map(|id| id.0);
-        let mut details = describe(followed.registry, &record.body);
-        // Where a client's write came from, whatever its kind.
-        if let Some(header) = record.body.header()
-            && let Some(fields) = details.as_object_mut()
-        {
-            fields.insert("terminal".to_string(), json!(header.terminal.0));
-            fields.insert("store".to_string(), json!(header.metadata.store));
-            fields.insert("receipt".to_string(), json!(header.metadata.receipt.as_str()));
-        }
-        // An operator's write says who made it and why (WAL format 7).
-        if let Some(annotation) =
-            record.body.header().and_then(|header| header.metadata.annotation.as_ref())
-            && let Some(fields) = details.as_object_mut()
-        {
-            fields.insert("actor".to_string(), json!(annotation.actor()));
-            fields.insert("reason".to_string(), json!(annotation.reason()));
-        }
+        let details = details(followed.registry, &record.body);
         if as_json {
-            let line = json!({
-                "shard": shard,
-                "lsn": record.lsn.0,
-                "timestamp": timestamp,
-                "kind": record.body.kind().name(),
-                "tx_id": tx_id,
-                "details": details,
-            });
+            let line = DumpLine {
+                shard,
+                lsn: record.lsn.0,
+                timestamp: &timestamp,
+                kind: record.body.kind().name(),
+                tx_id,
+                details,
+            };
             serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
         } else {
             let tx_id = tx_id.map_or_else(|| "-".to_string(), |id| id.to_string());
-            writeln!(
+            write!(
                 out,
-                "{shard:>3} {:>10} {timestamp} {:<16} {tx_id:>20} {details}",
+                "{shard:>3} {:>10} {timestamp} {:<16} {tx_id:>20} ",
                 record.lsn.0,
                 record.body.kind().name()
             )?;
+            serde_json::to_writer(&mut out, &details)?;
         }
+        out.write_all(b"\n")?;
         Ok(true)
     });
     out.flush()?;

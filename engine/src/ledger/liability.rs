@@ -129,9 +129,10 @@ impl Ledger {
     }
 
     /// The customer classes' totals, recomputed from the accounts (after a snapshot is loaded,
-    /// and by `check_invariants`).
-    pub(super) fn class_totals_from_accounts(&self) -> Vec<i128> {
-        let mut totals = Vec::new();
+    /// and by `check_invariants`); `None` when a class's total overflows (only a damaged state
+    /// can: balances are bounded by their asset's totals).
+    pub(super) fn class_totals_from_accounts(&self) -> Option<Vec<i128>> {
+        let mut totals: Vec<i128> = Vec::new();
         for (id, account) in self.accounts.iter() {
             let customer = self
                 .registry
@@ -144,19 +145,22 @@ impl Ledger {
             if totals.len() <= index {
                 totals.resize(index + 1, 0);
             }
-            totals[index] += account.balance_posted();
+            totals[index] = totals[index].checked_add(account.balance_posted())?;
         }
-        totals
+        Some(totals)
     }
 
-    /// Sets the class totals from the accounts (a state decoded from a snapshot).
-    pub(super) fn restore_class_totals(&mut self) {
-        self.class_totals = self.class_totals_from_accounts();
+    /// Sets the class totals from the accounts (a state decoded from a snapshot); `Err` when a
+    /// class's total overflows.
+    pub(super) fn restore_class_totals(&mut self) -> Result<(), ()> {
+        self.class_totals = self.class_totals_from_accounts().ok_or(())?;
+        Ok(())
     }
 
     /// Whether the kept class totals equal what the accounts add up to.
     pub(super) fn class_totals_match(&self) -> bool {
-        super::trimmed(&self.class_totals) == super::trimmed(&self.class_totals_from_accounts())
+        self.class_totals_from_accounts()
+            .is_some_and(|totals| super::trimmed(&self.class_totals) == super::trimmed(&totals))
     }
 
     /// The flows of points per day.

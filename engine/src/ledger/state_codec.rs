@@ -920,7 +920,10 @@ impl Ledger {
             decode_rates(&mut decoder, &mut ledger)?;
         }
         ledger.refresh_flow_classes();
-        ledger.restore_class_totals();
+        ledger.restore_class_totals().map_err(|()| DecodeError::Invalid {
+            field: "account balances (a customer class's total overflows)",
+            value: 0,
+        })?;
         decoder.finish()?;
         Ok(ledger)
     }

@@ -392,7 +392,7 @@ fn credit_limits_and_overflow_are_refused() {
     harness.ledger.accounts.insert(harness.house(harness.issuance), issuance);
     harness.ledger.totals[0].debits_posted = near_max;
     harness.ledger.totals[0].credits_posted = near_max;
-    harness.ledger.restore_class_totals();
+    harness.ledger.restore_class_totals().unwrap();
     harness.ledger.check_invariants().unwrap();
     let header = harness.header();
     let posting = harness.posting(harness.house(harness.redemption), customer, 6);

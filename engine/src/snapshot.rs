@@ -300,8 +300,21 @@ pub fn load(
     config: LedgerConfig,
     cluster_id: u64,
 ) -> Result<(SnapshotHeader, Ledger), SnapshotError> {
-    let invalid = |reason: String| SnapshotError::Invalid { path: path.to_path_buf(), reason };
     let (header, bytes) = read_checked(path, &mut |_| {})?;
+    let ledger = decode_checked(path, &header, &bytes, config, cluster_id)?;
+    Ok((header, ledger))
+}
+
+/// Rebuilds the ledger of a snapshot `read_checked` read from `path` (named in errors): it
+/// must be of `config`'s shard and of data directory `cluster_id`.
+pub fn decode_checked(
+    path: &Path,
+    header: &SnapshotHeader,
+    bytes: &[u8],
+    config: LedgerConfig,
+    cluster_id: u64,
+) -> Result<Ledger, SnapshotError> {
+    let invalid = |reason: String| SnapshotError::Invalid { path: path.to_path_buf(), reason };
     let body = &bytes[SNAPSHOT_HEADER_BYTES..];
     if header.shard != config.shard || header.shard_count != config.shard_count {
         return Err(invalid(format!(
@@ -317,7 +330,7 @@ pub fn load(
     if ledger.lsn() != header.lsn {
         return Err(invalid("body and header disagree on the lsn".to_string()));
     }
-    Ok((header, ledger))
+    Ok(ledger)
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@ use crate::progress::Progress;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Filter {
     /// Only records that moved this account (`customer:42:points`, `house:issuance`).
-    #[arg(long)]
-    pub account: Option<String>,
+    #[arg(long, value_parser = account_address)]
+    pub account: Option<AccountAddress>,
     /// Only records that moved a customer's value or changed their loyalty state.
     #[arg(long)]
     pub customer: Option<u64>,
@@ -57,6 +57,11 @@ pub struct Filter {
     pub shard: Option<u16>,
 }
 
+/// An `--account` value.
+fn account_address(text: &str) -> Result<AccountAddress, String> {
+    text.parse::<AccountAddress>().map_err(|error| error.to_string())
+}
+
 /// A `--kind` value.
 fn record_kind(text: &str) -> Result<RecordKind, String> {
     let kinds = (1..=u16::MAX).map_while(RecordKind::from_u16);
@@ -68,55 +73,38 @@ fn record_kind(text: &str) -> Result<RecordKind, String> {
 }
 
 impl Filter {
-    /// Whether it selects by more than LSN, time and shard (a record-by-record test).
-    fn by_content(&self) -> bool {
-        self.account.is_some()
-            || self.customer.is_some()
-            || self.tx.is_some()
-            || !self.kind.is_empty()
-            || self.store.is_some()
-            || self.terminal.is_some()
-    }
-
-    /// The shards to read.
+    /// The shards to read: `--shard`, or the shard of `--customer`, `--tx` or a customer's
+    /// `--account`, or every shard.
     pub fn shards(&self, meta: &DataDirMeta) -> anyhow::Result<Vec<u16>> {
         let count = meta.shard_count;
-        let implied = match (self.customer, self.tx, self.account_address()?) {
+        let implied = match (self.customer, self.tx, &self.account) {
             (Some(customer), _, _) => {
                 Some(ledger_engine::ids::shard_for_customer(CustomerId(customer), count).index())
             }
             (None, Some(tx), _) => Some(TxId(tx).shard()),
             (None, None, Some(AccountAddress::Customer { customer, .. })) => {
-                Some(ledger_engine::ids::shard_for_customer(customer, count).index())
+                Some(ledger_engine::ids::shard_for_customer(*customer, count).index())
             }
             _ => None,
         };
-        match (self.shard, implied) {
-            (Some(shard), _) | (None, Some(shard)) if shard < count => Ok(vec![shard]),
-            (Some(shard), _) | (None, Some(shard)) => {
-                anyhow::bail!("shard {shard} does not exist (the directory has {count})")
-            }
-            (None, None) => Ok((0..count).collect()),
-        }
+        shards(meta, self.shard.or(implied))
     }
+}
 
-    /// `--account`, parsed.
-    pub fn account_address(&self) -> anyhow::Result<Option<AccountAddress>> {
-        self.account
-            .as_deref()
-            .map(|text| {
-                text.parse::<AccountAddress>()
-                    .map_err(|error| anyhow::anyhow!("--account {text:?}: {error}"))
-            })
-            .transpose()
+/// One shard, or every shard of the directory.
+pub fn shards(meta: &DataDirMeta, only: Option<u16>) -> anyhow::Result<Vec<u16>> {
+    let count = meta.shard_count;
+    match only {
+        Some(shard) if shard < count => Ok(vec![shard]),
+        Some(shard) => anyhow::bail!("shard {shard} does not exist (the directory has {count})"),
+        None => Ok((0..count).collect()),
     }
 }
 
 /// A filter ready to test records.
 struct Selector<'a> {
     filter: &'a Filter,
-    account: Option<AccountAddress>,
-    /// `account` as the registry names it, once it is defined.
+    /// `filter.account` as the registry names it, once it is defined.
     account_id: Option<AccountId>,
 }
 
@@ -149,7 +137,7 @@ impl Selector<'_> {
         {
             return false;
         }
-        if let Some(address) = &self.account {
+        if let Some(address) = &filter.account {
             if self.account_id.is_none() {
                 self.account_id = followed.registry.resolve(address).ok();
             }
@@ -230,6 +218,22 @@ pub fn last_lsn_while(
     }
 }
 
+/// The state of shard `index` as of a moment: its last record at or before `to_lsn` and
+/// `to_time` (either may be absent; neither: the WAL's last whole record), replayed from the
+/// newest snapshot before it.
+pub fn follower_as_of(
+    data_dir: &Path,
+    meta: &DataDirMeta,
+    index: u16,
+    to_lsn: Option<u64>,
+    to_time: Option<Timestamp>,
+) -> anyhow::Result<Follower> {
+    let shard = ShardId::new(index).context("shard out of range")?;
+    let paths = ShardPaths::new(data_dir, index);
+    let last = last_lsn_while(&paths, meta, shard, |time| to_time.is_none_or(|to| time <= to))?;
+    follower_at(data_dir, meta, index, last.min(Lsn(to_lsn.unwrap_or(u64::MAX))))
+}
+
 /// Opens a follower of `shard` at `lsn`, or at the first record the WAL still holds when
 /// retention deleted the segments before `lsn`.
 pub fn follower_at(
@@ -263,33 +267,12 @@ pub fn walk(
     data_dir: &Path,
     filter: &Filter,
     quiet: bool,
-    visit: impl FnMut(u16, &Followed<'_>) -> anyhow::Result<bool>,
-) -> anyhow::Result<Walked> {
-    walk_ends(data_dir, filter, quiet, visit, |_| Ok(()))
-}
-
-/// Follows each shard `filter` selects to the end of its range and hands the follower, there,
-/// to `at_end` (to read the state as of that moment).
-pub fn walk_to_end(
-    data_dir: &Path,
-    filter: &Filter,
-    quiet: bool,
-    at_end: impl FnMut(&Follower) -> anyhow::Result<()>,
-) -> anyhow::Result<Walked> {
-    walk_ends(data_dir, filter, quiet, |_, _| Ok(true), at_end)
-}
-
-fn walk_ends(
-    data_dir: &Path,
-    filter: &Filter,
-    quiet: bool,
     mut visit: impl FnMut(u16, &Followed<'_>) -> anyhow::Result<bool>,
-    mut at_end: impl FnMut(&Follower) -> anyhow::Result<()>,
 ) -> anyhow::Result<Walked> {
     let meta =
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
     let shards = filter.shards(&meta)?;
-    let mut selector = Selector { filter, account: filter.account_address()?, account_id: None };
+    let mut selector = Selector { filter, account_id: None };
     let progress = Progress::new(quiet, data_dir, &shards, "reading");
     for index in shards {
         let shard = ShardId::new(index).context("shard out of range")?;
@@ -311,13 +294,10 @@ fn walk_ends(
         let mut follower = follower_at(data_dir, &meta, index, start)?;
         selector.account_id = None;
         let mut shown = progress.shard(index);
-        let content = filter.by_content();
         let mut enough = false;
         let visited = follower.advance(end, |followed| {
             shown.at(followed.place.segment, followed.place.offset);
-            if (content || filter.from_time.is_some() || filter.from_lsn.is_some())
-                && !selector.matches(followed)
-            {
+            if !selector.matches(followed) {
                 return Ok(());
             }
             match visit(index, followed) {
@@ -331,7 +311,7 @@ fn walk_ends(
         });
         match visited {
             Err(FollowError::Stopped(None)) if enough => break,
-            Ok(_) | Err(FollowError::Stopped(None)) => at_end(&follower)?,
+            Ok(_) | Err(FollowError::Stopped(None)) => {}
             Err(FollowError::Stopped(Some(error))) => return Err(error),
             Err(FollowError::Recovery(error)) => {
                 progress.finish();

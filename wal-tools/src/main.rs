@@ -70,7 +70,7 @@ enum Command {
         no_repricing: bool,
         /// Check the files only (frames, checksums, hash chain, durable mark, snapshots'
         /// hashes), at the disk's pace: nothing is replayed, so no invariant is checked.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["from_lsn", "no_repricing"])]
         chain_only: bool,
     },
     /// Print the records the filters select (every shard's, by default), replayed and checked
@@ -195,6 +195,29 @@ enum Command {
     },
 }
 
+impl Command {
+    /// The data directory every subcommand reads.
+    fn data_dir(&self) -> &std::path::Path {
+        match self {
+            Command::Verify { scope, .. }
+            | Command::Stats { scope }
+            | Command::Snapshot {
+                action:
+                    SnapshotAction::List { scope }
+                    | SnapshotAction::Inspect { scope }
+                    | SnapshotAction::Verify { scope },
+            } => &scope.data_dir,
+            Command::Dump { data_dir, .. }
+            | Command::Export { data_dir, .. }
+            | Command::Liability { data_dir, .. }
+            | Command::Reconcile { data_dir, .. }
+            | Command::Balance { data_dir, .. }
+            | Command::History { data_dir, .. }
+            | Command::Explain { data_dir, .. } => data_dir,
+        }
+    }
+}
+
 /// What `snapshot` does.
 #[derive(Debug, Subcommand)]
 enum SnapshotAction {
@@ -236,6 +259,11 @@ fn as_of_time(text: &str) -> Result<ledger_engine::Timestamp, String> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let quiet = args.quiet;
+    let data_dir = args.command.data_dir();
+    if !data_dir.is_dir() {
+        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
+        return ExitCode::from(3);
+    }
     let result = match args.command {
         Command::Verify { scope, from_lsn, to_lsn, no_repricing, chain_only } => cmd::verify::run(
             &scope.data_dir,

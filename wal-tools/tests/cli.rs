@@ -688,7 +688,15 @@ fn dump_filters_select_exactly_what_they_name() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("hold_create"), "lists the kinds");
     assert_eq!(
         ledger_wal(&["dump", "--data-dir", data, "--account", "nowhere"]).status.code(),
-        Some(3)
+        Some(2),
+        "an address that does not parse is a usage error"
+    );
+    assert_eq!(
+        ledger_wal(&["verify", "--data-dir", data, "--chain-only", "--from-lsn", "3"])
+            .status
+            .code(),
+        Some(2),
+        "a chain-only check has no range to start from"
     );
 }
 

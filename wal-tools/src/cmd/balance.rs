@@ -93,10 +93,6 @@ fn account_json(follower: &Follower, shard: u16, id: AccountId) -> Option<serde_
 }
 
 pub fn run(data_dir: &Path, whose: &Whose, as_of: AsOf, as_json: bool) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let meta = datadir::read_meta(data_dir).context("cannot read the data directory")?;
     let mut lines: Vec<serde_json::Value> = Vec::new();
     match whose {

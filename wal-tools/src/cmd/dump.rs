@@ -365,10 +365,6 @@ pub fn run(
     as_json: bool,
     quiet: bool,
 ) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let mut printed = 0u64;
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let walked = walk(data_dir, filter, quiet, |shard, followed| {

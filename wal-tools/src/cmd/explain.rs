@@ -11,10 +11,6 @@ use crate::Outcome;
 use crate::time::rfc3339;
 
 pub fn run(data_dir: &Path, tx: u64, as_json: bool) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     match explain::from_wal(data_dir, TxId(tx)) {
         Ok(explanation) => {
             if as_json {

@@ -231,10 +231,6 @@ pub fn run(
     filter: &Filter,
     quiet: bool,
 ) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     if rows == Rows::Lots
         && (filter.account.is_some()
             || filter.tx.is_some()
@@ -258,7 +254,8 @@ pub fn run(
     let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut sink = Sink::new(format, columns, out)?;
     let walked = if rows == Rows::Lots {
-        lots(data_dir, filter, quiet, &mut sink)?
+        lots(data_dir, filter, &mut sink)?;
+        Walked::Whole
     } else {
         walk(data_dir, filter, quiet, |shard, followed| {
             match rows {
@@ -284,53 +281,36 @@ pub fn run(
     }
 }
 
-/// Every lot of the selected members as of the end of the range: each shard replayed to it.
-fn lots<W: Write>(
-    data_dir: &Path,
-    filter: &Filter,
-    quiet: bool,
-    sink: &mut Sink<W>,
-) -> anyhow::Result<Walked> {
-    // Walk to the end of the range (nothing selected per record), then read the state.
+/// Every lot of the selected members as of the end of the range: each shard's state there
+/// (the newest snapshot before it, then the WAL).
+fn lots<W: Write>(data_dir: &Path, filter: &Filter, sink: &mut Sink<W>) -> anyhow::Result<()> {
     let meta = ledger_engine::datadir::read_meta(data_dir)?;
     for shard in filter.shards(&meta)? {
-        let only = Filter {
-            shard: Some(shard),
-            to_lsn: filter.to_lsn,
-            to_time: filter.to_time,
-            ..Filter::default()
-        };
-        let mut state = None;
-        let walked = crate::filter::walk_to_end(data_dir, &only, quiet, |follower| {
-            state = Some(follower.lsn());
-            let ledger = follower.ledger();
-            let lsn = follower.lsn().0;
-            let mut members: Vec<_> = ledger
-                .members()
-                .iter()
-                .filter(|(customer, _)| filter.customer.is_none_or(|c| c == **customer))
-                .collect();
-            members.sort_unstable_by_key(|(customer, _)| **customer);
-            for (customer, member) in members {
-                for lot in member.lots.iter() {
-                    sink.row(&[
-                        json!(shard),
-                        json!(lsn),
-                        json!(customer),
-                        json!(lot.origin.0),
-                        json!(lot.kind.name()),
-                        json!(date(lot.expires_day)),
-                        json!(lot.amount),
-                        json!(lot.remaining),
-                        json!(member.tier()),
-                    ])?;
-                }
+        let follower =
+            crate::filter::follower_as_of(data_dir, &meta, shard, filter.to_lsn, filter.to_time)?;
+        let ledger = follower.ledger();
+        let lsn = follower.lsn().0;
+        let mut members: Vec<_> = ledger
+            .members()
+            .iter()
+            .filter(|(customer, _)| filter.customer.is_none_or(|c| c == **customer))
+            .collect();
+        members.sort_unstable_by_key(|(customer, _)| **customer);
+        for (customer, member) in members {
+            for lot in member.lots.iter() {
+                sink.row(&[
+                    json!(shard),
+                    json!(lsn),
+                    json!(customer),
+                    json!(lot.origin.0),
+                    json!(lot.kind.name()),
+                    json!(date(lot.expires_day)),
+                    json!(lot.amount),
+                    json!(lot.remaining),
+                    json!(member.tier()),
+                ])?;
             }
-            Ok(())
-        })?;
-        if let Walked::Damaged(problem) = walked {
-            return Ok(Walked::Damaged(problem));
         }
     }
-    Ok(Walked::Whole)
+    Ok(())
 }

@@ -17,10 +17,6 @@ use crate::Outcome;
 use crate::cmd::stats::{follower_from_start, grouped};
 
 pub fn run(data_dir: &Path, customer: u64, as_json: bool) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let meta = datadir::read_meta(data_dir).context("cannot read the data directory")?;
     let shard = ledger_engine::ids::shard_for_customer(CustomerId(customer), meta.shard_count);
     let mut follower = follower_from_start(data_dir, shard.index())?;

@@ -11,12 +11,11 @@ use anyhow::Context;
 use ledger_engine::Timestamp;
 use ledger_engine::datadir;
 use ledger_engine::ledger::liability::ShardLiability;
-use ledger_engine::recovery::ShardPaths;
 use serde_json::json;
 
 use crate::Outcome;
 use crate::cmd::stats::grouped;
-use crate::filter::{follower_at, last_lsn_while};
+use crate::filter::follower_as_of;
 
 fn signed(value: i128) -> String {
     let digits = grouped_u128(value.unsigned_abs());
@@ -31,10 +30,6 @@ fn grouped_u128(value: u128) -> String {
 }
 
 pub fn run(data_dir: &Path, as_of: Option<Timestamp>, as_json: bool) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let meta =
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
     let mut figures = ShardLiability::default();
@@ -43,10 +38,7 @@ pub fn run(data_dir: &Path, as_of: Option<Timestamp>, as_json: bool) -> anyhow::
     let mut programme = None;
     let mut registry = None;
     for index in 0..meta.shard_count {
-        let shard = ledger_engine::ShardId::new(index).context("shard out of range")?;
-        let paths = ShardPaths::new(data_dir, index);
-        let lsn = last_lsn_while(&paths, &meta, shard, |time| as_of.is_none_or(|at| time <= at))?;
-        let follower = follower_at(data_dir, &meta, index, lsn)?;
+        let follower = follower_as_of(data_dir, &meta, index, None, as_of)?;
         let ledger = follower.ledger();
         figures
             .merge(&ledger.liability())

@@ -103,10 +103,6 @@ fn row_json(row: &SettlementRow, result: &str, purchase: Option<&Refundable>) ->
 }
 
 pub fn run(data_dir: &Path, report: &Path, as_json: bool, quiet: bool) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let size = std::fs::metadata(report)
         .with_context(|| format!("cannot read {}", report.display()))?
         .len();
@@ -198,26 +194,29 @@ pub fn run(data_dir: &Path, report: &Path, as_json: bool, quiet: bool) -> anyhow
                 column.set_cell_alignment(comfy_table::CellAlignment::Right);
             }
         }
-        let text = |value: &Value| match value {
+        // Amounts grouped by thousands; ids, lines and stores as they are.
+        let cell = |line: &Value, key: &str| match &line[key] {
             Value::Null => String::new(),
             Value::String(text) => text.clone(),
-            Value::Number(number) => number.as_u64().map_or_else(|| number.to_string(), grouped),
+            Value::Number(number) if key.ends_with("amount") || key.ends_with("spend") => {
+                number.as_u64().map_or_else(|| number.to_string(), grouped)
+            }
             other => other.to_string(),
         };
+        const COLUMNS: [&str; 10] = [
+            "line",
+            "payment_id",
+            "receipt",
+            "store",
+            "amount",
+            "status",
+            "result",
+            "purchase",
+            "purchase_spend",
+            "purchase_state",
+        ];
         for line in &lines {
-            table.add_row(
-                ["line", "payment_id", "receipt", "store", "amount", "status", "result"]
-                    .iter()
-                    .map(|key| text(&line[*key]))
-                    .chain(["purchase", "purchase_spend", "purchase_state"].iter().map(|key| {
-                        match *key {
-                            "purchase" => {
-                                line[*key].as_u64().map_or_else(String::new, |id| id.to_string())
-                            }
-                            _ => text(&line[*key]),
-                        }
-                    })),
-            );
+            table.add_row(COLUMNS.map(|key| cell(line, key)));
         }
         println!("{table}");
         let mut summary = comfy_table::Table::new();

@@ -74,13 +74,9 @@ pub fn run(
     action: Action,
     as_json: bool,
 ) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let meta =
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
-    let shards = crate::filter::Filter { shard: only, ..Default::default() }.shards(&meta)?;
+    let shards = crate::filter::shards(&meta, only)?;
     let mut found = Vec::new();
     for shard in shards {
         found.extend(shard_snapshots(data_dir, &meta, shard, action)?);
@@ -122,7 +118,7 @@ fn shard_snapshots(
         let mut problems = Vec::new();
         let mut line = json!({ "shard": index, "file": path.display().to_string(), "lsn": lsn.0 });
         match snapshot::read_checked(path, &mut |_| {}) {
-            Ok((header, _)) => {
+            Ok((header, bytes)) => {
                 line = header_json(index, path, &header);
                 if header.lsn != *lsn {
                     problems.push(format!(
@@ -132,8 +128,15 @@ fn shard_snapshots(
                     ));
                 }
                 if action != Action::List {
-                    match snapshot::load(path, config.clone(), meta.cluster_id) {
-                        Ok((_, ledger)) => line["contents"] = contents(&ledger),
+                    let decoded = snapshot::decode_checked(
+                        path,
+                        &header,
+                        &bytes,
+                        config.clone(),
+                        meta.cluster_id,
+                    );
+                    match decoded {
+                        Ok(ledger) => line["contents"] = contents(&ledger),
                         Err(error) => problems.push(error.to_string()),
                     }
                 }

@@ -188,12 +188,8 @@ fn shard_stats(data_dir: &Path, index: u16) -> anyhow::Result<Vec<SegmentStats>>
 }
 
 pub fn run(data_dir: &Path, only: Option<u16>, as_json: bool) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let meta = datadir::read_meta(data_dir).context("cannot read the data directory")?;
-    let shards = crate::filter::Filter { shard: only, ..Default::default() }.shards(&meta)?;
+    let shards = crate::filter::shards(&meta, only)?;
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY).set_header([
         "shard", "segment", "records", "bytes", "lsn", "from", "to", "groups", "mean", "kinds",

@@ -65,13 +65,9 @@ pub fn run(
     as_json: bool,
     quiet: bool,
 ) -> anyhow::Result<Outcome> {
-    if !data_dir.is_dir() {
-        eprintln!("ledger-wal: {} is not a directory", data_dir.display());
-        return Ok(Outcome::Unreadable);
-    }
     let meta =
         datadir::read_meta(data_dir).context("cannot read the data directory's meta file")?;
-    let shards = crate::filter::Filter { shard: only, ..Default::default() }.shards(&meta)?;
+    let shards = crate::filter::shards(&meta, only)?;
     // Shards are independent: as many at once as there are cores (each replay is itself a
     // reading thread and an applying one).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(shards.len());
@@ -175,8 +171,20 @@ fn verify_shard(
         Err(error) => return Err(error).context("cannot list snapshots"),
     };
     snapshots.reverse();
+    let mut options =
+        ScanOptions { shard: Some(shard), cluster_id: Some(meta.cluster_id), ..ScanOptions::all() };
+    if let Some(to) = range.to {
+        options.visit_until = Some(Lsn(to));
+        options.stop_at_until = true;
+    }
+    match ledger_engine::wal::mark::read(&paths.wal) {
+        // The mark is checked when the scan reads the WAL to its end.
+        Ok(mark) if range.to.is_none() => options.durable_mark = mark,
+        Ok(_) => {}
+        Err(error) => report.problems.push(format!("cannot read the durable mark: {error}")),
+    }
     if range.chain_only {
-        return chain_only(&paths, meta, shard, range, snapshots, progress, report);
+        return chain_only(&paths, &options, snapshots, progress, report);
     }
 
     // Replay from LSN 1 when the WAL starts there; from the oldest usable snapshot when old
@@ -185,8 +193,6 @@ fn verify_shard(
     let start = first_segment_start(&paths.wal)?.unwrap_or(Lsn(1));
     let from = Lsn(range.from.unwrap_or(1).max(1));
     let mut ledger = Ledger::new(config.clone());
-    let mut options =
-        ScanOptions { shard: Some(shard), cluster_id: Some(meta.cluster_id), ..ScanOptions::all() };
     let base = snapshots.iter().rev().find(|(lsn, _)| *lsn < from && lsn.next() >= start);
     let base = base.or_else(|| snapshots.iter().find(|(lsn, _)| lsn.next() >= start));
     let base = base.filter(|(lsn, _)| start > Lsn(1) || *lsn < from);
@@ -217,16 +223,6 @@ fn verify_shard(
                 return Ok(report);
             }
         }
-    }
-    if let Some(to) = range.to {
-        options.visit_until = Some(Lsn(to));
-        options.stop_at_until = true;
-    }
-    match ledger_engine::wal::mark::read(&paths.wal) {
-        // The mark is checked when the scan reads the WAL to its end.
-        Ok(mark) if range.to.is_none() => options.durable_mark = mark,
-        Ok(_) => {}
-        Err(error) => report.problems.push(format!("cannot read the durable mark: {error}")),
     }
     let to = Lsn(range.to.unwrap_or(u64::MAX));
     let pending: Vec<(Lsn, PathBuf)> = snapshots
@@ -353,24 +349,11 @@ impl<I: Iterator<Item = (Lsn, PathBuf)>> ReplayObserver for Observer<'_, I> {
 /// replayed, so no invariant, price or snapshot body is checked.
 fn chain_only(
     paths: &ShardPaths,
-    meta: &DataDirMeta,
-    shard: ShardId,
-    range: Range,
+    options: &ScanOptions,
     snapshots: Vec<(Lsn, PathBuf)>,
     progress: &crate::progress::Progress,
     mut report: ShardReport,
 ) -> anyhow::Result<ShardReport> {
-    let mut options =
-        ScanOptions { shard: Some(shard), cluster_id: Some(meta.cluster_id), ..ScanOptions::all() };
-    match ledger_engine::wal::mark::read(&paths.wal) {
-        Ok(mark) if range.to.is_none() => options.durable_mark = mark,
-        Ok(_) => {}
-        Err(error) => report.problems.push(format!("cannot read the durable mark: {error}")),
-    }
-    if let Some(to) = range.to {
-        options.visit_until = Some(Lsn(to));
-        options.stop_at_until = true;
-    }
     // Each snapshot's header: its LSN and the hash it says the record there has.
     let mut named = Vec::new();
     for (lsn, path) in snapshots {
@@ -387,10 +370,10 @@ fn chain_only(
         }
     }
     let mut pending = named.into_iter().peekable();
-    let mut shown = progress.shard(shard.index());
+    let mut shown = progress.shard(report.shard);
     let mut checked = Vec::new();
     let mut problems = Vec::new();
-    let scanned = reader::scan(&paths.wal, &options, |record| {
+    let scanned = reader::scan(&paths.wal, options, |record| {
         shown.at(record.segment, record.offset);
         while let Some((lsn, hash, path)) = pending.next_if(|(lsn, _, _)| *lsn <= record.header.lsn)
         {
